@@ -1,0 +1,114 @@
+"""`homog`: the command line. Thin: it parses, validates, calls the same functions as the DAGs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from pipeline.config import ConfigError, EmbedderChoice, load_settings
+from pipeline.sources import SourceError, read_manifest, scan_folder
+
+app = typer.Typer(
+    help=(
+        "Profile homogenization analytics: measure how indistinguishable companies' staff headshots "
+        "are becoming (near-duplicates, style clusters, a homogeneity index, cross-company reuse, trends)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Optional[Path],
+    typer.Option("--config", "-c", help="YAML settings file (also HOMOG_CONFIG). Flags and HOMOG_* env vars win."),
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    manifest: Annotated[
+        Optional[str],
+        typer.Option(help="CSV with columns company, image [, person, source_url]; paths relative to the CSV."),
+    ] = None,
+    input_dir: Annotated[
+        Optional[str], typer.Option("--input", help="Folder whose sub-folders are companies (local or fsspec URL).")
+    ] = None,
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL). Default ./warehouse.")] = None,
+    run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today). Reruns replace it.")] = None,
+    embedder: Annotated[Optional[EmbedderChoice], typer.Option(help="auto (clip if its weights exist, else classic), clip or classic.")] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object describing the run as the last stdout line.")] = False,
+    progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Ingest a manifest or folder of headshots into the warehouse and compute the run's tables."""
+    from pipeline.run import run_pipeline
+    from pipeline.warehouse import validate_run_date
+
+    _setup_logging(verbose)
+    if (manifest is None) == (input_dir is None):
+        _fail("give exactly one of --manifest M.csv or --input DIR")
+    try:
+        settings = load_settings(config, warehouse=warehouse, embedder=embedder)
+        if run_date is not None:
+            validate_run_date(run_date)
+        rows = read_manifest(manifest) if manifest else scan_folder(input_dir)  # type: ignore[arg-type]
+    except (ConfigError, SourceError, ValueError) as exc:
+        _fail(str(exc))
+    result = run_pipeline(rows, settings, run_date=run_date, source=manifest or input_dir or "", progress=progress)
+    for warning in result.warnings:
+        logging.getLogger("homog").warning(warning)
+    if as_json:
+        typer.echo(json.dumps(result.as_json()))
+    else:
+        counts = result.counts
+        typer.echo(f"run {result.run_date}: {counts['ok']} of {counts['rows']} images ok, {counts['error']} refused")
+        for name, path in result.outputs.items():
+            if path:
+                typer.echo(f"  {name}: {path}")
+
+
+@app.command("demo-data")
+def demo_data(
+    out: Annotated[Path, typer.Argument(help="Folder to write <company>/*.jpg and manifest.csv into.")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 7,
+) -> None:
+    """Write the synthetic demo companies (drawings, not photos) used by `make demo` and the tests."""
+    from pipeline.demo_data import generate_demo_images
+
+    manifest = generate_demo_images(out, seed=seed)
+    typer.echo(str(manifest))
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective settings (defaults, YAML file and HOMOG_* env vars merged) as YAML."""
+    import yaml
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,188 @@
+"""One validated configuration object for every stage.
+
+Sources, highest precedence first: explicit overrides (CLI flags, DAG params), environment variables
+(`HOMOG_WAREHOUSE`, `HOMOG_INTAKE__MAX_BYTES`, ... with `__` between nested names), a YAML file
+(`--config FILE` or `HOMOG_CONFIG`), then the defaults below. Unknown keys are errors, so a typo in
+a YAML file fails loudly instead of silently running with a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+CONFIG_ENV_VAR = "HOMOG_CONFIG"
+
+EmbedderChoice = Literal["auto", "clip", "classic"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IntakeConfig(_Section):
+    """Limits that decide whether a fetched payload is a usable image."""
+
+    max_bytes: int = Field(25_000_000, gt=0, description="Larger payloads are refused without reading them whole.")
+    max_pixels: int = Field(
+        50_000_000,
+        gt=0,
+        # Pillow warns above ~89.5 MP and refuses above twice that; staying under its warning level
+        # keeps this limit the one that decides.
+        le=89_000_000,
+        description="Decompression-bomb guard: width*height above this is refused before decoding.",
+    )
+    min_side: int = Field(32, ge=1, description="Images smaller than this on either side are not headshots (icons, pixels).")
+    thumbnail_side: int = Field(256, ge=32, le=1024, description="Longest side of stored thumbnails.")
+    workers: int = Field(8, ge=1, le=256, description="Parallel fetch/decode threads (I/O bound for remote URLs).")
+    fetch_timeout_s: float = Field(30.0, gt=0, description="Per-image timeout for remote fetches.")
+
+
+class PrivacyConfig(_Section):
+    keep_raw_images: bool = Field(
+        True,
+        description=(
+            "False = no-raw-images mode: original bytes are kept only in a run-scoped staging area that "
+            "is deleted when the run finishes; only hashes, metrics and (optionally) thumbnails remain."
+        ),
+    )
+    keep_thumbnails: bool = Field(True, description="False = no thumbnails are stored (reports show no photos).")
+
+
+class RetentionConfig(_Section):
+    raw_images_days: int = Field(30, ge=0, description="Originals not referenced by a run for this long are purged.")
+    thumbnails_days: int = Field(180, ge=0, description="Thumbnails not referenced by a run for this long are purged.")
+    staging_grace_hours: int = Field(
+        24, ge=1, description="Temp/staging files left behind by killed runs are swept after this long."
+    )
+
+
+class ClipConfig(_Section):
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    checkpoint: Path | None = Field(None, description="Local checkpoint file; overrides `pretrained`.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = Field(64, ge=1, le=4096)
+
+
+class ThresholdsConfig(_Section):
+    """Similarity thresholds for near-duplicates, one per embedder family (cosine, 0..1)."""
+
+    near_duplicate: dict[str, float] = Field(
+        default_factory=lambda: {"clip": 0.95, "classic": 0.95},
+        description="Cosine similarity at or above which a candidate pair is a near-duplicate, per embedder.",
+    )
+
+    @field_validator("near_duplicate")
+    @classmethod
+    def _in_unit_interval(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if not 0.0 < v <= 1.0}
+        if bad:
+            raise ValueError(f"near-duplicate thresholds must be in (0, 1], got {bad}")
+        return value
+
+
+class CrawlConfig(_Section):
+    user_agent: str = "profile-homogenization-analytics/0.1 (+{contact_url})"
+    contact_url: str = "https://example.invalid/contact"
+    requests_per_second_per_host: float = Field(1.0, gt=0, le=50)
+    max_concurrency_per_host: int = Field(2, ge=1, le=32)
+    timeout_s: float = Field(20.0, gt=0)
+    max_retries: int = Field(3, ge=0, le=10)
+    max_bytes_per_response: int = Field(25_000_000, gt=0)
+    max_bytes_per_site: int = Field(500_000_000, gt=0)
+    allow_private_addresses: list[str] = Field(
+        default_factory=list, description="Hosts/CIDRs exempt from the private-address guard (tests use 127.0.0.1)."
+    )
+
+    @model_validator(mode="after")
+    def _contact_is_set(self) -> "CrawlConfig":
+        if "{contact_url}" in self.user_agent and not self.contact_url:
+            raise ValueError("crawl.contact_url must be set: the User-Agent names it so site owners can reach us")
+        return self
+
+    @property
+    def resolved_user_agent(self) -> str:
+        return self.user_agent.replace("{contact_url}", self.contact_url)
+
+
+class Settings(BaseSettings):
+    """Everything a run needs to know, validated once at start-up."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HOMOG_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    warehouse: str = Field("./warehouse", description="Warehouse root: a local path or any fsspec URL (s3://...).")
+    embedder: EmbedderChoice = "auto"
+    clip: ClipConfig = ClipConfig()
+    thresholds: ThresholdsConfig = ThresholdsConfig()
+    intake: IntakeConfig = IntakeConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    retention: RetentionConfig = RetentionConfig()
+    crawl: CrawlConfig = CrawlConfig()
+
+    @field_validator("warehouse")
+    @classmethod
+    def _warehouse_not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("warehouse must be a path or URL, got an empty string")
+        return value.strip()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        yaml_path = os.environ.get(CONFIG_ENV_VAR)
+        if yaml_path:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=yaml_path))
+        return tuple(sources)
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased for the person who has to fix it."""
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the validated settings; `overrides` with value None are ignored (unset CLI flags)."""
+    given = {key: value for key, value in overrides.items() if value is not None}
+    previous = os.environ.get(CONFIG_ENV_VAR)
+    try:
+        if config_file is not None:
+            path = Path(config_file)
+            if not path.is_file():
+                raise ConfigError(f"config file not found: {path}")
+            os.environ[CONFIG_ENV_VAR] = str(path)
+        elif previous and not Path(previous).is_file():
+            raise ConfigError(f"{CONFIG_ENV_VAR} points to a missing file: {previous}")
+        return Settings(**given)
+    except ValidationError as exc:
+        raise ConfigError(_describe_validation_error(exc)) from None
+    finally:
+        if config_file is not None:
+            if previous is None:
+                os.environ.pop(CONFIG_ENV_VAR, None)
+            else:
+                os.environ[CONFIG_ENV_VAR] = previous
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    lines = [f"invalid configuration ({exc.error_count()} problem(s)):"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        env_name = "HOMOG_" + "__".join(str(part) for part in error["loc"]).upper()
+        lines.append(f"  - {where}: {error['msg']} (got {error.get('input')!r}; env var {env_name})")
+    return "\n".join(lines)

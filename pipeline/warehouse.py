@@ -1,0 +1,199 @@
+"""The warehouse: one root URI (local path or any fsspec URL) holding everything a run produces.
+
+Layout (see DESIGN.md, "Warehouse"):
+
+    objects/raw/<sha[:2]>/<sha>.<ext>        original bytes, content-addressed (absent in no-raw mode)
+    objects/thumbs/<sha[:2]>/<sha>.jpg       thumbnails, content-addressed
+    staging/run_date=D/raw/...               run-scoped originals in no-raw mode, deleted at run end
+    tables/<table>/run_date=D/part-0.parquet Parquet tables, Hive-partitioned by run date
+    runs/run_date=D/run.json                 what a run did, with which settings and embedder
+    .tmp/                                    in-flight writes; never read, swept when stale
+
+Every write is atomic: on a local disk the bytes go to `.tmp/` and are renamed into place (rename is
+atomic within one filesystem); object stores (s3, gcs, ...) publish a PUT only when it is complete.
+So a killed run never leaves a half-written file where a reader looks, and rewriting a partition
+replaces it in one step, which makes a rerun of the same run date idempotent.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import time
+import uuid
+from typing import Any, Literal
+
+import fsspec
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+ObjectKind = Literal["raw", "thumbs"]
+TABLES = ("images", "pairs", "companies", "clusters")
+_TMP_DIR = ".tmp"
+
+
+def validate_run_date(run_date: str | dt.date) -> str:
+    """Return the run date as YYYY-MM-DD, or raise ValueError saying what was wrong."""
+    if isinstance(run_date, dt.date):
+        return run_date.isoformat()
+    try:
+        parsed = dt.date.fromisoformat(run_date)
+    except (TypeError, ValueError):
+        raise ValueError(f"run date must be YYYY-MM-DD, got {run_date!r}") from None
+    if parsed.isoformat() != run_date:
+        raise ValueError(f"run date must be YYYY-MM-DD, got {run_date!r}")
+    return run_date
+
+
+class Warehouse:
+    """Paths and atomic I/O under one warehouse root."""
+
+    def __init__(self, root: str) -> None:
+        self.fs, path = fsspec.core.url_to_fs(root)
+        self.root = path.rstrip("/") or "/"
+        self.is_local = is_local_fs(self.fs)
+        if self.is_local:
+            self.root = os.path.abspath(self.root)
+            os.makedirs(self.root, exist_ok=True)
+
+    # ----------------------------------------------------------------- paths
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def uri(self, *parts: str) -> str:
+        """A path that other tools can open: plain for local disks, protocol-qualified otherwise."""
+        path = self.path(*parts)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    @staticmethod
+    def object_key(kind: ObjectKind, sha256: str, ext: str) -> str:
+        return f"objects/{kind}/{sha256[:2]}/{sha256}.{ext}"
+
+    @staticmethod
+    def staging_key(run_date: str, sha256: str, ext: str) -> str:
+        return f"staging/run_date={run_date}/raw/{sha256[:2]}/{sha256}.{ext}"
+
+    @staticmethod
+    def partition_dir(table: str, run_date: str) -> str:
+        return f"tables/{table}/run_date={validate_run_date(run_date)}"
+
+    def table_file(self, table: str, run_date: str) -> str:
+        return f"{self.partition_dir(table, run_date)}/part-0.parquet"
+
+    # ------------------------------------------------------------ primitives
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        return self.fs.cat_file(self.path(key))
+
+    def write_bytes(self, key: str, data: bytes) -> str:
+        """Atomically create or replace `key`; returns its full path."""
+        target = self.path(key)
+        if not self.is_local:
+            self.fs.pipe_file(target, data)
+            return target
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        tmp_dir = self.path(_TMP_DIR)
+        os.makedirs(tmp_dir, exist_ok=True)
+        tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}-{os.path.basename(target)}")
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return target
+
+    def put_object(self, key: str, data: bytes) -> bool:
+        """Store content-addressed bytes once; returns False when they were already there."""
+        if self.exists(key):
+            return False
+        self.write_bytes(key, data)
+        return True
+
+    def remove(self, key: str, recursive: bool = False) -> None:
+        path = self.path(key)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=recursive)
+
+    def write_json(self, key: str, payload: dict[str, Any]) -> str:
+        return self.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, key: str) -> dict[str, Any]:
+        return json.loads(self.read_bytes(key))
+
+    # ---------------------------------------------------------------- tables
+    def write_table(self, table: str, run_date: str, frame: pd.DataFrame) -> str:
+        """Replace the `run_date` partition of `table` with `frame`; returns the file's URI."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        key = self.table_file(table, run_date)
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
+        self.write_bytes(key, buffer.getvalue())
+        return self.uri(key)
+
+    def read_table(self, table: str, run_date: str | None = None) -> pd.DataFrame:
+        """One partition, or all of them with a `run_date` column; empty frame if there is none."""
+        import pyarrow.parquet as pq
+
+        if run_date is not None:
+            key = self.table_file(table, run_date)
+            if not self.exists(key):
+                return pd.DataFrame()
+            with self.fs.open(self.path(key), "rb") as handle:
+                return pq.read_table(handle).to_pandas()
+        frames = [
+            self.read_table(table, date).assign(run_date=date) for date in self.run_dates(table)
+        ]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def run_dates(self, table: str = "images") -> list[str]:
+        base = self.path("tables", table)
+        if not self.fs.exists(base):
+            return []
+        dates = []
+        for entry in self.fs.ls(base, detail=False):
+            name = entry.rstrip("/").rsplit("/", 1)[-1]
+            if name.startswith("run_date=") and self.fs.exists(f"{entry.rstrip('/')}/part-0.parquet"):
+                dates.append(name.removeprefix("run_date="))
+        return sorted(dates)
+
+    # ------------------------------------------------------------- hygiene
+    def drop_staging(self, run_date: str) -> None:
+        self.remove(f"staging/run_date={validate_run_date(run_date)}", recursive=True)
+
+    def sweep_stale_temp(self, older_than_hours: float) -> int:
+        """Delete in-flight files that a killed process left behind; returns how many."""
+        if not self.is_local:
+            return 0  # object stores have no half-written objects to sweep
+        tmp_dir = self.path(_TMP_DIR)
+        if not os.path.isdir(tmp_dir):
+            return 0
+        cutoff = time.time() - older_than_hours * 3600
+        removed = 0
+        for name in os.listdir(tmp_dir):
+            path = os.path.join(tmp_dir, name)
+            try:
+                if os.path.getmtime(path) < cutoff:
+                    os.unlink(path)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # another process finished or removed it meanwhile
+        if removed:
+            logger.info("swept %d stale temp file(s) from %s", removed, tmp_dir)
+        return removed
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    protocol = fs.protocol
+    return "file" in ((protocol,) if isinstance(protocol, str) else protocol)

@@ -1,0 +1,66 @@
+"""Shared fixtures: images made in the test, a loopback HTTP server, the optional shared corpus."""
+
+from __future__ import annotations
+
+import http.server
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "headshots"
+
+
+def photo_like(width: int = 160, height: int = 200, seed: int = 0) -> Image.Image:
+    """A smooth random RGB picture: enough structure for hashes, no person in it."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(max(2, height // 16), max(2, width // 16), 3), dtype=np.uint8)
+    return Image.fromarray(small, "RGB").resize((width, height), Image.Resampling.BICUBIC)
+
+
+def encode(image: Image.Image, fmt: str = "JPEG", **options: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not CORPUS.is_dir():
+        pytest.skip(f"shared headshot corpus not found at {CORPUS}")
+    return CORPUS
+
+
+class _Routes(dict):
+    """path -> (status, content type, body)"""
+
+
+@pytest.fixture
+def http_server() -> Iterator[tuple[str, _Routes]]:
+    """A server on 127.0.0.1 (random port) serving `routes`; it stops when the test ends."""
+    routes = _Routes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            status, content_type, body = routes.get(self.path, (404, "text/plain", b"not found"))
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", routes
+    finally:
+        server.shutdown()
+        server.server_close()
