@@ -1,0 +1,65 @@
+"""Configuration: defaults, YAML, environment, precedence, and errors a person can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import ConfigError, load_settings
+
+
+def test_defaults_are_valid() -> None:
+    settings = load_settings()
+    assert settings.warehouse == "./warehouse"
+    assert settings.embedder == "auto"
+    assert settings.clip.model == "ViT-B-32" and settings.clip.pretrained == "laion2b_s34b_b79k"
+    assert "https://" in settings.crawl.resolved_user_agent
+
+
+def test_yaml_then_env_then_overrides(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "homog.yaml"
+    config.write_text("warehouse: /data/wh\nembedder: classic\nintake:\n  max_bytes: 1000\n  workers: 3\n")
+    assert load_settings(config).intake.max_bytes == 1000
+
+    monkeypatch.setenv("HOMOG_INTAKE__WORKERS", "5")
+    settings = load_settings(config)
+    assert settings.intake.workers == 5  # env beats YAML
+    assert settings.intake.max_bytes == 1000  # YAML beats defaults
+    assert load_settings(config, warehouse="/elsewhere", embedder=None).warehouse == "/elsewhere"
+    assert load_settings(config, embedder=None).embedder == "classic"  # unset flag is ignored
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "homog.yaml"
+    config.write_text("privacy:\n  keep_raw_images: false\n")
+    monkeypatch.setenv("HOMOG_CONFIG", str(config))
+    assert load_settings().privacy.keep_raw_images is False
+    monkeypatch.setenv("HOMOG_CONFIG", str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="missing file"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("embedder: bert\n", "embedder: Input should be 'auto', 'clip' or 'classic'"),
+        ("intake:\n  max_bytes: -1\n", "intake.max_bytes"),
+        ("intake:\n  max_pixels: 500000000\n", "intake.max_pixels"),
+        ("intake:\n  maxbytes: 5\n", "intake.maxbytes: Extra inputs are not permitted"),
+        ("thresholds:\n  near_duplicate:\n    clip: 1.5\n", "must be in (0, 1]"),
+        ("warehouse: '  '\n", "warehouse"),
+    ],
+)
+def test_invalid_settings_name_the_field_and_its_env_var(tmp_path: Path, yaml_text: str, message: str) -> None:
+    config = tmp_path / "homog.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    assert message in str(caught.value)
+    assert "env var HOMOG_" in str(caught.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_settings(tmp_path / "nope.yaml")

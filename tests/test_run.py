@@ -1,0 +1,171 @@
+"""`homog run` end to end: the JSON contract, idempotent reruns, a killed run, CLI errors."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.config import load_settings
+from pipeline.demo_data import generate_demo_images
+from pipeline.run import run_pipeline
+from pipeline.sources import read_manifest
+from pipeline.warehouse import Warehouse
+
+CONTRACT_IMAGE_COLUMNS = ["company", "image", "content_sha256", "status", "error", "width", "height"]
+RUN_DATE = "2026-03-01"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_demo_images(tmp_path_factory.mktemp("demo"), per_company=6)
+
+
+def homog(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def run_json(*args: str) -> dict:
+    code, out, err = homog("run", *args, "--json", "--no-progress")
+    assert code == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and ".tmp" not in p.parts and p.name != "run.json"
+    }
+
+
+def test_run_follows_the_json_contract(demo: Path, tmp_path: Path) -> None:
+    result = run_json("--manifest", str(demo), "--warehouse", str(tmp_path / "wh"), "--run-date", RUN_DATE)
+    assert result["run_date"] == RUN_DATE
+    assert "embedder" in result
+    assert set(result["outputs"]) == {"images", "pairs", "companies", "clusters", "report"}
+    images = pd.read_parquet(result["outputs"]["images"])
+    assert list(images.columns[:7]) == CONTRACT_IMAGE_COLUMNS
+    assert len(images) == len(read_manifest(str(demo))) == result["counts"]["rows"]
+    assert (images["status"] == "ok").all() and (images["error"] == "").all()
+    run_record = json.loads((tmp_path / "wh" / "runs" / f"run_date={RUN_DATE}" / "run.json").read_text())
+    assert run_record["embedder_requested"] == "auto" and run_record["source"] == str(demo)
+
+
+def test_folder_input_gives_one_row_per_file(demo: Path, tmp_path: Path) -> None:
+    result = run_json("--input", str(demo.parent), "--warehouse", str(tmp_path / "wh"), "--run-date", RUN_DATE)
+    images = pd.read_parquet(result["outputs"]["images"])
+    assert len(images) == len(list(demo.parent.glob("*/*.jpg")))
+    assert images["company"].nunique() == 4
+
+
+def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
+    args = ("--manifest", str(demo), "--warehouse", str(tmp_path / "wh"), "--run-date", RUN_DATE)
+    first = run_json(*args)
+    before = files_under(tmp_path / "wh")
+    second = run_json(*args)
+    assert first == second
+    assert files_under(tmp_path / "wh") == before  # same files, byte for byte, none added
+    assert Warehouse(str(tmp_path / "wh")).run_dates() == [RUN_DATE]
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import pipeline.warehouse as wh
+from pipeline.config import load_settings
+from pipeline.run import run_pipeline
+from pipeline.sources import read_manifest
+
+calls = 0
+real_replace = os.replace
+def replace_then_die(src, dst):
+    global calls
+    calls += 1
+    if calls == int(sys.argv[3]):
+        os.kill(os.getpid(), signal.SIGKILL)  # killed between writing the temp file and publishing it
+    real_replace(src, dst)
+wh.os.replace = replace_then_die
+run_pipeline(read_manifest(sys.argv[1]), load_settings(warehouse=sys.argv[2]), run_date="2026-03-01", progress=False)
+"""
+
+
+def test_killed_run_leaves_no_half_file_and_a_rerun_completes_it(demo: Path, tmp_path: Path) -> None:
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    env = {**os.environ, "HOMOG_INTAKE__WORKERS": "1"}
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(demo), str(killed), "9"], env=env)
+    assert proc.returncode == -9
+
+    # Whatever the killed run left visible is whole: each object's bytes hash to its name.
+    raw = list((killed / "objects" / "raw").rglob("*.jpg"))
+    assert 0 < len(raw) < len(read_manifest(str(demo)))
+    for path in raw:
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
+    assert not (killed / "tables").exists() and not (killed / "runs").exists()
+    assert len(os.listdir(killed / ".tmp")) == 1  # the interrupted write, outside every data folder
+
+    settings = load_settings(warehouse=str(killed))
+    rerun = run_pipeline(read_manifest(str(demo)), settings, run_date=RUN_DATE, progress=False)
+    reference = run_pipeline(read_manifest(str(demo)), load_settings(warehouse=str(clean)), run_date=RUN_DATE, progress=False)
+    assert rerun.counts == reference.counts
+    assert files_under(killed) == files_under(clean)
+
+
+def test_no_raw_images_mode_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOMOG_PRIVACY__KEEP_RAW_IMAGES", "false")
+    result = run_json("--manifest", str(demo), "--warehouse", str(tmp_path / "wh"), "--run-date", RUN_DATE)
+    assert result["counts"]["error"] == 0
+    stored = [p.relative_to(tmp_path / "wh") for p in (tmp_path / "wh").rglob("*") if p.is_file()]
+    assert not [p for p in stored if p.parts[:2] == ("objects", "raw") or p.parts[0] == "staging"]
+    assert [p for p in stored if p.parts[:2] == ("objects", "thumbs")]
+
+
+def test_manifest_and_warehouse_on_a_non_local_filesystem(demo: Path) -> None:
+    for path in demo.parent.rglob("*.jpg"):
+        with fsspec.open(f"memory://src/{path.relative_to(demo.parent)}", "wb") as handle:
+            handle.write(path.read_bytes())
+    with fsspec.open("memory://src/manifest.csv", "wb") as handle:
+        handle.write(demo.read_bytes())
+    rows = read_manifest("memory://src/manifest.csv")
+    result = run_pipeline(rows, load_settings(warehouse="memory://wh-run"), run_date=RUN_DATE, progress=False)
+    assert result.counts["error"] == 0
+    with fsspec.open(result.outputs["images"], "rb") as handle:
+        assert len(pd.read_parquet(handle)) == len(rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--manifest", "a.csv", "--input", "dir"], "exactly one of --manifest"),
+        ([], "exactly one of --manifest"),
+        (["--manifest", "/nonexistent/m.csv"], "manifest not found"),
+        (["--input", "/nonexistent/dir"], "input folder not found"),
+        (["--input", ".", "--run-date", "01/03/2026"], "YYYY-MM-DD"),
+        (["--input", ".", "--embedder", "bert"], "bert"),
+    ],
+)
+def test_cli_usage_errors_exit_2_with_a_message(args: list[str], message: str) -> None:
+    code, _, err = homog("run", *args)
+    assert code == 2
+    assert message in err
+
+
+def test_help_and_config_commands(tmp_path: Path) -> None:
+    code, out, _ = homog("--help")
+    assert code == 0 and all(name in out for name in ("run", "demo-data", "config"))
+    config = tmp_path / "c.yaml"
+    config.write_text("embedder: classic\n")
+    code, out, _ = homog("config", "--config", str(config))
+    assert code == 0 and "embedder: classic" in out
+    config.write_text("embedder: nope\n")
+    code, _, err = homog("config", "--config", str(config))
+    assert code == 2 and "invalid configuration" in err

@@ -1,0 +1,83 @@
+"""Warehouse: layout, atomic writes, partition replacement, stale temp sweeping, non-local roots."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import fsspec
+import pandas as pd
+import pytest
+
+from pipeline.warehouse import Warehouse, validate_run_date
+
+
+def test_run_date_validation() -> None:
+    assert validate_run_date("2026-02-28") == "2026-02-28"
+    for bad in ("2026-2-28", "2026-02-30", "yesterday", "2026-02-28T00:00"):
+        with pytest.raises(ValueError, match="YYYY-MM-DD"):
+            validate_run_date(bad)
+
+
+def test_tables_are_hive_partitioned_and_a_rewrite_replaces_the_partition(tmp_path: Path) -> None:
+    warehouse = Warehouse(str(tmp_path))
+    uri = warehouse.write_table("images", "2026-01-01", pd.DataFrame({"company": ["a", "b"]}))
+    assert uri == str(tmp_path / "tables" / "images" / "run_date=2026-01-01" / "part-0.parquet")
+    warehouse.write_table("images", "2026-01-02", pd.DataFrame({"company": ["c"]}))
+    warehouse.write_table("images", "2026-01-01", pd.DataFrame({"company": ["z"]}))
+
+    assert warehouse.run_dates("images") == ["2026-01-01", "2026-01-02"]
+    assert list(warehouse.read_table("images", "2026-01-01")["company"]) == ["z"]
+    every = warehouse.read_table("images")
+    assert list(zip(every["run_date"], every["company"])) == [("2026-01-01", "z"), ("2026-01-02", "c")]
+    # pandas/pyarrow read the same folder as one Hive-partitioned dataset.
+    assert sorted(pd.read_parquet(tmp_path / "tables" / "images")["company"]) == ["c", "z"]
+    assert warehouse.read_table("pairs").empty and warehouse.read_table("pairs", "2026-01-01").empty
+
+
+def test_write_leaves_no_temp_file_and_objects_are_written_once(tmp_path: Path) -> None:
+    warehouse = Warehouse(str(tmp_path))
+    key = Warehouse.object_key("raw", "ab" * 32, "jpg")
+    assert key == f"objects/raw/ab/{'ab' * 32}.jpg"
+    assert warehouse.put_object(key, b"first") is True
+    assert warehouse.put_object(key, b"second") is False
+    assert warehouse.read_bytes(key) == b"first"
+    assert os.listdir(tmp_path / ".tmp") == []
+
+
+def test_a_failed_write_keeps_the_previous_file_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    warehouse = Warehouse(str(tmp_path))
+    warehouse.write_bytes("runs/x.json", b"old and complete")
+
+    def crash(*args: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError, match="disk full"):
+        warehouse.write_bytes("runs/x.json", b"new")
+    assert warehouse.read_bytes("runs/x.json") == b"old and complete"
+    assert os.listdir(tmp_path / ".tmp") == []
+
+
+def test_stale_temp_files_are_swept_fresh_ones_kept(tmp_path: Path) -> None:
+    warehouse = Warehouse(str(tmp_path))
+    (tmp_path / ".tmp").mkdir()
+    stale, fresh = tmp_path / ".tmp" / "stale", tmp_path / ".tmp" / "fresh"
+    stale.write_bytes(b"half")
+    fresh.write_bytes(b"in flight")
+    two_days_ago = time.time() - 48 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+    assert warehouse.sweep_stale_temp(older_than_hours=24) == 1
+    assert not stale.exists() and fresh.exists()
+
+
+def test_non_local_warehouse_root() -> None:
+    warehouse = Warehouse("memory://wh-test")
+    uri = warehouse.write_table("images", "2026-01-01", pd.DataFrame({"company": ["a"]}))
+    assert uri.startswith("memory://") and uri.endswith("wh-test/tables/images/run_date=2026-01-01/part-0.parquet")
+    with fsspec.open(uri, "rb") as handle:  # the URI handed to other tools opens as it is
+        assert list(pd.read_parquet(handle)["company"]) == ["a"]
+    assert list(warehouse.read_table("images")["company"]) == ["a"]
+    warehouse.write_json("runs/run_date=2026-01-01/run.json", {"ok": True})
+    assert warehouse.read_json("runs/run_date=2026-01-01/run.json") == {"ok": True}
