@@ -74,8 +74,6 @@ def run(
     except (ConfigError, SourceError, ValueError) as exc:
         _fail(str(exc))
     result = run_pipeline(rows, settings, run_date=run_date, source=manifest or input_dir or "", progress=progress)
-    for warning in result.warnings:
-        logging.getLogger("homog").warning(warning)
     if as_json:
         typer.echo(json.dumps(result.as_json()))
     else:

@@ -66,7 +66,18 @@ class ClipConfig(_Section):
     pretrained: str = "laion2b_s34b_b79k"
     checkpoint: Path | None = Field(None, description="Local checkpoint file; overrides `pretrained`.")
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32."
+    )
     batch_size: int = Field(64, ge=1, le=4096)
+    loader_workers: int = Field(1, ge=0, le=64, description="DataLoader processes decoding images beside the model.")
+
+    @field_validator("model", "pretrained")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty (random weights are not a user-facing option)")
+        return value.strip()
 
 
 class ThresholdsConfig(_Section):

@@ -1,7 +1,7 @@
 """One run, stage after stage: the single function the CLI and the Airflow tasks both call.
 
-Stages built so far: intake. Embedding, indexing, analytics and reports are separate issues; until
-they land, their outputs are reported as `null` in the result rather than faked.
+Stages built so far: intake, embed, index. Analytics and reports are separate issues; until they
+land, their outputs are reported as `null` in the result rather than faked.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 from pipeline import __version__
 from pipeline.config import Settings
+from pipeline.embed import embed_images, resolve_embedder
+from pipeline.index import build_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
 from pipeline.warehouse import TABLES, Warehouse, validate_run_date
@@ -31,11 +33,13 @@ class RunResult:
     counts: dict[str, int]
     stages_run: list[str]
     warnings: list[str] = field(default_factory=list)
+    embedder_fallback: str = ""
 
     def as_json(self) -> dict[str, Any]:
         return {
             "run_date": self.run_date,
             "embedder": self.embedder,
+            "embedder_fallback": self.embedder_fallback,
             "outputs": self.outputs,
             "counts": self.counts,
             "stages_run": self.stages_run,
@@ -59,10 +63,16 @@ def run_pipeline(
     warehouse = Warehouse(settings.warehouse)
     warehouse.sweep_stale_temp(settings.retention.staging_grace_hours)
     started = dt.datetime.now(dt.timezone.utc)
+    # Chosen before any work, so that `--embedder clip` without weights fails in a second, not after intake.
+    choice = resolve_embedder(settings)
 
     images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress)
     outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
     outputs["images"] = write_images_table(images, warehouse, run_date)
+
+    embeddings = embed_images(images, warehouse, choice.embedder, progress=progress)
+    vector_index = build_index(embeddings.vectors, embeddings.content_sha256)
+    outputs["index"] = save_index(warehouse, vector_index, embeddings.embedder_id, run_date)
 
     if not settings.privacy.keep_raw_images:
         # No-raw-images mode: originals lived in staging only for the stages of this run.
@@ -71,13 +81,25 @@ def run_pipeline(
     n_ok = int((images["status"] == "ok").sum())
     result = RunResult(
         run_date=run_date,
-        embedder=None,
+        embedder=embeddings.embedder_id,
+        embedder_fallback=choice.fallback_reason,
         outputs=outputs,
-        counts={"rows": len(images), "ok": n_ok, "error": len(images) - n_ok, "companies": images["company"].nunique()},
-        stages_run=["intake"],
+        counts={
+            "rows": len(images),
+            "ok": n_ok,
+            "error": len(images) - n_ok,
+            "companies": images["company"].nunique(),
+            "distinct_images": len(embeddings.content_sha256),
+            "embedded": embeddings.n_embedded,
+            "embedding_cache_hits": len(embeddings.content_sha256) - embeddings.n_embedded,
+        },
+        stages_run=["intake", "embed", "index"],
     )
     if n_ok == 0:
         result.warnings.append("no image passed intake: see the images table's error column")
+        logger.warning(result.warnings[-1])
+    if choice.fallback_reason:
+        result.warnings.append(choice.fallback_reason)
     warehouse.write_json(
         f"runs/run_date={run_date}/run.json",
         {
@@ -86,6 +108,7 @@ def run_pipeline(
             "started_at": started.isoformat(),
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "embedder_requested": settings.embedder,
+            "index_kind": vector_index.kind,
             "settings": settings.model_dump(mode="json"),
             "pipeline_version": __version__,
             "python": platform.python_version(),

@@ -24,10 +24,13 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import fsspec
 import pandas as pd
+
+if TYPE_CHECKING:
+    import pyarrow
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +137,18 @@ class Warehouse:
     def write_table(self, table: str, run_date: str, frame: pd.DataFrame) -> str:
         """Replace the `run_date` partition of `table` with `frame`; returns the file's URI."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         key = self.table_file(table, run_date)
-        buffer = io.BytesIO()
-        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), buffer, compression="zstd")
-        self.write_bytes(key, buffer.getvalue())
+        self.write_table_file(key, pa.Table.from_pandas(frame, preserve_index=False))
         return self.uri(key)
+
+    def write_table_file(self, key: str, table: "pyarrow.Table") -> str:
+        """Atomically write one Parquet file at `key`."""
+        import pyarrow.parquet as pq
+
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        return self.write_bytes(key, buffer.getvalue())
 
     def read_table(self, table: str, run_date: str | None = None) -> pd.DataFrame:
         """One partition, or all of them with a `run_date` column; empty frame if there is none."""

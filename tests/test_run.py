@@ -53,7 +53,8 @@ def test_run_follows_the_json_contract(demo: Path, tmp_path: Path) -> None:
     result = run_json("--manifest", str(demo), "--warehouse", str(tmp_path / "wh"), "--run-date", RUN_DATE)
     assert result["run_date"] == RUN_DATE
     assert "embedder" in result
-    assert set(result["outputs"]) == {"images", "pairs", "companies", "clusters", "report"}
+    assert {"images", "pairs", "companies", "clusters", "report"} <= set(result["outputs"])
+    assert result["embedder"] == "classic-v1" and "classic" in result["embedder_fallback"]
     images = pd.read_parquet(result["outputs"]["images"])
     assert list(images.columns[:7]) == CONTRACT_IMAGE_COLUMNS
     assert len(images) == len(read_manifest(str(demo))) == result["counts"]["rows"]
@@ -74,6 +75,10 @@ def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
     first = run_json(*args)
     before = files_under(tmp_path / "wh")
     second = run_json(*args)
+    assert second["counts"]["embedded"] == 0  # every vector came from the cache
+    assert second["counts"]["embedding_cache_hits"] == first["counts"]["embedded"] > 0
+    for counts in (first["counts"], second["counts"]):
+        del counts["embedded"], counts["embedding_cache_hits"]
     assert first == second
     assert files_under(tmp_path / "wh") == before  # same files, byte for byte, none added
     assert Warehouse(str(tmp_path / "wh")).run_dates() == [RUN_DATE]

@@ -1,0 +1,128 @@
+"""Embed: one L2-normalised vector per distinct image content, cached by (content_sha256, embedder id).
+
+The embedder is chosen once per run (`resolve_embedder`): `classic`, `clip`, or `auto` = clip where
+its weights are already on this machine, else classic, announced loudly. Vectors live in the
+warehouse under `embeddings/<embedder id>/shard-<digest>.parquet`; a rerun embeds only content that
+no shard holds yet, so unchanged images never reach the model again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import Settings
+from pipeline.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+
+class Embedder(Protocol):
+    id: str
+    dim: int
+
+    def embed_uris(self, uris: Sequence[str], progress: bool = False) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class EmbedderChoice:
+    embedder: Embedder
+    fallback_reason: str = ""  # non-empty: `auto` fell back to classic, and why
+
+
+def resolve_embedder(settings: Settings) -> EmbedderChoice:
+    """Build the run's embedder; `clip` without weights raises WeightsNotFound, `auto` falls back."""
+    from pipeline.embedders.classic import ClassicEmbedder
+    from pipeline.embedders.clip import ClipEmbedder, find_local_weights
+
+    clip = settings.clip
+    if settings.embedder == "classic":
+        return EmbedderChoice(ClassicEmbedder())
+    if settings.embedder == "auto" and find_local_weights(clip.model, clip.pretrained, clip.checkpoint) is None:
+        reason = (
+            f"CLIP weights for {clip.model} / {clip.pretrained} are not on this machine (see `homog models list`); "
+            "using the offline `classic` embedder instead. Its numbers are not comparable with clip's."
+        )
+        logger.warning("EMBEDDER FALLBACK: %s", reason)
+        return EmbedderChoice(ClassicEmbedder(), fallback_reason=reason)
+    return EmbedderChoice(
+        ClipEmbedder(
+            clip.model, clip.pretrained, clip.checkpoint, device=clip.device, precision=clip.precision,
+            batch_size=clip.batch_size, loader_workers=clip.loader_workers,
+        )
+    )
+
+
+def embedder_slug(embedder_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", embedder_id)
+
+
+def load_cache(warehouse: Warehouse, embedder_id: str) -> tuple[list[str], np.ndarray]:
+    """Every cached vector of one embedder: (content hashes, float32 matrix)."""
+    import pyarrow.parquet as pq
+
+    folder = f"embeddings/{embedder_slug(embedder_id)}"
+    if not warehouse.exists(folder):
+        return [], np.zeros((0, 0), np.float32)
+    keys: list[str] = []
+    blocks: list[np.ndarray] = []
+    for path in sorted(warehouse.fs.glob(warehouse.path(folder, "shard-*.parquet"))):
+        with warehouse.fs.open(path, "rb") as handle:
+            table = pq.read_table(handle)
+        keys.extend(table.column("content_sha256").to_pylist())
+        blocks.append(np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1))
+    return keys, (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
+
+
+def write_cache_shard(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], vectors: np.ndarray) -> str | None:
+    """Add vectors to the cache as one immutable shard named by its content (rewrites are no-ops)."""
+    import pyarrow as pa
+
+    if not len(keys):
+        return None
+    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+    key = f"embeddings/{embedder_slug(embedder_id)}/shard-{digest}.parquet"
+    if warehouse.exists(key):
+        return key
+    table = pa.table(
+        {
+            "content_sha256": pa.array(list(keys), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]),
+        }
+    ).replace_schema_metadata({"embedder": embedder_id})
+    warehouse.write_table_file(key, table)
+    return key
+
+
+@dataclass
+class Embeddings:
+    embedder_id: str
+    content_sha256: list[str]  # row i of `vectors` is the content with this hash
+    vectors: np.ndarray
+    n_embedded: int  # computed in this run (the rest came from the cache)
+
+
+def embed_images(
+    images: pd.DataFrame, warehouse: Warehouse, embedder: Embedder, progress: bool = True
+) -> Embeddings:
+    """Vectors for every distinct `ok` image of the `images` table, from the cache where possible."""
+    ok = images[images["status"] == "ok"].drop_duplicates("content_sha256")
+    wanted = list(ok["content_sha256"])
+    cached_keys, cached = load_cache(warehouse, embedder.id)
+    position = {key: i for i, key in enumerate(cached_keys)}
+    missing = ok[~ok["content_sha256"].isin(position)]
+    logger.info("embed %s: %d distinct images, %d cached, %d to embed", embedder.id, len(wanted), len(wanted) - len(missing), len(missing))
+    fresh = embedder.embed_uris([warehouse.uri(key) for key in missing["raw_object"]], progress=progress)
+    write_cache_shard(warehouse, embedder.id, list(missing["content_sha256"]), fresh)
+    fresh_position = {key: i for i, key in enumerate(missing["content_sha256"])}
+    vectors = np.zeros((len(wanted), embedder.dim), np.float32)
+    for row, key in enumerate(wanted):
+        vectors[row] = fresh[fresh_position[key]] if key in fresh_position else cached[position[key]]
+    return Embeddings(embedder.id, wanted, vectors, n_embedded=len(missing))

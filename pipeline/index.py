@@ -1,0 +1,136 @@
+"""Index: a FAISS inner-product index over one run's vectors (one per run and embedder).
+
+Vectors are L2-normalised, so inner product = cosine similarity. Up to `EXACT_MAX_VECTORS` the
+index is exact (`IndexFlatIP`); above it, HNSW, whose cost per query grows ~log N instead of N
+(crossover measured by `bench/index_crossover.py`). Saved beside its id map (row -> content hash)
+so that it reloads without the run that made it. Searches go in chunks: faiss 1.15.1's
+`IndexHNSW.range_search` aborts the process on large query batches, and chunks keep memory flat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+from pipeline.embed import embedder_slug
+from pipeline.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    import faiss
+
+logger = logging.getLogger(__name__)
+
+# Below this many vectors exact search is as fast as HNSW's queries plus its build (see the bench).
+EXACT_MAX_VECTORS = 50_000
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+SEARCH_CHUNK = 1024
+
+IndexKind = Literal["auto", "flat", "hnsw"]
+
+
+@dataclass
+class VectorIndex:
+    index: "faiss.Index"
+    ids: list[str]  # row -> content_sha256
+    kind: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.index.d)
+
+
+def build_index(vectors: np.ndarray, ids: Sequence[str], kind: IndexKind = "auto") -> VectorIndex:
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if len(vectors) != len(ids):
+        raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
+    if kind == "auto":
+        kind = "flat" if len(vectors) <= EXACT_MAX_VECTORS else "hnsw"
+    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    else:
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    if len(vectors):
+        index.add(vectors)
+    return VectorIndex(index, list(ids), kind)
+
+
+def _chunks(queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    for start in range(0, len(queries), SEARCH_CHUNK):
+        yield start, queries[start : start + SEARCH_CHUNK]
+
+
+def knn(vindex: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, row numbers), each (n_queries, k); -1 rows where fewer than k exist."""
+    k = max(1, min(k, vindex.index.ntotal or 1))
+    sims, rows = [], []
+    for _, chunk in _chunks(queries):
+        s, r = vindex.index.search(chunk, k)
+        sims.append(s)
+        rows.append(r)
+    if not sims:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(sims), np.concatenate(rows)
+
+
+def range_pairs(vindex: VectorIndex, threshold: float) -> Iterator[tuple[int, int, float]]:
+    """Every unordered pair (i < j) of indexed rows with similarity >= threshold, never a dense matrix."""
+    if vindex.index.ntotal == 0:
+        return
+    stored = vindex.index.reconstruct_n(0, vindex.index.ntotal)
+    radius = np.float32(threshold) - np.float32(1e-6)  # faiss keeps scores strictly above the radius
+    for start, chunk in _chunks(stored):
+        limits, sims, rows = vindex.index.range_search(chunk, float(radius))
+        for offset in range(len(chunk)):
+            i = start + offset
+            for position in range(limits[offset], limits[offset + 1]):
+                j = int(rows[position])
+                if j > i:
+                    yield i, j, float(sims[position])
+
+
+def index_folder(embedder_id: str, run_date: str) -> str:
+    return f"indexes/{embedder_slug(embedder_id)}/run_date={run_date}"
+
+
+def save_index(warehouse: Warehouse, vindex: VectorIndex, embedder_id: str, run_date: str) -> str:
+    """Write index, id map and description under indexes/<embedder>/run_date=D/; returns the folder URI."""
+    import faiss
+    import pyarrow as pa
+
+    folder = index_folder(embedder_id, run_date)
+    warehouse.write_bytes(f"{folder}/index.faiss", faiss.serialize_index(vindex.index).tobytes())
+    warehouse.write_table_file(f"{folder}/ids.parquet", pa.table({"content_sha256": pa.array(vindex.ids, pa.string())}))
+    meta = {"embedder": embedder_id, "kind": vindex.kind, "n": len(vindex.ids), "dim": vindex.dim}
+    if vindex.kind == "hnsw":
+        meta.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+    warehouse.write_bytes(f"{folder}/meta.json", json.dumps(meta, indent=2).encode())
+    return warehouse.uri(folder)
+
+
+def load_index(warehouse: Warehouse, embedder_id: str, run_date: str) -> VectorIndex:
+    import faiss
+    import pyarrow.parquet as pq
+
+    folder = index_folder(embedder_id, run_date)
+    if not warehouse.exists(f"{folder}/index.faiss"):
+        raise FileNotFoundError(f"no index for embedder {embedder_id} on {run_date} in {warehouse.uri()}")
+    index = faiss.deserialize_index(np.frombuffer(warehouse.read_bytes(f"{folder}/index.faiss"), dtype=np.uint8))
+    with warehouse.fs.open(warehouse.path(f"{folder}/ids.parquet"), "rb") as handle:
+        ids = pq.read_table(handle).column("content_sha256").to_pylist()
+    meta = json.loads(warehouse.read_bytes(f"{folder}/meta.json"))
+    if isinstance(index, faiss.IndexHNSW):
+        index.hnsw.efSearch = int(meta.get("ef_search", HNSW_EF_SEARCH))
+    return VectorIndex(index, ids, meta["kind"])
