@@ -60,6 +60,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ingest a manifest or folder of headshots into the warehouse and compute the run's tables."""
+    from pipeline.embedders.clip import WeightsNotFound
     from pipeline.run import run_pipeline
     from pipeline.warehouse import validate_run_date
 
@@ -73,7 +74,10 @@ def run(
         rows = read_manifest(manifest) if manifest else scan_folder(input_dir)  # type: ignore[arg-type]
     except (ConfigError, SourceError, ValueError) as exc:
         _fail(str(exc))
-    result = run_pipeline(rows, settings, run_date=run_date, source=manifest or input_dir or "", progress=progress)
+    try:
+        result = run_pipeline(rows, settings, run_date=run_date, source=manifest or input_dir or "", progress=progress)
+    except WeightsNotFound as exc:
+        _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.as_json()))
     else:
@@ -82,6 +86,57 @@ def run(
         for name, path in result.outputs.items():
             if path:
                 typer.echo(f"  {name}: {path}")
+
+
+models_app = typer.Typer(help="CLIP weights: fetch them on a connected machine, list what this machine has.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+def models_pull(
+    model: Annotated[Optional[str], typer.Argument(help="open_clip model name (default: clip.model).")] = None,
+    pretrained: Annotated[Optional[str], typer.Argument(help="open_clip pretrained tag (default: clip.pretrained).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Download CLIP weights into the Hugging Face cache (needs access to the Hub)."""
+    from pipeline.embedders.clip import ClipEmbedder, WeightsNotFound
+
+    _setup_logging(False)
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    model, pretrained = model or settings.clip.model, pretrained or settings.clip.pretrained
+    try:
+        embedder = ClipEmbedder(model, pretrained, device="cpu", precision="fp32", allow_download=True)
+    except WeightsNotFound as exc:
+        _fail(f"could not download {model} / {pretrained}: {exc}", code=1)
+    typer.echo(f"{embedder.id}: weights are in the cache; `homog run --embedder clip` will find them")
+
+
+@models_app.command("list")
+def models_list(
+    all_tags: Annotated[bool, typer.Option("--all", help="Also list known tags whose weights are not here.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Show which open_clip model/tag weights this machine has (HF cache, ~/.cache/clip, clip.checkpoint)."""
+    from pipeline.embedders.clip import find_local_weights, known_pretrained
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    if settings.clip.checkpoint is not None:
+        found = find_local_weights(settings.clip.model, settings.clip.pretrained, settings.clip.checkpoint)
+        typer.echo(f"{settings.clip.model}\tcheckpoint\t{found or 'MISSING: ' + str(settings.clip.checkpoint)}")
+    n_found = 0
+    for model, tag in known_pretrained():
+        path = find_local_weights(model, tag)
+        n_found += path is not None
+        if path or all_tags:
+            typer.echo(f"{model}\t{tag}\t{path or '-'}")
+    if not n_found:
+        typer.echo("no open_clip weights in the caches of this machine (see `homog models pull`)", err=True)
 
 
 @app.command("demo-data")

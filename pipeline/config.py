@@ -84,7 +84,7 @@ class ThresholdsConfig(_Section):
     """Similarity thresholds for near-duplicates, one per embedder family (cosine, 0..1)."""
 
     near_duplicate: dict[str, float] = Field(
-        default_factory=lambda: {"clip": 0.95, "classic": 0.95},
+        default_factory=lambda: {"clip": 0.95, "classic": 0.90},
         description="Cosine similarity at or above which a candidate pair is a near-duplicate, per embedder.",
     )
 

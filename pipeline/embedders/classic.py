@@ -34,6 +34,7 @@ _HOG_CELL = 16
 _COLOUR_GRID = 4
 _LBP_SIDE = 128
 # Share of the squared norm each block carries (so cosine similarity is their weighted average).
+_CHROMA_REFERENCE = 0.5  # chroma-vector length (Lab a*/b* in units of 100) treated as fully colourful
 _WEIGHTS = {"layout": 0.35, "shape": 0.40, "colour": 0.15, "texture": 0.10}
 
 
@@ -53,13 +54,16 @@ def trim_solid_border(image: Image.Image, tolerance: int = 12, max_share: float 
     Only a border that is flat to within `tolerance` (after JPEG ringing) and covers at most
     `max_share` of each side is removed, so a studio backdrop that reaches the edge stays.
     """
-    corner = image.getpixel((0, 0))
-    background = Image.new(image.mode, image.size, corner)
+    width, height = image.size
+    corners = np.array([image.getpixel(xy) for xy in ((0, 0), (width - 1, 0), (0, height - 1), (width - 1, height - 1))], float)
+    frame_colour = np.median(corners, axis=0)
+    if np.abs(corners - frame_colour).max() > tolerance:
+        return image  # an added frame surrounds the picture: its four corners agree (mirror-safe, too)
+    background = Image.new(image.mode, image.size, tuple(int(round(c)) for c in frame_colour))
     difference = ImageChops.difference(image, background).convert("L").point(lambda v: 255 if v > tolerance else 0)
     box = difference.getbbox()
     if box is None:
         return image
-    width, height = image.size
     left, top, right, bottom = box
     if left > width * max_share or top > height * max_share:
         return image
@@ -130,14 +134,16 @@ def describe(rgb: Image.Image) -> np.ndarray:
     # Equalising contrast makes brightness and contrast edits (and greyscale) cheap to ignore.
     luma = _stretch(luma)
     colour = _colour(rgb_small)
-    colour_block = np.concatenate([(colour + colour[:, ::-1]).ravel(), np.abs(colour - colour[:, ::-1]).ravel()])
+    chroma = np.concatenate([(colour + colour[:, ::-1]).ravel(), np.abs(colour - colour[:, ::-1]).ravel()])
     blocks = {
-        "layout": _layout(luma),
-        "shape": _mirror_invariant(_hog, luma),
-        "colour": colour_block,
-        "texture": _texture(_stretch(luma_fine)),
+        "layout": _unit(_layout(luma)),
+        "shape": _unit(_mirror_invariant(_hog, luma)),
+        # Not scaled to unit length: a near-grey picture has almost no chroma, and normalising that
+        # would blow numerical noise up into a random direction. Saturated pictures reach length 1.
+        "colour": chroma / max(float(np.linalg.norm(chroma)), _CHROMA_REFERENCE),
+        "texture": _unit(_texture(_stretch(luma_fine))),
     }
-    vector = np.concatenate([_unit(blocks[name]) * np.sqrt(weight) for name, weight in _WEIGHTS.items()])
+    vector = np.concatenate([blocks[name] * np.sqrt(weight) for name, weight in _WEIGHTS.items()])
     return _unit(vector).astype(np.float32)
 
 

@@ -81,6 +81,11 @@ def find_local_weights(model: str, pretrained: str, checkpoint: Path | None = No
     return None
 
 
+def known_pretrained() -> list[tuple[str, str]]:
+    """Every (model, tag) pair that open_clip knows how to fetch."""
+    return [tuple(pair) for pair in _open_clip().list_pretrained()]  # type: ignore[misc]
+
+
 def pick_device(preference: str = "auto") -> str:
     import torch
 
