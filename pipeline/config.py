@@ -70,7 +70,7 @@ class ClipConfig(_Section):
         "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32."
     )
     batch_size: int = Field(64, ge=1, le=4096)
-    loader_workers: int = Field(1, ge=0, le=64, description="DataLoader processes decoding images beside the model.")
+    decode_threads: int = Field(1, ge=1, le=64, description="Threads decoding the next batches while the model runs.")
 
     @field_validator("model", "pretrained")
     @classmethod

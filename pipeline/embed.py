@@ -55,7 +55,7 @@ def resolve_embedder(settings: Settings) -> EmbedderChoice:
     return EmbedderChoice(
         ClipEmbedder(
             clip.model, clip.pretrained, clip.checkpoint, device=clip.device, precision=clip.precision,
-            batch_size=clip.batch_size, loader_workers=clip.loader_workers,
+            batch_size=clip.batch_size, decode_threads=clip.decode_threads,
         )
     )
 

@@ -108,10 +108,10 @@ def test_tiny_clip_checkpoint_runs_the_real_pipeline_end_to_end(tiny_checkpoint:
     assert meta["embedder"] == result.embedder and meta["n"] == len(keys)
 
 
-def test_dataloader_path_equals_in_memory_path(tiny_checkpoint: Path, tmp_path: Path) -> None:
+def test_prefetched_file_path_equals_in_memory_path(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from pipeline.intake import load_rgb
 
-    embedder = ClipEmbedder(TINY_TEST_MODEL, checkpoint=tiny_checkpoint, precision="fp32", batch_size=3, loader_workers=1)
+    embedder = ClipEmbedder(TINY_TEST_MODEL, checkpoint=tiny_checkpoint, precision="fp32", batch_size=3, decode_threads=2)
     manifest = generate_demo_images(tmp_path, per_company=2)
     uris = [row.uri for row in read_manifest(str(manifest))]
     from_files = embedder.embed_uris(uris)

@@ -7,8 +7,8 @@ Weights come from one of three places, checked in this order:
 3. nowhere else during a run: runs never download. `homog models pull` (on a connected machine)
    is the one command that fetches weights, into the Hugging Face cache.
 
-Decoding and preprocessing run in a DataLoader worker while the model runs, so the model does not
-wait on JPEG decoding; on CPUs with bf16 support the model runs in bfloat16 (cosine to fp32 ~0.9999
+Decoding and preprocessing of the next batches run in background threads while the model runs, so
+the model does not wait on JPEG decoding; on CPUs with bf16 support the model runs in bfloat16 (cosine to fp32 ~0.9999
 with real weights), on CUDA in fp16.
 """
 
@@ -17,7 +17,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -119,19 +121,42 @@ def pick_dtype(device: str, precision: str = "auto") -> "torch.dtype":
     return torch.float32
 
 
-class _UriDataset:
-    """Decode + preprocess in DataLoader workers (picklable: only strings and the transform)."""
+def _yield_cpu_to_model() -> None:
+    """Run decode threads at the lowest priority: on a CPU-bound machine they then fill the model's
+    idle moments instead of stalling its OpenMP threads at every barrier."""
+    import threading
 
-    def __init__(self, uris: Sequence[str], preprocess: Any, draft_side: int) -> None:
-        self.uris, self.preprocess, self.draft_side = list(uris), preprocess, draft_side
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass  # not Linux, or not permitted: plain priority is still correct, only slower
 
-    def __len__(self) -> int:
-        return len(self.uris)
 
-    def __getitem__(self, index: int) -> "torch.Tensor":
-        from pipeline.intake import load_rgb
+def prefetched_batches(
+    uris: Sequence[str], load: Callable[[str], "torch.Tensor"], batch_size: int, threads: int, lookahead: int = 2
+) -> Iterator["torch.Tensor"]:
+    """Yield stacked batches in order while the next `lookahead` batches decode in background threads.
 
-        return self.preprocess(load_rgb(self.uris[index], draft_side=self.draft_side))
+    Threads rather than DataLoader processes: Pillow's decoder/resizer and torch's tensor ops release
+    the GIL, and threads hand tensors over without pickling them through shared memory, which on
+    small machines cost more than the decoding itself. Memory stays bounded by the lookahead.
+    """
+    import torch
+
+    starts = list(range(0, len(uris), batch_size))
+    with ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="decode", initializer=_yield_cpu_to_model) as pool:
+        pending: deque[list[Future]] = deque()
+
+        def submit(start: int) -> None:
+            pending.append([pool.submit(load, uri) for uri in uris[start : start + batch_size]])
+
+        for start in starts[: lookahead + 1]:
+            submit(start)
+        for position in range(len(starts)):
+            batch = torch.stack([future.result() for future in pending.popleft()])
+            if position + lookahead + 1 < len(starts):
+                submit(starts[position + lookahead + 1])
+            yield batch
 
 
 class ClipEmbedder:
@@ -145,7 +170,7 @@ class ClipEmbedder:
         device: str = "auto",
         precision: str = "auto",
         batch_size: int = 64,
-        loader_workers: int = 1,
+        decode_threads: int = 1,
         allow_download: bool = False,
         random_init_seed: int | None = None,
     ) -> None:
@@ -154,7 +179,7 @@ class ClipEmbedder:
         open_clip = _open_clip()
         self.model_name = model
         self.batch_size = batch_size
-        self.loader_workers = loader_workers
+        self.decode_threads = decode_threads
         self.device = pick_device(device)
         self.dtype = pick_dtype(self.device, precision)
         if pretrained is None and checkpoint is None:
@@ -204,22 +229,20 @@ class ClipEmbedder:
         ]
         return np.concatenate(batches)
 
+    def load_pixels(self, uri: str) -> "torch.Tensor":
+        from pipeline.intake import load_rgb
+
+        return self.preprocess(load_rgb(uri, draft_side=self.input_side))
+
     def embed_uris(self, uris: Sequence[str], progress: bool = False) -> np.ndarray:
-        from torch.utils.data import DataLoader
         from tqdm.auto import tqdm
 
         if not uris:
             return np.zeros((0, self.dim), np.float32)
-        loader = DataLoader(
-            _UriDataset(uris, self.preprocess, draft_side=self.input_side),
-            batch_size=self.batch_size,
-            num_workers=self.loader_workers,
-            prefetch_factor=4 if self.loader_workers else None,
-            persistent_workers=False,
-        )
         vectors = []
+        batches = prefetched_batches(uris, self.load_pixels, self.batch_size, threads=self.decode_threads)
         with tqdm(total=len(uris), desc=f"embed {self.model_name}", unit="img", disable=not progress) as bar:
-            for pixels in loader:
+            for pixels in batches:
                 vectors.append(self.encode_batch(pixels))
                 bar.update(len(pixels))
         return np.concatenate(vectors)
