@@ -60,7 +60,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ingest a manifest or folder of headshots into the warehouse and compute the run's tables."""
-    from pipeline.embedders.clip import WeightsNotFound
+    from pipeline.embedders.clip import UnknownModel, WeightsNotFound
     from pipeline.run import run_pipeline
     from pipeline.warehouse import validate_run_date
 
@@ -76,7 +76,7 @@ def run(
         _fail(str(exc))
     try:
         result = run_pipeline(rows, settings, run_date=run_date, source=manifest or input_dir or "", progress=progress)
-    except WeightsNotFound as exc:
+    except (WeightsNotFound, UnknownModel) as exc:
         _fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.as_json()))
@@ -99,7 +99,7 @@ def models_pull(
     config: ConfigOption = None,
 ) -> None:
     """Download CLIP weights into the Hugging Face cache (needs access to the Hub)."""
-    from pipeline.embedders.clip import ClipEmbedder, WeightsNotFound
+    from pipeline.embedders.clip import ClipEmbedder, UnknownModel, WeightsNotFound
 
     _setup_logging(False)
     try:
@@ -109,7 +109,8 @@ def models_pull(
     model, pretrained = model or settings.clip.model, pretrained or settings.clip.pretrained
     try:
         embedder = ClipEmbedder(model, pretrained, device="cpu", precision="fp32", allow_download=True)
-    except WeightsNotFound as exc:
+        embedder.model  # loading is what fetches the weights into the cache
+    except (WeightsNotFound, UnknownModel) as exc:
         _fail(f"could not download {model} / {pretrained}: {exc}", code=1)
     typer.echo(f"{embedder.id}: weights are in the cache; `homog run --embedder clip` will find them")
 

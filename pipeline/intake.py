@@ -52,7 +52,7 @@ _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 IMAGE_COLUMNS = [
     "company", "image", "content_sha256", "status", "error", "width", "height",
     "error_kind", "warnings", "person", "source_url", "format", "source_mode", "n_frames",
-    "n_bytes", "pixel_sha256", "phash", "raw_object", "thumbnail_object",
+    "n_bytes", "pixel_sha256", "phash", "raw_object", "thumbnail_object", "uri", "source_fingerprint",
 ]  # fmt: skip
 
 
@@ -85,6 +85,8 @@ class ImageRecord:
     phash: str = ""
     raw_object: str = ""
     thumbnail_object: str = ""
+    uri: str = ""
+    source_fingerprint: str = ""  # size + mtime/ETag of the source when fetched; "" = unknown
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,25 @@ def fetch_bytes(uri: str, max_bytes: int, timeout_s: float) -> bytes:
     if len(data) > max_bytes:
         raise IntakeError("too_large", f"payload is over the limit of {max_bytes} bytes")
     return data
+
+
+def source_fingerprint(uri: str) -> str:
+    """A cheap "has this source changed?" token from metadata alone; "" where the source offers none.
+
+    Only a modification time or an ETag is trusted, together with the size: a size alone says too
+    little to skip reading the bytes.
+    """
+    import fsspec
+
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+        info = fs.info(path)
+    except Exception:  # any failure just means: fetch it
+        return ""
+    version = info.get("mtime") or info.get("ETag") or info.get("LastModified") or info.get("last_modified")
+    if not version:
+        return ""
+    return f"size={info.get('size')};version={version}"
 
 
 # ------------------------------------------------------------------ decoding
@@ -257,14 +278,16 @@ def ingest_one(
     run_date: str,
     intake_cfg: IntakeConfig,
     privacy: PrivacyConfig,
+    fingerprint: str = "",
 ) -> ImageRecord:
     """Fetch, check, normalise, hash and store one image; never raises for a bad image."""
     import imagehash
 
-    record = ImageRecord(company=row.company, image=row.image, person=row.person, source_url=row.source_url)
+    record = ImageRecord(company=row.company, image=row.image, person=row.person, source_url=row.source_url, uri=row.uri)
     try:
         if row.problem:
             raise IntakeError("bad_row", row.problem)
+        record.source_fingerprint = fingerprint
         data = fetch_bytes(row.uri, intake_cfg.max_bytes, intake_cfg.fetch_timeout_s)
         record.n_bytes = len(data)
         record.content_sha256 = hashlib.sha256(data).hexdigest()
@@ -299,6 +322,23 @@ def records_to_frame(records: Sequence[ImageRecord]) -> pd.DataFrame:
     return frame
 
 
+def reusable_records(previous: pd.DataFrame, warehouse: Warehouse, privacy: PrivacyConfig) -> dict[tuple[str, str], dict]:
+    """Earlier `ok` rows whose stored objects are still there, keyed by (uri, source fingerprint).
+
+    In no-raw-images mode nothing is reused: the originals are gone after each run, and content that
+    is new to the embedding cache would have nothing to be embedded from.
+    """
+    if previous.empty or "source_fingerprint" not in previous or not privacy.keep_raw_images:
+        return {}
+    usable = previous[(previous["status"] == "ok") & (previous["source_fingerprint"] != "")]
+    reusable = {}
+    for row in usable.to_dict("records"):
+        if privacy.keep_thumbnails and not row["thumbnail_object"]:
+            continue  # thumbnails were off then and are on now
+        reusable[(row["uri"], row["source_fingerprint"])] = row
+    return reusable
+
+
 def ingest(
     rows: Sequence[ManifestRow],
     warehouse: Warehouse,
@@ -306,12 +346,26 @@ def ingest(
     intake_cfg: IntakeConfig,
     privacy: PrivacyConfig,
     progress: bool = True,
+    previous: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Ingest every row (in parallel threads, order kept); returns the `images` table."""
+    """Ingest every row (in parallel threads, order kept); returns the `images` table.
+
+    `previous`: an earlier `images` table. A row whose source has the same fingerprint (size and
+    mtime/ETag) as there, and whose stored objects still exist, is carried over without being fetched
+    or decoded again, which is what makes a nightly rerun over unchanged pages cheap.
+    """
     from tqdm.auto import tqdm
 
+    known = reusable_records(previous if previous is not None else pd.DataFrame(), warehouse, privacy)
+
     def work(row: ManifestRow) -> ImageRecord:
-        return ingest_one(row, warehouse, run_date, intake_cfg, privacy)
+        fingerprint = "" if row.problem else source_fingerprint(row.uri)
+        earlier = known.get((row.uri, fingerprint)) if fingerprint else None
+        if earlier is not None and _objects_present(earlier, warehouse):
+            carried = {**earlier, "warnings": list(earlier["warnings"])}
+            carried.update(company=row.company, image=row.image, person=row.person, source_url=row.source_url)
+            return ImageRecord(**carried)
+        return ingest_one(row, warehouse, run_date, intake_cfg, privacy, fingerprint)
 
     with ThreadPoolExecutor(max_workers=intake_cfg.workers, thread_name_prefix="intake") as pool:
         records = list(
@@ -323,6 +377,11 @@ def ingest(
     for kind, count in failed["error_kind"].value_counts().items():
         logger.warning("intake: %d image(s) refused as %s", count, kind)
     return frame
+
+
+def _objects_present(record: dict, warehouse: Warehouse) -> bool:
+    keys = [record["raw_object"]] + ([record["thumbnail_object"]] if record["thumbnail_object"] else [])
+    return all(warehouse.exists(key) for key in keys)
 
 
 def write_images_table(frame: pd.DataFrame, warehouse: Warehouse, run_date: str) -> str:

@@ -66,7 +66,9 @@ def run_pipeline(
     # Chosen before any work, so that `--embedder clip` without weights fails in a second, not after intake.
     choice = resolve_embedder(settings)
 
-    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress)
+    earlier_dates = warehouse.run_dates("images")
+    previous = warehouse.read_table("images", earlier_dates[-1]) if earlier_dates else None
+    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress, previous=previous)
     outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
     outputs["images"] = write_images_table(images, warehouse, run_date)
 

@@ -212,3 +212,16 @@ def rows_with_one_more(rows: list, tmp_path: Path) -> list:
     extra = tmp_path / "extra.jpg"
     photo_like(seed=99).save(extra, format="JPEG")
     return [*rows, ManifestRow(company="newco", image="extra.jpg", uri=str(extra))]
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    from pipeline.embedders.clip import UnknownModel
+
+    with pytest.raises(UnknownModel, match="unknown open_clip model 'ViT-Z-99'"):
+        ClipEmbedder("ViT-Z-99", checkpoint=None, pretrained=None, random_init_seed=0)
+
+
+def test_model_loads_only_when_something_must_be_embedded(tiny_checkpoint: Path) -> None:
+    embedder = ClipEmbedder(TINY_TEST_MODEL, checkpoint=tiny_checkpoint)
+    assert embedder._model is None and embedder.dim == 32 and embedder.input_side == 64
+    assert embedder.embed_uris([]).shape == (0, 32) and embedder._model is None

@@ -234,3 +234,32 @@ def test_http_sources(http_server: tuple[str, dict], tmp_path: Path) -> None:
     frame = ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01", CFG, PrivacyConfig(), progress=False)
     assert list(frame["status"]) == ["ok", "error", "error"]
     assert list(frame["error_kind"]) == ["", "not_an_image", "fetch_failed"]
+
+
+def test_unchanged_sources_are_carried_over_without_refetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import pipeline.intake as intake
+
+    rows = rows_for(tmp_path, {"a.jpg": encode(photo_like(seed=7)), "b.jpg": encode(photo_like(seed=8)), "bad.jpg": b"<html>"})
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    first = ingest(rows, warehouse, "2026-01-01", CFG, PrivacyConfig(), progress=False)
+    assert (first.loc[first["status"] == "ok", "source_fingerprint"] != "").all()
+
+    fetched: list[str] = []
+    real_fetch = intake.fetch_bytes
+    monkeypatch.setattr(intake, "fetch_bytes", lambda uri, *a: fetched.append(Path(uri).name) or real_fetch(uri, *a))
+    second = ingest(rows, warehouse, "2026-01-02", CFG, PrivacyConfig(), progress=False, previous=first)
+    assert fetched == ["bad.jpg"]  # refused rows are always retried; unchanged good ones are not fetched
+    assert second.drop(columns="warnings").equals(first.drop(columns="warnings"))
+
+    # A changed file is fetched again; so is one whose stored object disappeared.
+    changed = Path(rows[0].uri)
+    changed.write_bytes(encode(photo_like(seed=70)))
+    os.utime(changed, (1_900_000_000, 1_900_000_000))
+    warehouse.remove(first.loc[1, "raw_object"])
+    fetched.clear()
+    third = ingest(rows, warehouse, "2026-01-03", CFG, PrivacyConfig(), progress=False, previous=second)
+    assert sorted(fetched) == ["a.jpg", "b.jpg", "bad.jpg"]
+    assert third.loc[0, "content_sha256"] != first.loc[0, "content_sha256"]
+    assert warehouse.exists(third.loc[1, "raw_object"])

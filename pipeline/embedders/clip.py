@@ -40,6 +40,10 @@ class WeightsNotFound(RuntimeError):
     """CLIP weights are not on this machine (and could not be fetched)."""
 
 
+class UnknownModel(ValueError):
+    """The configured open_clip model name does not exist."""
+
+
 def _open_clip() -> Any:
     import open_clip
 
@@ -174,8 +178,6 @@ class ClipEmbedder:
         allow_download: bool = False,
         random_init_seed: int | None = None,
     ) -> None:
-        import torch
-
         open_clip = _open_clip()
         self.model_name = model
         self.batch_size = batch_size
@@ -185,7 +187,6 @@ class ClipEmbedder:
         if pretrained is None and checkpoint is None:
             if random_init_seed is None:
                 raise ValueError("pretrained=None needs random_init_seed: random weights are for tests and benchmarks only")
-            torch.manual_seed(random_init_seed)
             weights, tag = None, f"random{random_init_seed}"
         else:
             weights = find_local_weights(model, pretrained or "", checkpoint)
@@ -196,19 +197,47 @@ class ClipEmbedder:
             tag = f"ckpt{_file_digest(weights)}" if checkpoint is not None else str(pretrained)
             if weights is None:
                 weights = pretrained  # let open_clip fetch it into the cache
+        config = open_clip.get_model_config(model)
+        if config is None:
+            raise UnknownModel(f"unknown open_clip model {model!r}; `python -c 'import open_clip; print(open_clip.list_models())'` lists them")
+        self._weights, self._pretrained, self._random_init_seed = weights, str(pretrained), random_init_seed
+        self._model: Any = None
+        self._preprocess: Any = None
+        self.id = f"clip-{model}-{tag}"
+        self.dim = int(config["embed_dim"])
+        side = config["vision_cfg"]["image_size"]
+        self.input_side = int(side[0] if isinstance(side, (list, tuple)) else side)
+
+    def _load(self) -> None:
+        """Build the model on first use: a rerun served from the cache never pays for loading weights."""
+        if self._model is not None:
+            return
+        open_clip = _open_clip()
+        if self._random_init_seed is not None:
+            import torch
+
+            torch.manual_seed(self._random_init_seed)
         try:
-            self.model, _, self.preprocess = open_clip.create_model_and_transforms(model, pretrained=weights)
+            model, _, preprocess = open_clip.create_model_and_transforms(self.model_name, pretrained=self._weights)
         except RuntimeError as exc:
             if "Unknown model" in str(exc) or "not found" in str(exc).lower() or "download" in str(exc).lower():
-                raise WeightsNotFound(f"{exc}\n" + weights_help(model, str(pretrained))) from None
+                raise WeightsNotFound(f"{exc}\n" + weights_help(self.model_name, self._pretrained)) from None
             raise
         except (FileNotFoundError, OSError) as exc:
-            raise WeightsNotFound(f"{exc}\n" + weights_help(model, str(pretrained))) from None
-        self.model = self.model.to(self.device, dtype=self.dtype).eval()
-        self.id = f"clip-{model}-{tag}"
-        self.dim = int(self.model.visual.output_dim)
-        self.input_side = int(self.model.visual.image_size[0] if isinstance(self.model.visual.image_size, tuple) else self.model.visual.image_size)
+            raise WeightsNotFound(f"{exc}\n" + weights_help(self.model_name, self._pretrained)) from None
+        self._model = model.to(self.device, dtype=self.dtype).eval()
+        self._preprocess = preprocess
         logger.info("clip embedder %s on %s in %s", self.id, self.device, str(self.dtype).removeprefix("torch."))
+
+    @property
+    def model(self) -> Any:
+        self._load()
+        return self._model
+
+    @property
+    def preprocess(self) -> Any:
+        self._load()
+        return self._preprocess
 
     def encode_batch(self, pixels: "torch.Tensor") -> np.ndarray:
         import torch
@@ -248,9 +277,19 @@ class ClipEmbedder:
         return np.concatenate(vectors)
 
 
-def _file_digest(path: str) -> str:
-    digest = hashlib.sha256()
+def _file_digest(path: str, edge_bytes: int = 4 << 20) -> str:
+    """Identity of a checkpoint: its size plus its first and last 4 MiB.
+
+    Hashing a whole ViT checkpoint costs a second or more on every run; weights that differ differ in
+    their first megabytes (embedding and first-layer tensors), so the edges identify them in practice.
+    """
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+        digest.update(handle.read(edge_bytes))
+        if size > 2 * edge_bytes:
+            handle.seek(-edge_bytes, os.SEEK_END)
+            digest.update(handle.read(edge_bytes))
+        else:
+            digest.update(handle.read())
     return digest.hexdigest()[:12]
