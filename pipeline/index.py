@@ -25,12 +25,15 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# Below this many vectors exact search is as fast as HNSW's queries plus its build (see the bench).
-EXACT_MAX_VECTORS = 50_000
+# All near-duplicate pairs of N 512-d vectors on 2 cores (bench/index_crossover.py): exact search
+# took 0.4/3.5/21/64 s at 5k/20k/50k/100k, HNSW build + search 0.8/8.9/30/60 s. They cross at ~100k.
+EXACT_MAX_VECTORS = 100_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-SEARCH_CHUNK = 1024
+# faiss 1.15.1's HNSW range_search aborted the process at 1024 queries of dim 512 with results and
+# worked at 512 (measured); 256 leaves a margin and costs nothing measurable on the flat index.
+SEARCH_CHUNK = 256
 
 IndexKind = Literal["auto", "flat", "hnsw"]
 
