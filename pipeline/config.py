@@ -81,19 +81,31 @@ class ClipConfig(_Section):
 
 
 class ThresholdsConfig(_Section):
-    """Similarity thresholds for near-duplicates, one per embedder family (cosine, 0..1)."""
+    """Analytics thresholds. Similarities are cosine (0..1), one value per embedder family."""
 
-    near_duplicate: dict[str, float] = Field(
-        default_factory=lambda: {"clip": 0.95, "classic": 0.90},
-        description="Cosine similarity at or above which a candidate pair is a near-duplicate, per embedder.",
+    candidate: dict[str, float] = Field(
+        default_factory=lambda: {"clip": 0.85, "classic": 0.80},
+        description="Pairs at or above this similarity are near-duplicate *candidates*, then verified geometrically.",
     )
+    style: dict[str, float] = Field(
+        default_factory=lambda: {"clip": 0.90, "classic": 0.85},
+        description="Pairs at or above this similarity join one style cluster (same template/look).",
+    )
+    verify_min_inlier_ratio: float = Field(0.60, gt=0, le=1, description="Geometric verification: share of ORB matches that fit one transform.")
+    verify_min_block_correlation: float = Field(0.96, gt=-1, le=1, description="Geometric verification: median block correlation once aligned.")
+    min_images: int = Field(5, ge=3, description="Pages with fewer ok images get status too_few_images, no index.")
+    bootstrap_samples: int = Field(400, ge=50, le=10_000)
+    max_page_sample: int = Field(3000, ge=100, description="Larger pages are measured on a seeded sample this big.")
 
-    @field_validator("near_duplicate")
+    @field_validator("candidate", "style")
     @classmethod
     def _in_unit_interval(cls, value: dict[str, float]) -> dict[str, float]:
         bad = {k: v for k, v in value.items() if not 0.0 < v <= 1.0}
         if bad:
-            raise ValueError(f"near-duplicate thresholds must be in (0, 1], got {bad}")
+            raise ValueError(f"similarity thresholds must be in (0, 1], got {bad}")
+        missing = {"clip", "classic"} - set(value)
+        if missing:
+            raise ValueError(f"thresholds needed for every embedder family, missing {sorted(missing)}")
         return value
 
 

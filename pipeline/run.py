@@ -1,7 +1,7 @@
 """One run, stage after stage: the single function the CLI and the Airflow tasks both call.
 
-Stages built so far: intake, embed, index. Analytics and reports are separate issues; until they
-land, their outputs are reported as `null` in the result rather than faked.
+Stages built so far: intake, embed, index, analyze. Reports are a separate issue; until it lands,
+the `report` output is `null` rather than faked.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import __version__
+from pipeline.analyze import analyze
 from pipeline.config import Settings
 from pipeline.embed import embed_images, resolve_embedder
 from pipeline.index import build_index, save_index
@@ -76,6 +77,10 @@ def run_pipeline(
     vector_index = build_index(embeddings.vectors, embeddings.content_sha256)
     outputs["index"] = save_index(warehouse, vector_index, embeddings.embedder_id, run_date)
 
+    analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds)
+    for table in ("pairs", "clusters", "companies", "reuse"):
+        outputs[table] = warehouse.write_table(table, run_date, getattr(analysis, table))
+
     if not settings.privacy.keep_raw_images:
         # No-raw-images mode: originals lived in staging only for the stages of this run.
         warehouse.drop_staging(run_date)
@@ -94,8 +99,12 @@ def run_pipeline(
             "distinct_images": len(embeddings.content_sha256),
             "embedded": embeddings.n_embedded,
             "embedding_cache_hits": len(embeddings.content_sha256) - embeddings.n_embedded,
+            "near_duplicate_candidates": analysis.n_candidates,
+            "near_duplicates_verified": analysis.n_verified,
+            "pairs": len(analysis.pairs),
+            "cross_company_pairs": len(analysis.reuse),
         },
-        stages_run=["intake", "embed", "index"],
+        stages_run=["intake", "embed", "index", "analyze"],
     )
     if n_ok == 0:
         result.warnings.append("no image passed intake: see the images table's error column")

@@ -47,7 +47,8 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("intake:\n  max_bytes: -1\n", "intake.max_bytes"),
         ("intake:\n  max_pixels: 500000000\n", "intake.max_pixels"),
         ("intake:\n  maxbytes: 5\n", "intake.maxbytes: Extra inputs are not permitted"),
-        ("thresholds:\n  near_duplicate:\n    clip: 1.5\n", "must be in (0, 1]"),
+        ("thresholds:\n  candidate:\n    clip: 1.5\n    classic: 0.8\n", "must be in (0, 1]"),
+        ("thresholds:\n  style:\n    clip: 0.9\n", "missing ['classic']"),
         ("warehouse: '  '\n", "warehouse"),
     ],
 )

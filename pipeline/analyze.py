@@ -1,0 +1,288 @@
+"""Analyze: near-duplicates, style clusters, a homogeneity index per page, cross-company reuse.
+
+Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix is ever built:
+1. exact: same bytes (`content_sha256`) or same pixels in another encoding (`pixel_sha256`);
+2. near: FAISS range search at the embedder's generous *candidate* threshold, then geometric
+   verification of each candidate (pipeline/verify.py), which keeps edited copies of one photograph
+   and drops different photos of one sitter or template.
+
+Style clusters are the connected components of the graph whose edges are exact and verified pairs
+plus pairs at or above the embedder's *style* threshold: deterministic, parameter-light and built
+from the same sparse range search (HDBSCAN would need a dense or tree index over 512-d vectors and
+gives run-to-run label changes for borderline points).
+
+The homogeneity index of a page is the expected similarity of two different photos on it:
+
+    H = mean over unordered pairs {i, j} of k(i, j),  k = 1 for exact/near-duplicate pairs,
+                                                     k = max(0, cosine) otherwise
+
+It is 0 for mutually orthogonal photos, 1 for one photo repeated. It uses the page alone (no other
+company enters it), and as a U-statistic its expectation does not depend on how many photos the page
+has, so pages of different sizes and runs with the same embedder compare directly; only its
+uncertainty shrinks with size. The 95% interval is a percentile bootstrap over the page's photos
+(pairs of the same resampled photo are left out, as the U-statistic bootstrap requires), seeded by
+the company name so that reruns give identical numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ThresholdsConfig
+from pipeline.embed import Embeddings
+from pipeline.index import VectorIndex, range_pairs
+from pipeline.verify import VerifyParams, features, verify
+from pipeline.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+PAIR_COLUMNS = ["image_a", "image_b", "company_a", "company_b", "similarity", "kind"]
+CLUSTER_COLUMNS = ["image", "company", "cluster_id"]
+COMPANY_COLUMNS = [
+    "company", "n_images", "near_dup_rate", "mean_pairwise_similarity", "vendi_score", "homogeneity_index",
+    "ci_low", "ci_high", "n_clusters", "largest_cluster_share", "embedder", "status", "n_rows", "n_errors",
+    "n_reused_images", "n_partner_companies",
+]  # fmt: skip
+
+
+def embedder_family(embedder_id: str) -> str:
+    return "clip" if embedder_id.startswith("clip") else "classic"
+
+
+@dataclass
+class Analysis:
+    pairs: pd.DataFrame
+    clusters: pd.DataFrame
+    companies: pd.DataFrame
+    reuse: pd.DataFrame
+    n_candidates: int
+    n_verified: int
+
+
+# ------------------------------------------------------------ near-duplicates
+def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
+    """content hash -> representative of its exact group (same bytes or same decoded pixels)."""
+    representative: dict[str, str] = {}
+    for _, group in ok.groupby("pixel_sha256", sort=True):
+        contents = sorted(group["content_sha256"].unique())
+        for content in contents:
+            representative[content] = contents[0]
+    return representative
+
+
+def verified_content_pairs(
+    candidates: Iterable[tuple[int, int, float]],
+    embeddings: Embeddings,
+    object_of: dict[str, str],
+    warehouse: Warehouse,
+    params: VerifyParams,
+    workers: int = 2,
+) -> list[tuple[str, str, float]]:
+    """Keep the candidate pairs (rows of the index) that verify as the same photograph."""
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import lru_cache
+
+    from pipeline.intake import load_rgb
+
+    @lru_cache(maxsize=4096)
+    def cached_features(content: str):  # type: ignore[no-untyped-def]
+        return features(load_rgb(warehouse.uri(object_of[content])))
+
+    def check(candidate: tuple[int, int, float]) -> tuple[str, str, float] | None:
+        i, j, similarity = candidate
+        a, b = embeddings.content_sha256[i], embeddings.content_sha256[j]
+        return (a, b, similarity) if verify(cached_features(a), cached_features(b), params).same_photo else None
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        return [pair for pair in pool.map(check, candidates) if pair is not None]
+
+
+def _row_pairs(rows_a: pd.DataFrame, rows_b: pd.DataFrame | None, similarity: float, kind: str) -> list[dict]:
+    """All unordered row pairs within rows_a (rows_b None) or across rows_a x rows_b."""
+    a_records = rows_a.to_dict("records")
+    if rows_b is None:
+        combos = [(a_records[x], a_records[y]) for x in range(len(a_records)) for y in range(x + 1, len(a_records))]
+    else:
+        combos = [(a, b) for a in a_records for b in rows_b.to_dict("records")]
+    pairs = []
+    for first, second in combos:
+        first, second = sorted((first, second), key=lambda r: (r["company"], r["image"]))
+        pairs.append(
+            {"image_a": first["image"], "image_b": second["image"], "company_a": first["company"],
+             "company_b": second["company"], "similarity": similarity, "kind": kind}
+        )  # fmt: skip
+    return pairs
+
+
+def pairs_table(ok: pd.DataFrame, representative: dict[str, str], near: list[tuple[str, str, float]]) -> pd.DataFrame:
+    ok = ok.assign(exact_group=ok["content_sha256"].map(representative))
+    records: list[dict] = []
+    for _, group in ok.groupby("exact_group", sort=True):
+        if len(group) > 1:
+            records.extend(_row_pairs(group, None, 1.0, "exact"))
+    by_group = {key: group for key, group in ok.groupby("exact_group", sort=True)}
+    seen: set[tuple[str, str]] = set()
+    for a, b, similarity in near:
+        ga, gb = sorted((representative[a], representative[b]))
+        if ga == gb or (ga, gb) in seen:
+            continue  # already exact, or the same two groups reached through another encoding
+        seen.add((ga, gb))
+        records.extend(_row_pairs(by_group[ga], by_group[gb], round(float(similarity), 6), "near_duplicate"))
+    frame = pd.DataFrame(records, columns=PAIR_COLUMNS)
+    return frame.sort_values(["company_a", "image_a", "company_b", "image_b"], ignore_index=True)
+
+
+# ------------------------------------------------------------------- clusters
+def style_clusters(ok: pd.DataFrame, embeddings: Embeddings, edges: Iterable[tuple[str, str]], all_rows: pd.DataFrame) -> pd.DataFrame:
+    """Connected components over contents; rows of a component with >= 2 rows share a cluster id."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    position = {content: i for i, content in enumerate(embeddings.content_sha256)}
+    pairs = [(position[a], position[b]) for a, b in edges if a in position and b in position]
+    n = len(position)
+    rows = [p[0] for p in pairs]
+    cols = [p[1] for p in pairs]
+    graph = coo_matrix((np.ones(len(pairs)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    row_component = ok["content_sha256"].map(lambda c: int(component[position[c]]))
+    sizes = row_component.value_counts()
+    big = sizes[sizes >= 2]
+    # Deterministic ids: biggest first, ties by the smallest content hash in the component.
+    first_content = {comp: min(ok.loc[row_component == comp, "content_sha256"]) for comp in big.index}
+    ordered = sorted(big.index, key=lambda comp: (-big[comp], first_content[comp]))
+    cluster_of = {comp: cluster_id for cluster_id, comp in enumerate(ordered)}
+    clusters = all_rows[["image", "company"]].copy()
+    clusters["cluster_id"] = -1
+    clusters.loc[ok.index, "cluster_id"] = [cluster_of.get(comp, -1) for comp in row_component]
+    return clusters[CLUSTER_COLUMNS].reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- homogeneity
+def _seed(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "little")
+
+
+def pair_kernel(vectors: np.ndarray, duplicate: np.ndarray) -> np.ndarray:
+    """k(i, j): 1 for exact/near-duplicate pairs, else cosine clipped at 0; diagonal irrelevant."""
+    kernel = np.clip(vectors @ vectors.T, 0.0, 1.0)
+    kernel[duplicate] = 1.0
+    return kernel
+
+
+def homogeneity(kernel: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
+    """(index, ci_low, ci_high): mean k over distinct pairs, bootstrap over photos (see module doc)."""
+    n = len(kernel)
+    off_diagonal = kernel.sum() - np.trace(kernel)
+    index = off_diagonal / (n * (n - 1))
+    rng = np.random.default_rng(seed)
+    # Bootstrap weights: w[i] = how often photo i was drawn; pairs of the same photo are left out.
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).T.astype(float)  # (n, samples)
+    kw = kernel @ weights
+    numerator = np.einsum("ib,ib->b", weights, kw) - np.einsum("ib,i->b", weights**2, np.diag(kernel))
+    denominator = weights.sum(axis=0) ** 2 - (weights**2).sum(axis=0)
+    replicates = numerator[denominator > 0] / denominator[denominator > 0]
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return float(index), float(low), float(high)
+
+
+def vendi_score(vectors: np.ndarray) -> float:
+    """exp(entropy of the eigenvalues of K/n), K the cosine Gram matrix: the effective number of
+    distinct photos (1 = all identical, n = all orthogonal). Computed from the d x d matrix."""
+    n = len(vectors)
+    eigenvalues = np.linalg.eigvalsh((vectors.T @ vectors) / n)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    eigenvalues = eigenvalues / eigenvalues.sum()
+    return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+
+
+def company_metrics(
+    images: pd.DataFrame,
+    embeddings: Embeddings,
+    pairs: pd.DataFrame,
+    clusters: pd.DataFrame,
+    thresholds: ThresholdsConfig,
+) -> pd.DataFrame:
+    position = {content: i for i, content in enumerate(embeddings.content_sha256)}
+    within = pairs[pairs["company_a"] == pairs["company_b"]]
+    across = pairs[pairs["company_a"] != pairs["company_b"]]
+    records = []
+    for company, rows in images.groupby("company", sort=True):
+        ok = rows[rows["status"] == "ok"]
+        if len(ok) > thresholds.max_page_sample:
+            ok = ok.sample(thresholds.max_page_sample, random_state=_seed(company) % 2**32)
+        n = len(ok)
+        record = {
+            "company": company, "n_images": n, "embedder": embeddings.embedder_id, "n_rows": len(rows),
+            "n_errors": int((rows["status"] != "ok").sum()), "status": "ok",
+        }  # fmt: skip
+        dup_here = within[within["company_a"] == company]
+        images_with_dup = set(dup_here["image_a"]) | set(dup_here["image_b"])
+        record["near_dup_rate"] = len(images_with_dup & set(ok["image"])) / n if n else float("nan")
+        reused = across[(across["company_a"] == company) | (across["company_b"] == company)]
+        mine = set(reused.loc[reused["company_a"] == company, "image_a"]) | set(reused.loc[reused["company_b"] == company, "image_b"])
+        record["n_reused_images"] = len(mine)
+        record["n_partner_companies"] = len((set(reused["company_a"]) | set(reused["company_b"])) - {company})
+        company_clusters = clusters[(clusters["company"] == company) & clusters["image"].isin(ok["image"])]
+        clustered = company_clusters[company_clusters["cluster_id"] >= 0]["cluster_id"]
+        record["n_clusters"] = int(clustered.nunique())
+        record["largest_cluster_share"] = float(clustered.value_counts().max() / n) if len(clustered) else 0.0
+        if n < thresholds.min_images:
+            record.update(status="too_few_images", mean_pairwise_similarity=float("nan"), vendi_score=float("nan"),
+                          homogeneity_index=float("nan"), ci_low=float("nan"), ci_high=float("nan"))  # fmt: skip
+            records.append(record)
+            continue
+        vectors = embeddings.vectors[[position[c] for c in ok["content_sha256"]]]
+        image_index = {image: i for i, image in enumerate(ok["image"])}
+        duplicate = np.zeros((n, n), dtype=bool)
+        np.fill_diagonal(duplicate, False)
+        for a, b in zip(dup_here["image_a"], dup_here["image_b"]):
+            if a in image_index and b in image_index:
+                duplicate[image_index[a], image_index[b]] = duplicate[image_index[b], image_index[a]] = True
+        similarities = vectors @ vectors.T
+        record["mean_pairwise_similarity"] = float((similarities.sum() - np.trace(similarities)) / (n * (n - 1)))
+        record["vendi_score"] = vendi_score(vectors)
+        index, low, high = homogeneity(pair_kernel(vectors, duplicate), thresholds.bootstrap_samples, _seed(company))
+        record.update(homogeneity_index=index, ci_low=low, ci_high=high)
+        records.append(record)
+    return pd.DataFrame(records, columns=COMPANY_COLUMNS)
+
+
+# ----------------------------------------------------------------------- stage
+def analyze(
+    images: pd.DataFrame,
+    embeddings: Embeddings,
+    vector_index: VectorIndex,
+    warehouse: Warehouse,
+    thresholds: ThresholdsConfig,
+) -> Analysis:
+    family = embedder_family(embeddings.embedder_id)
+    candidate_threshold = thresholds.candidate[family]
+    style_threshold = max(thresholds.style[family], candidate_threshold)
+    ok = images[images["status"] == "ok"]
+    representative = _exact_groups(ok)
+    object_of = dict(zip(ok["content_sha256"], ok["raw_object"]))
+
+    candidates = [
+        (i, j, s)
+        for i, j, s in range_pairs(vector_index, candidate_threshold)
+        if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
+    ]
+    params = VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation)
+    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, params)
+    logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
+
+    pairs = pairs_table(ok, representative, near)
+    edges = [(a, b) for a, b, _ in near]
+    edges += [(embeddings.content_sha256[i], embeddings.content_sha256[j]) for i, j, s in candidates if s >= style_threshold]
+    edges += [(content, rep) for content, rep in representative.items() if content != rep]
+    clusters = style_clusters(ok, embeddings, edges, images)
+    companies = company_metrics(images, embeddings, pairs, clusters, thresholds)
+    reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
+    return Analysis(pairs, clusters, companies, reuse, len(candidates), len(near))
