@@ -7,8 +7,8 @@ Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix i
    and drops different photos of one sitter or template.
 
 Style clusters are the connected components of the graph whose edges are exact and verified pairs
-plus pairs at or above the embedder's *style* threshold: deterministic, parameter-light and built
-from the same sparse range search (HDBSCAN would need a dense or tree index over 512-d vectors and
+plus nearest-neighbour pairs at or above the embedder's *style* threshold: deterministic,
+parameter-light and built from the same sparse neighbour search (HDBSCAN would need a dense or tree index over 512-d vectors and
 gives run-to-run label changes for borderline points).
 
 The homogeneity index of a page is the expected similarity of two different photos on it:
@@ -36,7 +36,7 @@ import pandas as pd
 
 from pipeline.config import ThresholdsConfig
 from pipeline.embed import Embeddings
-from pipeline.index import VectorIndex, range_pairs
+from pipeline.index import VectorIndex, knn_pairs
 from pipeline.verify import VerifyParams, features, verify
 from pipeline.warehouse import Warehouse
 
@@ -271,7 +271,7 @@ def analyze(
 
     candidates = [
         (i, j, s)
-        for i, j, s in range_pairs(vector_index, candidate_threshold)
+        for i, j, s in knn_pairs(vector_index, candidate_threshold, thresholds.max_candidates_per_image)
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]
     params = VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation)

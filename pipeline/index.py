@@ -108,6 +108,26 @@ def index_folder(embedder_id: str, run_date: str) -> str:
     return f"indexes/{embedder_slug(embedder_id)}/run_date={run_date}"
 
 
+def knn_pairs(vindex: VectorIndex, threshold: float, k: int) -> Iterator[tuple[int, int, float]]:
+    """Unordered pairs (i < j) where j is among i's k nearest neighbours (or i among j's) with
+    similarity >= threshold: at most k*N pairs however uniform the collection is, each once."""
+    if vindex.index.ntotal == 0:
+        return
+    stored = vindex.index.reconstruct_n(0, vindex.index.ntotal)
+    seen: set[tuple[int, int]] = set()
+    for start, chunk in _chunks(stored):
+        sims, rows = knn(vindex, chunk, k + 1)
+        for offset in range(len(chunk)):
+            i = start + offset
+            for similarity, j in zip(sims[offset], rows[offset]):
+                if j < 0 or j == i or similarity < threshold:
+                    continue
+                pair = (i, int(j)) if i < j else (int(j), i)
+                if pair not in seen:
+                    seen.add(pair)
+                    yield pair[0], pair[1], float(similarity)
+
+
 def save_index(warehouse: Warehouse, vindex: VectorIndex, embedder_id: str, run_date: str) -> str:
     """Write index, id map and description under indexes/<embedder>/run_date=D/; returns the folder URI."""
     import faiss

@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 
 _SIDE = 400  # longest side at which features are computed
 _BLOCK = 25
-_N_FEATURES = 1500
+_N_FEATURES = 1000
 
 
 @dataclass(frozen=True)
@@ -66,22 +66,25 @@ def features(rgb: Image.Image) -> tuple[Features, Features]:
 
 
 def _median_block_correlation(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray) -> float:
-    height, width = a.shape
-    correlations = []
-    for y in range(0, height - _BLOCK + 1, _BLOCK):
-        for x in range(0, width - _BLOCK + 1, _BLOCK):
-            if valid[y : y + _BLOCK, x : x + _BLOCK].mean() < 0.99:
-                continue  # outside the overlap: borders, cropped-away parts
-            block_a = a[y : y + _BLOCK, x : x + _BLOCK].astype(float)
-            if block_a.std() < 4:
-                continue  # flat backdrop says nothing about sameness
-            block_b = b_warped[y : y + _BLOCK, x : x + _BLOCK].astype(float)
-            block_a -= block_a.mean()
-            block_b -= block_b.mean()
-            norm = np.sqrt((block_a**2).sum() * (block_b**2).sum())
-            if norm > 1e-6:
-                correlations.append(float((block_a * block_b).sum() / norm))
-    return float(np.median(correlations)) if correlations else 0.0
+    """Median normalised cross-correlation over the blocks inside the overlap that have texture."""
+    rows, cols = a.shape[0] // _BLOCK, a.shape[1] // _BLOCK
+    if not rows or not cols:
+        return 0.0
+
+    def blocks(plane: np.ndarray) -> np.ndarray:
+        return plane[: rows * _BLOCK, : cols * _BLOCK].reshape(rows, _BLOCK, cols, _BLOCK).swapaxes(1, 2).reshape(rows * cols, -1)
+
+    block_a, block_b = blocks(a).astype(float), blocks(b_warped).astype(float)
+    inside = blocks(valid).mean(axis=1) >= 0.99  # outside the overlap: borders, cropped-away parts
+    textured = block_a.std(axis=1) >= 4  # a flat backdrop says nothing about sameness
+    keep = inside & textured
+    if not keep.any():
+        return 0.0
+    block_a = block_a[keep] - block_a[keep].mean(axis=1, keepdims=True)
+    block_b = block_b[keep] - block_b[keep].mean(axis=1, keepdims=True)
+    norms = np.sqrt((block_a**2).sum(axis=1) * (block_b**2).sum(axis=1))
+    correlations = (block_a * block_b).sum(axis=1)[norms > 1e-6] / norms[norms > 1e-6]
+    return float(np.median(correlations)) if len(correlations) else 0.0
 
 
 def _compare(a: Features, b: Features) -> tuple[float, float, int]:
@@ -109,7 +112,11 @@ def _compare(a: Features, b: Features) -> tuple[float, float, int]:
 
 
 def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams = VerifyParams()) -> Verdict:
-    """Compare picture a with b and with b's mirror image; the better alignment decides."""
-    ratio, correlation, n_inliers = max(_compare(a[0], b[0]), _compare(a[0], b[1]))
-    same = ratio >= params.min_inlier_ratio and correlation >= params.min_block_correlation
-    return Verdict(bool(same), ratio, correlation, n_inliers)
+    """Compare picture a with b, then (if that fails) with b's mirror image."""
+    best = (0.0, 0.0, 0)
+    for b_view in b:
+        ratio, correlation, n_inliers = _compare(a[0], b_view)
+        if ratio >= params.min_inlier_ratio and correlation >= params.min_block_correlation:
+            return Verdict(True, ratio, correlation, n_inliers)
+        best = max(best, (ratio, correlation, n_inliers))
+    return Verdict(False, *best)
