@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import __version__
-from pipeline.analyze import analyze
+from pipeline.analyze import analyze, trends_table
 from pipeline.config import Settings
 from pipeline.embed import embed_images, resolve_embedder
 from pipeline.index import build_index, save_index
@@ -80,6 +80,8 @@ def run_pipeline(
     analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds)
     for table in ("pairs", "clusters", "companies", "reuse"):
         outputs[table] = warehouse.write_table(table, run_date, getattr(analysis, table))
+    trends = trends_table(warehouse.read_table("companies"), analysis.companies, run_date)
+    outputs["trends"] = warehouse.write_table("trends", run_date, trends)
 
     if not settings.privacy.keep_raw_images:
         # No-raw-images mode: originals lived in staging only for the stages of this run.
@@ -103,6 +105,7 @@ def run_pipeline(
             "near_duplicates_verified": analysis.n_verified,
             "pairs": len(analysis.pairs),
             "cross_company_pairs": len(analysis.reuse),
+            "significant_changes": int(trends.loc[trends["run_date"] == run_date, "significant"].sum()),
         },
         stages_run=["intake", "embed", "index", "analyze"],
     )

@@ -131,3 +131,37 @@ def test_clusters_table(demo_run: dict) -> None:
 def test_reuse_table_lists_only_cross_company_pairs(demo_run: dict) -> None:
     reuse = demo_run["reuse"]
     assert len(reuse) >= 1 and (reuse["company_a"] != reuse["company_b"]).all()
+
+
+def company_row(company: str, index: float, half_width: float, embedder: str = "classic-v1", status: str = "ok") -> dict:
+    return {"company": company, "embedder": embedder, "n_images": 20, "homogeneity_index": index,
+            "ci_low": index - half_width, "ci_high": index + half_width, "near_dup_rate": 0.0, "status": status}  # fmt: skip
+
+
+def test_trends_flag_only_changes_beyond_the_intervals() -> None:
+    from pipeline.analyze import trends_table
+
+    history = pd.DataFrame(
+        [
+            {**company_row("a", 0.50, 0.02), "run_date": "2026-01-01"},
+            {**company_row("b", 0.50, 0.10), "run_date": "2026-01-01"},
+            {**company_row("a", 0.90, 0.02, embedder="clip-ViT-B-32-x"), "run_date": "2026-01-02"},  # other embedder
+            {**company_row("a", 0.99, 0.01), "run_date": "2026-02-01"},  # a later run: not history
+        ]
+    )
+    current = pd.DataFrame([company_row("a", 0.60, 0.02), company_row("b", 0.55, 0.10), company_row("c", 0.5, 0.1)])
+    trends = trends_table(history, current, "2026-01-03").set_index(["company", "run_date"])
+    assert len(trends) == 5  # a twice, b twice, c once; never the clip row or the later run
+    a_now = trends.loc[("a", "2026-01-03")]
+    assert a_now["previous_run_date"] == "2026-01-01" and a_now["change"] == pytest.approx(0.10)
+    assert a_now["significant"] and a_now["direction"] == "more homogeneous"
+    b_now = trends.loc[("b", "2026-01-03")]
+    assert not b_now["significant"] and b_now["direction"] == ""  # 0.05 inside wide intervals
+    assert not trends.loc[("c", "2026-01-03")]["significant"]  # no previous run
+
+
+def test_trends_skip_pages_with_too_few_images() -> None:
+    from pipeline.analyze import trends_table
+
+    current = pd.DataFrame([company_row("a", float("nan"), float("nan"), status="too_few_images")])
+    assert trends_table(pd.DataFrame(), current, "2026-01-01").empty
