@@ -45,7 +45,7 @@ def main() -> None:
         for kind in ("flat", "hnsw"):
             started = time.perf_counter()
             index = build_index(vectors, ids, kind=kind)
-            found[kind] = {(i, j) for i, j, _ in range_pairs(index, args.threshold)}
+            found[kind] = {(i, j) for i, j, _ in range_pairs(index, vectors, args.threshold)}
             timings[kind] = time.perf_counter() - started
         recall = len(found["hnsw"] & found["flat"]) / max(1, len(found["flat"]))
         print(f"{n:8d} {timings['flat']:8.2f} {timings['hnsw']:8.2f} {timings['hnsw'] / timings['flat']:9.2f} {recall:11.3f}")

@@ -301,7 +301,7 @@ def analyze(
 
     candidates = [
         (i, j, s)
-        for i, j, s in knn_pairs(vector_index, candidate_threshold, thresholds.max_candidates_per_image)
+        for i, j, s in knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]
     params = VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation)

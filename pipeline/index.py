@@ -1,8 +1,10 @@
 """Index: a FAISS inner-product index over one run's vectors (one per run and embedder).
 
 Vectors are L2-normalised, so inner product = cosine similarity. Up to `EXACT_MAX_VECTORS` the
-index is exact (`IndexFlatIP`); above it, HNSW, whose cost per query grows ~log N instead of N
-(crossover measured by `bench/index_crossover.py`). Saved beside its id map (row -> content hash)
+index is exact (`IndexFlatIP`); above it, IVF (fp16 vectors, nprobe 16), whose queries scan a small
+share of the collection (crossover measured by `bench/index_crossover.py`, scale by
+`bench/neardup_scale.py`). HNSW is available as an explicit kind; its build is too slow at 10^6
+vectors on small machines to be the default. Saved beside its id map (row -> content hash)
 so that it reloads without the run that made it. Searches go in chunks: faiss 1.15.1's
 `IndexHNSW.range_search` aborts the process on large query batches, and chunks keep memory flat.
 """
@@ -35,7 +37,9 @@ HNSW_EF_SEARCH = 128
 # worked at 512 (measured); 256 leaves a margin and costs nothing measurable on the flat index.
 SEARCH_CHUNK = 256
 
-IndexKind = Literal["auto", "flat", "hnsw"]
+IVF_NPROBE = 16
+
+IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 
 
 @dataclass
@@ -56,17 +60,34 @@ def build_index(vectors: np.ndarray, ids: Sequence[str], kind: IndexKind = "auto
     if len(vectors) != len(ids):
         raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
     if kind == "auto":
-        kind = "flat" if len(vectors) <= EXACT_MAX_VECTORS else "hnsw"
+        kind = "flat" if len(vectors) <= EXACT_MAX_VECTORS else "ivf"
     dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
-    else:
+    elif kind == "hnsw":
         index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
         index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        index = _trained_ivf(vectors, dim)
     if len(vectors):
         index.add(vectors)
     return VectorIndex(index, list(ids), kind)
+
+
+def _trained_ivf(vectors: np.ndarray, dim: int) -> "faiss.Index":
+    """IVF with fp16 vectors: half the memory of flat storage, cosine error ~1e-3, and it trains and
+    fills in minutes at a million vectors on 2 cores, where HNSW's build takes the better part of an hour."""
+    import faiss
+
+    n_lists = max(1, min(len(vectors) // 39, int(4 * np.sqrt(max(1, len(vectors))))))
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim), dim, n_lists, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT
+    )
+    sample = np.random.default_rng(0).choice(len(vectors), size=min(len(vectors), 64 * n_lists), replace=False)
+    index.train(vectors[np.sort(sample)])
+    index.nprobe = IVF_NPROBE
+    return index
 
 
 def _chunks(queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
@@ -88,13 +109,15 @@ def knn(vindex: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
     return np.concatenate(sims), np.concatenate(rows)
 
 
-def range_pairs(vindex: VectorIndex, threshold: float) -> Iterator[tuple[int, int, float]]:
-    """Every unordered pair (i < j) of indexed rows with similarity >= threshold, never a dense matrix."""
+def range_pairs(vindex: VectorIndex, vectors: np.ndarray, threshold: float) -> Iterator[tuple[int, int, float]]:
+    """Every unordered pair (i < j) of indexed rows with similarity >= threshold, never a dense matrix.
+
+    `vectors` are the indexed vectors in row order (the caller holds them; reconstructing them from
+    a compressed index would cost a second copy)."""
     if vindex.index.ntotal == 0:
         return
-    stored = vindex.index.reconstruct_n(0, vindex.index.ntotal)
     radius = np.float32(threshold) - np.float32(1e-6)  # faiss keeps scores strictly above the radius
-    for start, chunk in _chunks(stored):
+    for start, chunk in _chunks(vectors):
         limits, sims, rows = vindex.index.range_search(chunk, float(radius))
         for offset in range(len(chunk)):
             i = start + offset
@@ -104,28 +127,28 @@ def range_pairs(vindex: VectorIndex, threshold: float) -> Iterator[tuple[int, in
                     yield i, j, float(sims[position])
 
 
+def knn_pairs(vindex: VectorIndex, vectors: np.ndarray, threshold: float, k: int) -> list[tuple[int, int, float]]:
+    """Unordered pairs (i < j), each once, where j is among i's k nearest neighbours (or i among
+    j's) with similarity >= threshold: at most k*N pairs however uniform the collection is.
+    Vectorised per chunk, so a million queries cost seconds of Python, not minutes."""
+    n = vindex.index.ntotal
+    if n == 0:
+        return []
+    found_i, found_j, found_s = [], [], []
+    for start, chunk in _chunks(vectors):
+        sims, rows = knn(vindex, chunk, k + 1)
+        query = np.arange(start, start + len(chunk))[:, None].repeat(rows.shape[1], axis=1)
+        keep = (rows >= 0) & (rows != query) & (sims >= threshold)
+        found_i.append(np.minimum(query[keep], rows[keep]))
+        found_j.append(np.maximum(query[keep], rows[keep]))
+        found_s.append(sims[keep])
+    low, high, sims = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    _, first = np.unique(low.astype(np.int64) * n + high, return_index=True)
+    return [(int(low[x]), int(high[x]), float(sims[x])) for x in first]
+
+
 def index_folder(embedder_id: str, run_date: str) -> str:
     return f"indexes/{embedder_slug(embedder_id)}/run_date={run_date}"
-
-
-def knn_pairs(vindex: VectorIndex, threshold: float, k: int) -> Iterator[tuple[int, int, float]]:
-    """Unordered pairs (i < j) where j is among i's k nearest neighbours (or i among j's) with
-    similarity >= threshold: at most k*N pairs however uniform the collection is, each once."""
-    if vindex.index.ntotal == 0:
-        return
-    stored = vindex.index.reconstruct_n(0, vindex.index.ntotal)
-    seen: set[tuple[int, int]] = set()
-    for start, chunk in _chunks(stored):
-        sims, rows = knn(vindex, chunk, k + 1)
-        for offset in range(len(chunk)):
-            i = start + offset
-            for similarity, j in zip(sims[offset], rows[offset]):
-                if j < 0 or j == i or similarity < threshold:
-                    continue
-                pair = (i, int(j)) if i < j else (int(j), i)
-                if pair not in seen:
-                    seen.add(pair)
-                    yield pair[0], pair[1], float(similarity)
 
 
 def save_index(warehouse: Warehouse, vindex: VectorIndex, embedder_id: str, run_date: str) -> str:
@@ -139,6 +162,8 @@ def save_index(warehouse: Warehouse, vindex: VectorIndex, embedder_id: str, run_
     meta = {"embedder": embedder_id, "kind": vindex.kind, "n": len(vindex.ids), "dim": vindex.dim}
     if vindex.kind == "hnsw":
         meta.update(M=HNSW_M, ef_construction=HNSW_EF_CONSTRUCTION, ef_search=HNSW_EF_SEARCH)
+    if vindex.kind == "ivf":
+        meta.update(nprobe=IVF_NPROBE, n_lists=int(vindex.index.nlist))
     warehouse.write_bytes(f"{folder}/meta.json", json.dumps(meta, indent=2).encode())
     return warehouse.uri(folder)
 
@@ -156,4 +181,6 @@ def load_index(warehouse: Warehouse, embedder_id: str, run_date: str) -> VectorI
     meta = json.loads(warehouse.read_bytes(f"{folder}/meta.json"))
     if isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = int(meta.get("ef_search", HNSW_EF_SEARCH))
+    if meta["kind"] == "ivf":
+        faiss.extract_index_ivf(index).nprobe = int(meta.get("nprobe", IVF_NPROBE))
     return VectorIndex(index, ids, meta["kind"])

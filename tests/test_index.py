@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.index import EXACT_MAX_VECTORS, build_index, knn, load_index, range_pairs, save_index
+from pipeline.index import EXACT_MAX_VECTORS, build_index, knn, knn_pairs, load_index, range_pairs, save_index
 from pipeline.warehouse import Warehouse
 
 
@@ -37,7 +37,7 @@ def test_flat_index_matches_brute_force_exactly() -> None:
     assert np.allclose(sims[:, 0], 1.0, atol=1e-5)
 
     threshold = 0.9
-    found = {(i, j) for i, j, _ in range_pairs(vindex, threshold)}
+    found = {(i, j) for i, j, _ in range_pairs(vindex, vectors, threshold)}
     assert found == brute_force_pairs(vectors, threshold)
     assert len(found) > 1000  # the test data really has near-duplicates
     assert all(i < j for i, j in found)
@@ -55,12 +55,24 @@ def test_hnsw_recall_against_brute_force() -> None:
 
     threshold = 0.93
     truth_pairs = brute_force_pairs(vectors, threshold)
-    found = {(i, j) for i, j, _ in range_pairs(vindex, threshold)}
+    found = {(i, j) for i, j, _ in range_pairs(vindex, vectors, threshold)}
     assert found <= truth_pairs  # never a pair below the threshold
     assert len(found) / len(truth_pairs) >= 0.95, (len(found), len(truth_pairs))
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_ivf_recall_against_brute_force() -> None:
+    vectors = clustered_unit_vectors(20000, dim=64, clusters=400, seed=3)
+    vindex = build_index(vectors, [str(i) for i in range(len(vectors))], kind="ivf")
+    queries = vectors[:500]
+    sims, rows = knn(vindex, queries, k=10)
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :10]
+    recall_at_10 = np.mean([len(set(r) & set(t)) / 10 for r, t in zip(rows, truth)])
+    assert recall_at_10 >= 0.95, recall_at_10
+    exact = np.take_along_axis(queries @ vectors.T, rows, axis=1)
+    assert np.abs(sims - exact).max() < 5e-3  # fp16 storage: similarities within 0.005
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_index_round_trips_through_the_warehouse(kind: str, tmp_path: Path) -> None:
     vectors = clustered_unit_vectors(300, seed=2)
     ids = [f"sha{i}" for i in range(len(vectors))]
@@ -76,6 +88,24 @@ def test_index_round_trips_through_the_warehouse(kind: str, tmp_path: Path) -> N
 
 def test_empty_and_mismatched_inputs() -> None:
     empty = build_index(np.zeros((0, 8), np.float32), [])
-    assert list(range_pairs(empty, 0.9)) == []
+    assert list(range_pairs(empty, np.zeros((0, 8), np.float32), 0.9)) == []
     with pytest.raises(ValueError, match="2 vectors but 1 ids"):
         build_index(np.ones((2, 8), np.float32), ["a"])
+
+
+def test_knn_pairs_are_the_thresholded_neighbour_graph() -> None:
+    vectors = clustered_unit_vectors(800, seed=4)
+    vindex = build_index(vectors, [str(i) for i in range(len(vectors))])
+    pairs = knn_pairs(vindex, vectors, threshold=0.9, k=3)
+    similarities = vectors @ vectors.T
+    np.fill_diagonal(similarities, -np.inf)
+    top = np.argsort(-similarities, axis=1)[:, :3]
+    expected = {
+        (min(i, int(j)), max(i, int(j)))
+        for i in range(len(vectors))
+        for j in top[i]
+        if similarities[i, j] >= 0.9
+    }
+    assert {(i, j) for i, j, _ in pairs} == expected
+    assert len(pairs) == len(expected) and all(i < j for i, j, _ in pairs)
+    assert all(abs(s - similarities[i, j]) < 1e-5 for i, j, s in pairs)

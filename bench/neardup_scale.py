@@ -1,0 +1,100 @@
+"""Near-duplicate candidate search at scale: 10k, 100k and 1M synthetic 512-d vectors.
+
+Each size runs in its own process (so peak RSS is its own): unit vectors in loose clusters (like
+photos of one style), 1% of them with a planted near-copy (cosine ~0.93-0.99, like an edited
+photo). Timed: the analyze stage's search, i.e. `build_index(kind=auto)` + `knn_pairs` over every
+vector. Reported: seconds, peak RSS, recall of the planted pairs, and recall against exact search
+for 1,000 sampled queries. Target: 1M in <= 10 min and <= 4 GB on this machine.
+
+    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python bench/neardup_scale.py [--sizes 10000 100000 1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DIM = 512
+THRESHOLD = 0.9
+K = 10
+
+
+def make_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors, planted pairs as rows of (original, copy)); built in blocks to keep memory flat."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(max(1, n // 200), DIM)).astype(np.float32)
+    vectors = np.empty((n, DIM), np.float32)
+    for start in range(0, n, 50_000):
+        stop = min(n, start + 50_000)
+        block = centres[rng.integers(len(centres), size=stop - start)] + 1.4 * rng.normal(size=(stop - start, DIM)).astype(np.float32)
+        vectors[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    n_planted = n // 100
+    originals = rng.choice(n // 2, size=n_planted, replace=False)
+    copies = n // 2 + rng.choice(n - n // 2, size=n_planted, replace=False)
+    noise = rng.normal(size=(n_planted, DIM)).astype(np.float32)
+    noise *= rng.uniform(0.15, 0.4, size=(n_planted, 1)).astype(np.float32) / np.linalg.norm(noise, axis=1, keepdims=True)
+    edited = vectors[originals] + noise
+    vectors[copies] = edited / np.linalg.norm(edited, axis=1, keepdims=True)
+    return vectors, np.stack([originals, copies], axis=1)
+
+
+def measure(n: int) -> dict:
+    from pipeline.index import build_index, knn, knn_pairs
+
+    vectors, planted = make_vectors(n)
+    started = time.perf_counter()
+    vindex = build_index(vectors, [""] * n)
+    built = time.perf_counter() - started
+    pairs = knn_pairs(vindex, vectors, THRESHOLD, K)
+    total = time.perf_counter() - started
+    found = {(i, j) for i, j, _ in pairs}
+    planted_recall = np.mean([(min(a, b), max(a, b)) in found for a, b in planted.tolist()])
+    # Exact neighbours of 1,000 sampled queries, in blocks (no dense N x N matrix).
+    rng = np.random.default_rng(1)
+    queries = np.sort(rng.choice(n, size=min(1000, n), replace=False))
+    best = np.full((len(queries), K + 1), -np.inf, np.float32)
+    best_rows = np.zeros((len(queries), K + 1), np.int64)
+    for start in range(0, n, 20_000):
+        sims = vectors[queries] @ vectors[start : start + 20_000].T
+        merged = np.concatenate([best, sims], axis=1)
+        merged_rows = np.concatenate([best_rows, np.arange(start, start + sims.shape[1])[None, :].repeat(len(queries), 0)], axis=1)
+        order = np.argsort(-merged, axis=1)[:, : K + 1]
+        best, best_rows = np.take_along_axis(merged, order, 1), np.take_along_axis(merged_rows, order, 1)
+    exact = {(min(q, int(r)), max(q, int(r))) for q, row, sim in zip(queries, best_rows, best) for r, s in zip(row, sim) if r != q and s >= THRESHOLD}
+    approx_sims, approx_rows = knn(vindex, vectors[queries], K + 1)
+    approx = {(min(q, int(r)), max(q, int(r))) for q, row, sim in zip(queries, approx_rows, approx_sims) for r, s in zip(row, sim) if r != q and r >= 0 and s >= THRESHOLD}
+    return {
+        "n": n, "index": vindex.kind, "build_s": round(built, 1), "total_s": round(total, 1),
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
+        "pairs": len(pairs), "planted_recall": round(float(planted_recall), 4),
+        "recall_vs_exact": round(len(exact & approx) / max(1, len(exact)), 4), "exact_pairs_sampled": len(exact),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size here
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one)))
+        return
+    print(f"{'N':>9} {'index':>6} {'build s':>8} {'total s':>8} {'peak GB':>8} {'pairs':>9} {'planted recall':>15} {'recall vs exact':>16}")
+    for n in args.sizes:
+        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"{r['n']:9d} {r['index']:>6} {r['build_s']:8.1f} {r['total_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['pairs']:9d} "
+              f"{r['planted_recall']:15.4f} {r['recall_vs_exact']:16.4f}")
+
+
+if __name__ == "__main__":
+    main()
