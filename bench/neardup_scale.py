@@ -31,11 +31,11 @@ K = 10
 def make_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, planted pairs as rows of (original, copy)); built in blocks to keep memory flat."""
     rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(max(1, n // 200), DIM)).astype(np.float32)
+    centres = rng.standard_normal((max(1, n // 200), DIM), dtype=np.float32)
     vectors = np.empty((n, DIM), np.float32)
     for start in range(0, n, 50_000):
         stop = min(n, start + 50_000)
-        block = centres[rng.integers(len(centres), size=stop - start)] + 1.4 * rng.normal(size=(stop - start, DIM)).astype(np.float32)
+        block = centres[rng.integers(len(centres), size=stop - start)] + 1.4 * rng.standard_normal((stop - start, DIM), dtype=np.float32)
         vectors[start:stop] = block / np.linalg.norm(block, axis=1, keepdims=True)
     n_planted = n // 100
     originals = rng.choice(n // 2, size=n_planted, replace=False)

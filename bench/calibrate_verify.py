@@ -1,0 +1,75 @@
+"""Calibrate the geometric verification of near-duplicate candidates (pipeline/verify.py).
+
+Positives: photos from every top-level folder of ../shared/data/headshots against each generated
+edit (pipeline/calibration.py). Negatives: the London studio's neutral vs smiling photo of every
+sitter, every pair of one person's several photos (lisa), and pairs within each AI diffusion pack.
+Prints the acceptance rate per kind at the configured thresholds and a small grid around them.
+
+    .venv/bin/python bench/calibrate_verify.py [--per-folder 8] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--per-folder", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not CORPUS.is_dir():
+        print(f"corpus not found at {CORPUS}; nothing to calibrate", file=sys.stderr)
+        return
+
+    from pipeline.calibration import EDITS
+    from pipeline.intake import load_rgb
+    from pipeline.verify import VerifyParams, features, verify
+
+    rng = np.random.default_rng(args.seed)
+    results: dict[str, list] = {}
+    started = time.perf_counter()
+    for folder in sorted(p for p in CORPUS.iterdir() if p.is_dir()):
+        photos = sorted(folder.rglob("*.jp*g"))
+        for path in rng.choice(photos, size=min(args.per_folder, len(photos)), replace=False):
+            original = load_rgb(str(path))
+            original_features = features(original)
+            for name, edit in EDITS.items():
+                results.setdefault(f"edit:{name}", []).append(verify(original_features, features(edit(original))))
+    lab = CORPUS / "real_lab_london"
+    for neutral in sorted((lab / "neutral_front").glob("*.jpg")):
+        for smiling in sorted((lab / "smiling_front").glob(neutral.stem.split("_")[0] + "_*.jpg")):
+            results.setdefault("neg:same_sitter_same_studio", []).append(verify(features(load_rgb(str(neutral))), features(load_rgb(str(smiling)))))
+    for a, b in itertools.combinations(sorted((lab / "lisa").glob("*.jpg")), 2):
+        results.setdefault("neg:same_person_other_photo", []).append(verify(features(load_rgb(str(a))), features(load_rgb(str(b)))))
+    for pack in sorted((CORPUS / "ai_diffusion_packs").iterdir()):
+        for a, b in itertools.combinations(sorted(pack.glob("*.jpg"))[: args.per_folder], 2):
+            results.setdefault("neg:same_ai_pack", []).append(verify(features(load_rgb(str(a))), features(load_rgb(str(b)))))
+    print(f"{sum(map(len, results.values()))} pairs verified in {time.perf_counter() - started:.0f} s; thresholds {VerifyParams()}")
+    for kind, verdicts in results.items():
+        ratio = np.array([v.inlier_ratio for v in verdicts])
+        correlation = np.array([v.block_correlation for v in verdicts])
+        print(f"  {kind:30s} n={len(verdicts):4d} accepted {np.mean([v.same_photo for v in verdicts]):.3f} "
+              f"inlier ratio {ratio.min():.2f}..{ratio.max():.2f} block correlation {correlation.min():.2f}..{correlation.max():.2f}")
+    positives = np.array([(v.inlier_ratio, v.block_correlation) for k, vs in results.items() if k.startswith("edit") for v in vs])
+    negatives = np.array([(v.inlier_ratio, v.block_correlation) for k, vs in results.items() if k.startswith("neg") for v in vs])
+    print("grid (min inlier ratio, min block correlation): edits accepted, different photos accepted")
+    for ratio_min in (0.5, 0.6, 0.7):
+        for correlation_min in (0.94, 0.95, 0.96, 0.97):
+            accepted = ((positives[:, 0] >= ratio_min) & (positives[:, 1] >= correlation_min)).mean()
+            wrong = int(((negatives[:, 0] >= ratio_min) & (negatives[:, 1] >= correlation_min)).sum())
+            print(f"  {ratio_min:.2f} {correlation_min:.2f}: {accepted:.3f}  {wrong}/{len(negatives)}")
+
+
+if __name__ == "__main__":
+    main()
