@@ -4,7 +4,8 @@ Each size runs in its own process (so peak RSS is its own): unit vectors in loos
 photos of one style), 1% of them with a planted near-copy (cosine ~0.93-0.99, like an edited
 photo). Timed: the analyze stage's search, i.e. `build_index(kind=auto)` + `knn_pairs` over every
 vector. Reported: seconds, peak RSS, recall of the planted pairs, and recall against exact search
-for 1,000 sampled queries. Target: 1M in <= 10 min and <= 4 GB on this machine.
+for 1,000 sampled queries. Target: 1M in <= 10 min and <= 4 GB on this machine. Vectors are held as float16
+(the index functions convert block by block), as a million-photo run would hold them.
 
     OPENBLAS_CORETYPE=SkylakeX .venv/bin/python bench/neardup_scale.py [--sizes 10000 100000 1000000]
 """
@@ -32,7 +33,7 @@ def make_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(vectors, planted pairs as rows of (original, copy)); built in blocks to keep memory flat."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((max(1, n // 200), DIM), dtype=np.float32)
-    vectors = np.empty((n, DIM), np.float32)
+    vectors = np.empty((n, DIM), np.float16)  # what the pipeline can hold: half the memory
     for start in range(0, n, 50_000):
         stop = min(n, start + 50_000)
         block = centres[rng.integers(len(centres), size=stop - start)] + 1.4 * rng.standard_normal((stop - start, DIM), dtype=np.float32)
@@ -42,7 +43,7 @@ def make_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     copies = n // 2 + rng.choice(n - n // 2, size=n_planted, replace=False)
     noise = rng.normal(size=(n_planted, DIM)).astype(np.float32)
     noise *= rng.uniform(0.15, 0.4, size=(n_planted, 1)).astype(np.float32) / np.linalg.norm(noise, axis=1, keepdims=True)
-    edited = vectors[originals] + noise
+    edited = vectors[originals].astype(np.float32) + noise
     vectors[copies] = edited / np.linalg.norm(edited, axis=1, keepdims=True)
     return vectors, np.stack([originals, copies], axis=1)
 
@@ -64,13 +65,13 @@ def measure(n: int) -> dict:
     best = np.full((len(queries), K + 1), -np.inf, np.float32)
     best_rows = np.zeros((len(queries), K + 1), np.int64)
     for start in range(0, n, 20_000):
-        sims = vectors[queries] @ vectors[start : start + 20_000].T
+        sims = vectors[queries].astype(np.float32) @ vectors[start : start + 20_000].astype(np.float32).T
         merged = np.concatenate([best, sims], axis=1)
         merged_rows = np.concatenate([best_rows, np.arange(start, start + sims.shape[1])[None, :].repeat(len(queries), 0)], axis=1)
         order = np.argsort(-merged, axis=1)[:, : K + 1]
         best, best_rows = np.take_along_axis(merged, order, 1), np.take_along_axis(merged_rows, order, 1)
     exact = {(min(q, int(r)), max(q, int(r))) for q, row, sim in zip(queries, best_rows, best) for r, s in zip(row, sim) if r != q and s >= THRESHOLD}
-    approx_sims, approx_rows = knn(vindex, vectors[queries], K + 1)
+    approx_sims, approx_rows = knn(vindex, vectors[queries].astype(np.float32), K + 1)
     approx = {(min(q, int(r)), max(q, int(r))) for q, row, sim in zip(queries, approx_rows, approx_sims) for r, s in zip(row, sim) if r != q and r >= 0 and s >= THRESHOLD}
     return {
         "n": n, "index": vindex.kind, "build_s": round(built, 1), "total_s": round(total, 1),

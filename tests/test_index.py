@@ -109,3 +109,14 @@ def test_knn_pairs_are_the_thresholded_neighbour_graph() -> None:
     assert {(i, j) for i, j, _ in pairs} == expected
     assert len(pairs) == len(expected) and all(i < j for i, j, _ in pairs)
     assert all(abs(s - similarities[i, j]) < 1e-5 for i, j, s in pairs)
+
+
+def test_float16_vectors_give_nearly_the_same_pairs() -> None:
+    vectors = clustered_unit_vectors(600, seed=5)
+    ids = [str(i) for i in range(len(vectors))]
+    full = {(i, j) for i, j, _ in knn_pairs(build_index(vectors, ids), vectors, 0.9, 5)}
+    half = vectors.astype(np.float16)
+    halved = knn_pairs(build_index(half, ids), half, 0.9, 5)
+    # The test data's groups are so tight that neighbours tie to 1e-3; rounding reorders some ties.
+    assert len(full & {(i, j) for i, j, _ in halved}) / len(full) >= 0.9
+    assert all(abs(s - float(vectors[i] @ vectors[j])) < 2e-3 for i, j, s in halved)
