@@ -241,7 +241,6 @@ def company_metrics(
         vectors = embeddings.vectors[[position[c] for c in ok["content_sha256"]]]
         image_index = {image: i for i, image in enumerate(ok["image"])}
         duplicate = np.zeros((n, n), dtype=bool)
-        np.fill_diagonal(duplicate, False)
         for a, b in zip(dup_here["image_a"], dup_here["image_b"]):
             if a in image_index and b in image_index:
                 duplicate[image_index[a], image_index[b]] = duplicate[image_index[b], image_index[a]] = True

@@ -6,12 +6,15 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from pipeline.config import ConfigError, EmbedderChoice, load_settings
 from pipeline.sources import SourceError, read_manifest, scan_folder
+
+if TYPE_CHECKING:
+    from pipeline.run import RunResult
 
 app = typer.Typer(
     help=(
@@ -40,6 +43,22 @@ def _setup_logging(verbose: bool) -> None:
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+def _print_summary(result: "RunResult") -> None:
+    import pandas as pd
+
+    counts = result.counts
+    typer.echo(f"run {result.run_date} with embedder {result.embedder}: {counts['ok']} of {counts['rows']} images ok, "
+               f"{counts['error']} refused; {counts['pairs']} duplicate pair(s), {counts['cross_company_pairs']} across companies")
+    companies = pd.read_parquet(result.outputs["companies"]) if result.outputs.get("companies") else pd.DataFrame()
+    for row in companies.sort_values("homogeneity_index", ascending=False, na_position="last").itertuples():
+        index = (f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.status == "ok" else row.status)
+        name = "".join(ch if ch.isprintable() else "?" for ch in row.company)[:40]  # scraped: no terminal escapes
+        typer.echo(f"  {name:40s} {row.n_images:4d} photos  homogeneity {index}  near-dup rate {row.near_dup_rate:.2f}")
+    for name, path in result.outputs.items():
+        if path:
+            typer.echo(f"  {name}: {path}")
 
 
 @app.command()
@@ -81,11 +100,7 @@ def run(
     if as_json:
         typer.echo(json.dumps(result.as_json()))
     else:
-        counts = result.counts
-        typer.echo(f"run {result.run_date}: {counts['ok']} of {counts['rows']} images ok, {counts['error']} refused")
-        for name, path in result.outputs.items():
-            if path:
-                typer.echo(f"  {name}: {path}")
+        _print_summary(result)
 
 
 models_app = typer.Typer(help="CLIP weights: fetch them on a connected machine, list what this machine has.", no_args_is_help=True)

@@ -174,3 +174,16 @@ def test_help_and_config_commands(tmp_path: Path) -> None:
     config.write_text("embedder: nope\n")
     code, _, err = homog("config", "--config", str(config))
     assert code == 2 and "invalid configuration" in err
+
+
+def test_plain_output_ranks_companies_and_neutralises_control_characters(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    rows = read_manifest(str(generate_demo_images(tmp_path / "demo", per_company=5)))
+    lines = ["company,image"] + [f"{'evil' + chr(27) + '[31m' if r.company == 'bluebird-bakery' else r.company},{r.uri}" for r in rows]
+    manifest.write_text("\n".join(lines) + "\n")
+    code, out, err = homog("run", "--manifest", str(manifest), "--warehouse", str(tmp_path / "wh"), "--no-progress")
+    assert code == 0, err
+    ranking = [line for line in out.splitlines() if "photos  homogeneity" in line]
+    assert ranking[0].lstrip().startswith("northwind-legal")  # the templated page is the most homogeneous
+    assert any("too_few_images" in line for line in ranking)
+    assert "\x1b" not in out and "evil?[31m" in out
