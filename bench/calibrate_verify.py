@@ -59,16 +59,24 @@ def main() -> None:
     for kind, verdicts in results.items():
         ratio = np.array([v.inlier_ratio for v in verdicts])
         correlation = np.array([v.block_correlation for v in verdicts])
+        faces = np.array([v.face_correlation for v in verdicts if v.face_correlation is not None])
+        face_range = f"{faces.min():.2f}..{faces.max():.2f} ({len(faces)} with a face)" if len(faces) else "no face found"
         print(f"  {kind:30s} n={len(verdicts):4d} accepted {np.mean([v.same_photo for v in verdicts]):.3f} "
-              f"inlier ratio {ratio.min():.2f}..{ratio.max():.2f} block correlation {correlation.min():.2f}..{correlation.max():.2f}")
-    positives = np.array([(v.inlier_ratio, v.block_correlation) for k, vs in results.items() if k.startswith("edit") for v in vs])
-    negatives = np.array([(v.inlier_ratio, v.block_correlation) for k, vs in results.items() if k.startswith("neg") for v in vs])
-    print("grid (min inlier ratio, min block correlation): edits accepted, different photos accepted")
-    for ratio_min in (0.5, 0.6, 0.7):
-        for correlation_min in (0.94, 0.95, 0.96, 0.97):
-            accepted = ((positives[:, 0] >= ratio_min) & (positives[:, 1] >= correlation_min)).mean()
-            wrong = int(((negatives[:, 0] >= ratio_min) & (negatives[:, 1] >= correlation_min)).sum())
-            print(f"  {ratio_min:.2f} {correlation_min:.2f}: {accepted:.3f}  {wrong}/{len(negatives)}")
+              f"inlier ratio {ratio.min():.2f}..{ratio.max():.2f} block correlation {correlation.min():.2f}..{correlation.max():.2f} "
+              f"face correlation {face_range}")
+    def table(prefix: str) -> np.ndarray:
+        return np.array([(v.inlier_ratio, v.block_correlation, 2.0 if v.face_correlation is None else v.face_correlation)
+                         for k, vs in results.items() if k.startswith(prefix) for v in vs])
+
+    positives, negatives = table("edit"), table("neg")
+    print("grid (min inlier ratio, min block correlation, min face correlation): edits accepted, different photos accepted")
+    for ratio_min in (0.6,):
+        for correlation_min in (0.95, 0.96):
+            for face_min in (-1.0, 0.8, 0.85, 0.9, 0.93):
+                def accepted(rows: np.ndarray) -> np.ndarray:
+                    return (rows[:, 0] >= ratio_min) & (rows[:, 1] >= correlation_min) & (rows[:, 2] >= face_min)
+
+                print(f"  {ratio_min:.2f} {correlation_min:.2f} {face_min:5.2f}: {accepted(positives).mean():.3f}  {int(accepted(negatives).sum())}/{len(negatives)}")
 
 
 if __name__ == "__main__":

@@ -303,7 +303,7 @@ def analyze(
         for i, j, s in knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]
-    params = VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation)
+    params = VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation, thresholds.verify_min_face_correlation)
     near = verified_content_pairs(candidates, embeddings, object_of, warehouse, params)
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 

@@ -93,6 +93,7 @@ class ThresholdsConfig(_Section):
     )
     verify_min_inlier_ratio: float = Field(0.60, gt=0, le=1, description="Geometric verification: share of ORB matches that fit one transform.")
     verify_min_block_correlation: float = Field(0.96, gt=-1, le=1, description="Geometric verification: median block correlation once aligned.")
+    verify_min_face_correlation: float = Field(0.90, ge=-1, le=1, description="Geometric verification: median correlation inside the face, where one was found.")
     max_candidates_per_image: int = Field(10, ge=1, le=200, description="Nearest neighbours per photo that are verified as near-duplicate candidates.")
     min_images: int = Field(5, ge=3, description="Pages with fewer ok images get status too_few_images, no index.")
     bootstrap_samples: int = Field(400, ge=50, le=10_000)

@@ -7,14 +7,20 @@ matches agree with it (high inlier ratio), and once aligned, the pictures agree 
 median normalised cross-correlation). A different photo of the same person moved and changed
 expression: fewer matches agree, and the aligned blocks disagree.
 
-Calibrated on ../shared/data/headshots (see README): a pair is the same photograph when the inlier
-ratio is at least `min_inlier_ratio` and the median block correlation at least
-`min_block_correlation` (0.6 and 0.96: 98.7% of 520 generated edits accepted, 4 of 248 different
-photos of one sitter / person / template accepted, all 4 the same sitter seconds apart).
+Where a face is found (OpenCV's Haar cascade, shipped in the wheel), the face region must agree on
+its own as well: one template with another person's face shares backdrop, suit and framing, which
+would otherwise outvote the face.
+
+Calibrated on ../shared/data/headshots (bench/calibrate_verify.py): a pair is the same photograph
+when the inlier ratio is at least `min_inlier_ratio` (0.6), the median block correlation at least
+`min_block_correlation` (0.96) and the face correlation, if any, at least `min_face_correlation`
+(0.9): 98.1% of 520 generated edits accepted; 3 of 248 different photos of one sitter / person /
+AI pack accepted, all the same sitter neutral vs smiling, seconds apart.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +28,7 @@ from PIL import Image, ImageOps
 
 _SIDE = 400  # longest side at which features are computed
 _BLOCK = 25
+_FACE_BLOCK = 12
 _N_FEATURES = 1000
 
 
@@ -29,6 +36,7 @@ _N_FEATURES = 1000
 class VerifyParams:
     min_inlier_ratio: float = 0.60
     min_block_correlation: float = 0.96
+    min_face_correlation: float = 0.90
 
 
 @dataclass(frozen=True)
@@ -37,6 +45,7 @@ class Features:
     # would blow sensor grain in flat regions up into blocks of pure noise
     keypoints: np.ndarray  # (n, 2) float32 positions
     descriptors: np.ndarray | None  # (n, 32) uint8 ORB descriptors
+    face: tuple[int, int, int, int] | None = None  # largest face (x, y, w, h) on `grey`, if any
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,25 @@ class Verdict:
     inlier_ratio: float
     block_correlation: float
     n_inliers: int
+    face_correlation: float | None = None  # None: no face found, the face rule did not apply
+
+
+_detectors = threading.local()
+
+
+def _largest_face(equalised: np.ndarray) -> tuple[int, int, int, int] | None:
+    """OpenCV's frontal-face Haar cascade (it ships inside opencv-python-headless 4.x); one per
+    thread, since a cascade object is not safe to share between threads."""
+    import cv2
+
+    if not hasattr(_detectors, "cascade"):
+        _detectors.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    side = max(24, min(equalised.shape) // 8)
+    found = _detectors.cascade.detectMultiScale(equalised, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
+    if len(found) == 0:
+        return None
+    x, y, w, h = max(found, key=lambda box: box[2] * box[3])
+    return int(x), int(y), int(w), int(h)
 
 
 def features(rgb: Image.Image) -> tuple[Features, Features]:
@@ -55,68 +83,86 @@ def features(rgb: Image.Image) -> tuple[Features, Features]:
     scale = _SIDE / max(grey.shape)
     grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))), interpolation=cv2.INTER_AREA)
     orb = cv2.ORB_create(nfeatures=_N_FEATURES, fastThreshold=5)
+    face = _largest_face(cv2.equalizeHist(grey))
 
-    def describe(plane: np.ndarray) -> Features:
+    def describe(plane: np.ndarray, face_box: tuple[int, int, int, int] | None) -> Features:
         # Keypoints on the equalised plane: brightness, contrast and greyscale edits stop mattering.
         keypoints, descriptors = orb.detectAndCompute(cv2.equalizeHist(plane), None)
         points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
-        return Features(plane, points, descriptors)
+        return Features(plane, points, descriptors, face_box)
 
-    return describe(grey), describe(np.ascontiguousarray(grey[:, ::-1]))
+    mirrored_face = None if face is None else (grey.shape[1] - face[0] - face[2], face[1], face[2], face[3])
+    return describe(grey, face), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face)
 
 
-def _median_block_correlation(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray) -> float:
-    """Median normalised cross-correlation over the blocks inside the overlap that have texture."""
-    rows, cols = a.shape[0] // _BLOCK, a.shape[1] // _BLOCK
+def _block_correlations(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray, block: int = _BLOCK) -> np.ndarray:
+    """Normalised cross-correlation of each textured block inside the overlap."""
+    rows, cols = a.shape[0] // block, a.shape[1] // block
     if not rows or not cols:
-        return 0.0
+        return np.zeros(0)
 
     def blocks(plane: np.ndarray) -> np.ndarray:
-        return plane[: rows * _BLOCK, : cols * _BLOCK].reshape(rows, _BLOCK, cols, _BLOCK).swapaxes(1, 2).reshape(rows * cols, -1)
+        return plane[: rows * block, : cols * block].reshape(rows, block, cols, block).swapaxes(1, 2).reshape(rows * cols, -1)
 
     block_a, block_b = blocks(a).astype(float), blocks(b_warped).astype(float)
     inside = blocks(valid).mean(axis=1) >= 0.99  # outside the overlap: borders, cropped-away parts
     textured = block_a.std(axis=1) >= 4  # a flat backdrop says nothing about sameness
     keep = inside & textured
-    if not keep.any():
-        return 0.0
     block_a = block_a[keep] - block_a[keep].mean(axis=1, keepdims=True)
     block_b = block_b[keep] - block_b[keep].mean(axis=1, keepdims=True)
     norms = np.sqrt((block_a**2).sum(axis=1) * (block_b**2).sum(axis=1))
-    correlations = (block_a * block_b).sum(axis=1)[norms > 1e-6] / norms[norms > 1e-6]
-    return float(np.median(correlations)) if len(correlations) else 0.0
+    return (block_a * block_b).sum(axis=1)[norms > 1e-6] / norms[norms > 1e-6]
 
 
-def _compare(a: Features, b: Features) -> tuple[float, float, int]:
+def _median(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else 0.0
+
+
+def _compare(a: Features, b: Features) -> tuple[float, float, int, float | None]:
+    """(inlier ratio, median block correlation, inliers, median correlation inside a's face box)."""
     import cv2
 
     if a.descriptors is None or b.descriptors is None or len(a.keypoints) < 8 or len(b.keypoints) < 8:
-        return 0.0, 0.0, 0
+        return 0.0, 0.0, 0, None
     matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
     good = [pair[0] for pair in matches if len(pair) == 2 and pair[0].distance < 0.8 * pair[1].distance]
     if len(good) < 6:
-        return 0.0, 0.0, len(good)
+        return 0.0, 0.0, len(good), None
     points_a = a.keypoints[[m.queryIdx for m in good]]
     points_b = b.keypoints[[m.trainIdx for m in good]]
     transform, inliers = cv2.estimateAffinePartial2D(
         points_a, points_b, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.99
     )
     if transform is None:
-        return 0.0, 0.0, 0
+        return 0.0, 0.0, 0, None
     n_inliers = int(inliers.sum())
     back = cv2.invertAffineTransform(transform)
     size = (a.grey.shape[1], a.grey.shape[0])
     b_warped = cv2.warpAffine(b.grey, back, size, flags=cv2.INTER_LINEAR)
     valid = cv2.warpAffine(np.full(b.grey.shape, 255, np.uint8), back, size, flags=cv2.INTER_NEAREST) > 0
-    return n_inliers / len(good), _median_block_correlation(a.grey, b_warped, valid), n_inliers
+    correlation = _median(_block_correlations(a.grey, b_warped, valid))
+    face_correlation = None
+    if a.face is not None:
+        # Where two photos of one template differ is the face: it must agree on its own, in finer
+        # blocks, or a shared backdrop and suit would outvote it.
+        x, y, w, h = a.face
+        in_face = _block_correlations(a.grey[y : y + h, x : x + w], b_warped[y : y + h, x : x + w], valid[y : y + h, x : x + w], _FACE_BLOCK)
+        face_correlation = _median(in_face) if len(in_face) >= 4 else None
+    return n_inliers / len(good), correlation, n_inliers, face_correlation
 
 
 def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams = VerifyParams()) -> Verdict:
     """Compare picture a with b, then (if that fails) with b's mirror image."""
-    best = (0.0, 0.0, 0)
+    best = Verdict(False, 0.0, 0.0, 0)
     for b_view in b:
-        ratio, correlation, n_inliers = _compare(a[0], b_view)
-        if ratio >= params.min_inlier_ratio and correlation >= params.min_block_correlation:
-            return Verdict(True, ratio, correlation, n_inliers)
-        best = max(best, (ratio, correlation, n_inliers))
-    return Verdict(False, *best)
+        ratio, correlation, n_inliers, face = _compare(a[0], b_view)
+        same = (
+            ratio >= params.min_inlier_ratio
+            and correlation >= params.min_block_correlation
+            and (face is None or face >= params.min_face_correlation)
+        )
+        if same:
+            return Verdict(True, ratio, correlation, n_inliers, face)
+        if ratio > best.inlier_ratio:
+            best = Verdict(False, ratio, correlation, n_inliers, face)
+    return best

@@ -20,3 +20,25 @@ def test_ai_diffusion_packs_ingest_completely(corpus: Path, tmp_path: Path) -> N
     assert (images["status"] == "ok").all(), images.loc[images["status"] != "ok", ["image", "error"]]
     assert images["company"].nunique() == 5
     assert (images["width"] >= 200).all() and (images["height"] >= 200).all()
+
+
+def test_one_template_with_another_face_is_not_the_same_photo(corpus: Path) -> None:
+    """A studio photo whose face is replaced by another sitter's (same backdrop, suit, framing)."""
+    from pipeline.intake import load_rgb
+    from pipeline.verify import VerifyParams, features, verify
+
+    folder = corpus / "real_lab_london" / "neutral_front"
+    original = load_rgb(str(folder / "001_03.jpg"))
+    other_sitter = load_rgb(str(folder / "004_03.jpg")).resize(original.size)
+    original_features = features(original)
+    assert original_features[0].face is not None
+    x, y, w, h = original_features[0].face
+    scale = original.size[0] / original_features[0].grey.shape[1]
+    box = tuple(int(v * scale) for v in (x, y, x + w, y + h))
+    template_clone = original.copy()
+    template_clone.paste(other_sitter.crop(box), box[:2])
+
+    verdict = verify(original_features, features(template_clone))
+    assert not verdict.same_photo and verdict.block_correlation > 0.99  # only the face tells them apart
+    assert verify(original_features, features(template_clone), VerifyParams(min_face_correlation=-1.0)).same_photo
+    assert verify(original_features, features(original.resize((400, 400)))).same_photo
