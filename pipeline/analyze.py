@@ -77,30 +77,51 @@ def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
 
 
 def verified_content_pairs(
-    candidates: Iterable[tuple[int, int, float]],
+    candidates: list[tuple[int, int, float]],
     embeddings: Embeddings,
     object_of: dict[str, str],
     warehouse: Warehouse,
     params: VerifyParams,
     workers: int = 2,
 ) -> list[tuple[str, str, float]]:
-    """Keep the candidate pairs (rows of the index) that verify as the same photograph."""
+    """Keep the candidate pairs (rows of the index) that verify as the same photograph.
+
+    Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
+    rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
+    """
     from concurrent.futures import ThreadPoolExecutor
     from functools import lru_cache
 
+    import pyarrow as pa
+
     from pipeline.intake import load_rgb
+
+    folder = f"verifications/{params.cache_id}"
+    known: dict[tuple[str, str], bool] = {}
+    for table in warehouse.read_shards(folder):
+        known.update(zip(zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist()), table.column("same_photo").to_pylist()))
 
     @lru_cache(maxsize=4096)
     def cached_features(content: str):  # type: ignore[no-untyped-def]
         return features(load_rgb(warehouse.uri(object_of[content])))
 
-    def check(candidate: tuple[int, int, float]) -> tuple[str, str, float] | None:
-        i, j, similarity = candidate
-        a, b = embeddings.content_sha256[i], embeddings.content_sha256[j]
-        return (a, b, similarity) if verify(cached_features(a), cached_features(b), params).same_photo else None
+    def canonical(candidate: tuple[int, int, float]) -> tuple[str, str]:
+        a, b = embeddings.content_sha256[candidate[0]], embeddings.content_sha256[candidate[1]]
+        return (a, b) if a < b else (b, a)
 
+    todo = sorted({canonical(c) for c in candidates} - set(known))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-        return [pair for pair in pool.map(check, candidates) if pair is not None]
+        verdicts = list(pool.map(lambda pair: verify(cached_features(pair[0]), cached_features(pair[1]), params), todo))
+    if todo:
+        table = pa.table({
+            "content_a": [a for a, _ in todo], "content_b": [b for _, b in todo],
+            "same_photo": [v.same_photo for v in verdicts], "inlier_ratio": [v.inlier_ratio for v in verdicts],
+            "block_correlation": [v.block_correlation for v in verdicts], "face_correlation": [v.face_correlation for v in verdicts],
+        })  # fmt: skip
+        warehouse.write_shard(folder, [f"{a}:{b}" for a, b in todo], table)
+        known.update(zip(todo, (v.same_photo for v in verdicts)))
+    logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
+    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]]
 
 
 def _row_pairs(rows_a: pd.DataFrame, rows_b: pd.DataFrame | None, similarity: float, kind: str) -> list[dict]:

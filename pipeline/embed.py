@@ -8,7 +8,6 @@ no shard holds yet, so unchanged images never reach the model again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 from collections.abc import Sequence
@@ -64,41 +63,33 @@ def embedder_slug(embedder_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", embedder_id)
 
 
+def cache_folder(embedder_id: str) -> str:
+    return f"embeddings/{embedder_slug(embedder_id)}"
+
+
 def load_cache(warehouse: Warehouse, embedder_id: str) -> tuple[list[str], np.ndarray]:
     """Every cached vector of one embedder: (content hashes, float32 matrix)."""
-    import pyarrow.parquet as pq
-
-    folder = f"embeddings/{embedder_slug(embedder_id)}"
-    if not warehouse.exists(folder):
-        return [], np.zeros((0, 0), np.float32)
     keys: list[str] = []
     blocks: list[np.ndarray] = []
-    for path in sorted(warehouse.fs.glob(warehouse.path(folder, "shard-*.parquet"))):
-        with warehouse.fs.open(path, "rb") as handle:
-            table = pq.read_table(handle)
+    for table in warehouse.read_shards(cache_folder(embedder_id)):
         keys.extend(table.column("content_sha256").to_pylist())
         blocks.append(np.asarray(table.column("vector").combine_chunks().flatten(), np.float32).reshape(table.num_rows, -1))
     return keys, (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
 
 
 def write_cache_shard(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], vectors: np.ndarray) -> str | None:
-    """Add vectors to the cache as one immutable shard named by its content (rewrites are no-ops)."""
+    """Add vectors to the cache as one immutable shard."""
     import pyarrow as pa
 
     if not len(keys):
         return None
-    digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
-    key = f"embeddings/{embedder_slug(embedder_id)}/shard-{digest}.parquet"
-    if warehouse.exists(key):
-        return key
     table = pa.table(
         {
             "content_sha256": pa.array(list(keys), pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]),
         }
     ).replace_schema_metadata({"embedder": embedder_id})
-    warehouse.write_table_file(key, table)
-    return key
+    return warehouse.write_shard(cache_folder(embedder_id), list(keys), table)
 
 
 @dataclass

@@ -32,11 +32,21 @@ _FACE_BLOCK = 12
 _N_FEATURES = 1000
 
 
+VERSION = 1  # change with the measurement, so cached verdicts (pipeline/analyze.py) are not reused
+
+
 @dataclass(frozen=True)
 class VerifyParams:
     min_inlier_ratio: float = 0.60
     min_block_correlation: float = 0.96
     min_face_correlation: float = 0.90
+
+    def accepts(self, ratio: float, correlation: float, face: float | None) -> bool:
+        return ratio >= self.min_inlier_ratio and correlation >= self.min_block_correlation and (face is None or face >= self.min_face_correlation)
+
+    @property
+    def cache_id(self) -> str:
+        return f"v{VERSION}-r{self.min_inlier_ratio:g}-b{self.min_block_correlation:g}-f{self.min_face_correlation:g}"
 
 
 @dataclass(frozen=True)
@@ -156,12 +166,7 @@ def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: V
     best = Verdict(False, 0.0, 0.0, 0)
     for b_view in b:
         ratio, correlation, n_inliers, face = _compare(a[0], b_view)
-        same = (
-            ratio >= params.min_inlier_ratio
-            and correlation >= params.min_block_correlation
-            and (face is None or face >= params.min_face_correlation)
-        )
-        if same:
+        if params.accepts(ratio, correlation, face):
             return Verdict(True, ratio, correlation, n_inliers, face)
         if ratio > best.inlier_ratio:
             best = Verdict(False, ratio, correlation, n_inliers, face)

@@ -150,6 +150,29 @@ class Warehouse:
         pq.write_table(table, buffer, compression="zstd")
         return self.write_bytes(key, buffer.getvalue())
 
+    def write_shard(self, folder: str, keys: "list[str]", table: "pyarrow.Table") -> str:
+        """Add an immutable cache shard to `folder`, named by the keys it holds: writing the same
+        keys again is a no-op, and concurrent writers of different keys never collide."""
+        import hashlib
+
+        digest = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+        key = f"{folder}/shard-{digest}.parquet"
+        if not self.exists(key):
+            self.write_table_file(key, table)
+        return key
+
+    def read_shards(self, folder: str) -> "list[pyarrow.Table]":
+        """Every shard of a cache folder, in a stable order; [] if there is none."""
+        import pyarrow.parquet as pq
+
+        if not self.exists(folder):
+            return []
+        tables = []
+        for path in sorted(self.fs.glob(self.path(folder, "shard-*.parquet"))):
+            with self.fs.open(path, "rb") as handle:
+                tables.append(pq.read_table(handle))
+        return tables
+
     def read_table(self, table: str, run_date: str | None = None) -> pd.DataFrame:
         """One partition, or all of them with a `run_date` column; empty frame if there is none."""
         import pyarrow.parquet as pq

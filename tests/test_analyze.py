@@ -165,3 +165,22 @@ def test_trends_skip_pages_with_too_few_images() -> None:
 
     current = pd.DataFrame([company_row("a", float("nan"), float("nan"), status="too_few_images")])
     assert trends_table(pd.DataFrame(), current, "2026-01-01").empty
+
+
+def test_verdicts_are_cached_per_content_pair_and_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.analyze as analyze_module
+
+    calls: list[int] = []
+    real_verify = analyze_module.verify
+    monkeypatch.setattr(analyze_module, "verify", lambda *args: calls.append(1) or real_verify(*args))
+    rows = read_manifest(str(generate_demo_images(tmp_path / "demo", per_company=6)))
+    settings = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic")
+    first = run_pipeline(rows, settings, "2026-03-01", progress=False)
+    n_first = len(calls)
+    second = run_pipeline(rows, settings, "2026-03-02", progress=False)
+    assert n_first == first.counts["near_duplicate_candidates"] > 0
+    assert len(calls) == n_first  # nothing verified again
+    assert pd.read_parquet(second.outputs["pairs"]).equals(pd.read_parquet(first.outputs["pairs"]))
+    stricter = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic", thresholds={"verify_min_face_correlation": 0.95})
+    run_pipeline(rows, stricter, "2026-03-03", progress=False)
+    assert len(calls) == 2 * n_first  # other thresholds: a fresh cache
