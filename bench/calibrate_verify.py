@@ -73,10 +73,10 @@ def main() -> None:
     for ratio_min in (0.6,):
         for correlation_min in (0.95, 0.96):
             for face_min in (-1.0, 0.8, 0.85, 0.9, 0.93):
-                def accepted(rows: np.ndarray) -> np.ndarray:
-                    return (rows[:, 0] >= ratio_min) & (rows[:, 1] >= correlation_min) & (rows[:, 2] >= face_min)
-
-                print(f"  {ratio_min:.2f} {correlation_min:.2f} {face_min:5.2f}: {accepted(positives).mean():.3f}  {int(accepted(negatives).sum())}/{len(negatives)}")
+                limits = np.array([ratio_min, correlation_min, face_min])
+                edits_accepted = (positives >= limits).all(axis=1).mean()
+                wrong = int((negatives >= limits).all(axis=1).sum())
+                print(f"  {ratio_min:.2f} {correlation_min:.2f} {face_min:5.2f}: {edits_accepted:.3f}  {wrong}/{len(negatives)}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,7 @@ def models_pull(
     model, pretrained = model or settings.clip.model, pretrained or settings.clip.pretrained
     try:
         embedder = ClipEmbedder(model, pretrained, device="cpu", precision="fp32", allow_download=True)
-        embedder.model  # loading is what fetches the weights into the cache
+        embedder.load()  # loading is what fetches the weights into the cache
     except (WeightsNotFound, UnknownModel) as exc:
         _fail(f"could not download {model} / {pretrained}: {exc}", code=1)
     typer.echo(f"{embedder.id}: weights are in the cache; `homog run --embedder clip` will find them")

@@ -208,7 +208,7 @@ class ClipEmbedder:
         side = config["vision_cfg"]["image_size"]
         self.input_side = int(side[0] if isinstance(side, (list, tuple)) else side)
 
-    def _load(self) -> None:
+    def load(self) -> None:
         """Build the model on first use: a rerun served from the cache never pays for loading weights."""
         if self._model is not None:
             return
@@ -231,12 +231,12 @@ class ClipEmbedder:
 
     @property
     def model(self) -> Any:
-        self._load()
+        self.load()
         return self._model
 
     @property
     def preprocess(self) -> Any:
-        self._load()
+        self.load()
         return self._preprocess
 
     def encode_batch(self, pixels: "torch.Tensor") -> np.ndarray:
