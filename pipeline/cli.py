@@ -155,6 +155,28 @@ def models_list(
         typer.echo("no open_clip weights in the caches of this machine (see `homog models pull`)", err=True)
 
 
+@app.command()
+def retention(
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    today: Annotated[Optional[str], typer.Option(help="Date to measure ages from, YYYY-MM-DD (default: today).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log, delete nothing.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Purge originals and thumbnails not seen by any run for longer than the configured retention."""
+    from pipeline.retention import purge_expired
+    from pipeline.run import today as current_date
+    from pipeline.warehouse import Warehouse
+
+    _setup_logging(False)
+    try:
+        settings = load_settings(config, warehouse=warehouse)
+        log = purge_expired(Warehouse(settings.warehouse), settings.retention, today or current_date(), dry_run=dry_run)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    counts = log["action"].value_counts().to_dict() if len(log) else {}
+    typer.echo(f"retention: {len(log)} stored picture(s) checked; " + (", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "nothing stored"))
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write <company>/*.jpg and manifest.csv into.")],

@@ -19,11 +19,11 @@ from pipeline.embed import embed_images, resolve_embedder
 from pipeline.index import build_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
-from pipeline.warehouse import TABLES, Warehouse, validate_run_date
+from pipeline.warehouse import Warehouse, validate_run_date
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_KEYS = (*TABLES, "report")
+OUTPUT_KEYS = ("images", "pairs", "companies", "clusters", "report")  # DESIGN.md contract; more are added
 
 
 @dataclass

@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ObjectKind = Literal["raw", "thumbs"]
-TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends")
 _TMP_DIR = ".tmp"
 
 

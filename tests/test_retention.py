@@ -1,0 +1,63 @@
+"""Retention: pictures unseen for longer than configured are purged; metrics and recent ones stay."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.config import RetentionConfig, load_settings
+from pipeline.demo_data import generate_demo_images
+from pipeline.retention import purge_expired
+from pipeline.run import run_pipeline
+from pipeline.sources import read_manifest
+from pipeline.warehouse import Warehouse
+from tests.conftest import photo_like
+
+
+def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
+    rows = read_manifest(str(generate_demo_images(tmp_path / "demo", per_company=3)))
+    settings = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic")
+    run_pipeline(rows, settings, "2026-01-01", progress=False)
+    still_listed = [r for r in rows if r.company != "bluebird-bakery"]  # bluebird's page went away
+    run_pipeline(still_listed, settings, "2026-03-01", progress=False)
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    images = warehouse.read_table("images", "2026-01-01")
+    gone = set(images.loc[images["company"] == "bluebird-bakery", "raw_object"])
+    kept = set(warehouse.read_table("images", "2026-03-01")["raw_object"])
+    orphan = warehouse.object_key("raw", "f" * 64, "jpg")
+    warehouse.write_bytes(orphan, b"left by an interrupted run")
+    week_ago = time.time() - 7 * 86400
+    os.utime(warehouse.path(orphan), (week_ago, week_ago))
+
+    policy = RetentionConfig(raw_images_days=30, thumbnails_days=365)
+    dry = purge_expired(warehouse, policy, "2026-03-10", dry_run=True)
+    assert set(dry.loc[dry["action"] == "would delete", "object"]) == gone
+    assert all(warehouse.exists(key) for key in gone)  # a dry run deletes nothing
+
+    log = purge_expired(warehouse, policy, "2026-03-10")
+    assert set(log.loc[log["action"] == "deleted", "object"]) == gone
+    assert not any(warehouse.exists(key) for key in gone)
+    assert all(warehouse.exists(key) for key in kept)
+    assert (log.loc[log["kind"] == "thumbs", "action"] == "keep").all()
+    assert warehouse.exists(orphan)  # unreferenced, but only a week old
+    # Metrics stay, and the decisions are on record.
+    assert not warehouse.read_table("companies", "2026-01-01").empty
+    assert len(pd.read_parquet(warehouse.path("tables/retention/run_date=2026-03-10/part-0.parquet"))) == len(log)
+
+
+def test_a_purged_original_is_fetched_again_by_the_next_run(tmp_path: Path) -> None:
+    picture = tmp_path / "a.jpg"
+    photo_like(seed=9).save(picture, format="JPEG")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"company,image\nacme,{picture}\nacme,{picture}\nacme,{picture}\n")
+    settings = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic")
+    first = run_pipeline(read_manifest(str(manifest)), settings, "2026-01-01", progress=False)
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    purge_expired(warehouse, RetentionConfig(raw_images_days=0, thumbnails_days=0), "2026-01-05")
+    second = run_pipeline(read_manifest(str(manifest)), settings, "2026-01-06", progress=False)
+    assert second.counts["ok"] == first.counts["ok"] == 3
+    raw = warehouse.read_table("images", "2026-01-06")["raw_object"].iloc[0]
+    assert warehouse.exists(raw)
