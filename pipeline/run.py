@@ -1,7 +1,9 @@
-"""One run, stage after stage: the single function the CLI and the Airflow tasks both call.
+"""One run, stage after stage: `intake_stage`, `embed_stage` (embed + index), `analyze_stage`,
+`finish_run`. Each takes the settings and the run date, reads what the previous stage stored in the
+warehouse and returns only URIs and counts, so the CLI (`run_pipeline`) and Airflow tasks call the
+same functions and pass nothing heavier than a path between them.
 
-Stages built so far: intake, embed, index, analyze. Reports are a separate issue; until it lands,
-the `report` output is `null` rather than faked.
+Reports are a separate issue; until it lands, the `report` output is `null` rather than faked.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import platform
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from pipeline import __version__
 from pipeline.analyze import analyze, trends_table
 from pipeline.config import Settings
-from pipeline.embed import embed_images, resolve_embedder
-from pipeline.index import build_index, save_index
+from pipeline.embed import EmbedderChoice, Embeddings, embed_images, load_cache, resolve_embedder
+from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
 from pipeline.warehouse import Warehouse, validate_run_date
@@ -52,6 +56,99 @@ def today() -> str:
     return dt.date.today().isoformat()
 
 
+def intake_stage(rows: list[ManifestRow], settings: Settings, run_date: str, progress: bool = True) -> dict[str, Any]:
+    """Fetch, check and store every row; writes the `images` table. Returns its URI and counts."""
+    warehouse = Warehouse(settings.warehouse)
+    warehouse.sweep_stale_temp(settings.retention.staging_grace_hours)
+    earlier_dates = warehouse.run_dates("images")
+    previous = warehouse.read_table("images", earlier_dates[-1]) if earlier_dates else None
+    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress, previous=previous)
+    n_ok = int((images["status"] == "ok").sum())
+    return {
+        "images": write_images_table(images, warehouse, run_date),
+        "rows": len(images), "ok": n_ok, "error": len(images) - n_ok, "companies": int(images["company"].nunique()),
+    }  # fmt: skip
+
+
+def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None = None, progress: bool = True) -> dict[str, Any]:
+    """Embed the run's `ok` images (cache first) and save the run's index. Returns its URI and counts."""
+    warehouse = Warehouse(settings.warehouse)
+    choice = choice or resolve_embedder(settings)
+    embeddings = embed_images(warehouse.read_table("images", run_date), warehouse, choice.embedder, progress=progress)
+    vector_index = build_index(embeddings.vectors, embeddings.content_sha256)
+    return {
+        "index": save_index(warehouse, vector_index, embeddings.embedder_id, run_date),
+        "index_kind": vector_index.kind, "embedder": embeddings.embedder_id, "embedder_fallback": choice.fallback_reason,
+        "distinct_images": len(embeddings.content_sha256), "embedded": embeddings.n_embedded,
+        "embedding_cache_hits": len(embeddings.content_sha256) - embeddings.n_embedded,
+    }  # fmt: skip
+
+
+def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[str, Any]:
+    """Near-duplicates, clusters, per-company metrics, reuse and trends from what the earlier
+    stages stored for `run_date`; writes those tables. Returns their URIs and counts."""
+    warehouse = Warehouse(settings.warehouse)
+    vector_index = load_index(warehouse, embedder_id, run_date)
+    cached_keys, cached = load_cache(warehouse, embedder_id)
+    position = {key: row for row, key in enumerate(cached_keys)}
+    vectors = cached[[position[key] for key in vector_index.ids]] if vector_index.ids else np.zeros((0, vector_index.dim), np.float32)
+    embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
+    analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
+    outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
+    trends = trends_table(warehouse.read_table("companies"), analysis.companies, run_date)
+    outputs["trends"] = warehouse.write_table("trends", run_date, trends)
+    return {
+        **outputs,
+        "near_duplicate_candidates": analysis.n_candidates, "near_duplicates_verified": analysis.n_verified,
+        "pairs_found": len(analysis.pairs), "cross_company_pairs": len(analysis.reuse),
+        "significant_changes": int(trends.loc[trends["run_date"] == run_date, "significant"].sum()),
+    }  # fmt: skip
+
+
+def finish_run(
+    settings: Settings, run_date: str, stages: dict[str, dict[str, Any]], source: str = "", started: str = ""
+) -> RunResult:
+    """Drop the run's staging (no-raw-images mode) and write run.json, the mark of a finished run."""
+    warehouse = Warehouse(settings.warehouse)
+    if not settings.privacy.keep_raw_images:
+        # No-raw-images mode: originals lived in staging only for the stages of this run.
+        warehouse.drop_staging(run_date)
+    intake, embed, analysis = stages["intake"], stages["embed"], stages["analyze"]
+    outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
+    outputs.update(images=intake["images"], index=embed["index"])
+    outputs.update({table: analysis[table] for table in ("pairs", "clusters", "companies", "reuse", "trends")})
+    counts = {key: value for stage in stages.values() for key, value in stage.items() if isinstance(value, int) and not isinstance(value, bool)}
+    counts["pairs"] = counts.pop("pairs_found")
+    result = RunResult(
+        run_date=run_date,
+        embedder=embed["embedder"],
+        embedder_fallback=embed["embedder_fallback"],
+        outputs=outputs,
+        counts=counts,
+        stages_run=["intake", "embed", "index", "analyze"],
+    )
+    if intake["ok"] == 0:
+        result.warnings.append("no image passed intake: see the images table's error column")
+        logger.warning(result.warnings[-1])
+    if embed["embedder_fallback"]:
+        result.warnings.append(embed["embedder_fallback"])
+    warehouse.write_json(
+        f"runs/run_date={run_date}/run.json",
+        {
+            **result.as_json(),
+            "source": source,
+            "started_at": started,
+            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "embedder_requested": settings.embedder,
+            "index_kind": embed["index_kind"],
+            "settings": settings.model_dump(mode="json"),
+            "pipeline_version": __version__,
+            "python": platform.python_version(),
+        },
+    )
+    return result
+
+
 def run_pipeline(
     rows: list[ManifestRow],
     settings: Settings,
@@ -59,73 +156,13 @@ def run_pipeline(
     source: str = "",
     progress: bool = True,
 ) -> RunResult:
-    """Run every built stage for `rows` into the warehouse; rerunning a run date replaces it."""
+    """Run every stage for `rows` into the warehouse; rerunning a run date replaces it. The stages
+    pass each other nothing but the warehouse and the run date, as Airflow tasks do."""
     run_date = validate_run_date(run_date or today())
-    warehouse = Warehouse(settings.warehouse)
-    warehouse.sweep_stale_temp(settings.retention.staging_grace_hours)
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.timezone.utc).isoformat()
     # Chosen before any work, so that `--embedder clip` without weights fails in a second, not after intake.
     choice = resolve_embedder(settings)
-
-    earlier_dates = warehouse.run_dates("images")
-    previous = warehouse.read_table("images", earlier_dates[-1]) if earlier_dates else None
-    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress, previous=previous)
-    outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
-    outputs["images"] = write_images_table(images, warehouse, run_date)
-
-    embeddings = embed_images(images, warehouse, choice.embedder, progress=progress)
-    vector_index = build_index(embeddings.vectors, embeddings.content_sha256)
-    outputs["index"] = save_index(warehouse, vector_index, embeddings.embedder_id, run_date)
-
-    analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds)
-    for table in ("pairs", "clusters", "companies", "reuse"):
-        outputs[table] = warehouse.write_table(table, run_date, getattr(analysis, table))
-    trends = trends_table(warehouse.read_table("companies"), analysis.companies, run_date)
-    outputs["trends"] = warehouse.write_table("trends", run_date, trends)
-
-    if not settings.privacy.keep_raw_images:
-        # No-raw-images mode: originals lived in staging only for the stages of this run.
-        warehouse.drop_staging(run_date)
-
-    n_ok = int((images["status"] == "ok").sum())
-    result = RunResult(
-        run_date=run_date,
-        embedder=embeddings.embedder_id,
-        embedder_fallback=choice.fallback_reason,
-        outputs=outputs,
-        counts={
-            "rows": len(images),
-            "ok": n_ok,
-            "error": len(images) - n_ok,
-            "companies": images["company"].nunique(),
-            "distinct_images": len(embeddings.content_sha256),
-            "embedded": embeddings.n_embedded,
-            "embedding_cache_hits": len(embeddings.content_sha256) - embeddings.n_embedded,
-            "near_duplicate_candidates": analysis.n_candidates,
-            "near_duplicates_verified": analysis.n_verified,
-            "pairs": len(analysis.pairs),
-            "cross_company_pairs": len(analysis.reuse),
-            "significant_changes": int(trends.loc[trends["run_date"] == run_date, "significant"].sum()),
-        },
-        stages_run=["intake", "embed", "index", "analyze"],
-    )
-    if n_ok == 0:
-        result.warnings.append("no image passed intake: see the images table's error column")
-        logger.warning(result.warnings[-1])
-    if choice.fallback_reason:
-        result.warnings.append(choice.fallback_reason)
-    warehouse.write_json(
-        f"runs/run_date={run_date}/run.json",
-        {
-            **result.as_json(),
-            "source": source,
-            "started_at": started.isoformat(),
-            "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
-            "embedder_requested": settings.embedder,
-            "index_kind": vector_index.kind,
-            "settings": settings.model_dump(mode="json"),
-            "pipeline_version": __version__,
-            "python": platform.python_version(),
-        },
-    )
-    return result
+    stages: dict[str, dict[str, Any]] = {"intake": intake_stage(rows, settings, run_date, progress)}
+    stages["embed"] = embed_stage(settings, run_date, choice, progress)
+    stages["analyze"] = analyze_stage(settings, run_date, stages["embed"]["embedder"])
+    return finish_run(settings, run_date, stages, source, started)
