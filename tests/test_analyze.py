@@ -184,3 +184,13 @@ def test_verdicts_are_cached_per_content_pair_and_thresholds(tmp_path: Path, mon
     stricter = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic", thresholds={"verify_min_face_correlation": 0.95})
     run_pipeline(rows, stricter, "2026-03-03", progress=False)
     assert len(calls) == 2 * n_first  # other thresholds: a fresh cache
+
+
+def test_verification_is_deterministic_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    original = photo_like(320, 400, seed=8)
+    a, b = features(original), features(EDITS["combo_crop_jpeg_small"](original))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        verdicts = list(pool.map(lambda _: verify(a, b), range(12)))
+    assert len(set(verdicts)) == 1
