@@ -2,14 +2,16 @@
 
 Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix is ever built:
 1. exact: same bytes (`content_sha256`) or same pixels in another encoding (`pixel_sha256`);
-2. near: FAISS range search at the embedder's generous *candidate* threshold, then geometric
-   verification of each candidate (pipeline/verify.py), which keeps edited copies of one photograph
-   and drops different photos of one sitter or template.
+2. near: each photo's nearest neighbours in the FAISS index (at most
+   `thresholds.max_candidates_per_image`) above the embedder's generous *candidate* threshold, then
+   geometric verification of each candidate (pipeline/verify.py), which keeps edited copies of one
+   photograph and drops different photos of one sitter or template. Bounding candidates per photo
+   keeps a uniform studio page, where every pair looks "similar", from costing N^2 verifications.
 
 Style clusters are the connected components of the graph whose edges are exact and verified pairs
 plus nearest-neighbour pairs at or above the embedder's *style* threshold: deterministic,
-parameter-light and built from the same sparse neighbour search (HDBSCAN would need a dense or tree index over 512-d vectors and
-gives run-to-run label changes for borderline points).
+parameter-light and built from the same sparse neighbour search (HDBSCAN would need a dense or
+tree index over 512-d vectors and gives run-to-run label changes for borderline points).
 
 The homogeneity index of a page is the expected similarity of two different photos on it:
 
@@ -142,12 +144,11 @@ def _row_pairs(rows_a: pd.DataFrame, rows_b: pd.DataFrame | None, similarity: fl
 
 
 def pairs_table(ok: pd.DataFrame, representative: dict[str, str], near: list[tuple[str, str, float]]) -> pd.DataFrame:
-    ok = ok.assign(exact_group=ok["content_sha256"].map(representative))
+    by_group = dict(tuple(ok.groupby(ok["content_sha256"].map(representative), sort=True)))
     records: list[dict] = []
-    for _, group in ok.groupby("exact_group", sort=True):
+    for group in by_group.values():
         if len(group) > 1:
             records.extend(_row_pairs(group, None, 1.0, "exact"))
-    by_group = {key: group for key, group in ok.groupby("exact_group", sort=True)}
     seen: set[tuple[str, str]] = set()
     for a, b, similarity in near:
         ga, gb = sorted((representative[a], representative[b]))
@@ -190,9 +191,9 @@ def _seed(*parts: str) -> int:
     return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "little")
 
 
-def pair_kernel(vectors: np.ndarray, duplicate: np.ndarray) -> np.ndarray:
+def pair_kernel(similarities: np.ndarray, duplicate: np.ndarray) -> np.ndarray:
     """k(i, j): 1 for exact/near-duplicate pairs, else cosine clipped at 0; diagonal irrelevant."""
-    kernel = np.clip(vectors @ vectors.T, 0.0, 1.0)
+    kernel = np.clip(similarities, 0.0, 1.0)
     kernel[duplicate] = 1.0
     return kernel
 
@@ -268,7 +269,7 @@ def company_metrics(
         similarities = vectors @ vectors.T
         record["mean_pairwise_similarity"] = float((similarities.sum() - np.trace(similarities)) / (n * (n - 1)))
         record["vendi_score"] = vendi_score(vectors)
-        index, low, high = homogeneity(pair_kernel(vectors, duplicate), thresholds.bootstrap_samples, _seed(company))
+        index, low, high = homogeneity(pair_kernel(similarities, duplicate), thresholds.bootstrap_samples, _seed(company))
         record.update(homogeneity_index=index, ci_low=low, ci_high=high)
         records.append(record)
     return pd.DataFrame(records, columns=COMPANY_COLUMNS)

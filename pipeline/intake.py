@@ -322,8 +322,9 @@ def records_to_frame(records: Sequence[ImageRecord]) -> pd.DataFrame:
     return frame
 
 
-def reusable_records(previous: pd.DataFrame, warehouse: Warehouse, privacy: PrivacyConfig) -> dict[tuple[str, str], dict]:
-    """Earlier `ok` rows whose stored objects are still there, keyed by (uri, source fingerprint).
+def reusable_records(previous: pd.DataFrame, privacy: PrivacyConfig) -> dict[tuple[str, str], dict]:
+    """Earlier `ok` rows, keyed by (uri, source fingerprint); whether their stored objects are still
+    there is checked when one is used.
 
     In no-raw-images mode nothing is reused: the originals are gone after each run, and content that
     is new to the embedding cache would have nothing to be embedded from.
@@ -356,7 +357,7 @@ def ingest(
     """
     from tqdm.auto import tqdm
 
-    known = reusable_records(previous if previous is not None else pd.DataFrame(), warehouse, privacy)
+    known = reusable_records(previous if previous is not None else pd.DataFrame(), privacy)
 
     def work(row: ManifestRow) -> ImageRecord:
         fingerprint = "" if row.problem else source_fingerprint(row.uri)

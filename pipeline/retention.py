@@ -38,7 +38,7 @@ def last_seen(warehouse: Warehouse) -> dict[str, str]:
 
 def _modified(warehouse: Warehouse, path: str) -> dt.date | None:
     info = warehouse.fs.info(path)
-    stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")  # a date, not an ETag
     if stamp is None:
         return None
     if isinstance(stamp, (int, float)):

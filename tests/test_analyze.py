@@ -26,14 +26,14 @@ def unit_rows(n: int, dim: int = 16) -> np.ndarray:
 # ------------------------------------------------------------- the index
 def test_identical_photos_are_perfectly_homogeneous() -> None:
     vectors = np.repeat(unit_rows(1), 6, axis=0)
-    index, low, high = homogeneity(pair_kernel(vectors, np.zeros((6, 6), bool)), 200, seed=1)
+    index, low, high = homogeneity(pair_kernel(vectors @ vectors.T, np.zeros((6, 6), bool)), 200, seed=1)
     assert index == pytest.approx(1.0) and low == pytest.approx(1.0) and high == pytest.approx(1.0)
     assert vendi_score(vectors) == pytest.approx(1.0)
 
 
 def test_orthogonal_photos_are_not_homogeneous_at_all() -> None:
     vectors = unit_rows(8)
-    index, low, high = homogeneity(pair_kernel(vectors, np.zeros((8, 8), bool)), 200, seed=1)
+    index, low, high = homogeneity(pair_kernel(vectors @ vectors.T, np.zeros((8, 8), bool)), 200, seed=1)
     assert index == pytest.approx(0.0) and high == pytest.approx(0.0)
     assert vendi_score(vectors) == pytest.approx(8.0)
 
@@ -42,7 +42,7 @@ def test_planted_duplicates_raise_the_index_by_the_known_amount() -> None:
     vectors = unit_rows(6)
     duplicate = np.zeros((6, 6), bool)
     duplicate[0, 1] = duplicate[1, 0] = True  # one verified near-duplicate pair of 15 pairs
-    index, _, _ = homogeneity(pair_kernel(vectors, duplicate), 200, seed=1)
+    index, _, _ = homogeneity(pair_kernel(vectors @ vectors.T, duplicate), 200, seed=1)
     assert index == pytest.approx(1 / 15)
 
 
@@ -54,7 +54,7 @@ def test_index_does_not_depend_on_page_size_and_ci_narrows() -> None:
     widths, indexes = [], []
     for n in (10, 40, 160):
         page = population[rng.choice(len(population), n, replace=False)]
-        index, low, high = homogeneity(pair_kernel(page, np.zeros((n, n), bool)), 400, seed=n)
+        index, low, high = homogeneity(pair_kernel(page @ page.T, np.zeros((n, n), bool)), 400, seed=n)
         assert low <= index <= high
         indexes.append(index)
         widths.append(high - low)
