@@ -334,8 +334,8 @@ def reusable_records(previous: pd.DataFrame, privacy: PrivacyConfig) -> dict[tup
     usable = previous[(previous["status"] == "ok") & (previous["source_fingerprint"] != "")]
     reusable = {}
     for row in usable.to_dict("records"):
-        if privacy.keep_thumbnails and not row["thumbnail_object"]:
-            continue  # thumbnails were off then and are on now
+        if bool(row["thumbnail_object"]) != privacy.keep_thumbnails:
+            continue  # thumbnails were switched on or off since: redo the row under today's setting
         reusable[(row["uri"], row["source_fingerprint"])] = row
     return reusable
 

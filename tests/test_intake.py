@@ -263,3 +263,13 @@ def test_unchanged_sources_are_carried_over_without_refetching(tmp_path: Path, m
     assert sorted(fetched) == ["a.jpg", "b.jpg", "bad.jpg"]
     assert third.loc[0, "content_sha256"] != first.loc[0, "content_sha256"]
     assert warehouse.exists(third.loc[1, "raw_object"])
+
+
+def test_rows_are_not_carried_over_across_a_thumbnail_setting_change(tmp_path: Path) -> None:
+    rows = rows_for(tmp_path, {"a.jpg": encode(photo_like(seed=11))})
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    with_thumbs = ingest(rows, warehouse, "2026-01-01", CFG, PrivacyConfig(), progress=False)
+    without = ingest(rows, warehouse, "2026-01-02", CFG, PrivacyConfig(keep_thumbnails=False), progress=False, previous=with_thumbs)
+    assert with_thumbs.loc[0, "thumbnail_object"] and without.loc[0, "thumbnail_object"] == ""
+    again = ingest(rows, warehouse, "2026-01-03", CFG, PrivacyConfig(), progress=False, previous=without)
+    assert again.loc[0, "thumbnail_object"] == with_thumbs.loc[0, "thumbnail_object"]
