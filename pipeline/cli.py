@@ -38,6 +38,7 @@ def _setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the run's own log
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -70,6 +71,7 @@ def run(
     input_dir: Annotated[
         Optional[str], typer.Option("--input", help="Folder whose sub-folders are companies (local or fsspec URL).")
     ] = None,
+    sites: Annotated[Optional[Path], typer.Option(help="sites.yaml: crawl these companies' team pages first.")] = None,
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL). Default ./warehouse.")] = None,
     run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today). Reruns replace it.")] = None,
     embedder: Annotated[Optional[EmbedderChoice], typer.Option(help="auto (clip if its weights exist, else classic), clip or classic.")] = None,
@@ -78,23 +80,29 @@ def run(
     progress: Annotated[bool, typer.Option(help="Show progress bars on stderr.")] = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Ingest a manifest or folder of headshots into the warehouse and compute the run's tables."""
+    """Ingest a manifest, a folder or crawled team pages into the warehouse and compute the run's tables."""
+    from pipeline.crawl import SitesError, load_sites
     from pipeline.embedders.clip import UnknownModel, WeightsNotFound
-    from pipeline.run import run_pipeline
+    from pipeline.run import crawl_stage, run_pipeline, today
     from pipeline.warehouse import validate_run_date
 
     _setup_logging(verbose)
-    if (manifest is None) == (input_dir is None):
-        _fail("give exactly one of --manifest M.csv or --input DIR")
+    if sum(option is not None for option in (manifest, input_dir, sites)) != 1:
+        _fail("give exactly one of --manifest M.csv, --input DIR or --sites sites.yaml")
+    crawled = None
     try:
         settings = load_settings(config, warehouse=warehouse, embedder=embedder)
-        if run_date is not None:
-            validate_run_date(run_date)
+        run_date = validate_run_date(run_date or today())
+        if sites is not None:
+            load_sites(sites)  # a broken sites file fails here, before any request
+            crawled = crawl_stage(str(sites), settings, run_date)
+            manifest = crawled["manifest"]
         rows = read_manifest(manifest) if manifest else scan_folder(input_dir)  # type: ignore[arg-type]
-    except (ConfigError, SourceError, ValueError) as exc:
+    except (ConfigError, SourceError, SitesError, ValueError) as exc:
         _fail(str(exc))
     try:
-        result = run_pipeline(rows, settings, run_date=run_date, source=manifest or input_dir or "", progress=progress)
+        source = str(sites) if sites is not None else manifest or input_dir or ""
+        result = run_pipeline(rows, settings, run_date=run_date, source=source, progress=progress, crawl=crawled)
     except (WeightsNotFound, UnknownModel) as exc:
         _fail(str(exc))
     if as_json:
@@ -175,6 +183,41 @@ def retention(
         _fail(str(exc))
     counts = log["action"].value_counts().to_dict() if len(log) else {}
     typer.echo(f"retention: {len(log)} stored picture(s) checked; " + (", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "nothing stored"))
+
+
+@app.command()
+def crawl(
+    sites: Annotated[Path, typer.Option(help="sites.yaml: companies and their team-page URLs, optional crawl overrides.")],
+    out: Annotated[Path, typer.Option(help="Manifest CSV to write; the crawl log is written beside it (*.crawl-log.csv).")],
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root where the pictures are downloaded to.")] = None,
+    run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today).")] = None,
+    config: ConfigOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Crawl team pages politely into the warehouse and write a manifest for `homog run --manifest`."""
+    import pandas as pd
+
+    from pipeline.crawl import SitesError, load_sites, log_csv, log_path_for
+    from pipeline.run import crawl_stage, today
+    from pipeline.warehouse import Warehouse, validate_run_date
+
+    _setup_logging(verbose)
+    try:
+        settings = load_settings(config, warehouse=warehouse)
+        run_date = validate_run_date(run_date or today())
+        load_sites(sites)
+        result = crawl_stage(str(sites), settings, run_date)
+    except (ConfigError, SitesError, ValueError) as exc:
+        _fail(str(exc))
+    store = Warehouse(settings.warehouse)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with store.fs.open(result["manifest"], "rb") as handle:
+        out.write_bytes(handle.read())
+    log_path = log_path_for(out)
+    log_path.write_bytes(log_csv(pd.read_parquet(result["crawl_log"])))
+    typer.echo(f"{result['kept']} picture(s) kept, {result['skipped']} skipped, {result['rejected']} rejected, "
+               f"{result['error']} error(s) of {result['candidates']} candidates; {result['companies_failed']} company crawl(s) failed")
+    typer.echo(f"manifest: {out}\ncrawl log: {log_path}")
 
 
 @app.command("demo-data")

@@ -111,28 +111,59 @@ class ThresholdsConfig(_Section):
         return value
 
 
+class OptOutConfig(_Section):
+    """Who asked not to be collected. Checked before any request (person names: before the photo's)."""
+
+    companies: list[str] = Field(default_factory=list, description="Company names as in sites.yaml (case-insensitive).")
+    domains: list[str] = Field(default_factory=list, description="A domain and all its sub-domains.")
+    url_patterns: list[str] = Field(default_factory=list, description="Shell-style globs over the absolute URL.")
+    persons: list[str] = Field(default_factory=list, description="Names as they appear on a page (case- and space-insensitive).")
+
+
 class CrawlConfig(_Section):
     user_agent: str = "profile-homogenization-analytics/0.1 (+{contact_url})"
     contact_url: str = "https://example.invalid/contact"
-    requests_per_second_per_host: float = Field(1.0, gt=0, le=50)
+    min_delay_s: float = Field(1.0, ge=0, le=60, description="Least time between two requests to one host.")
     max_concurrency_per_host: int = Field(2, ge=1, le=32)
-    timeout_s: float = Field(20.0, gt=0)
+    max_crawl_delay_s: float = Field(30.0, ge=0, description="Cap on a robots.txt Crawl-delay we honour.")
+    timeout_s: float = Field(20.0, gt=0, description="Connect/read timeout, and the deadline for one whole response.")
     max_retries: int = Field(3, ge=0, le=10)
+    backoff_s: float = Field(1.0, ge=0, description="First retry wait; doubles each retry (plus jitter).")
+    max_retry_after_s: float = Field(120.0, ge=0, description="A longer Retry-After gives up instead of waiting.")
+    max_redirects: int = Field(5, ge=0, le=20)
     max_bytes_per_response: int = Field(25_000_000, gt=0)
     max_bytes_per_site: int = Field(500_000_000, gt=0)
-    allow_private_addresses: list[str] = Field(
-        default_factory=list, description="Hosts/CIDRs exempt from the private-address guard (tests use 127.0.0.1)."
+    max_pages_per_site: int = Field(20, ge=1, description="Team page plus pagination / load-more pages.")
+    follow_pagination: bool = True
+    max_images_per_page: int = Field(2000, ge=1)
+    preferred_width: int = Field(800, ge=64, description="From a srcset, the smallest size at least this wide.")
+    min_side: int = Field(64, ge=1, description="Smaller pictures are icons, not headshots.")
+    min_aspect: float = Field(0.5, gt=0, description="width/height below this: a vertical strip, not a headshot.")
+    max_aspect: float = Field(2.0, gt=0, description="width/height above this: a banner, not a headshot.")
+    face_score_floor: float = Field(0.9, ge=0, le=1)
+    workers: int = Field(4, ge=1, le=64, description="Downloads in flight per company (each host still capped).")
+    allow_private: list[str] = Field(
+        default_factory=list,
+        description="IPs, CIDRs or host names exempt from the private-address guard (tests use 127.0.0.1).",
     )
+    opt_out: OptOutConfig = OptOutConfig()
 
     @model_validator(mode="after")
     def _contact_is_set(self) -> "CrawlConfig":
         if "{contact_url}" in self.user_agent and not self.contact_url:
             raise ValueError("crawl.contact_url must be set: the User-Agent names it so site owners can reach us")
+        if self.min_aspect >= self.max_aspect:
+            raise ValueError("crawl.min_aspect must be below crawl.max_aspect")
         return self
 
     @property
     def resolved_user_agent(self) -> str:
         return self.user_agent.replace("{contact_url}", self.contact_url)
+
+    @property
+    def robots_token(self) -> str:
+        """The product token robots.txt groups and X-Robots-Tag prefixes address us by."""
+        return self.resolved_user_agent.split("/", 1)[0].split()[0]
 
 
 class Settings(BaseSettings):

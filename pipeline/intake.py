@@ -51,7 +51,7 @@ _SRGB_PROFILE = ImageCms.createProfile("sRGB")
 
 IMAGE_COLUMNS = [
     "company", "image", "content_sha256", "status", "error", "width", "height",
-    "error_kind", "warnings", "person", "source_url", "format", "source_mode", "n_frames",
+    "error_kind", "warnings", "person", "source_url", "image_url", "format", "source_mode", "n_frames",
     "n_bytes", "pixel_sha256", "phash", "raw_object", "thumbnail_object", "uri", "source_fingerprint",
 ]  # fmt: skip
 
@@ -77,6 +77,7 @@ class ImageRecord:
     warnings: list[str] = field(default_factory=list)
     person: str = ""
     source_url: str = ""
+    image_url: str = ""
     format: str = ""
     source_mode: str = ""
     n_frames: int | None = None
@@ -283,7 +284,7 @@ def ingest_one(
     """Fetch, check, normalise, hash and store one image; never raises for a bad image."""
     import imagehash
 
-    record = ImageRecord(company=row.company, image=row.image, person=row.person, source_url=row.source_url, uri=row.uri)
+    record = ImageRecord(company=row.company, image=row.image, person=row.person, source_url=row.source_url, image_url=row.image_url, uri=row.uri)
     try:
         if row.problem:
             raise IntakeError("bad_row", row.problem)
@@ -364,7 +365,7 @@ def ingest(
         earlier = known.get((row.uri, fingerprint)) if fingerprint else None
         if earlier is not None and _objects_present(earlier, warehouse):
             carried = {**earlier, "warnings": list(earlier["warnings"])}
-            carried.update(company=row.company, image=row.image, person=row.person, source_url=row.source_url)
+            carried.update(company=row.company, image=row.image, person=row.person, source_url=row.source_url, image_url=row.image_url)
             return ImageRecord(**carried)
         return ingest_one(row, warehouse, run_date, intake_cfg, privacy, fingerprint)
 

@@ -9,6 +9,7 @@ Reports are a separate issue; until it lands, the `report` output is `null` rath
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -54,6 +55,90 @@ class RunResult:
 
 def today() -> str:
     return dt.date.today().isoformat()
+
+
+def crawl_folder(run_date: str, company: str | None = None) -> str:
+    from pipeline.crawl import company_slug
+
+    folder = f"crawl/runs/run_date={run_date}"
+    return f"{folder}/{company_slug(company)}" if company is not None else folder
+
+
+def crawl_company_stage(sites_file: str, company: str, settings: Settings, run_date: str) -> dict[str, Any]:
+    """Crawl one company of the sites file; writes its manifest and log under `crawl/runs/run_date=D/`.
+
+    One company per call, so Airflow maps it per company and one failing site fails alone."""
+    import pandas as pd
+
+    from pipeline.crawl import LOG_COLUMNS, crawl_company, crawl_settings, load_sites, manifest_csv
+
+    warehouse = Warehouse(settings.warehouse)
+    sites = load_sites(sites_file)
+    folder = crawl_folder(run_date, company)
+    warehouse.remove(folder, recursive=True)  # an interrupted earlier attempt must not pass for this one
+    result = crawl_company(sites.company(company), settings, crawl_settings(settings, sites), warehouse, run_date)
+    log = pd.DataFrame(result.log, columns=LOG_COLUMNS)
+    warehouse.write_table_file(f"{folder}/log.parquet", _arrow(log))
+    manifest = warehouse.write_bytes(f"{folder}/manifest.csv", manifest_csv(result.manifest))  # written last: the mark of a finished crawl
+    images = log[log["kind"] == "image"]["status"].value_counts()
+    return {
+        "company": company, "manifest": manifest, "candidates": int(images.sum()),
+        **{status: int(images.get(status, 0)) for status in ("kept", "skipped", "rejected", "error")},
+        "pages_failed": int(((log["kind"] == "page") & (log["status"] != "crawled")).sum()),
+    }  # fmt: skip
+
+
+def collect_crawl_stage(sites_file: str, settings: Settings, run_date: str) -> dict[str, Any]:
+    """Join the companies' crawl results into one manifest and the `crawl_log` table.
+
+    A company whose crawl did not finish gets a log row saying so; the others go on."""
+    import pandas as pd
+
+    from pipeline.crawl import LOG_COLUMNS, MANIFEST_COLUMNS, load_sites, manifest_csv
+
+    warehouse = Warehouse(settings.warehouse)
+    manifests, logs, failed = [], [], []
+    for site in load_sites(sites_file).companies:
+        folder = crawl_folder(run_date, site.name)
+        if not warehouse.exists(f"{folder}/manifest.csv"):
+            failed.append(site.name)
+            logs.append(pd.DataFrame([{
+                "company": site.name, "kind": "page", "url": url, "source_url": "", "status": "error",
+                "reason": "the crawl of this company did not finish (see its task log)", "image": "", "n_bytes": 0,
+            } for url in site.urls], columns=LOG_COLUMNS))  # fmt: skip
+            continue
+        manifests.append(pd.read_csv(io.BytesIO(warehouse.read_bytes(f"{folder}/manifest.csv")), dtype=str, keep_default_na=False))
+        with warehouse.fs.open(warehouse.path(folder, "log.parquet"), "rb") as handle:
+            logs.append(pd.read_parquet(handle))
+    manifest = pd.concat(manifests, ignore_index=True) if manifests else pd.DataFrame(columns=MANIFEST_COLUMNS)
+    log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=LOG_COLUMNS)
+    manifest_uri = warehouse.write_bytes(f"{crawl_folder(run_date)}/manifest.csv", manifest_csv(manifest.to_dict("records")))
+    images = log[log["kind"] == "image"]["status"].value_counts()
+    if failed:
+        logger.warning("crawl did not finish for %d company(ies): %s", len(failed), ", ".join(failed))
+    return {
+        "manifest": manifest_uri, "crawl_log": warehouse.write_table("crawl_log", run_date, log),
+        "candidates": int(images.sum()), **{status: int(images.get(status, 0)) for status in ("kept", "skipped", "rejected", "error")},
+        "companies_failed": len(failed), "failed_companies": failed,
+    }  # fmt: skip
+
+
+def crawl_stage(sites_file: str, settings: Settings, run_date: str) -> dict[str, Any]:
+    """Every company of the sites file, one after another, then the joined manifest."""
+    from pipeline.crawl import load_sites
+
+    for site in load_sites(sites_file).companies:
+        try:
+            crawl_company_stage(sites_file, site.name, settings, run_date)
+        except Exception:  # one broken site must not stop the others; collect records it
+            logger.exception("crawl of %s failed", site.name)
+    return collect_crawl_stage(sites_file, settings, run_date)
+
+
+def _arrow(frame):  # noqa: ANN001, ANN202
+    import pyarrow as pa
+
+    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def intake_stage(rows: list[ManifestRow], settings: Settings, run_date: str, progress: bool = True) -> dict[str, Any]:
@@ -116,8 +201,16 @@ def finish_run(
     intake, embed, analysis = stages["intake"], stages["embed"], stages["analyze"]
     outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
     outputs.update(images=intake["images"], index=embed["index"])
+    crawl = stages.get("crawl")
+    if crawl is not None:
+        outputs.update(manifest=crawl["manifest"], crawl_log=crawl["crawl_log"])
     outputs.update({table: analysis[table] for table in ("pairs", "clusters", "companies", "reuse", "trends")})
-    counts = {key: value for stage in stages.values() for key, value in stage.items() if isinstance(value, int) and not isinstance(value, bool)}
+    counts = {
+        (f"crawl_{key}" if name == "crawl" else key): value
+        for name, stage in stages.items()
+        for key, value in stage.items()
+        if isinstance(value, int) and not isinstance(value, bool)
+    }
     counts["pairs"] = counts.pop("pairs_found")
     result = RunResult(
         run_date=run_date,
@@ -125,8 +218,10 @@ def finish_run(
         embedder_fallback=embed["embedder_fallback"],
         outputs=outputs,
         counts=counts,
-        stages_run=["intake", "embed", "index", "analyze"],
+        stages_run=(["crawl"] if crawl is not None else []) + ["intake", "embed", "index", "analyze"],
     )
+    if crawl is not None and crawl["companies_failed"]:
+        result.warnings.append(f"the crawl did not finish for: {', '.join(crawl['failed_companies'])} (see the crawl_log table)")
     if intake["ok"] == 0:
         result.warnings.append("no image passed intake: see the images table's error column")
         logger.warning(result.warnings[-1])
@@ -155,6 +250,7 @@ def run_pipeline(
     run_date: str | None = None,
     source: str = "",
     progress: bool = True,
+    crawl: dict[str, Any] | None = None,
 ) -> RunResult:
     """Run every stage for `rows` into the warehouse; rerunning a run date replaces it. The stages
     pass each other nothing but the warehouse and the run date, as Airflow tasks do."""
@@ -162,7 +258,8 @@ def run_pipeline(
     started = dt.datetime.now(dt.timezone.utc).isoformat()
     # Chosen before any work, so that `--embedder clip` without weights fails in a second, not after intake.
     choice = resolve_embedder(settings)
-    stages: dict[str, dict[str, Any]] = {"intake": intake_stage(rows, settings, run_date, progress)}
+    stages: dict[str, dict[str, Any]] = {"crawl": crawl} if crawl is not None else {}
+    stages["intake"] = intake_stage(rows, settings, run_date, progress)
     stages["embed"] = embed_stage(settings, run_date, choice, progress)
     stages["analyze"] = analyze_stage(settings, run_date, stages["embed"]["embedder"])
     return finish_run(settings, run_date, stages, source, started)

@@ -16,7 +16,7 @@ import fsspec
 from pipeline.warehouse import is_local_fs
 
 REQUIRED_COLUMNS = ("company", "image")
-OPTIONAL_COLUMNS = ("person", "source_url")
+OPTIONAL_COLUMNS = ("person", "source_url", "image_url")
 # Sidecar files that commonly sit beside photos; everything else in a company folder is offered to
 # intake, so a photo with a wrong or missing extension becomes a checked row rather than vanishing.
 _SIDECAR_SUFFIXES = (".md", ".txt", ".csv", ".json", ".yaml", ".yml", ".db", ".ini")
@@ -33,6 +33,7 @@ class ManifestRow:
     uri: str  # where to read it from (fsspec URL or absolute path)
     person: str = ""
     source_url: str = ""
+    image_url: str = ""  # where a crawled picture was found; `image` is where it was downloaded to
     problem: str = ""  # non-empty: the row itself is unusable, with the reason
 
 
@@ -56,7 +57,7 @@ def _parent(uri: str) -> str:
 
 
 def read_manifest(manifest: str) -> list[ManifestRow]:
-    """Read a CSV manifest with columns company, image [, person, source_url]."""
+    """Read a CSV manifest with columns company, image [, person, source_url, image_url]."""
     import pandas as pd
 
     try:
@@ -93,6 +94,7 @@ def read_manifest(manifest: str) -> list[ManifestRow]:
                 uri=resolve_reference(image, base) if image else "",
                 person=record.get("person", "").strip(),
                 source_url=record.get("source_url", "").strip(),
+                image_url=record.get("image_url", "").strip(),
                 problem=problem,
             )
         )

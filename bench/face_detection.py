@@ -1,0 +1,40 @@
+"""Face detection on the corpus: share of pictures with a face found, per folder, and speed.
+
+Run: .venv/bin/python bench/face_detection.py [--root ../shared/data/headshots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from pipeline.faces import detect_faces
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "headshots"))
+    args = parser.parse_args()
+    root = Path(args.root)
+    if not root.is_dir():
+        raise SystemExit(f"corpus not found at {root}: nothing to measure")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    found, total = collections.Counter(), collections.Counter()
+    start = time.perf_counter()
+    for path in files:
+        folder = str(path.parent.relative_to(root)).split("/")[0]
+        total[folder] += 1
+        with Image.open(path) as image:
+            found[folder] += bool(detect_faces(image.convert("RGB")))
+    seconds = time.perf_counter() - start
+    for folder in sorted(total):
+        print(f"{folder:24s} {found[folder]:4d}/{total[folder]:<4d} {found[folder] / total[folder]:.1%}")
+    print(f"all                      {sum(found.values()):4d}/{len(files):<4d} {sum(found.values()) / len(files):.1%}  {seconds / len(files) * 1000:.0f} ms/picture")
+
+
+if __name__ == "__main__":
+    main()
