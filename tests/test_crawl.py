@@ -263,3 +263,33 @@ def test_sites_file_errors_are_clear(tmp_path) -> None:  # noqa: ANN001
     assert "not found" in messages["missing.yaml"] and "not valid YAML" in messages["bad.yaml"]
     assert "companies" in messages["empty.yaml"] and "repeated: a" in messages["dup.yaml"]
     assert "url" in messages["typo.yaml"]
+
+
+def test_homog_run_sites_crawls_the_demo_site_end_to_end(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+    from pipeline.demo_site import build_demo_site, serve, write_sites_file
+
+    pages = build_demo_site(tmp_path / "site")
+    with serve(tmp_path / "site") as base:
+        sites_path = write_sites_file(pages, base, tmp_path / "sites.yaml")
+        sites = yaml.safe_load(sites_path.read_text())
+        sites["companies"].append({"name": "gone-company", "urls": [base + "/gone/team.html"]})
+        sites_path.write_text(yaml.safe_dump(sites))
+        result = CliRunner().invoke(app, ["run", "--sites", str(sites_path), "--warehouse", str(tmp_path / "wh"),
+                                          "--run-date", RUN_DATE, "--embedder", "classic", "--json", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary["stages_run"][0] == "crawl" and summary["counts"]["crawl_kept"] == summary["counts"]["rows"]
+    log = pd.read_parquet(summary["outputs"]["crawl_log"])
+    gone = log[log["company"] == "gone-company"]
+    assert gone[["kind", "status", "reason"]].values.tolist() == [["page", "error", "HTTP 404"]]
+    images = pd.read_parquet(summary["outputs"]["images"])
+    assert set(images["company"]) == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup"}
+    assert (images["status"] == "ok").all() and images["image_url"].str.startswith(base).all()
+    assert (images["person"] != "").sum() >= len(images) - 2  # names come from the markup
+    assert summary["counts"]["cross_company_pairs"] >= 1  # the photo copperleaf shares with northwind
