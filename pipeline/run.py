@@ -13,7 +13,7 @@ import io
 import logging
 import platform
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,11 +24,15 @@ from pipeline.embed import EmbedderChoice, Embeddings, embed_images, load_cache,
 from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
+
+if TYPE_CHECKING:
+    import pandas as pd
 from pipeline.warehouse import Warehouse, validate_run_date
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_KEYS = ("images", "pairs", "companies", "clusters", "report")  # DESIGN.md contract; more are added
+NOT_COUNTS = frozenset({"dim"})  # integers stages return that are not counts
 
 
 @dataclass
@@ -141,32 +145,101 @@ def _arrow(frame):  # noqa: ANN001, ANN202
     return pa.Table.from_pandas(frame, preserve_index=False)
 
 
+def _previous_images(warehouse: Warehouse) -> "pd.DataFrame | None":
+    """The latest stored `images` table: rows whose source is unchanged are carried over from it."""
+    earlier_dates = warehouse.run_dates("images")
+    return warehouse.read_table("images", earlier_dates[-1]) if earlier_dates else None
+
+
+def _intake_counts(images: "pd.DataFrame") -> dict[str, int]:
+    n_ok = int((images["status"] == "ok").sum())
+    return {"rows": len(images), "ok": n_ok, "error": len(images) - n_ok, "companies": int(images["company"].nunique())}
+
+
 def intake_stage(rows: list[ManifestRow], settings: Settings, run_date: str, progress: bool = True) -> dict[str, Any]:
     """Fetch, check and store every row; writes the `images` table. Returns its URI and counts."""
     warehouse = Warehouse(settings.warehouse)
     warehouse.sweep_stale_temp(settings.retention.staging_grace_hours)
-    earlier_dates = warehouse.run_dates("images")
-    previous = warehouse.read_table("images", earlier_dates[-1]) if earlier_dates else None
-    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress, previous=previous)
-    n_ok = int((images["status"] == "ok").sum())
+    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=progress, previous=_previous_images(warehouse))
+    return {"images": write_images_table(images, warehouse, run_date), **_intake_counts(images)}
+
+
+def intake_folder(run_date: str, company: str) -> str:
+    from pipeline.crawl import company_slug
+
+    return f"intake/runs/run_date={run_date}/{company_slug(company)}.parquet"
+
+
+def intake_company_stage(manifest: str, company: str, settings: Settings, run_date: str) -> dict[str, Any]:
+    """Intake of one company's rows of a manifest into a per-company part of the run's `images`
+    table (joined by `collect_intake_stage`): how Airflow fans intake out per company."""
+    import pyarrow as pa
+
+    from pipeline.sources import read_manifest
+
+    warehouse = Warehouse(settings.warehouse)
+    rows = [row for row in read_manifest(manifest) if row.company == company]
+    images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=False, previous=_previous_images(warehouse))
+    key = intake_folder(run_date, company)
+    warehouse.write_table_file(key, pa.Table.from_pandas(images, preserve_index=False))
+    return {"company": company, "part": warehouse.uri(key), **_intake_counts(images)}
+
+
+def collect_intake_stage(settings: Settings, run_date: str, companies: list[str]) -> dict[str, Any]:
+    """Join the companies' intake parts (in the given order) into the run's `images` table.
+
+    A company without a part (its task failed) is absent from the table and listed in the result."""
+    import pandas as pd
+
+    from pipeline.intake import IMAGE_COLUMNS
+
+    warehouse = Warehouse(settings.warehouse)
+    warehouse.sweep_stale_temp(settings.retention.staging_grace_hours)
+    parts, missing = [], []
+    for company in companies:
+        key = intake_folder(run_date, company)
+        if not warehouse.exists(key):
+            missing.append(company)
+            continue
+        with warehouse.fs.open(warehouse.path(key), "rb") as handle:
+            parts.append(pd.read_parquet(handle))
+    images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=IMAGE_COLUMNS)
+    if missing:
+        logger.warning("intake did not finish for %d company(ies): %s", len(missing), ", ".join(missing))
     return {
-        "images": write_images_table(images, warehouse, run_date),
-        "rows": len(images), "ok": n_ok, "error": len(images) - n_ok, "companies": int(images["company"].nunique()),
+        "images": write_images_table(images, warehouse, run_date), **_intake_counts(images),
+        "companies_missing": len(missing), "missing_companies": missing,
     }  # fmt: skip
 
 
 def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None = None, progress: bool = True) -> dict[str, Any]:
-    """Embed the run's `ok` images (cache first) and save the run's index. Returns its URI and counts."""
+    """Embed the run's distinct `ok` images into the embedding cache (cache hits cost nothing)."""
     warehouse = Warehouse(settings.warehouse)
     choice = choice or resolve_embedder(settings)
     embeddings = embed_images(warehouse.read_table("images", run_date), warehouse, choice.embedder, progress=progress)
-    vector_index = build_index(embeddings.vectors, embeddings.content_sha256)
     return {
-        "index": save_index(warehouse, vector_index, embeddings.embedder_id, run_date),
-        "index_kind": vector_index.kind, "embedder": embeddings.embedder_id, "embedder_fallback": choice.fallback_reason,
+        "embedder": embeddings.embedder_id, "embedder_fallback": choice.fallback_reason, "dim": choice.embedder.dim,
         "distinct_images": len(embeddings.content_sha256), "embedded": embeddings.n_embedded,
         "embedding_cache_hits": len(embeddings.content_sha256) - embeddings.n_embedded,
     }  # fmt: skip
+
+
+def _cached_vectors(warehouse: Warehouse, embedder_id: str, keys: list[str], dim: int) -> np.ndarray:
+    cached_keys, cached = load_cache(warehouse, embedder_id)
+    position = {key: row for row, key in enumerate(cached_keys)}
+    missing = [key for key in keys if key not in position]
+    if missing:
+        raise RuntimeError(f"{len(missing)} image(s) of the run have no {embedder_id} vector in the cache: run the embed stage first")
+    return cached[[position[key] for key in keys]] if keys else np.zeros((0, dim), np.float32)
+
+
+def index_stage(settings: Settings, run_date: str, embedder_id: str, dim: int) -> dict[str, Any]:
+    """Build and save the run's FAISS index from the cached vectors of its distinct `ok` images."""
+    warehouse = Warehouse(settings.warehouse)
+    images = warehouse.read_table("images", run_date)
+    keys = list(images.loc[images["status"] == "ok", "content_sha256"].drop_duplicates())
+    vector_index = build_index(_cached_vectors(warehouse, embedder_id, keys, dim), keys)
+    return {"index": save_index(warehouse, vector_index, embedder_id, run_date), "index_kind": vector_index.kind}
 
 
 def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[str, Any]:
@@ -174,9 +247,7 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     stages stored for `run_date`; writes those tables. Returns their URIs and counts."""
     warehouse = Warehouse(settings.warehouse)
     vector_index = load_index(warehouse, embedder_id, run_date)
-    cached_keys, cached = load_cache(warehouse, embedder_id)
-    position = {key: row for row, key in enumerate(cached_keys)}
-    vectors = cached[[position[key] for key in vector_index.ids]] if vector_index.ids else np.zeros((0, vector_index.dim), np.float32)
+    vectors = _cached_vectors(warehouse, embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
     analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
@@ -198,9 +269,9 @@ def finish_run(
     if not settings.privacy.keep_raw_images:
         # No-raw-images mode: originals lived in staging only for the stages of this run.
         warehouse.drop_staging(run_date)
-    intake, embed, analysis = stages["intake"], stages["embed"], stages["analyze"]
+    intake, embed, index, analysis = stages["intake"], stages["embed"], stages["index"], stages["analyze"]
     outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
-    outputs.update(images=intake["images"], index=embed["index"])
+    outputs.update(images=intake["images"], index=index["index"])
     crawl = stages.get("crawl")
     if crawl is not None:
         outputs.update(manifest=crawl["manifest"], crawl_log=crawl["crawl_log"])
@@ -209,7 +280,7 @@ def finish_run(
         (f"crawl_{key}" if name == "crawl" else key): value
         for name, stage in stages.items()
         for key, value in stage.items()
-        if isinstance(value, int) and not isinstance(value, bool)
+        if isinstance(value, int) and not isinstance(value, bool) and key not in NOT_COUNTS
     }
     counts["pairs"] = counts.pop("pairs_found")
     result = RunResult(
@@ -220,6 +291,8 @@ def finish_run(
         counts=counts,
         stages_run=(["crawl"] if crawl is not None else []) + ["intake", "embed", "index", "analyze"],
     )
+    if intake.get("missing_companies"):
+        result.warnings.append(f"intake did not finish for: {', '.join(intake['missing_companies'])} (see the task logs)")
     if crawl is not None and crawl["companies_failed"]:
         result.warnings.append(f"the crawl did not finish for: {', '.join(crawl['failed_companies'])} (see the crawl_log table)")
     if intake["ok"] == 0:
@@ -235,7 +308,7 @@ def finish_run(
             "started_at": started,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
             "embedder_requested": settings.embedder,
-            "index_kind": embed["index_kind"],
+            "index_kind": index["index_kind"],
             "settings": settings.model_dump(mode="json"),
             "pipeline_version": __version__,
             "python": platform.python_version(),
@@ -261,5 +334,6 @@ def run_pipeline(
     stages: dict[str, dict[str, Any]] = {"crawl": crawl} if crawl is not None else {}
     stages["intake"] = intake_stage(rows, settings, run_date, progress)
     stages["embed"] = embed_stage(settings, run_date, choice, progress)
+    stages["index"] = index_stage(settings, run_date, stages["embed"]["embedder"], stages["embed"]["dim"])
     stages["analyze"] = analyze_stage(settings, run_date, stages["embed"]["embedder"])
     return finish_run(settings, run_date, stages, source, started)

@@ -1,0 +1,106 @@
+"""
+### Profile homogenization: nightly run
+
+Every night: read `sites.yaml`, crawl each company's team pages and take their pictures in (one
+mapped task per company: a failing site fails alone and is reported in the `crawl_log` table and in
+`run.json`), embed the run's pictures (embedding pool, optional GPU queue), build the run's FAISS
+index, compute near-duplicates, clusters, homogeneity indexes, cross-company reuse and trends, then
+write `run.json` and publish the `profile_homogenization_run` asset.
+
+Every task is idempotent per run date (a rerun replaces that date's partitions) and passes only
+paths, URIs and counts. The work itself lives in `pipeline/orchestration.py` and `pipeline/run.py`.
+
+Params: `sites_file` (default `$HOMOG_SITES` or `sites.yaml`), `run_date` (default: the logical
+date), `warehouse` (default: the settings' `warehouse`, from `$HOMOG_CONFIG` / `$HOMOG_WAREHOUSE`).
+Pools: `crawler` (concurrent company crawls) and `embedding`; queue for embedding: `$HOMOG_EMBED_QUEUE`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+
+from airflow.sdk import Asset, Param, dag, get_current_context, task
+
+NIGHTLY_RUN = Asset(name="profile_homogenization_run", uri="file:///profile-homogenization/runs")
+DEFAULT_ARGS = {
+    "owner": "profile-homogenization",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+}
+
+
+@dag(
+    dag_id="profile_homogenization_nightly",
+    schedule="0 2 * * *",
+    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=DEFAULT_ARGS,
+    tags=["profile-homogenization", "nightly"],
+    doc_md=__doc__,
+    params={
+        "sites_file": Param(os.environ.get("HOMOG_SITES", "sites.yaml"), type="string", description="sites.yaml to crawl"),
+        "run_date": Param("", type="string", description="YYYY-MM-DD; empty = the logical date"),
+        "warehouse": Param("", type="string", description="warehouse root; empty = from settings"),
+    },
+)
+def profile_homogenization_nightly():
+    @task
+    def plan() -> dict:
+        from pipeline.orchestration import plan_run
+
+        context = get_current_context()
+        return plan_run(dict(context["params"]), context.get("logical_date"))
+
+    @task
+    def companies(run: dict) -> list:
+        return run["companies"]  # mapping needs a task's own return value
+
+    @task(pool="crawler", map_index_template="{{ company }}")
+    def crawl_and_intake(run: dict, company: str) -> dict:
+        from pipeline.orchestration import collect_company
+
+        return collect_company(run, company)
+
+    @task(trigger_rule="all_done")  # also after some companies failed: they are reported, not fatal
+    def gather(run: dict, _companies_done: list) -> dict:
+        from pipeline.orchestration import gather
+
+        return gather(run)
+
+    @task(pool="embedding", queue=os.environ.get("HOMOG_EMBED_QUEUE", "default"))
+    def embed(run: dict, _gathered: dict) -> dict:
+        from pipeline.orchestration import embed
+
+        return embed(run)
+
+    @task
+    def index(run: dict, embedded: dict) -> dict:
+        from pipeline.orchestration import index
+
+        return index(run, embedded)
+
+    @task
+    def analyze(run: dict, embedded: dict, _indexed: dict) -> dict:
+        from pipeline.orchestration import analyze
+
+        return analyze(run, embedded)
+
+    @task(outlets=[NIGHTLY_RUN])
+    def finish(run: dict, gathered: dict, embedded: dict, indexed: dict, analysed: dict) -> dict:
+        from pipeline.orchestration import finish
+
+        return finish(run, gathered, embedded, indexed, analysed)
+
+    run = plan()
+    done = crawl_and_intake.partial(run=run).expand(company=companies(run))
+    gathered = gather(run, done)
+    embedded = embed(run, gathered)
+    indexed = index(run, embedded)
+    analysed = analyze(run, embedded, indexed)
+    finish(run, gathered, embedded, indexed, analysed)
+
+
+profile_homogenization_nightly()

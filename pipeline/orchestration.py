@@ -1,0 +1,107 @@
+"""What each Airflow task does, as plain functions of strings and small dicts.
+
+The DAG files in `dags/` only wire these together; everything here is importable and testable
+without Airflow. Tasks pass each other a `plan` (run date, sites file, warehouse, company names)
+and the dicts of URIs and counts the stages in `pipeline.run` return: never pictures, vectors or
+frames. Settings are loaded inside every task from the environment (`HOMOG_CONFIG`, `HOMOG_*`), so
+a task behaves the same on whichever worker runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+def settings_for(plan: dict[str, Any]) -> Settings:
+    return load_settings(None, warehouse=plan.get("warehouse") or None)
+
+
+def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str, Any]:
+    """Resolve the run: which date (a param, else the logical date), which sites file, which companies.
+
+    Fails the task with the sites file's own error message when the file is unusable: nothing
+    else can run without it.
+    """
+    from pipeline.crawl import load_sites
+    from pipeline.warehouse import validate_run_date
+
+    sites_file = str(Path(params.get("sites_file") or os.environ.get("HOMOG_SITES", "sites.yaml")).resolve())
+    when = params.get("run_date") or (logical_date or dt.datetime.now(dt.timezone.utc)).date().isoformat()
+    sites = load_sites(sites_file)
+    settings = load_settings(None, warehouse=params.get("warehouse") or None)
+    return {
+        "run_date": validate_run_date(when),
+        "sites_file": sites_file,
+        "warehouse": settings.warehouse,
+        "companies": [company.name for company in sites.companies],
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+    }
+
+
+def collect_company(plan: dict[str, Any], company: str) -> dict[str, Any]:
+    """Crawl one company's pages and take its pictures in: one mapped task per company."""
+    from pipeline.run import crawl_company_stage, intake_company_stage
+
+    settings = settings_for(plan)
+    crawled = crawl_company_stage(plan["sites_file"], company, settings, plan["run_date"])
+    taken = intake_company_stage(crawled["manifest"], company, settings, plan["run_date"])
+    logger.info("%s: %d pictures kept by the crawler, %d ok after intake", company, crawled["kept"], taken["ok"])
+    return {"company": company, "crawl": crawled, "intake": taken}
+
+
+def gather(plan: dict[str, Any]) -> dict[str, Any]:
+    """Join the companies' parts into the run's `crawl_log` and `images` tables (also after failures)."""
+    from pipeline.run import collect_crawl_stage, collect_intake_stage
+
+    settings = settings_for(plan)
+    crawl = collect_crawl_stage(plan["sites_file"], settings, plan["run_date"])
+    intake = collect_intake_stage(settings, plan["run_date"], plan["companies"])
+    return {"crawl": crawl, "intake": intake}
+
+
+def embed(plan: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.run import embed_stage
+
+    return embed_stage(settings_for(plan), plan["run_date"], progress=False)
+
+
+def index(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.run import index_stage
+
+    return index_stage(settings_for(plan), plan["run_date"], embedded["embedder"], embedded["dim"])
+
+
+def analyze(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.run import analyze_stage
+
+    return analyze_stage(settings_for(plan), plan["run_date"], embedded["embedder"])
+
+
+def finish(plan: dict[str, Any], gathered: dict[str, Any], embedded: dict[str, Any], indexed: dict[str, Any], analysed: dict[str, Any]) -> dict[str, Any]:
+    """Write run.json (the mark of a finished run) and return the run's JSON summary."""
+    from pipeline.run import finish_run
+
+    stages = {"crawl": gathered["crawl"], "intake": gathered["intake"], "embed": embedded, "index": indexed, "analyze": analysed}
+    result = finish_run(settings_for(plan), plan["run_date"], stages, source=plan["sites_file"], started=plan["started"])
+    return result.as_json()
+
+
+def purge(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str, Any]:
+    """The retention task: purge (or, dry run, list) expired pictures; the log is the `retention` table."""
+    from pipeline.retention import purge_expired
+    from pipeline.warehouse import Warehouse
+
+    settings = load_settings(None, warehouse=params.get("warehouse") or None)
+    today = (logical_date or dt.datetime.now(dt.timezone.utc)).date().isoformat()
+    log = purge_expired(Warehouse(settings.warehouse), settings.retention, today, dry_run=bool(params.get("dry_run")))
+    actions = log["action"].value_counts().to_dict() if len(log) else {}
+    logger.info("retention %s: %s", today, actions or "nothing stored")
+    return {"date": today, "dry_run": bool(params.get("dry_run")), "checked": len(log), **{str(k): int(v) for k, v in actions.items()}}
