@@ -28,11 +28,19 @@ $(STAMP): pyproject.toml
 	else $(BIN)/python -m pip install -e '.[test]'; fi
 	touch $@
 
+# Airflow's embedded default: SQLite metadata DB and logs under var/demo/airflow (ignored by git).
+AIRFLOW_ENV := AIRFLOW_HOME=$(CURDIR)/$(DEMO)/airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__EXECUTOR=LocalExecutor PATH=$(CURDIR)/$(BIN):$$PATH
+
 demo: $(STAMP)
-	rm -rf $(DEMO)/data
-	$(BIN)/homog demo-data $(DEMO)/data
-	$(BIN)/homog run --manifest $(DEMO)/data/manifest.csv --warehouse $(DEMO)/warehouse --no-progress
-	@echo "demo outputs are under $(DEMO)/warehouse (tables/, objects/, runs/)"
+	mkdir -p $(DEMO)/airflow
+	$(AIRFLOW_ENV) $(BIN)/airflow db migrate > $(DEMO)/airflow/migrate.log 2>&1 || { tail -20 $(DEMO)/airflow/migrate.log; exit 1; }
+	$(AIRFLOW_ENV) $(BIN)/airflow pools set crawler 4 "concurrent company crawls" > /dev/null
+	$(AIRFLOW_ENV) $(BIN)/airflow pools set embedding 1 "embedding (one model per worker)" > /dev/null
+	rm -f $(DEMO)/airflow/demo-run.log
+	$(AIRFLOW_ENV) $(BIN)/homog demo --root $(DEMO) --warehouse $(DEMO)/warehouse --log-file $(DEMO)/airflow/demo-run.log \
+		2>> $(DEMO)/airflow/demo-run.log || { tail -40 $(DEMO)/airflow/demo-run.log; exit 1; }
+	@echo "the DAG run's log: $(DEMO)/airflow/demo-run.log"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -220,6 +220,41 @@ def crawl(
     typer.echo(f"manifest: {out}\ncrawl log: {log_path}")
 
 
+@app.command()
+def demo(
+    root: Annotated[Path, typer.Option(help="Folder for the demo site and sites.yaml.")] = Path("var/demo"),
+    warehouse: Annotated[Path, typer.Option(help="Warehouse root for the demo run.")] = Path("var/demo/warehouse"),
+    run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today).")] = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 for the demo site (a free one if taken).")] = 8765,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the DAG's task states and run.json as one JSON line.")] = False,
+    log_file: Annotated[Optional[Path], typer.Option(help="Write the DAG run's task logs here instead of stdout.")] = None,
+) -> None:
+    """Serve the demo website on 127.0.0.1 and run the nightly Airflow DAG over it once (needs $AIRFLOW_HOME migrated)."""
+    from pipeline.demo import run_demo
+    from pipeline.run import today
+    from pipeline.warehouse import validate_run_date
+
+    _setup_logging(False)
+    try:
+        run_date = validate_run_date(run_date or today())
+    except ValueError as exc:
+        _fail(str(exc))
+    outcome = run_demo(root, warehouse, run_date, port, log_file)
+    if as_json:
+        typer.echo(json.dumps(outcome, default=str))
+        return
+    failed = [t for t in outcome["tasks"] if t["state"] != "success"]
+    typer.echo(f"nightly DAG run {outcome['run_id']}: {outcome['state']} ({len(outcome['tasks'])} task instances, {len(failed)} not successful)")
+    for task in failed:
+        typer.echo(f"  {task['task_id']}[{task['map_index']}]: {task['state']}")
+    if outcome["run"] is None or outcome["state"] != "success":
+        _fail("the nightly DAG did not finish; see the log above", code=1)
+    from pipeline.run import RunResult
+
+    run = outcome["run"]
+    _print_summary(RunResult(run["run_date"], run["embedder"], run["outputs"], run["counts"], run["stages_run"], run["warnings"], run["embedder_fallback"]))
+
+
 @app.command("demo-data")
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write <company>/*.jpg and manifest.csv into.")],

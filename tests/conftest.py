@@ -93,3 +93,19 @@ def fixture_site():
         for server in running:
             server.shutdown()
             server.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A seeded random tiny open_clip model saved as a local checkpoint file."""
+    import open_clip
+    import torch
+
+    from pipeline.embedders.clip import TINY_TEST_MODEL, ClipEmbedder
+
+    ClipEmbedder(TINY_TEST_MODEL, pretrained=None, random_init_seed=0, precision="fp32")  # registers the config
+    torch.manual_seed(0)
+    model = open_clip.create_model(TINY_TEST_MODEL)
+    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
+    torch.save(model.state_dict(), path)
+    return path

@@ -78,20 +78,6 @@ def test_border_trim_keeps_a_backdrop_that_reaches_the_edge() -> None:
 
 
 # ------------------------------------------------------------------- clip
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A seeded random tiny open_clip model saved as a local checkpoint file."""
-    import open_clip
-    import torch
-
-    ClipEmbedder(TINY_TEST_MODEL, pretrained=None, random_init_seed=0, precision="fp32")  # registers the config
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_TEST_MODEL)
-    path = tmp_path_factory.mktemp("weights") / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return path
-
-
 def test_tiny_clip_checkpoint_runs_the_real_pipeline_end_to_end(tiny_checkpoint: Path, tmp_path: Path) -> None:
     manifest = generate_demo_images(tmp_path / "demo", per_company=3)
     settings = load_settings(

@@ -1,0 +1,91 @@
+"""`make demo`: the project's own demo website, crawled by the nightly Airflow DAG, end to end.
+
+The demo site is written under `<root>/site` and served on 127.0.0.1 only for as long as the DAG
+runs; `<root>/sites.yaml` points the crawler at it. The DAG runs in-process through `dag.test()`
+(Airflow's embedded default: the SQLite metadata DB in `$AIRFLOW_HOME`, which `make demo` keeps
+under `var/demo/airflow`). A second demo run replaces the same run date's outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+logger = logging.getLogger(__name__)
+
+NIGHTLY_DAG_ID = "profile_homogenization_nightly"
+DAGS_FOLDER = Path(__file__).resolve().parents[1] / "dags"
+
+
+def run_dag(
+    dag_id: str, conf: dict[str, Any], dags_folder: Path = DAGS_FOLDER, use_executor: bool = False, log_file: Path | None = None
+) -> dict[str, Any]:
+    """Run one DAG of the dags folder once with `conf` as its params; returns the states of its tasks.
+
+    The DAG is loaded from its file (a DagBag), never redefined: executors ship `dag.fileloc` to
+    their workers, which load the same file.
+    """
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(dags_folder))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG import errors: {bag.import_errors}")
+    dag = bag.dags[dag_id]
+    if log_file is None:
+        dag_run = dag.test(run_conf=conf, use_executor=use_executor)
+    else:
+        with _stdout_to(Path(log_file)):
+            dag_run = dag.test(run_conf=conf, use_executor=use_executor)
+    tasks = [
+        {"task_id": ti.task_id, "map_index": ti.map_index, "state": _plain(ti.state), "hostname": ti.hostname}
+        for ti in dag_run.get_task_instances()
+    ]
+    return {"state": _plain(dag_run.state), "run_id": dag_run.run_id, "tasks": sorted(tasks, key=lambda t: (t["task_id"], t["map_index"]))}
+
+
+@contextlib.contextmanager
+def _stdout_to(log_file: Path) -> Iterator[None]:
+    """dag.test() prints every task's log on stdout (file descriptor 1, whatever `sys.stdout` is);
+    send it to a file so the terminal keeps the summary."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(log_file, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
+def _plain(state: object) -> str:
+    return str(getattr(state, "value", state))
+
+
+def run_demo(root: Path, warehouse: Path, run_date: str, port: int = 8765, log_file: Path | None = None) -> dict[str, Any]:
+    """Build and serve the demo site, run the nightly DAG over it; returns the DAG's states and run.json."""
+    from pipeline.demo_site import build_demo_site, serve, write_sites_file
+    from pipeline.warehouse import Warehouse
+
+    root = Path(root).resolve()
+    pages = build_demo_site(root / "site")
+    with contextlib.ExitStack() as stack:
+        try:
+            base = stack.enter_context(serve(root / "site", port))
+        except OSError:  # the usual port is taken: a free one (the crawl state is per URL, so this run downloads again)
+            logger.warning("port %d on 127.0.0.1 is in use; serving the demo site on a free port", port)
+            base = stack.enter_context(serve(root / "site", 0))
+        sites_file = write_sites_file(pages, base, root / "sites.yaml")
+        conf = {"sites_file": str(sites_file), "warehouse": str(Path(warehouse).resolve()), "run_date": run_date}
+        outcome = run_dag(NIGHTLY_DAG_ID, conf, log_file=log_file)
+    store = Warehouse(str(Path(warehouse).resolve()))
+    run_json = f"runs/run_date={run_date}/run.json"
+    outcome["run"] = json.loads(store.read_bytes(run_json)) if store.exists(run_json) else None
+    return outcome
