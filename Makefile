@@ -17,7 +17,7 @@ UV_ARGS := --index-strategy unsafe-best-match \
 	$(foreach u,$(call pip_cfg,extra-index-url),--extra-index-url $(u)) \
 	$(foreach c,$(call pip_cfg,constraint),--constraint $(c))
 
-.PHONY: setup demo test clean
+.PHONY: setup demo test test-distributed system-packages clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,27 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Beyond one worker: PostgreSQL + Redis from Debian, the Airflow api-server and two Celery workers on
+# 127.0.0.1, the nightly DAG through the CeleryExecutor (tests/test_distributed.py stops all of it).
+DIST_STAMP := $(VENV)/.installed-distributed
+
+$(DIST_STAMP): $(STAMP)
+	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install --python $(BIN)/python $(UV_ARGS) -e '.[test,distributed]'; then :; \
+	else $(BIN)/python -m pip install -e '.[test,distributed]'; fi
+	touch $@
+
+# Installing Debian's postgresql would start a cluster on port 5432: policy-rc.d forbids that.
+system-packages:
+	if ! command -v redis-server > /dev/null || ! ls /usr/lib/postgresql/*/bin/postgres > /dev/null 2>&1; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d > /dev/null; $$SUDO chmod +x /usr/sbin/policy-rc.d; \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq postgresql redis-server > /dev/null; \
+		status=$$?; $$SUDO rm -f /usr/sbin/policy-rc.d; exit $$status; \
+	fi
+
+test-distributed: $(DIST_STAMP) system-packages
+	$(BIN)/python -m pytest -m distributed tests/test_distributed.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -228,6 +228,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 for the demo site (a free one if taken).")] = 8765,
     as_json: Annotated[bool, typer.Option("--json", help="Print the DAG's task states and run.json as one JSON line.")] = False,
     log_file: Annotated[Optional[Path], typer.Option(help="Write the DAG run's task logs here instead of stdout.")] = None,
+    use_executor: Annotated[bool, typer.Option(help="Run the tasks through the configured executor (Celery, ...) instead of in this process.")] = False,
 ) -> None:
     """Serve the demo website on 127.0.0.1 and run the nightly Airflow DAG over it once (needs $AIRFLOW_HOME migrated)."""
     from pipeline.demo import run_demo
@@ -239,7 +240,7 @@ def demo(
         run_date = validate_run_date(run_date or today())
     except ValueError as exc:
         _fail(str(exc))
-    outcome = run_demo(root, warehouse, run_date, port, log_file)
+    outcome = run_demo(root, warehouse, run_date, port, log_file, use_executor)
     if as_json:
         typer.echo(json.dumps(outcome, default=str))
         return

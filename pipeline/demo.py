@@ -41,11 +41,23 @@ def run_dag(
     else:
         with _stdout_to(Path(log_file)):
             dag_run = dag.test(run_conf=conf, use_executor=use_executor)
+    results = _return_values(dag_id, dag_run.run_id)
     tasks = [
-        {"task_id": ti.task_id, "map_index": ti.map_index, "state": _plain(ti.state), "hostname": ti.hostname}
+        {"task_id": ti.task_id, "map_index": ti.map_index, "state": _plain(ti.state), "hostname": ti.hostname,
+         "result": results.get((ti.task_id, ti.map_index))}
         for ti in dag_run.get_task_instances()
-    ]
+    ]  # fmt: skip
     return {"state": _plain(dag_run.state), "run_id": dag_run.run_id, "tasks": sorted(tasks, key=lambda t: (t["task_id"], t["map_index"]))}
+
+
+def _return_values(dag_id: str, run_id: str) -> dict[tuple[str, int], Any]:
+    """What each task returned (small dicts of URIs and counts), from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.execute(XComModel.get_many(run_id=run_id, dag_ids=dag_id, key="return_value")).scalars().all()
+        return {(row.task_id, row.map_index): XComModel.deserialize_value(row) for row in rows}
 
 
 @contextlib.contextmanager
@@ -69,7 +81,9 @@ def _plain(state: object) -> str:
     return str(getattr(state, "value", state))
 
 
-def run_demo(root: Path, warehouse: Path, run_date: str, port: int = 8765, log_file: Path | None = None) -> dict[str, Any]:
+def run_demo(
+    root: Path, warehouse: Path, run_date: str, port: int = 8765, log_file: Path | None = None, use_executor: bool = False
+) -> dict[str, Any]:
     """Build and serve the demo site, run the nightly DAG over it; returns the DAG's states and run.json."""
     from pipeline.demo_site import build_demo_site, serve, write_sites_file
     from pipeline.warehouse import Warehouse
@@ -84,7 +98,7 @@ def run_demo(root: Path, warehouse: Path, run_date: str, port: int = 8765, log_f
             base = stack.enter_context(serve(root / "site", 0))
         sites_file = write_sites_file(pages, base, root / "sites.yaml")
         conf = {"sites_file": str(sites_file), "warehouse": str(Path(warehouse).resolve()), "run_date": run_date}
-        outcome = run_dag(NIGHTLY_DAG_ID, conf, log_file=log_file)
+        outcome = run_dag(NIGHTLY_DAG_ID, conf, log_file=log_file, use_executor=use_executor)
     store = Warehouse(str(Path(warehouse).resolve()))
     run_json = f"runs/run_date={run_date}/run.json"
     outcome["run"] = json.loads(store.read_bytes(run_json)) if store.exists(run_json) else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,13 @@ def collect_company(plan: dict[str, Any], company: str) -> dict[str, Any]:
     crawled = crawl_company_stage(plan["sites_file"], company, settings, plan["run_date"])
     taken = intake_company_stage(crawled["manifest"], company, settings, plan["run_date"])
     logger.info("%s: %d pictures kept by the crawler, %d ok after intake", company, crawled["kept"], taken["ok"])
-    return {"company": company, "crawl": crawled, "intake": taken}
+    return {"company": company, "crawl": crawled, "intake": taken, "worker": worker_identity()}
+
+
+def worker_identity() -> str:
+    """Which worker ran a task, for lineage: `$HOMOG_WORKER_ID` where set (workers on one host share
+    a hostname), else the hostname."""
+    return os.environ.get("HOMOG_WORKER_ID") or socket.gethostname()
 
 
 def gather(plan: dict[str, Any]) -> dict[str, Any]:

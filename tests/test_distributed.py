@@ -1,0 +1,189 @@
+"""Beyond one worker: the nightly DAG through the CeleryExecutor, on PostgreSQL and Redis.
+
+Run by `make test-distributed` (which installs Debian's postgresql and redis-server and the
+`distributed` extra), not by `make test`. Everything it starts listens on 127.0.0.1 only and is
+stopped at the end; the test then checks that no process and no port is left behind.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+RUN_DATE = "2026-11-28"
+TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(0.5)
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for(check, what: str, timeout: float = 180) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} did not come up within {timeout:.0f} s")
+        time.sleep(0.5)
+
+
+class Services:
+    """PostgreSQL, Redis, the Airflow api-server and two Celery workers, on 127.0.0.1."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.processes: list[subprocess.Popen] = []
+        self.ports = {name: _free_port() for name in ("postgres", "redis", "api")}
+        self.pg_bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1]) if glob.glob("/usr/lib/postgresql/*/bin") else None
+        # Postgres refuses to run as root: as root, its data lives in a folder the postgres user owns.
+        self.pg_dir = Path(tempfile.mkdtemp(prefix="homog-pg-"))
+        self.pg_started = False
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+    # ------------------------------------------------------------ servers
+    def start_postgres(self) -> str:
+        if self.pg_bin is None:
+            pytest.fail("PostgreSQL server binaries not found: `make test-distributed` installs Debian's postgresql")
+        if self.as_postgres:
+            shutil.chown(self.pg_dir, "postgres", "postgres")
+        data = self.pg_dir / "data"
+        subprocess.run([*self.as_postgres, str(self.pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "airflow"], check=True, capture_output=True)
+        port = self.ports["postgres"]
+        options = f"-h 127.0.0.1 -p {port} -k {self.pg_dir} -c fsync=off"
+        subprocess.run([*self.as_postgres, str(self.pg_bin / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.pg_dir / "log"), "-w", "start"],
+                       check=True, capture_output=True)  # fmt: skip
+        self.pg_started = True
+        subprocess.run([str(self.pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow", "airflow"], check=True, capture_output=True)
+        return f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
+
+    def start_redis(self) -> str:
+        server = shutil.which("redis-server")
+        if server is None:
+            pytest.fail("redis-server not found: `make test-distributed` installs Debian's redis-server")
+        port = self.ports["redis"]
+        self.spawn([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.base)], "redis")
+        _wait_for(lambda: _listening(port), "redis")
+        return f"redis://127.0.0.1:{port}/0"
+
+    def spawn(self, command: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)  # warm shutdown: workers finish or requeue their task
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # stragglers of the group (celery's pool children)
+            except ProcessLookupError:
+                pass
+        if self.pg_started:
+            subprocess.run([*self.as_postgres, str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_dir / "data"), "-m", "fast", "-w", "stop"],
+                           capture_output=True, timeout=60)  # fmt: skip
+        shutil.rmtree(self.pg_dir, ignore_errors=True)
+
+
+def _airflow_env(services: Services, db: str, broker: str) -> dict[str, str]:
+    api = services.ports["api"]
+    return {
+        **os.environ,
+        "AIRFLOW_HOME": str(services.base / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db,
+        "AIRFLOW__CELERY__BROKER_URL": broker,
+        "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + db,
+        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",  # a worker takes one task at a time: both get work
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{api}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": str(api),
+        "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
+        "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+        "HOMOG_EMBEDDER": "classic",
+    }
+
+
+def _demo(env: dict[str, str], root: Path, port: int) -> dict:
+    command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", str(root / "wh"), "--run-date", RUN_DATE,
+               "--port", str(port), "--json", "--use-executor", "--log-file", str(root / "dag.log")]  # fmt: skip
+    out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _tables(warehouse: Path) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for table in TABLES:
+        frame = pd.read_parquet(warehouse / "tables" / table / f"run_date={RUN_DATE}" / "part-0.parquet")
+        frame = frame.drop(columns=[c for c in ("source_fingerprint",) if c in frame]).replace(str(warehouse), "W", regex=True)
+        tables[table] = frame.sort_values(list(frame.columns[:3])).reset_index(drop=True)
+    return tables
+
+
+def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) -> None:
+    services = Services(tmp_path)
+    try:
+        env = _airflow_env(services, services.start_postgres(), services.start_redis())
+        subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
+        for pool, slots in (("crawler", "4"), ("embedding", "1")):
+            subprocess.run([str(BIN / "airflow"), "pools", "set", pool, slots, pool], env=env, check=True, capture_output=True, timeout=120)
+        api = services.ports["api"]
+        services.spawn([str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(api), "--workers", "1"], "api-server", env)
+        _wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{api}/api/v2/monitor/health", timeout=2).status == 200 if _listening(api) else False, "api-server")
+        for name in ("worker-1", "worker-2"):  # one host, so they are told apart by name and by HOMOG_WORKER_ID
+            services.spawn([str(BIN / "airflow"), "celery", "worker", "--skip-serve-logs", "--concurrency", "1",
+                            "--celery-hostname", f"{name}@127.0.0.1", "--without-gossip"], name, {**env, "HOMOG_WORKER_ID": name})  # fmt: skip
+        site_port = _free_port()
+        celery = _demo(env, tmp_path / "celery", site_port)
+        local = _demo({**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, tmp_path / "local", site_port)
+    finally:
+        services.stop()
+
+    assert celery["state"] == "success", celery["tasks"]
+    mapped = [task for task in celery["tasks"] if task["task_id"] == "crawl_and_intake"]
+    assert len(mapped) == 4 and all(task["state"] == "success" for task in mapped)
+    assert {task["result"]["worker"] for task in mapped} == {"worker-1", "worker-2"}
+    assert local["state"] == "success"
+    clean, distributed = _tables(tmp_path / "local" / "wh"), _tables(tmp_path / "celery" / "wh")
+    for table in TABLES:
+        pd.testing.assert_frame_equal(clean[table], distributed[table], check_like=True, obj=table)
+
+    for name, port in services.ports.items():
+        assert not _listening(port), f"{name} still listens on {port}"
+    assert all(process.poll() is not None for process in services.processes)
+    leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], leftovers
