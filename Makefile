@@ -17,7 +17,7 @@ UV_ARGS := --index-strategy unsafe-best-match \
 	$(foreach u,$(call pip_cfg,extra-index-url),--extra-index-url $(u)) \
 	$(foreach c,$(call pip_cfg,constraint),--constraint $(c))
 
-.PHONY: setup demo test test-distributed system-packages clean
+.PHONY: setup demo test test-distributed system-packages browser clean
 
 setup: $(STAMP)
 
@@ -42,7 +42,14 @@ demo: $(STAMP)
 		2>> $(DEMO)/airflow/demo-run.log || { tail -40 $(DEMO)/airflow/demo-run.log; exit 1; }
 	@echo "the DAG run's log: $(DEMO)/airflow/demo-run.log"
 
-test: $(STAMP)
+# The report tests open the HTML in Debian's chromium (headless, driven by playwright).
+browser:
+	if ! command -v chromium > /dev/null; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium > /dev/null; \
+	fi
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest
 
 # Beyond one worker: PostgreSQL + Redis from Debian, the Airflow api-server and two Celery workers on

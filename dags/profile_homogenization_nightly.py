@@ -4,14 +4,16 @@
 Every night: read `sites.yaml`, crawl each company's team pages and take their pictures in (one
 mapped task per company: a failing site fails alone and is reported in the `crawl_log` table and in
 `run.json`), embed the run's pictures (embedding pool, optional GPU queue), build the run's FAISS
-index, compute near-duplicates, clusters, homogeneity indexes, cross-company reuse and trends, then
-write `run.json` and publish the `profile_homogenization_run` asset.
+index, compute near-duplicates, clusters, homogeneity indexes, cross-company reuse and trends, render
+the HTML run report and every company's audit page, then write `run.json` and publish the
+`profile_homogenization_run` asset.
 
 Every task is idempotent per run date (a rerun replaces that date's partitions) and passes only
 paths, URIs and counts. The work itself lives in `pipeline/orchestration.py` and `pipeline/run.py`.
 
 Params: `sites_file` (default `$HOMOG_SITES` or `sites.yaml`), `run_date` (default: the logical
-date), `warehouse` (default: the settings' `warehouse`, from `$HOMOG_CONFIG` / `$HOMOG_WAREHOUSE`).
+date), `warehouse` and `reports` (default: the settings, from `$HOMOG_CONFIG` / `$HOMOG_WAREHOUSE` /
+`$HOMOG_REPORTS`).
 Pools: `crawler` (concurrent company crawls) and `embedding`; queue for embedding: `$HOMOG_EMBED_QUEUE`.
 """
 
@@ -44,6 +46,7 @@ DEFAULT_ARGS = {
         "sites_file": Param(os.environ.get("HOMOG_SITES", "sites.yaml"), type="string", description="sites.yaml to crawl"),
         "run_date": Param("", type="string", description="YYYY-MM-DD; empty = the logical date"),
         "warehouse": Param("", type="string", description="warehouse root; empty = from settings"),
+        "reports": Param("", type="string", description="reports root; empty = from settings"),
     },
 )
 def profile_homogenization_nightly():
@@ -88,11 +91,17 @@ def profile_homogenization_nightly():
 
         return analyze(run, embedded)
 
+    @task
+    def report(run: dict, embedded: dict, _analysed: dict) -> dict:
+        from pipeline.orchestration import report
+
+        return report(run, embedded)
+
     @task(outlets=[NIGHTLY_RUN])
-    def finish(run: dict, gathered: dict, embedded: dict, indexed: dict, analysed: dict) -> dict:
+    def finish(run: dict, gathered: dict, embedded: dict, indexed: dict, analysed: dict, reported: dict) -> dict:
         from pipeline.orchestration import finish
 
-        return finish(run, gathered, embedded, indexed, analysed)
+        return finish(run, {"gather": gathered, "embed": embedded, "index": indexed, "analyze": analysed, "report": reported})
 
     run = plan()
     done = crawl_and_intake.partial(run=run).expand(company=companies(run))
@@ -100,7 +109,8 @@ def profile_homogenization_nightly():
     embedded = embed(run, gathered)
     indexed = index(run, embedded)
     analysed = analyze(run, embedded, indexed)
-    finish(run, gathered, embedded, indexed, analysed)
+    reported = report(run, embedded, analysed)
+    finish(run, gathered, embedded, indexed, analysed, reported)
 
 
 profile_homogenization_nightly()

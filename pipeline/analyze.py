@@ -94,6 +94,7 @@ def verified_content_pairs(
     from concurrent.futures import ThreadPoolExecutor
     from functools import lru_cache
 
+    import cv2  # noqa: F401 - first import here, not in the pool: cv2's loader is not safe to run from several threads at once
     import pyarrow as pa
 
     from pipeline.intake import load_rgb

@@ -186,6 +186,60 @@ def retention(
 
 
 @app.command()
+def report(
+    run_date: Annotated[str, typer.Option(help="The run date whose report to (re)generate, YYYY-MM-DD.")],
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    reports: Annotated[Optional[str], typer.Option(help="Reports root (default ./reports).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Regenerate a run's HTML report, audit pages and summary.json from the warehouse (no metric is recomputed)."""
+    from pipeline.run import report_stage
+    from pipeline.warehouse import Warehouse, validate_run_date
+
+    _setup_logging(False)
+    try:
+        settings = load_settings(config, warehouse=warehouse, reports=reports)
+        run_date = validate_run_date(run_date)
+    except (ConfigError, ValueError) as exc:
+        _fail(str(exc))
+    store = Warehouse(settings.warehouse)
+    run_json = f"runs/run_date={run_date}/run.json"
+    if not store.exists(run_json):
+        _fail(f"no finished run {run_date} in {settings.warehouse} (runs/run_date={run_date}/run.json is missing)")
+    run = store.read_json(run_json)
+    written = report_stage(settings, run_date, run["embedder"], run.get("embedder_fallback", ""))
+    typer.echo(f"report: {written['report']}\nsummary: {written['summary']}\naudit pages: {written['audit_pages']}")
+
+
+@app.command()
+def audit(
+    source: Annotated[str, typer.Argument(help="The company's team-page URL, or a folder of its photos.")],
+    company: Annotated[str, typer.Option(help="Company name (as in sites.yaml, if it is crawled nightly).")],
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse with the nightly runs to compare against.")] = None,
+    reports: Annotated[Optional[str], typer.Option(help="Reports root; the page goes under audits/.")] = None,
+    config: ConfigOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the audit's result as one JSON line.")] = False,
+) -> None:
+    """One-off brand audit of a page or folder against the latest nightly population; prints the page's path."""
+    from pipeline.audit import AuditError
+    from pipeline.audit import audit as run_audit
+    from pipeline.crawl import SitesError
+
+    _setup_logging(False)
+    try:
+        settings = load_settings(config, warehouse=warehouse, reports=reports)
+        result = run_audit(source, company, settings)
+    except (ConfigError, AuditError, SitesError, SourceError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, default=str))
+        return
+    population = f"{result['population_rows']} photos of nightly run {result['population_run_date']}" if result["population_run_date"] else "no nightly run (page compared with itself)"
+    typer.echo(f"audit of {company} against {population}")
+    typer.echo(str(result["page"]))
+
+
+@app.command()
 def crawl(
     sites: Annotated[Path, typer.Option(help="sites.yaml: companies and their team-page URLs, optional crawl overrides.")],
     out: Annotated[Path, typer.Option(help="Manifest CSV to write; the crawl log is written beside it (*.crawl-log.csv).")],
@@ -254,6 +308,7 @@ def demo(
 
     run = outcome["run"]
     _print_summary(RunResult(run["run_date"], run["embedder"], run["outputs"], run["counts"], run["stages_run"], run["warnings"], run["embedder_fallback"]))
+    typer.secho(f"\nThe run report: {run['outputs']['report']}", bold=True)
 
 
 @app.command("demo-data")

@@ -177,6 +177,7 @@ class Settings(BaseSettings):
     )
 
     warehouse: str = Field("./warehouse", description="Warehouse root: a local path or any fsspec URL (s3://...).")
+    reports: str = Field("./reports", description="Where HTML reports go (<reports>/<run_date>/index.html); path or fsspec URL.")
     embedder: EmbedderChoice = "auto"
     clip: ClipConfig = ClipConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()

@@ -97,7 +97,8 @@ def run_demo(
             logger.warning("port %d on 127.0.0.1 is in use; serving the demo site on a free port", port)
             base = stack.enter_context(serve(root / "site", 0))
         sites_file = write_sites_file(pages, base, root / "sites.yaml")
-        conf = {"sites_file": str(sites_file), "warehouse": str(Path(warehouse).resolve()), "run_date": run_date}
+        conf = {"sites_file": str(sites_file), "warehouse": str(Path(warehouse).resolve()), "run_date": run_date,
+                "reports": str(root / "reports")}
         outcome = run_dag(NIGHTLY_DAG_ID, conf, log_file=log_file, use_executor=use_executor)
     store = Warehouse(str(Path(warehouse).resolve()))
     run_json = f"runs/run_date={run_date}/run.json"

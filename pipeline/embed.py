@@ -77,6 +77,16 @@ def load_cache(warehouse: Warehouse, embedder_id: str) -> tuple[list[str], np.nd
     return keys, (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
 
 
+def vectors_for(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], dim: int) -> np.ndarray:
+    """The cached vectors of `keys`, in that order; every key must have been embedded."""
+    cached_keys, cached = load_cache(warehouse, embedder_id)
+    position = {key: row for row, key in enumerate(cached_keys)}
+    missing = [key for key in keys if key not in position]
+    if missing:
+        raise RuntimeError(f"{len(missing)} image(s) have no {embedder_id} vector in the cache: run the embed stage first")
+    return cached[[position[key] for key in keys]] if len(keys) else np.zeros((0, dim), np.float32)
+
+
 def write_cache_shard(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], vectors: np.ndarray) -> str | None:
     """Add vectors to the cache as one immutable shard."""
     import pyarrow as pa

@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 def settings_for(plan: dict[str, Any]) -> Settings:
-    return load_settings(None, warehouse=plan.get("warehouse") or None)
+    return load_settings(None, warehouse=plan.get("warehouse") or None, reports=plan.get("reports") or None)
 
 
 def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str, Any]:
@@ -37,11 +37,12 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[s
     sites_file = str(Path(params.get("sites_file") or os.environ.get("HOMOG_SITES", "sites.yaml")).resolve())
     when = params.get("run_date") or (logical_date or dt.datetime.now(dt.timezone.utc)).date().isoformat()
     sites = load_sites(sites_file)
-    settings = load_settings(None, warehouse=params.get("warehouse") or None)
+    settings = settings_for(params)
     return {
         "run_date": validate_run_date(when),
         "sites_file": sites_file,
         "warehouse": settings.warehouse,
+        "reports": settings.reports,
         "companies": [company.name for company in sites.companies],
         "started": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -92,11 +93,20 @@ def analyze(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
     return analyze_stage(settings_for(plan), plan["run_date"], embedded["embedder"])
 
 
-def finish(plan: dict[str, Any], gathered: dict[str, Any], embedded: dict[str, Any], indexed: dict[str, Any], analysed: dict[str, Any]) -> dict[str, Any]:
-    """Write run.json (the mark of a finished run) and return the run's JSON summary."""
+def report(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.run import report_stage
+
+    return report_stage(settings_for(plan), plan["run_date"], embedded["embedder"], embedded["embedder_fallback"])
+
+
+def finish(plan: dict[str, Any], stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write run.json (the mark of a finished run) and return the run's JSON summary.
+
+    `stages`: what gather (crawl, intake), embed, index, analyze and report returned."""
     from pipeline.run import finish_run
 
-    stages = {"crawl": gathered["crawl"], "intake": gathered["intake"], "embed": embedded, "index": indexed, "analyze": analysed}
+    gathered = stages.pop("gather")
+    stages = {"crawl": gathered["crawl"], "intake": gathered["intake"], **stages}
     result = finish_run(settings_for(plan), plan["run_date"], stages, source=plan["sites_file"], started=plan["started"])
     return result.as_json()
 
@@ -112,3 +122,12 @@ def purge(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str,
     actions = log["action"].value_counts().to_dict() if len(log) else {}
     logger.info("retention %s: %s", today, actions or "nothing stored")
     return {"date": today, "dry_run": bool(params.get("dry_run")), "checked": len(log), **{str(k): int(v) for k, v in actions.items()}}
+
+
+def brand_audit(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str, Any]:
+    """The brand-audit task: one company's page or folder against the latest nightly population."""
+    from pipeline.audit import audit
+
+    settings = settings_for(params)
+    when = (logical_date or dt.datetime.now(dt.timezone.utc)).date().isoformat()
+    return audit(str(params["source"]), str(params["company"]), settings, run_date=when)

@@ -1,9 +1,9 @@
-"""One run, stage after stage: `intake_stage`, `embed_stage` (embed + index), `analyze_stage`,
-`finish_run`. Each takes the settings and the run date, reads what the previous stage stored in the
+"""One run, stage after stage: (`crawl_stage`), `intake_stage`, `embed_stage`, `index_stage`,
+`analyze_stage`, `report_stage`, `finish_run`. Each takes the settings and the run date, reads what the previous stage stored in the
 warehouse and returns only URIs and counts, so the CLI (`run_pipeline`) and Airflow tasks call the
 same functions and pass nothing heavier than a path between them.
 
-Reports are a separate issue; until it lands, the `report` output is `null` rather than faked.
+`report_stage` renders the HTML from what the other stages stored, so `homog report` can redo it alone.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
 from pipeline import __version__
 from pipeline.analyze import analyze, trends_table
 from pipeline.config import Settings
-from pipeline.embed import EmbedderChoice, Embeddings, embed_images, load_cache, resolve_embedder
+from pipeline.embed import EmbedderChoice, Embeddings, embed_images, resolve_embedder, vectors_for
 from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
@@ -224,22 +223,20 @@ def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None
     }  # fmt: skip
 
 
-def _cached_vectors(warehouse: Warehouse, embedder_id: str, keys: list[str], dim: int) -> np.ndarray:
-    cached_keys, cached = load_cache(warehouse, embedder_id)
-    position = {key: row for row, key in enumerate(cached_keys)}
-    missing = [key for key in keys if key not in position]
-    if missing:
-        raise RuntimeError(f"{len(missing)} image(s) of the run have no {embedder_id} vector in the cache: run the embed stage first")
-    return cached[[position[key] for key in keys]] if keys else np.zeros((0, dim), np.float32)
-
-
 def index_stage(settings: Settings, run_date: str, embedder_id: str, dim: int) -> dict[str, Any]:
     """Build and save the run's FAISS index from the cached vectors of its distinct `ok` images."""
     warehouse = Warehouse(settings.warehouse)
     images = warehouse.read_table("images", run_date)
     keys = list(images.loc[images["status"] == "ok", "content_sha256"].drop_duplicates())
-    vector_index = build_index(_cached_vectors(warehouse, embedder_id, keys, dim), keys)
+    vector_index = build_index(vectors_for(warehouse, embedder_id, keys, dim), keys)
     return {"index": save_index(warehouse, vector_index, embedder_id, run_date), "index_kind": vector_index.kind}
+
+
+def report_stage(settings: Settings, run_date: str, embedder_id: str, embedder_fallback: str = "") -> dict[str, Any]:
+    """The HTML run report, the companies' audit pages and summary.json, from the warehouse."""
+    from pipeline.report import report_stage as render
+
+    return render(settings, run_date, embedder_id, embedder_fallback)
 
 
 def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[str, Any]:
@@ -247,7 +244,7 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     stages stored for `run_date`; writes those tables. Returns their URIs and counts."""
     warehouse = Warehouse(settings.warehouse)
     vector_index = load_index(warehouse, embedder_id, run_date)
-    vectors = _cached_vectors(warehouse, embedder_id, vector_index.ids, vector_index.dim)
+    vectors = vectors_for(warehouse, embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
     analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
@@ -272,6 +269,9 @@ def finish_run(
     intake, embed, index, analysis = stages["intake"], stages["embed"], stages["index"], stages["analyze"]
     outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
     outputs.update(images=intake["images"], index=index["index"])
+    report = stages.get("report")
+    if report is not None:
+        outputs.update(report=report["report"], summary=report["summary"])
     crawl = stages.get("crawl")
     if crawl is not None:
         outputs.update(manifest=crawl["manifest"], crawl_log=crawl["crawl_log"])
@@ -289,7 +289,7 @@ def finish_run(
         embedder_fallback=embed["embedder_fallback"],
         outputs=outputs,
         counts=counts,
-        stages_run=(["crawl"] if crawl is not None else []) + ["intake", "embed", "index", "analyze"],
+        stages_run=(["crawl"] if crawl is not None else []) + ["intake", "embed", "index", "analyze"] + (["report"] if report is not None else []),
     )
     if intake.get("missing_companies"):
         result.warnings.append(f"intake did not finish for: {', '.join(intake['missing_companies'])} (see the task logs)")
@@ -336,4 +336,5 @@ def run_pipeline(
     stages["embed"] = embed_stage(settings, run_date, choice, progress)
     stages["index"] = index_stage(settings, run_date, stages["embed"]["embedder"], stages["embed"]["dim"])
     stages["analyze"] = analyze_stage(settings, run_date, stages["embed"]["embedder"])
+    stages["report"] = report_stage(settings, run_date, stages["embed"]["embedder"], stages["embed"]["embedder_fallback"])
     return finish_run(settings, run_date, stages, source, started)

@@ -113,15 +113,32 @@ def scan_folder(root: str) -> list[ManifestRow]:
     rows = []
     for entry in sorted(fs.ls(root_path, detail=True), key=lambda e: e["name"]):
         company = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry["type"] != "directory" or company.startswith("."):
-            continue
-        for path in sorted(fs.find(entry["name"])):
-            relative = path[len(root_path) + 1 :]
-            name = relative.rsplit("/", 1)[-1]
-            if any(part.startswith(".") for part in relative.split("/")) or name.lower().endswith(_SIDECAR_SUFFIXES):
-                continue
-            uri = path if is_local_fs(fs) else fs.unstrip_protocol(path)
-            rows.append(ManifestRow(company=company, image=relative, uri=uri))
+        if entry["type"] == "directory" and not company.startswith("."):
+            rows += _files_of(fs, entry["name"], root_path, company)
     if not rows:
         raise SourceError(f"input folder {root} has no company sub-folders with files in them")
+    return rows
+
+
+def scan_company_folder(folder: str, company: str) -> list[ManifestRow]:
+    """Every file below `folder` (recursively) as one image of `company` (a brand audit's upload)."""
+    fs, path = fsspec.core.url_to_fs(folder)
+    if not fs.isdir(path):
+        raise SourceError(f"folder not found: {folder}")
+    path = path.rstrip("/")
+    rows = _files_of(fs, path, path.rsplit("/", 1)[0], company)
+    if not rows:
+        raise SourceError(f"folder {folder} has no image files")
+    return rows
+
+
+def _files_of(fs: fsspec.AbstractFileSystem, folder: str, root_path: str, company: str) -> list[ManifestRow]:
+    rows = []
+    for path in sorted(fs.find(folder)):
+        relative = path[len(root_path) + 1 :]
+        name = relative.rsplit("/", 1)[-1]
+        if any(part.startswith(".") for part in relative.split("/")) or name.lower().endswith(_SIDECAR_SUFFIXES):
+            continue
+        uri = path if is_local_fs(fs) else fs.unstrip_protocol(path)
+        rows.append(ManifestRow(company=company, image=relative, uri=uri))
     return rows

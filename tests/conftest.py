@@ -109,3 +109,9 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "tiny.pt"
     torch.save(model.state_dict(), path)
     return path
+
+
+@pytest.fixture(autouse=True)
+def _reports_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs render HTML reports; in tests they go to a temporary folder, never into the checkout."""
+    monkeypatch.setenv("HOMOG_REPORTS", str(tmp_path_factory.getbasetemp() / "reports"))

@@ -65,7 +65,7 @@ print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["errors"] == {}
     assert report["heavy"] == []  # parsing a DAG file must stay cheap: the scheduler does it all the time
-    assert set(report["dags"]) == {"profile_homogenization_nightly", "profile_homogenization_retention"}
+    assert set(report["dags"]) == {"profile_homogenization_nightly", "profile_homogenization_retention", "profile_homogenization_brand_audit"}
     for dag_id, dag in report["dags"].items():
         assert "profile-homogenization" in dag["tags"] and dag["doc"] and dag["catchup"] is False, dag_id
         assert all(retries >= 1 for retries in dag["retries"].values()), dag
@@ -114,7 +114,8 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     assert len(mapped) == 4 and all(t["state"] == "success" for t in mapped)
     run = outcome["run"]
     assert run["embedder"].startswith(f"clip-{TINY_TEST_MODEL}") and run["embedder_fallback"] == ""
-    assert run["stages_run"] == ["crawl", "intake", "embed", "index", "analyze"]
+    assert run["stages_run"] == ["crawl", "intake", "embed", "index", "analyze", "report"]
+    assert Path(run["outputs"]["report"]).is_file() and Path(run["outputs"]["summary"]).is_file()
     assert run["counts"]["crawl_kept"] == run["counts"]["rows"] == run["counts"]["ok"] > 30
     companies = pd.read_parquet(run["outputs"]["companies"])
     assert set(companies["company"]) == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup"}

@@ -276,6 +276,8 @@ def crawl_company(
         fetcher.robots_check = RobotsBook(fetcher).check
         _collect_candidates(site, cfg, fetcher, pending, log)
         todo = [item for item in pending if not item.status]
+        import cv2  # noqa: F401 - first import here, not in the pool: cv2's loader is not safe to run from several threads at once
+
         facts_cache = FactsCache()
         with ThreadPoolExecutor(max_workers=cfg.workers) as pool:
             list(pool.map(lambda item: _download(item, fetcher, settings, facts_cache, known.get(item.candidate.url)), todo))

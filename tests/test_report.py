@@ -1,0 +1,119 @@
+"""Reports: rendered from the warehouse, escaped, script-free, and checked in a real browser."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.config import load_settings
+from pipeline.demo_data import CORPORATE_TEMPLATE, jpeg_bytes, random_sitter, random_template, render
+from pipeline.report import sparkline
+from pipeline.run import run_pipeline
+from pipeline.sources import read_manifest
+
+RUN_DATE = "2026-11-28"
+HOSTILE_COMPANY = 'Acme <script>window.__pwned = 1</script> "Q" \u202etxt.exe \u200b\U0001F600'
+HOSTILE_PERSON = "<img src=x onerror=\"window.__pwned = 1\"> O'Brien \u0301e"
+HOSTILE_FILE = "<i>bold 'quote\" &amp; amp.jpg"  # no slash: it is a file name
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("hostile")
+    rng = np.random.default_rng(3)
+    rows = []
+    for company, template_of in ((HOSTILE_COMPANY, lambda: CORPORATE_TEMPLATE), ("plain & simple", lambda: random_template(rng))):
+        folder = root / ("hostile" if company == HOSTILE_COMPANY else "plain")
+        folder.mkdir()
+        for i in range(6):
+            name = HOSTILE_FILE.replace(".jpg", f"{i}.jpg") if company == HOSTILE_COMPANY else f"p{i}.jpg"
+            (folder / name).write_bytes(jpeg_bytes(render(template_of(), random_sitter(rng), i)))
+            rows.append({"company": company, "image": f"{folder.name}/{name}", "person": HOSTILE_PERSON if i == 0 else f"Person {i}"})
+    rows.append({"company": "plain & simple", "image": "plain/missing.jpg", "person": ""})  # a failure for data quality
+    manifest = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    settings = load_settings(None, warehouse=str(root / "wh"), reports=str(root / "reports"), embedder="classic")
+    result = run_pipeline(read_manifest(str(manifest)), settings, run_date=RUN_DATE, progress=False)
+    return {"result": result, "root": root, "settings": settings}
+
+
+def test_reports_are_written_with_summary_and_audit_pages(hostile_run: dict) -> None:
+    result = hostile_run["result"]
+    report = Path(result.outputs["report"])
+    assert report == hostile_run["root"] / "reports" / RUN_DATE / "index.html" and report.is_file()
+    summary = json.loads(Path(result.outputs["summary"]).read_text())
+    assert summary["run_date"] == RUN_DATE and summary["embedder"] == "classic-v1" and summary["offline"] is True
+    assert {c["company"] for c in summary["companies"]} == {HOSTILE_COMPANY, "plain & simple"}
+    assert summary["failures"]["n_failed"] == 1
+    pages = sorted((report.parent / "companies").glob("*.html"))
+    assert len(pages) == 2
+    html = report.read_text()
+    assert "<script>" not in html and "&lt;script&gt;window.__pwned" in html  # escaped, not dropped
+    assert "Offline embedder" in html and "missing.jpg" in html  # banner; data quality lists the failure
+
+
+def test_report_regenerates_from_the_warehouse_alone(hostile_run: dict) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    report = Path(hostile_run["result"].outputs["report"])
+    before = report.read_bytes()
+    report.unlink()
+    out = CliRunner().invoke(app, ["report", "--run-date", RUN_DATE, "--warehouse", str(hostile_run["root"] / "wh"),
+                                   "--reports", str(hostile_run["root"] / "reports")])  # fmt: skip
+    assert out.exit_code == 0, out.output
+    assert report.read_bytes() == before  # same inputs, same page: nothing recomputed, nothing random
+    missing = CliRunner().invoke(app, ["report", "--run-date", "2020-01-01", "--warehouse", str(hostile_run["root"] / "wh")])
+    assert missing.exit_code == 2 and "no finished run" in missing.output
+
+
+def test_sparkline_is_numbers_only() -> None:
+    assert sparkline([0.2, None]) == ""
+    svg = sparkline([0.2, 0.5, 0.9])
+    assert svg.startswith("<svg") and "polyline" in svg
+
+
+def watch(page) -> list[str]:  # noqa: ANN001
+    """Console errors and warnings, page errors and any request leaving the file: every one is a problem."""
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}") if message.type in ("error", "warning") else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("request", lambda request: problems.append(f"network: {request.url}") if not request.url.startswith(("file:", "data:")) else None)
+    return problems
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by `make test`")
+def test_pages_in_headless_chromium_run_no_script_and_show_their_images(hostile_run: dict, tmp_path: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    report = Path(hostile_run["result"].outputs["report"])
+    pages = [report, *sorted((report.parent / "companies").glob("*.html"))]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--headless", "--no-sandbox"])
+        try:
+            for index, page_path in enumerate(pages):
+                page = browser.new_page(viewport={"width": 1200, "height": 900})
+                problems = watch(page)
+                page.goto(page_path.as_uri())
+                page.wait_for_load_state("load")
+                assert problems == [], (page_path.name, problems)
+                assert page.evaluate("window.__pwned") is None  # no injected script or handler ran
+                assert page.evaluate("document.scripts.length") == 0
+                images = page.evaluate("Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
+                assert images and all(ok for _, ok in images), images
+                if page_path == report or "acme" in page_path.name:
+                    assert HOSTILE_COMPANY.split(" ")[1] in page.inner_text("body")  # the hostile name is shown as text
+                shot = tmp_path / f"page-{index}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                assert shot.stat().st_size > 10_000
+                print(f"screenshot: {shot}")
+                page.close()
+        finally:
+            browser.close()
