@@ -117,3 +117,30 @@ def test_pages_in_headless_chromium_run_no_script_and_show_their_images(hostile_
                 page.close()
         finally:
             browser.close()
+
+
+def test_audit_of_an_uploaded_folder_against_the_nightly_population(hostile_run: dict, tmp_path: Path) -> None:
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root = hostile_run["root"]
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    rng = np.random.default_rng(11)
+    for i in range(5):
+        (upload / f"new{i}.jpg").write_bytes(jpeg_bytes(render(random_template(rng), random_sitter(rng), 100 + i)))
+    shutil.copy(root / "plain" / "p1.jpg", upload / "reposted.jpg")  # a photo another company already shows
+    before = pd.read_parquet(hostile_run["result"].outputs["images"])
+    args = ["audit", str(upload), "--company", "Brand X", "--warehouse", str(root / "wh"), "--reports", str(root / "reports"), "--json"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    page = Path(result["page"])
+    assert page.is_file() and "Brand audit: Brand X" in page.read_text()
+    assert result["population_run_date"] == RUN_DATE and result["population_rows"] == 12
+    assert result["run"]["counts"]["cross_company_pairs"] >= 1 and result["run"]["counts"]["embedded"] == 5  # population vectors reused
+    pd.testing.assert_frame_equal(pd.read_parquet(hostile_run["result"].outputs["images"]), before)  # the nightly is untouched
+    missing = CliRunner().invoke(app, ["audit", str(tmp_path / "nope"), "--company", "X", "--warehouse", str(root / "wh")])
+    assert missing.exit_code == 2 and "neither an http(s) URL nor a usable folder" in missing.output
