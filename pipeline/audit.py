@@ -83,7 +83,8 @@ def audit(source: str, company: str, settings: Settings, run_date: str | None = 
     elif population:
         logger.warning("the latest nightly run used %s, this audit uses %s: the population is embedded again", population_embedder, choice.embedder.id)
     if not population:
-        logger.warning("no finished nightly run in %s: the audit compares the page with itself only", settings.warehouse)
+        logger.warning("no nightly population in %s (no finished run, or its originals are not kept): "
+                       "the audit compares the page with itself only", settings.warehouse)
     result = run_pipeline(own + population, audit_settings, run_date=run_date, source=source, progress=False, crawl=crawled)
     page = Warehouse(audit_settings.reports).uri(run_date, company_page_name(company))
     return {"page": page, "company": company, "population_run_date": population_date, "population_rows": len(population), "run": result.as_json()}
