@@ -15,21 +15,19 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from pipeline.orchestration import dag_arguments, location_params
+
 
 @dag(
     dag_id="profile_homogenization_brand_audit",
     schedule=None,
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
-    default_args={"owner": "profile-homogenization", "retries": 1, "retry_delay": dt.timedelta(minutes=1)},
-    tags=["profile-homogenization", "brand-audit"],
     doc_md=__doc__,
     params={
         "source": Param(type="string", minLength=1, description="team-page URL (http/https) or a folder of the company's photos"),
         "company": Param(type="string", minLength=1, description="company name"),
-        "warehouse": Param("", type="string", description="warehouse with the nightly runs; empty = from settings"),
-        "reports": Param("", type="string", description="reports root; empty = from settings"),
+        **location_params(),
     },
+    **dag_arguments("brand-audit", retries=1, retry_delay=dt.timedelta(minutes=1)),
 )
 def profile_homogenization_brand_audit():
     @task(pool="embedding")

@@ -19,35 +19,25 @@ Pools: `crawler` (concurrent company crawls) and `embedding`; queue for embeddin
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
+from pipeline.orchestration import dag_arguments, location_params
+
 NIGHTLY_RUN = Asset(name="profile_homogenization_run", uri="file:///profile-homogenization/runs")
-DEFAULT_ARGS = {
-    "owner": "profile-homogenization",
-    "retries": 2,
-    "retry_delay": dt.timedelta(minutes=2),
-    "retry_exponential_backoff": True,
-}
 
 
 @dag(
     dag_id="profile_homogenization_nightly",
     schedule="0 2 * * *",
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args=DEFAULT_ARGS,
-    tags=["profile-homogenization", "nightly"],
     doc_md=__doc__,
     params={
         "sites_file": Param(os.environ.get("HOMOG_SITES", "sites.yaml"), type="string", description="sites.yaml to crawl"),
         "run_date": Param("", type="string", description="YYYY-MM-DD; empty = the logical date"),
-        "warehouse": Param("", type="string", description="warehouse root; empty = from settings"),
-        "reports": Param("", type="string", description="reports root; empty = from settings"),
+        **location_params(),
     },
+    **dag_arguments("nightly"),
 )
 def profile_homogenization_nightly():
     @task

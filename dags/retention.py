@@ -13,20 +13,15 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
+from pipeline.orchestration import dag_arguments, location_params
+
 
 @dag(
     dag_id="profile_homogenization_retention",
     schedule="30 4 * * *",
-    start_date=dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
-    catchup=False,
-    max_active_runs=1,
-    default_args={"owner": "profile-homogenization", "retries": 2, "retry_delay": dt.timedelta(minutes=5)},
-    tags=["profile-homogenization", "retention", "privacy"],
     doc_md=__doc__,
-    params={
-        "dry_run": Param(False, type="boolean", description="decide and log, delete nothing"),
-        "warehouse": Param("", type="string", description="warehouse root; empty = from settings"),
-    },
+    params={"dry_run": Param(False, type="boolean", description="decide and log, delete nothing"), **location_params()},
+    **dag_arguments("retention", "privacy", retry_delay=dt.timedelta(minutes=5)),
 )
 def profile_homogenization_retention():
     @task

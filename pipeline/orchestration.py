@@ -21,6 +21,30 @@ from pipeline.config import Settings, load_settings
 logger = logging.getLogger(__name__)
 
 
+TAG = "profile-homogenization"
+
+
+def dag_arguments(*tags: str, retries: int = 2, retry_delay: dt.timedelta = dt.timedelta(minutes=2)) -> dict[str, Any]:
+    """What every DAG of the project shares: start date, no catch-up, one active run, owner, retries, tags."""
+    return {
+        "start_date": dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc),
+        "catchup": False,
+        "max_active_runs": 1,
+        "default_args": {"owner": TAG, "retries": retries, "retry_delay": retry_delay, "retry_exponential_backoff": True},
+        "tags": [TAG, *tags],
+    }
+
+
+def location_params() -> dict[str, Any]:
+    """The `warehouse` and `reports` params every DAG takes (empty = from the settings)."""
+    from airflow.sdk import Param
+
+    return {
+        "warehouse": Param("", type="string", description="warehouse root; empty = from settings"),
+        "reports": Param("", type="string", description="reports root; empty = from settings"),
+    }
+
+
 def settings_for(plan: dict[str, Any]) -> Settings:
     return load_settings(None, warehouse=plan.get("warehouse") or None, reports=plan.get("reports") or None)
 
@@ -116,7 +140,7 @@ def purge(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str,
     from pipeline.retention import purge_expired
     from pipeline.warehouse import Warehouse
 
-    settings = load_settings(None, warehouse=params.get("warehouse") or None)
+    settings = settings_for(params)
     today = (logical_date or dt.datetime.now(dt.timezone.utc)).date().isoformat()
     log = purge_expired(Warehouse(settings.warehouse), settings.retention, today, dry_run=bool(params.get("dry_run")))
     actions = log["action"].value_counts().to_dict() if len(log) else {}
