@@ -73,6 +73,7 @@ def run(
     ] = None,
     sites: Annotated[Optional[Path], typer.Option(help="sites.yaml: crawl these companies' team pages first.")] = None,
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL). Default ./warehouse.")] = None,
+    reports: Annotated[Optional[str], typer.Option(help="Reports root (path or fsspec URL). Default ./reports.")] = None,
     run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today). Reruns replace it.")] = None,
     embedder: Annotated[Optional[EmbedderChoice], typer.Option(help="auto (clip if its weights exist, else classic), clip or classic.")] = None,
     config: ConfigOption = None,
@@ -91,7 +92,7 @@ def run(
         _fail("give exactly one of --manifest M.csv, --input DIR or --sites sites.yaml")
     crawled = None
     try:
-        settings = load_settings(config, warehouse=warehouse, embedder=embedder)
+        settings = load_settings(config, warehouse=warehouse, embedder=embedder, reports=reports)
         run_date = validate_run_date(run_date or today())
         if sites is not None:
             load_sites(sites)  # a broken sites file fails here, before any request

@@ -293,3 +293,25 @@ def test_homog_run_sites_crawls_the_demo_site_end_to_end(tmp_path) -> None:  # n
     assert (images["status"] == "ok").all() and images["image_url"].str.startswith(base).all()
     assert (images["person"] != "").sum() >= len(images) - 2  # names come from the markup
     assert summary["counts"]["cross_company_pairs"] >= 1  # the photo copperleaf shares with northwind
+
+
+def test_open_graph_image_counts_only_on_a_profile_page() -> None:
+    head = "<meta property='og:image' content='/p/jane.jpg'><meta property='og:title' content='Jane Roe'>"
+    profile = parse_page(f"<head><meta property='og:type' content='profile'>{head}</head>", "https://a.example/people/jane")
+    article = parse_page(f"<head><meta property='og:type' content='article'>{head}</head>", "https://a.example/news")
+    assert [(c.url, c.person, c.source) for c in profile.candidates] == [("https://a.example/p/jane.jpg", "Jane Roe", "og")]
+    assert article.candidates == []  # a shared-link preview picture is not a staff photo
+
+
+def test_sites_file_crawl_overrides_are_validated(tmp_path) -> None:  # noqa: ANN001
+    from pipeline.crawl import crawl_settings
+
+    good = tmp_path / "good.yaml"
+    good.write_text("companies: [{name: A, urls: ['http://a.example/']}]\ncrawl: {allow_private: ['127.0.0.1'], min_delay_s: 0, opt_out: {persons: [X]}}")
+    cfg = crawl_settings(load_settings(None), load_sites(good))
+    assert cfg.allow_private == ["127.0.0.1"] and cfg.min_delay_s == 0 and cfg.opt_out.persons == ["X"] and cfg.max_retries == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("companies: [{name: A, urls: ['http://a.example/']}]\ncrawl: {min_delay_s: -1, no_such_key: 1}")
+    with pytest.raises(SitesError) as error:
+        crawl_settings(load_settings(None), load_sites(bad))
+    assert "crawl.min_delay_s" in str(error.value) and "crawl.no_such_key" in str(error.value)
