@@ -3,7 +3,7 @@
 
 Every night: read `sites.yaml`, crawl each company's team pages and take their pictures in (one
 mapped task per company: a failing site fails alone and is reported in the `crawl_log` table and in
-`run.json`), embed the run's pictures (embedding pool, optional GPU queue), build the run's FAISS
+`run.json`), measure faces and template signals, embed the run's pictures (embedding pool, optional GPU queue), build the run's FAISS
 index, compute near-duplicates, clusters, homogeneity indexes, cross-company reuse and trends, render
 the HTML run report and every company's audit page, then write `run.json` and publish the
 `profile_homogenization_run` asset.
@@ -70,13 +70,19 @@ def profile_homogenization_nightly():
         return embed(run)
 
     @task
+    def faces(run: dict, _gathered: dict) -> dict:
+        from pipeline.orchestration import faces
+
+        return faces(run)
+
+    @task
     def index(run: dict, embedded: dict) -> dict:
         from pipeline.orchestration import index
 
         return index(run, embedded)
 
     @task
-    def analyze(run: dict, embedded: dict, _indexed: dict) -> dict:
+    def analyze(run: dict, embedded: dict, _indexed: dict, _faces: dict) -> dict:
         from pipeline.orchestration import analyze
 
         return analyze(run, embedded)
@@ -88,19 +94,21 @@ def profile_homogenization_nightly():
         return report(run, embedded)
 
     @task(outlets=[NIGHTLY_RUN])
-    def finish(run: dict, gathered: dict, embedded: dict, indexed: dict, analysed: dict, reported: dict) -> dict:
+    def finish(run: dict, gathered: dict, measured: dict, embedded: dict, indexed: dict, analysed: dict, reported: dict) -> dict:
         from pipeline.orchestration import finish
 
-        return finish(run, {"gather": gathered, "embed": embedded, "index": indexed, "analyze": analysed, "report": reported})
+        stages = {"gather": gathered, "faces": measured, "embed": embedded, "index": indexed, "analyze": analysed, "report": reported}
+        return finish(run, stages)
 
     run = plan()
     done = crawl_and_intake.partial(run=run).expand(company=companies(run))
     gathered = gather(run, done)
+    measured = faces(run, gathered)
     embedded = embed(run, gathered)
     indexed = index(run, embedded)
-    analysed = analyze(run, embedded, indexed)
+    analysed = analyze(run, embedded, indexed, measured)
     reported = report(run, embedded, analysed)
-    finish(run, gathered, embedded, indexed, analysed, reported)
+    finish(run, gathered, measured, embedded, indexed, analysed, reported)
 
 
 profile_homogenization_nightly()

@@ -99,6 +99,12 @@ def gather(plan: dict[str, Any]) -> dict[str, Any]:
     return {"crawl": crawl, "intake": intake}
 
 
+def faces(plan: dict[str, Any]) -> dict[str, Any]:
+    from pipeline.run import faces_stage
+
+    return faces_stage(settings_for(plan), plan["run_date"])
+
+
 def embed(plan: dict[str, Any]) -> dict[str, Any]:
     from pipeline.run import embed_stage
 

@@ -331,6 +331,28 @@ def _reading(row: pd.Series, companies: pd.DataFrame, n_reused: int, embedder: s
     return lines
 
 
+TEMPLATE_SIGNALS = [  # column, label, direction that means "more templated", what it means when it is
+    ("framing_spread", "framing spread", "lower", "the photos share one framing (face position and size)"),
+    ("background_spread", "backdrop spread", "lower", "the photos share one backdrop colour and brightness"),
+    ("background_std_mean", "backdrop busyness", "lower", "the backdrops are plain"),
+    ("colour_spread", "colour-grade spread", "lower", "the photos share one colour grade"),
+    ("symmetry_mean", "face symmetry", "higher", "the faces are more mirror-symmetric"),
+    ("skin_detail_mean", "skin detail", "lower", "the skin is smoother (retouching or generation removes fine texture)"),
+]
+
+
+def template_signals(row: pd.Series, companies: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each template signal of a page against the median of the other pages, with a plain reading."""
+    others = companies[companies["company"] != row["company"]]
+    signals = []
+    for column, label, direction, meaning in TEMPLATE_SIGNALS:
+        value = _finite(row.get(column))
+        median = _finite(others[column].median()) if column in others and len(others) else None
+        templated = value is not None and median is not None and (value < median if direction == "lower" else value > median)
+        signals.append({"label": label, "value": value, "median": median, "templated": templated, "reading": meaning if templated else ""})
+    return signals
+
+
 # ------------------------------------------------------------------ rendering
 def _environment():
     import jinja2
@@ -354,6 +376,8 @@ def _company_table(data: RunData) -> list[dict[str, Any]]:
             "near_dup_rate": _finite(row.near_dup_rate), "n_clusters": int(row.n_clusters) if _finite(row.n_clusters) is not None else 0,
             "largest_cluster_share": _finite(row.largest_cluster_share), "n_reused": int(row.n_reused_images), "n_errors": int(row.n_errors),
             "spark": sparkline(_trend_values(data.trends, row.company)), "change": _change(data.trends, row.company, data.run_date),
+            "signals": {column: _finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
+            "face_share": _finite(getattr(row, "face_share", None)),
         })  # fmt: skip
     return rows
 
@@ -373,6 +397,7 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         **common, companies=companies, n_companies=len(companies), n_ok=n_ok, n_rows=len(data.images),
         overall_near_dup=overall_near_dup, n_pairs=len(data.pairs), reuse=_reuse_rows(store, data),
         forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=_failures(data),
+        signal_columns=[(column, label) for column, label, *_ in TEMPLATE_SIGNALS],
     ).encode("utf-8"))  # fmt: skip
     for row in data.companies.itertuples(index=False):
         render_audit_page(data, store, reports, pd.Series(row._asdict()), env)
@@ -420,6 +445,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         gallery=gallery, sampled=sampled, n_ok=len(ok), generic=generic, distinctive=distinctive, reuse=reuse,
         population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
+        signals=template_signals(row, data.companies), face_share=_finite(row.get("face_share")),
         thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
         back_link="../index.html" if folder is None else None,
     )  # fmt: skip

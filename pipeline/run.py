@@ -1,4 +1,4 @@
-"""One run, stage after stage: (`crawl_stage`), `intake_stage`, `embed_stage`, `index_stage`,
+"""One run, stage after stage: (`crawl_stage`), `intake_stage`, `faces_stage`, `embed_stage`, `index_stage`,
 `analyze_stage`, `report_stage`, `finish_run`. Each takes the settings and the run date, reads what the previous stage stored in the
 warehouse and returns only URIs and counts, so the CLI (`run_pipeline`) and Airflow tasks call the
 same functions and pass nothing heavier than a path between them.
@@ -20,6 +20,7 @@ from pipeline import __version__
 from pipeline.analyze import analyze, trends_table
 from pipeline.config import Settings
 from pipeline.embed import EmbedderChoice, Embeddings, embed_images, resolve_embedder, vectors_for
+from pipeline.face_signals import add_page_columns
 from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
@@ -211,6 +212,18 @@ def collect_intake_stage(settings: Settings, run_date: str, companies: list[str]
     }  # fmt: skip
 
 
+def faces_stage(settings: Settings, run_date: str) -> dict[str, Any]:
+    """Face detection and template signals for the run's `ok` images; writes the `faces` table."""
+    from pipeline.face_signals import measure_images
+
+    warehouse = Warehouse(settings.warehouse)
+    faces, n_measured = measure_images(warehouse.read_table("images", run_date), warehouse, settings.crawl.face_score_floor)
+    return {
+        "faces": warehouse.write_table("faces", run_date, faces),
+        "faces_measured": n_measured, "photos_with_face": int((faces["n_faces"] > 0).sum()),
+    }  # fmt: skip
+
+
 def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None = None, progress: bool = True) -> dict[str, Any]:
     """Embed the run's distinct `ok` images into the embedding cache (cache hits cost nothing)."""
     warehouse = Warehouse(settings.warehouse)
@@ -247,6 +260,8 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     vectors = vectors_for(warehouse, embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
     analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
+    faces = warehouse.read_table("faces", run_date) if warehouse.exists(warehouse.table_file("faces", run_date)) else None
+    analysis.companies = add_page_columns(analysis.companies, faces)
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
     trends = trends_table(warehouse.read_table("companies"), analysis.companies, run_date)
     outputs["trends"] = warehouse.write_table("trends", run_date, trends)
@@ -269,6 +284,8 @@ def finish_run(
     intake, embed, index, analysis = stages["intake"], stages["embed"], stages["index"], stages["analyze"]
     outputs: dict[str, str | None] = dict.fromkeys(OUTPUT_KEYS)
     outputs.update(images=intake["images"], index=index["index"])
+    if "faces" in stages:
+        outputs["faces"] = stages["faces"]["faces"]
     report = stages.get("report")
     if report is not None:
         outputs.update(report=report["report"], summary=report["summary"])
@@ -289,7 +306,7 @@ def finish_run(
         embedder_fallback=embed["embedder_fallback"],
         outputs=outputs,
         counts=counts,
-        stages_run=(["crawl"] if crawl is not None else []) + ["intake", "embed", "index", "analyze"] + (["report"] if report is not None else []),
+        stages_run=(["crawl"] if crawl is not None else []) + ["intake"] + (["faces"] if "faces" in stages else []) + ["embed", "index", "analyze"] + (["report"] if report is not None else []),
     )
     if intake.get("missing_companies"):
         result.warnings.append(f"intake did not finish for: {', '.join(intake['missing_companies'])} (see the task logs)")
@@ -333,6 +350,7 @@ def run_pipeline(
     choice = resolve_embedder(settings)
     stages: dict[str, dict[str, Any]] = {"crawl": crawl} if crawl is not None else {}
     stages["intake"] = intake_stage(rows, settings, run_date, progress)
+    stages["faces"] = faces_stage(settings, run_date)
     stages["embed"] = embed_stage(settings, run_date, choice, progress)
     stages["index"] = index_stage(settings, run_date, stages["embed"]["embedder"], stages["embed"]["dim"])
     stages["analyze"] = analyze_stage(settings, run_date, stages["embed"]["embedder"])

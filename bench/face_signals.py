@@ -1,0 +1,61 @@
+"""Template signals on the corpus: does each AI set differ from the real 18F staff page in the
+direction the seed describes (tighter framing, more symmetric, smoother skin, plainer and more
+uniform backdrops, one colour grade)?
+
+Run: .venv/bin/python bench/face_signals.py [--root ../shared/data/headshots]
+Every sub-folder is a page; the AI diffusion packs are also measured pack by pack.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+
+from pipeline.face_signals import PAGE_COLUMNS, page_signals, photo_signals
+
+EXPECTED = {  # direction "more templated / more AI-like" than the real page
+    "framing_spread": "lower", "symmetry_mean": "higher", "skin_detail_mean": "lower",
+    "background_std_mean": "lower", "background_spread": "lower", "colour_spread": "lower",
+}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "headshots"))
+    args = parser.parse_args()
+    root = Path(args.root)
+    if not root.is_dir():
+        raise SystemExit(f"corpus not found at {root}")
+    rows = []
+    start = time.perf_counter()
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    for path in files:
+        parts = path.relative_to(root).parts
+        page = parts[0] if parts[0] != "ai_diffusion_packs" or len(parts) < 3 else f"pack:{parts[1]}"
+        with Image.open(path) as picture:
+            rows.append({"page": page, **photo_signals(picture).as_row()})
+    seconds = time.perf_counter() - start
+    photos = pd.DataFrame(rows)
+    pages = pd.DataFrame({page: page_signals(group) for page, group in photos.groupby("page")}).T[PAGE_COLUMNS]
+    pages.insert(0, "photos", photos.groupby("page").size())
+    pd.set_option("display.width", 200)
+    print(pages.round(3).to_string())
+    print(f"\n{len(files)} photos, {seconds / len(files) * 1000:.0f} ms each")
+    real = pages.loc["real_staff_18f"]
+    print("\nAgainst real_staff_18f, in the seed's direction (yes/no per page):")
+    for column, direction in EXPECTED.items():
+        verdicts = []
+        for page, row in pages.iterrows():
+            if page == "real_staff_18f" or not page.startswith(("pack:", "ai_")):
+                continue
+            ok = row[column] < real[column] if direction == "lower" else row[column] > real[column]
+            verdicts.append(f"{page}={'yes' if ok else 'no'}")
+        print(f"  {column} {direction}: " + ", ".join(verdicts))
+
+
+if __name__ == "__main__":
+    main()
