@@ -51,6 +51,13 @@ class PrivacyConfig(_Section):
         ),
     )
     keep_thumbnails: bool = Field(True, description="False = no thumbnails are stored (reports show no photos).")
+    keep_face_descriptors: bool = Field(
+        False,
+        description=(
+            "True = cache face-identity descriptors (biometric data) by content hash so reruns skip them; "
+            "False = compute them in memory each run and store only the pairs they reveal."
+        ),
+    )
 
 
 class RetentionConfig(_Section):

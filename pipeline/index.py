@@ -93,7 +93,7 @@ def _trained_ivf(vectors: np.ndarray, dim: int) -> "faiss.Index":
     return index
 
 
-def _chunks(queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+def chunks(queries: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     """float32 blocks of the queries; float16 input is converted one block at a time, so callers
     can hold a million vectors in half the memory."""
     for start in range(0, len(queries), SEARCH_CHUNK):
@@ -104,7 +104,7 @@ def knn(vindex: VectorIndex, queries: np.ndarray, k: int) -> tuple[np.ndarray, n
     """(similarities, row numbers), each (n_queries, k); -1 rows where fewer than k exist."""
     k = max(1, min(k, vindex.index.ntotal or 1))
     sims, rows = [], []
-    for _, chunk in _chunks(queries):
+    for _, chunk in chunks(queries):
         s, r = vindex.index.search(chunk, k)
         sims.append(s)
         rows.append(r)
@@ -121,7 +121,7 @@ def range_pairs(vindex: VectorIndex, vectors: np.ndarray, threshold: float) -> I
     if vindex.index.ntotal == 0:
         return
     radius = np.float32(threshold) - np.float32(1e-6)  # faiss keeps scores strictly above the radius
-    for start, chunk in _chunks(vectors):
+    for start, chunk in chunks(vectors):
         limits, sims, rows = vindex.index.range_search(chunk, float(radius))
         for offset in range(len(chunk)):
             i = start + offset
@@ -139,7 +139,7 @@ def knn_pairs(vindex: VectorIndex, vectors: np.ndarray, threshold: float, k: int
     if n == 0:
         return []
     found_i, found_j, found_s = [], [], []
-    for start, chunk in _chunks(vectors):
+    for start, chunk in chunks(vectors):
         sims, rows = knn(vindex, chunk, k + 1)
         query = np.arange(start, start + len(chunk))[:, None].repeat(rows.shape[1], axis=1)
         keep = (rows >= 0) & (rows != query) & (sims >= threshold)

@@ -378,6 +378,7 @@ def _company_table(data: RunData) -> list[dict[str, Any]]:
             "spark": sparkline(_trend_values(data.trends, row.company)), "change": _change(data.trends, row.company, data.run_date),
             "signals": {column: _finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
             "face_share": _finite(getattr(row, "face_share", None)),
+            "face_repeated": int(getattr(row, "n_face_repeated", 0) or 0), "face_shared": int(getattr(row, "n_face_shared", 0) or 0),
         })  # fmt: skip
     return rows
 
@@ -446,6 +447,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
         signals=template_signals(row, data.companies), face_share=_finite(row.get("face_share")),
+        face_repeated=int(row.get("n_face_repeated", 0) or 0), face_shared=int(row.get("n_face_shared", 0) or 0),
         thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
         back_link="../index.html" if folder is None else None,
     )  # fmt: skip

@@ -14,13 +14,14 @@ import logging
 import platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
+import numpy as np
 
 from pipeline import __version__
 from pipeline.analyze import analyze, trends_table
 from pipeline.config import Settings
 from pipeline.embed import EmbedderChoice, Embeddings, embed_images, resolve_embedder, vectors_for
 from pipeline.face_signals import add_page_columns
+from pipeline.identity import page_counts
 from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
@@ -262,7 +263,10 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
     faces = warehouse.read_table("faces", run_date) if warehouse.exists(warehouse.table_file("faces", run_date)) else None
     analysis.companies = add_page_columns(analysis.companies, faces)
+    identities, n_descriptors = _identities(warehouse, settings, run_date, faces, analysis.pairs)
+    analysis.companies = analysis.companies.merge(page_counts(identities, list(analysis.companies["company"])), on="company", how="left")
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
+    outputs["identities"] = warehouse.write_table("identities", run_date, identities)
     trends = trends_table(warehouse.read_table("companies"), analysis.companies, run_date)
     outputs["trends"] = warehouse.write_table("trends", run_date, trends)
     return {
@@ -270,7 +274,29 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
         "near_duplicate_candidates": analysis.n_candidates, "near_duplicates_verified": analysis.n_verified,
         "pairs_found": len(analysis.pairs), "cross_company_pairs": len(analysis.reuse),
         "significant_changes": int(trends.loc[trends["run_date"] == run_date, "significant"].sum()),
+        "same_face_pairs": len(identities), "face_descriptors_computed": n_descriptors,
     }  # fmt: skip
+
+
+def _identities(warehouse: Warehouse, settings: Settings, run_date: str, faces: "pd.DataFrame | None", pairs: "pd.DataFrame") -> tuple["pd.DataFrame", int]:
+    """Same face, different photographs: descriptors of the run's faces (in memory unless
+    privacy.keep_face_descriptors), paired, minus pairs that are copies of one photograph."""
+    import pandas as pd
+
+    from pipeline.identity import PAIR_COLUMNS, face_descriptors, identity_table
+
+    if faces is None or not (faces["n_faces"] > 0).any():
+        return pd.DataFrame(columns=PAIR_COLUMNS), 0
+    images = warehouse.read_table("images", run_date)
+    ok = images[images["status"] == "ok"]
+    contents = list(faces.loc[faces["n_faces"] > 0, "content_sha256"].drop_duplicates())
+    descriptors, n_computed = face_descriptors(warehouse, ok.drop_duplicates("content_sha256"), contents, settings.privacy.keep_face_descriptors,
+                                               settings.crawl.face_score_floor)  # fmt: skip
+    found = ~np.isnan(descriptors).any(axis=1)
+    content_of = dict(zip(zip(ok["company"], ok["image"]), ok["content_sha256"]))
+    same_photo = {frozenset((content_of[(r.company_a, r.image_a)], content_of[(r.company_b, r.image_b)])) for r in pairs.itertuples()}
+    kept = [c for c, f in zip(contents, found) if f]
+    return identity_table(images, kept, descriptors[found], same_photo), n_computed
 
 
 def finish_run(
@@ -292,7 +318,7 @@ def finish_run(
     crawl = stages.get("crawl")
     if crawl is not None:
         outputs.update(manifest=crawl["manifest"], crawl_log=crawl["crawl_log"])
-    outputs.update({table: analysis[table] for table in ("pairs", "clusters", "companies", "reuse", "trends")})
+    outputs.update({table: analysis[table] for table in ("pairs", "clusters", "companies", "reuse", "trends", "identities")})
     counts = {
         (f"crawl_{key}" if name == "crawl" else key): value
         for name, stage in stages.items()
