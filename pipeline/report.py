@@ -147,7 +147,7 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
     key = f"projections/{data.embedder}/umap.pkl"
     if store.exists(key):
         projection = pickle.loads(store.read_bytes(key))  # written by this code only, inside the warehouse
-        if projection.homog_fitted_on == data.run_date and projection.homog_keys == data.keys:
+        if getattr(projection, "homog_fitted_on", None) == data.run_date and getattr(projection, "homog_keys", None) == data.keys:
             points = projection.embedding_  # the fitting run itself: its own layout, so a regenerated report is identical
         else:
             points = projection.transform(data.vectors)
@@ -158,10 +158,11 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
         points = projection.fit_transform(data.vectors)
         projection.homog_fitted_on, projection.homog_keys = data.run_date, list(data.keys)
         store.write_bytes(key, pickle.dumps(projection))
-    if projection.homog_fitted_on == data.run_date:
+    fitted_on = getattr(projection, "homog_fitted_on", "an earlier run")
+    if fitted_on == data.run_date:
         note = f"fixed projection fitted on this run ({data.run_date}); later runs with {data.embedder} are placed on it, so their maps compare"
     else:
-        note = f"fixed projection fitted on run {projection.homog_fitted_on}; this run's photos are placed on it, so maps of different runs compare"
+        note = f"fixed projection fitted on run {fitted_on}; this run's photos are placed on it, so maps of different runs compare"
     ok = data.images[data.images["status"] == "ok"].drop_duplicates("content_sha256")
     company_of = dict(zip(ok["content_sha256"], ok["company"]))
     companies = sorted({company_of[k] for k in data.keys})

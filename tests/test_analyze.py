@@ -109,7 +109,7 @@ def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
 
 def test_companies_table(demo_run: dict) -> None:
     companies = demo_run["companies"].set_index("company")
-    assert list(demo_run["companies"].columns) == COMPANY_COLUMNS + PAGE_COLUMNS  # contract first, then template signals
+    assert list(demo_run["companies"].columns) == [*COMPANY_COLUMNS, *PAGE_COLUMNS, "n_face_repeated", "n_face_shared"]  # contract first
     assert companies.loc["tiny-startup", "status"] == "too_few_images"
     assert np.isnan(companies.loc["tiny-startup", "homogeneity_index"])
     templated, varied = companies.loc["northwind-legal"], companies.loc["bluebird-bakery"]
