@@ -354,6 +354,18 @@ def template_signals(row: pd.Series, companies: pd.DataFrame) -> list[dict[str, 
     return signals
 
 
+def _zero_shot(row: pd.Series) -> dict[str, Any]:
+    """The page's zero-shot style and AI-likely share (clip only), or why there is none."""
+    status = row.get("zero_shot_status")
+    if not isinstance(status, str) or status != "ok":
+        return {"status": status if isinstance(status, str) else "not measured"}
+    return {
+        "status": "ok",
+        "styles": [(attribute, row.get(f"{attribute}_top"), _finite(row.get(f"{attribute}_share"))) for attribute in ("backdrop", "attire", "framing")],
+        "ai_share": _finite(row.get("ai_share")), "ai_ci_low": _finite(row.get("ai_ci_low")), "ai_ci_high": _finite(row.get("ai_ci_high")),
+    }
+
+
 # ------------------------------------------------------------------ rendering
 def _environment():
     import jinja2
@@ -380,6 +392,7 @@ def _company_table(data: RunData) -> list[dict[str, Any]]:
             "signals": {column: _finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
             "face_share": _finite(getattr(row, "face_share", None)),
             "face_repeated": int(getattr(row, "n_face_repeated", 0) or 0), "face_shared": int(getattr(row, "n_face_shared", 0) or 0),
+            "zero_shot": _zero_shot(pd.Series(row._asdict())),
         })  # fmt: skip
     return rows
 
@@ -449,6 +462,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
         signals=template_signals(row, data.companies), face_share=_finite(row.get("face_share")),
         face_repeated=int(row.get("n_face_repeated", 0) or 0), face_shared=int(row.get("n_face_shared", 0) or 0),
+        zero_shot=_zero_shot(row),
         thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
         back_link="../index.html" if folder is None else None,
     )  # fmt: skip

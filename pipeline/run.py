@@ -29,6 +29,8 @@ from pipeline.sources import ManifestRow
 if TYPE_CHECKING:
     import pandas as pd
 from pipeline.warehouse import Warehouse, validate_run_date
+from pipeline.zero_shot import cached_prompt_vectors
+from pipeline.zero_shot import page_table as zero_shot_pages
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +231,11 @@ def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None
     """Embed the run's distinct `ok` images into the embedding cache (cache hits cost nothing)."""
     warehouse = Warehouse(settings.warehouse)
     choice = choice or resolve_embedder(settings)
-    embeddings = embed_images(warehouse.read_table("images", run_date), warehouse, choice.embedder, progress=progress)
+    images = warehouse.read_table("images", run_date)
+    embeddings = embed_images(images, warehouse, choice.embedder, progress=progress)
+    styles = zero_shot_pages(images, embeddings.content_sha256, embeddings.vectors, cached_prompt_vectors(warehouse, choice.embedder), embeddings.embedder_id)
     return {
+        "zero_shot": warehouse.write_table("zero_shot", run_date, styles),
         "embedder": embeddings.embedder_id, "embedder_fallback": choice.fallback_reason, "dim": choice.embedder.dim,
         "distinct_images": len(embeddings.content_sha256), "embedded": embeddings.n_embedded,
         "embedding_cache_hits": len(embeddings.content_sha256) - embeddings.n_embedded,
@@ -263,6 +268,8 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
     faces = warehouse.read_table("faces", run_date) if warehouse.exists(warehouse.table_file("faces", run_date)) else None
     analysis.companies = add_page_columns(analysis.companies, faces)
+    if warehouse.exists(warehouse.table_file("zero_shot", run_date)):
+        analysis.companies = analysis.companies.merge(warehouse.read_table("zero_shot", run_date).drop(columns=["run_date"], errors="ignore"), on="company", how="left")
     identities, n_descriptors = _identities(warehouse, settings, run_date, faces, analysis.pairs)
     analysis.companies = analysis.companies.merge(page_counts(identities, list(analysis.companies["company"])), on="company", how="left")
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}

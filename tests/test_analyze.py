@@ -14,6 +14,7 @@ from pipeline.calibration import EDITS
 from pipeline.config import load_settings
 from pipeline.demo_data import CORPORATE_TEMPLATE, generate_demo_images, random_sitter, render
 from pipeline.face_signals import PAGE_COLUMNS
+from pipeline.zero_shot import PAGE_COLUMNS as ZERO_SHOT_COLUMNS
 from pipeline.run import run_pipeline
 from pipeline.sources import read_manifest
 from pipeline.verify import features, verify
@@ -109,7 +110,7 @@ def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
 
 def test_companies_table(demo_run: dict) -> None:
     companies = demo_run["companies"].set_index("company")
-    assert list(demo_run["companies"].columns) == [*COMPANY_COLUMNS, *PAGE_COLUMNS, "n_face_repeated", "n_face_shared"]  # contract first
+    assert list(demo_run["companies"].columns) == [*COMPANY_COLUMNS, *PAGE_COLUMNS, *ZERO_SHOT_COLUMNS, "n_face_repeated", "n_face_shared"]
     assert companies.loc["tiny-startup", "status"] == "too_few_images"
     assert np.isnan(companies.loc["tiny-startup", "homogeneity_index"])
     templated, varied = companies.loc["northwind-legal"], companies.loc["bluebird-bakery"]

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.calibration import EDITS
@@ -92,6 +93,8 @@ def test_tiny_clip_checkpoint_runs_the_real_pipeline_end_to_end(tiny_checkpoint:
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-3)
     meta = json.loads((Path(result.outputs["index"]) / "meta.json").read_text())
     assert meta["embedder"] == result.embedder and meta["n"] == len(keys)
+    companies = pd.read_parquet(result.outputs["companies"])  # the text tower ran: zero-shot columns are filled
+    assert (companies["zero_shot_status"] == "ok").all() and companies["ai_share"].between(0, 1).all()
 
 
 def test_prefetched_file_path_equals_in_memory_path(tiny_checkpoint: Path, tmp_path: Path) -> None:

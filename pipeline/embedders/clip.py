@@ -247,6 +247,16 @@ class ClipEmbedder:
             features = torch.nn.functional.normalize(features, dim=-1)
         return features.cpu().numpy().astype(np.float32)
 
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text-tower vectors (zero-shot prompts), in the image vectors' space."""
+        import torch
+
+        tokens = _open_clip().get_tokenizer(self.model_name)(list(texts)).to(self.device)
+        with torch.inference_mode():
+            features = self.model.encode_text(tokens).float()
+            features = torch.nn.functional.normalize(features, dim=-1)
+        return features.cpu().numpy().astype(np.float32)
+
     def embed_images(self, images: Sequence["Image.Image"]) -> np.ndarray:
         import torch
 
