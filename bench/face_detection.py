@@ -12,17 +12,16 @@ from pathlib import Path
 
 from PIL import Image
 
+from pipeline.calibration import DEFAULT_CORPUS, corpus_pictures
 from pipeline.faces import detect_faces
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "headshots"))
+    parser.add_argument("--root", type=Path, default=DEFAULT_CORPUS)
     args = parser.parse_args()
-    root = Path(args.root)
-    if not root.is_dir():
-        raise SystemExit(f"corpus not found at {root}: nothing to measure")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    root = args.root
+    files = corpus_pictures(root)
     found, total = collections.Counter(), collections.Counter()
     start = time.perf_counter()
     for path in files:

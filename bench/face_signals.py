@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
+from pipeline.calibration import DEFAULT_CORPUS, corpus_pictures
 from pipeline.face_signals import PAGE_COLUMNS, page_signals, photo_signals
 
 EXPECTED = {  # direction "more templated / more AI-like" than the real page
@@ -25,14 +26,12 @@ EXPECTED = {  # direction "more templated / more AI-like" than the real page
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "headshots"))
+    parser.add_argument("--root", type=Path, default=DEFAULT_CORPUS)
     args = parser.parse_args()
-    root = Path(args.root)
-    if not root.is_dir():
-        raise SystemExit(f"corpus not found at {root}")
+    root = args.root
     rows = []
     start = time.perf_counter()
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    files = corpus_pictures(root)
     for path in files:
         parts = path.relative_to(root).parts
         page = parts[0] if parts[0] != "ai_diffusion_packs" or len(parts) < 3 else f"pack:{parts[1]}"

@@ -9,6 +9,8 @@ and recall off the similarity scores.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import io
 from collections.abc import Callable
 
@@ -82,3 +84,14 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
         if f1 > best[3]:
             best = (float(threshold), precision, recall, f1)
     return best
+
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def corpus_pictures(root: Path) -> list[Path]:
+    """Every picture below the corpus folder, sorted; a clear error where the corpus is absent."""
+    if not root.is_dir():
+        raise SystemExit(f"corpus not found at {root}: nothing to measure")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES)
