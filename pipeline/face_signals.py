@@ -241,7 +241,7 @@ def add_page_columns(companies, faces):  # noqa: ANN001, ANN201
     """The companies table with each page's template-signal columns (NaN where a page had no photo)."""
     import pandas as pd
 
-    if faces is None or faces.empty:
+    if faces.empty:
         return companies.assign(**{column: math.nan for column in PAGE_COLUMNS})
     per_page = pd.DataFrame({company: page_signals(group) for company, group in faces.groupby("company")}).T
     per_page.index.name = "company"

@@ -273,6 +273,19 @@ def pixel_digest(rgb: Image.Image) -> str:
 
 
 # -------------------------------------------------------------------- intake
+def store_original(warehouse: Warehouse, privacy: PrivacyConfig, run_date: str, sha256: str, extension: str, data: bytes) -> str:
+    """Store a picture's original bytes where the privacy mode says; returns the object's key.
+
+    Kept originals are content-addressed under objects/raw; in no-raw-images mode they live in the
+    run's staging area, which is dropped when the run ends."""
+    if privacy.keep_raw_images:
+        key = Warehouse.object_key("raw", sha256, extension)
+    else:
+        key = Warehouse.staging_key(run_date, sha256, extension)
+    warehouse.put_object(key, data)
+    return key
+
+
 def ingest_one(
     row: ManifestRow,
     warehouse: Warehouse,
@@ -303,11 +316,7 @@ def ingest_one(
     record.warnings = list(decoded.warnings)
     record.pixel_sha256 = pixel_digest(decoded.rgb)
     record.phash = str(imagehash.phash(decoded.rgb))
-    if privacy.keep_raw_images:
-        record.raw_object = Warehouse.object_key("raw", sha, decoded.extension)
-    else:
-        record.raw_object = Warehouse.staging_key(run_date, sha, decoded.extension)
-    warehouse.put_object(record.raw_object, data)
+    record.raw_object = store_original(warehouse, privacy, run_date, sha, decoded.extension, data)
     if privacy.keep_thumbnails:
         record.thumbnail_object = Warehouse.object_key("thumbs", sha, "jpg")
         if not warehouse.exists(record.thumbnail_object):

@@ -135,8 +135,8 @@ def finish(plan: dict[str, Any], stages: dict[str, dict[str, Any]]) -> dict[str,
     `stages`: what gather (crawl, intake), embed, index, analyze and report returned."""
     from pipeline.run import finish_run
 
-    gathered = stages.pop("gather")
-    stages = {"crawl": gathered["crawl"], "intake": gathered["intake"], **stages}
+    gathered = stages["gather"]
+    stages = {"crawl": gathered["crawl"], "intake": gathered["intake"], **{k: v for k, v in stages.items() if k != "gather"}}
     result = finish_run(settings_for(plan), plan["run_date"], stages, source=plan["sites_file"], started=plan["started"])
     return result.as_json()
 

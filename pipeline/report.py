@@ -64,7 +64,7 @@ def load_run(settings: Settings, run_date: str, embedder_id: str, embedder_fallb
     store = Warehouse(settings.warehouse)
 
     def table(name: str) -> pd.DataFrame:
-        return store.read_table(name, run_date) if store.exists(store.table_file(name, run_date)) else pd.DataFrame()
+        return store.read_table(name, run_date)  # empty where the run has no such table
 
     images = table("images")
     ok = images[images["status"] == "ok"] if len(images) else images
@@ -406,12 +406,13 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
     overall_near_dup = float(np.nansum(data.companies["near_dup_rate"] * data.companies["n_images"]) / max(1, data.companies["n_images"].sum())) if len(data.companies) else 0.0
     map_png, map_note = umap_map(store, data)
     companies = _company_table(data)
+    failures = _failures(data)
     common = {"run_date": data.run_date, "embedder": data.embedder, "embedder_fallback": data.embedder_fallback, "offline": offline}
     folder = data.run_date
     index_uri = reports.write_bytes(f"{folder}/index.html", env.get_template("run_report.html.j2").render(
         **common, companies=companies, n_companies=len(companies), n_ok=n_ok, n_rows=len(data.images),
         overall_near_dup=overall_near_dup, n_pairs=len(data.pairs), reuse=_reuse_rows(store, data),
-        forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=_failures(data),
+        forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
         signal_columns=[(column, label) for column, label, *_ in TEMPLATE_SIGNALS],
     ).encode("utf-8"))  # fmt: skip
     for row in data.companies.itertuples(index=False):
@@ -420,7 +421,7 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         **common, "report": index_uri, "n_rows": len(data.images), "n_ok": n_ok, "near_dup_rate": overall_near_dup,
         "n_pairs": len(data.pairs), "n_cross_company_pairs": len(data.reuse),
         "companies": [{k: v for k, v in c.items() if k not in ("spark",)} for c in companies],
-        "failures": {"n_failed": _failures(data)["n_failed"]},
+        "failures": {"n_failed": failures["n_failed"]},
     }  # fmt: skip
     summary_uri = reports.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
     return {"report": index_uri, "summary": summary_uri}

@@ -14,6 +14,7 @@ import logging
 import platform
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from pipeline import __version__
@@ -25,12 +26,12 @@ from pipeline.identity import page_counts
 from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
 from pipeline.sources import ManifestRow
-
-if TYPE_CHECKING:
-    import pandas as pd
 from pipeline.warehouse import Warehouse, validate_run_date
 from pipeline.zero_shot import cached_prompt_vectors
 from pipeline.zero_shot import page_table as zero_shot_pages
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -85,14 +86,18 @@ def crawl_company_stage(sites_file: str, company: str, settings: Settings, run_d
     warehouse.remove(folder, recursive=True)  # an interrupted earlier attempt must not pass for this one
     result = crawl_company(sites.company(company), settings, crawl_settings(settings, sites), warehouse, run_date)
     log = pd.DataFrame(result.log, columns=LOG_COLUMNS)
-    warehouse.write_table_file(f"{folder}/log.parquet", _arrow(log))
+    warehouse.write_frame(f"{folder}/log.parquet", log)
     manifest = warehouse.write_bytes(f"{folder}/manifest.csv", manifest_csv(result.manifest))  # written last: the mark of a finished crawl
-    images = log[log["kind"] == "image"]["status"].value_counts()
     return {
-        "company": company, "manifest": manifest, "candidates": int(images.sum()),
-        **{status: int(images.get(status, 0)) for status in ("kept", "skipped", "rejected", "error")},
+        "company": company, "manifest": manifest, **_crawl_counts(log),
         "pages_failed": int(((log["kind"] == "page") & (log["status"] != "crawled")).sum()),
     }  # fmt: skip
+
+
+def _crawl_counts(log: "pd.DataFrame") -> dict[str, int]:
+    """Candidate pictures of a crawl log, and how many were kept, skipped, rejected or failed."""
+    images = log[log["kind"] == "image"]["status"].value_counts()
+    return {"candidates": int(images.sum()), **{status: int(images.get(status, 0)) for status in ("kept", "skipped", "rejected", "error")}}
 
 
 def collect_crawl_stage(sites_file: str, settings: Settings, run_date: str) -> dict[str, Any]:
@@ -115,17 +120,14 @@ def collect_crawl_stage(sites_file: str, settings: Settings, run_date: str) -> d
             } for url in site.urls], columns=LOG_COLUMNS))  # fmt: skip
             continue
         manifests.append(pd.read_csv(io.BytesIO(warehouse.read_bytes(f"{folder}/manifest.csv")), dtype=str, keep_default_na=False))
-        with warehouse.fs.open(warehouse.path(folder, "log.parquet"), "rb") as handle:
-            logs.append(pd.read_parquet(handle))
+        logs.append(warehouse.read_frame(f"{folder}/log.parquet"))
     manifest = pd.concat(manifests, ignore_index=True) if manifests else pd.DataFrame(columns=MANIFEST_COLUMNS)
     log = pd.concat(logs, ignore_index=True) if logs else pd.DataFrame(columns=LOG_COLUMNS)
     manifest_uri = warehouse.write_bytes(f"{crawl_folder(run_date)}/manifest.csv", manifest_csv(manifest.to_dict("records")))
-    images = log[log["kind"] == "image"]["status"].value_counts()
     if failed:
         logger.warning("crawl did not finish for %d company(ies): %s", len(failed), ", ".join(failed))
     return {
-        "manifest": manifest_uri, "crawl_log": warehouse.write_table("crawl_log", run_date, log),
-        "candidates": int(images.sum()), **{status: int(images.get(status, 0)) for status in ("kept", "skipped", "rejected", "error")},
+        "manifest": manifest_uri, "crawl_log": warehouse.write_table("crawl_log", run_date, log), **_crawl_counts(log),
         "companies_failed": len(failed), "failed_companies": failed,
     }  # fmt: skip
 
@@ -140,12 +142,6 @@ def crawl_stage(sites_file: str, settings: Settings, run_date: str) -> dict[str,
         except Exception:  # one broken site must not stop the others; collect records it
             logger.exception("crawl of %s failed", site.name)
     return collect_crawl_stage(sites_file, settings, run_date)
-
-
-def _arrow(frame):  # noqa: ANN001, ANN202
-    import pyarrow as pa
-
-    return pa.Table.from_pandas(frame, preserve_index=False)
 
 
 def _previous_images(warehouse: Warehouse) -> "pd.DataFrame | None":
@@ -176,16 +172,13 @@ def intake_folder(run_date: str, company: str) -> str:
 def intake_company_stage(manifest: str, company: str, settings: Settings, run_date: str) -> dict[str, Any]:
     """Intake of one company's rows of a manifest into a per-company part of the run's `images`
     table (joined by `collect_intake_stage`): how Airflow fans intake out per company."""
-    import pyarrow as pa
-
     from pipeline.sources import read_manifest
 
     warehouse = Warehouse(settings.warehouse)
     rows = [row for row in read_manifest(manifest) if row.company == company]
     images = ingest(rows, warehouse, run_date, settings.intake, settings.privacy, progress=False, previous=_previous_images(warehouse))
-    key = intake_folder(run_date, company)
-    warehouse.write_table_file(key, pa.Table.from_pandas(images, preserve_index=False))
-    return {"company": company, "part": warehouse.uri(key), **_intake_counts(images)}
+    part = warehouse.write_frame(intake_folder(run_date, company), images)
+    return {"company": company, "part": part, **_intake_counts(images)}
 
 
 def collect_intake_stage(settings: Settings, run_date: str, companies: list[str]) -> dict[str, Any]:
@@ -204,8 +197,7 @@ def collect_intake_stage(settings: Settings, run_date: str, companies: list[str]
         if not warehouse.exists(key):
             missing.append(company)
             continue
-        with warehouse.fs.open(warehouse.path(key), "rb") as handle:
-            parts.append(pd.read_parquet(handle))
+        parts.append(warehouse.read_frame(key))
     images = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=IMAGE_COLUMNS)
     if missing:
         logger.warning("intake did not finish for %d company(ies): %s", len(missing), ", ".join(missing))
@@ -265,12 +257,14 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     vector_index = load_index(warehouse, embedder_id, run_date)
     vectors = vectors_for(warehouse, embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
-    analysis = analyze(warehouse.read_table("images", run_date), embeddings, vector_index, warehouse, settings.thresholds)
-    faces = warehouse.read_table("faces", run_date) if warehouse.exists(warehouse.table_file("faces", run_date)) else None
+    images = warehouse.read_table("images", run_date)
+    analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds)
+    faces = warehouse.read_table("faces", run_date)  # empty where the faces stage did not run
     analysis.companies = add_page_columns(analysis.companies, faces)
-    if warehouse.exists(warehouse.table_file("zero_shot", run_date)):
-        analysis.companies = analysis.companies.merge(warehouse.read_table("zero_shot", run_date).drop(columns=["run_date"], errors="ignore"), on="company", how="left")
-    identities, n_descriptors = _identities(warehouse, settings, run_date, faces, analysis.pairs)
+    styles = warehouse.read_table("zero_shot", run_date)
+    if len(styles):
+        analysis.companies = analysis.companies.merge(styles, on="company", how="left")
+    identities, n_descriptors = _identities(warehouse, settings, images, faces, analysis.pairs)
     analysis.companies = analysis.companies.merge(page_counts(identities, list(analysis.companies["company"])), on="company", how="left")
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
     outputs["identities"] = warehouse.write_table("identities", run_date, identities)
@@ -285,16 +279,17 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     }  # fmt: skip
 
 
-def _identities(warehouse: Warehouse, settings: Settings, run_date: str, faces: "pd.DataFrame | None", pairs: "pd.DataFrame") -> tuple["pd.DataFrame", int]:
+def _identities(
+    warehouse: Warehouse, settings: Settings, images: "pd.DataFrame", faces: "pd.DataFrame", pairs: "pd.DataFrame"
+) -> tuple["pd.DataFrame", int]:
     """Same face, different photographs: descriptors of the run's faces (in memory unless
     privacy.keep_face_descriptors), paired, minus pairs that are copies of one photograph."""
     import pandas as pd
 
     from pipeline.identity import PAIR_COLUMNS, face_descriptors, identity_table
 
-    if faces is None or not (faces["n_faces"] > 0).any():
+    if faces.empty or not (faces["n_faces"] > 0).any():
         return pd.DataFrame(columns=PAIR_COLUMNS), 0
-    images = warehouse.read_table("images", run_date)
     ok = images[images["status"] == "ok"]
     contents = list(faces.loc[faces["n_faces"] > 0, "content_sha256"].drop_duplicates())
     descriptors, n_computed = face_descriptors(warehouse, ok.drop_duplicates("content_sha256"), contents, settings.privacy.keep_face_descriptors,

@@ -135,11 +135,21 @@ class Warehouse:
     # ---------------------------------------------------------------- tables
     def write_table(self, table: str, run_date: str, frame: pd.DataFrame) -> str:
         """Replace the `run_date` partition of `table` with `frame`; returns the file's URI."""
+        return self.write_frame(self.table_file(table, run_date), frame)
+
+    def write_frame(self, key: str, frame: pd.DataFrame) -> str:
+        """Atomically write a data frame as one Parquet file at `key`; returns its URI."""
         import pyarrow as pa
 
-        key = self.table_file(table, run_date)
         self.write_table_file(key, pa.Table.from_pandas(frame, preserve_index=False))
         return self.uri(key)
+
+    def read_frame(self, key: str) -> pd.DataFrame:
+        """One Parquet file of the warehouse as a data frame."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open(self.path(key), "rb") as handle:
+            return pq.read_table(handle).to_pandas()
 
     def write_table_file(self, key: str, table: "pyarrow.Table") -> str:
         """Atomically write one Parquet file at `key`."""
@@ -174,14 +184,9 @@ class Warehouse:
 
     def read_table(self, table: str, run_date: str | None = None) -> pd.DataFrame:
         """One partition, or all of them with a `run_date` column; empty frame if there is none."""
-        import pyarrow.parquet as pq
-
         if run_date is not None:
             key = self.table_file(table, run_date)
-            if not self.exists(key):
-                return pd.DataFrame()
-            with self.fs.open(self.path(key), "rb") as handle:
-                return pq.read_table(handle).to_pandas()
+            return self.read_frame(key) if self.exists(key) else pd.DataFrame()
         frames = [
             self.read_table(table, date).assign(run_date=date) for date in self.run_dates(table)
         ]

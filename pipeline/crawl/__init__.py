@@ -426,16 +426,13 @@ def _object_exists(item: _Pending, known: dict[str, dict], warehouse: Warehouse)
 
 
 def _store(item: _Pending, known: dict[str, dict], warehouse: Warehouse, settings: Settings, run_date: str) -> str:
+    from pipeline.intake import store_original
+
     if item.data is None:
         return known[item.candidate.url]["object"]
     facts = item.facts
     assert facts is not None
-    if settings.privacy.keep_raw_images:
-        key = Warehouse.object_key("raw", facts.sha256, facts.extension)
-    else:  # no-raw-images mode: the run's staging area, dropped when the run ends
-        key = Warehouse.staging_key(run_date, facts.sha256, facts.extension)
-    warehouse.put_object(key, item.data)
-    return key
+    return store_original(warehouse, settings.privacy, run_date, facts.sha256, facts.extension, item.data)
 
 
 # ------------------------------------------------------------------ files
