@@ -13,17 +13,21 @@ plus nearest-neighbour pairs at or above the embedder's *style* threshold: deter
 parameter-light and built from the same sparse neighbour search (HDBSCAN would need a dense or
 tree index over 512-d vectors and gives run-to-run label changes for borderline points).
 
-The homogeneity index of a page is the expected similarity of two different photos on it:
+The homogeneity index of a page is the expected similarity of two different photos on it, measured
+after taking out what every headshot shares (pipeline/reference.py: the embedder's fixed reference
+mean is subtracted and the vectors re-normalised, c(i, j) = cosine of the centred vectors):
 
     H = mean over unordered pairs {i, j} of k(i, j),  k = 1 for exact/near-duplicate pairs,
-                                                     k = max(0, cosine) otherwise
+                                                     k = max(0, c(i, j)) otherwise
 
-It is 0 for mutually orthogonal photos, 1 for one photo repeated. It uses the page alone (no other
-company enters it), and as a U-statistic its expectation does not depend on how many photos the page
-has, so pages of different sizes and runs with the same embedder compare directly; only its
-uncertainty shrinks with size. The 95% interval is a percentile bootstrap over the page's photos
-(pairs of the same resampled photo are left out, as the U-statistic bootstrap requires), seeded by
-the company name so that reruns give identical numbers.
+It is ~0 for unrelated headshots, 1 for one photo repeated. It uses the page alone (no other
+company enters it; the reference is fixed per embedder), and as a U-statistic its expectation does
+not depend on how many photos the page has, so pages of different sizes and runs with the same
+embedder and reference compare directly; only its uncertainty shrinks with size. The 95% interval is
+a percentile bootstrap over the page's photos (pairs of the same resampled photo are left out, as
+the U-statistic bootstrap requires), seeded by the company name so that reruns give identical
+numbers. `mean_pairwise_similarity` is the raw (uncentred) cosine mean; the Vendi score is computed
+on the centred vectors.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ import pandas as pd
 from pipeline.config import ThresholdsConfig
 from pipeline.embed import Embeddings
 from pipeline.index import VectorIndex, knn_pairs
+from pipeline.reference import Reference
 from pipeline.verify import VerifyParams, features, verify
 from pipeline.warehouse import Warehouse
 
@@ -49,7 +54,7 @@ CLUSTER_COLUMNS = ["image", "company", "cluster_id"]
 COMPANY_COLUMNS = [
     "company", "n_images", "near_dup_rate", "mean_pairwise_similarity", "vendi_score", "homogeneity_index",
     "ci_low", "ci_high", "n_clusters", "largest_cluster_share", "embedder", "status", "n_rows", "n_errors",
-    "n_reused_images", "n_partner_companies",
+    "n_reused_images", "n_partner_companies", "index_reference",
 ]  # fmt: skip
 
 
@@ -215,6 +220,12 @@ def homogeneity(kernel: np.ndarray, samples: int, seed: int) -> tuple[float, flo
     return float(index), float(low), float(high)
 
 
+def page_index(centred: np.ndarray, duplicate: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
+    """The homogeneity index of one page and its interval, from its reference-centred unit vectors
+    and which of its pairs are exact/near-duplicates (module doc)."""
+    return homogeneity(pair_kernel(centred @ centred.T, duplicate), samples, seed)
+
+
 def vendi_score(vectors: np.ndarray) -> float:
     """exp(entropy of the eigenvalues of K/n), K the cosine Gram matrix: the effective number of
     distinct photos (1 = all identical, n = all orthogonal). Computed from the d x d matrix."""
@@ -231,6 +242,7 @@ def company_metrics(
     pairs: pd.DataFrame,
     clusters: pd.DataFrame,
     thresholds: ThresholdsConfig,
+    reference: Reference,
 ) -> pd.DataFrame:
     position = {content: i for i, content in enumerate(embeddings.content_sha256)}
     within = pairs[pairs["company_a"] == pairs["company_b"]]
@@ -243,7 +255,7 @@ def company_metrics(
         n = len(ok)
         record = {
             "company": company, "n_images": n, "embedder": embeddings.embedder_id, "n_rows": len(rows),
-            "n_errors": int((rows["status"] != "ok").sum()), "status": "ok",
+            "n_errors": int((rows["status"] != "ok").sum()), "status": "ok", "index_reference": reference.id,
         }  # fmt: skip
         dup_here = within[within["company_a"] == company]
         images_with_dup = set(dup_here["image_a"]) | set(dup_here["image_b"])
@@ -267,10 +279,11 @@ def company_metrics(
         for a, b in zip(dup_here["image_a"], dup_here["image_b"]):
             if a in image_index and b in image_index:
                 duplicate[image_index[a], image_index[b]] = duplicate[image_index[b], image_index[a]] = True
-        similarities = vectors @ vectors.T
-        record["mean_pairwise_similarity"] = float((similarities.sum() - np.trace(similarities)) / (n * (n - 1)))
-        record["vendi_score"] = vendi_score(vectors)
-        index, low, high = homogeneity(pair_kernel(similarities, duplicate), thresholds.bootstrap_samples, _seed(company))
+        raw = vectors @ vectors.T
+        record["mean_pairwise_similarity"] = float((raw.sum() - np.trace(raw)) / (n * (n - 1)))
+        centred = reference.centre(vectors)
+        record["vendi_score"] = vendi_score(centred)
+        index, low, high = page_index(centred, duplicate, thresholds.bootstrap_samples, _seed(company))
         record.update(homogeneity_index=index, ci_low=low, ci_high=high)
         records.append(record)
     return pd.DataFrame(records, columns=COMPANY_COLUMNS)
@@ -284,13 +297,14 @@ TREND_COLUMNS = [
 
 
 def trends_table(history: pd.DataFrame, current: pd.DataFrame, run_date: str) -> pd.DataFrame:
-    """Every run of each company with this run's embedder up to `run_date`, with the change since
-    the previous one. A change is significant when |z| > 1.96, z = change / sqrt(se1^2 + se2^2),
+    """Every run of each company with this run's embedder and index reference up to `run_date`, with
+    the change since the previous one (indexes measured otherwise are not comparable, so not joined). A change is significant when |z| > 1.96, z = change / sqrt(se1^2 + se2^2),
     each se read off the 95% bootstrap interval as (high - low) / (2 * 1.96)."""
     embedder = current["embedder"].iloc[0] if len(current) else ""
+    reference = current["index_reference"].iloc[0] if len(current) else ""
     frames = [current.assign(run_date=run_date)]
-    if not history.empty:
-        earlier = history[(history["run_date"] < run_date) & (history["embedder"] == embedder)]
+    if not history.empty and "index_reference" in history:
+        earlier = history[(history["run_date"] < run_date) & (history["embedder"] == embedder) & (history["index_reference"] == reference)]
         frames.insert(0, earlier)
     runs = pd.concat(frames, ignore_index=True)
     runs = runs[runs["status"] == "ok"].sort_values(["company", "run_date"], ignore_index=True)
@@ -313,6 +327,7 @@ def analyze(
     vector_index: VectorIndex,
     warehouse: Warehouse,
     thresholds: ThresholdsConfig,
+    reference: Reference,
 ) -> Analysis:
     family = embedder_family(embeddings.embedder_id)
     candidate_threshold = thresholds.candidate[family]
@@ -335,6 +350,6 @@ def analyze(
     edges += [(embeddings.content_sha256[i], embeddings.content_sha256[j]) for i, j, s in candidates if s >= style_threshold]
     edges += [(content, rep) for content, rep in representative.items() if content != rep]
     clusters = style_clusters(ok, embeddings, edges, images)
-    companies = company_metrics(images, embeddings, pairs, clusters, thresholds)
+    companies = company_metrics(images, embeddings, pairs, clusters, thresholds, reference)
     reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
     return Analysis(pairs, clusters, companies, reuse, len(candidates), len(near))

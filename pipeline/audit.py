@@ -64,6 +64,7 @@ def audit(source: str, company: str, settings: Settings, run_date: str | None = 
     """Run the audit; returns the audit page's URI, the population's run date and the run's JSON."""
     from pipeline.crawl import company_slug
     from pipeline.embed import load_cache, resolve_embedder, write_cache_shard
+    from pipeline.reference import reference_key
     from pipeline.report import company_page_name
     from pipeline.run import run_pipeline, today
 
@@ -80,6 +81,9 @@ def audit(source: str, company: str, settings: Settings, run_date: str | None = 
     if population and population_embedder == choice.embedder.id:
         keys, vectors = load_cache(main, population_embedder)  # the nightly already embedded the population
         write_cache_shard(Warehouse(audit_settings.warehouse), population_embedder, keys, vectors)
+        reference = reference_key(population_embedder)
+        if main.exists(reference):  # the nightly's index reference, so the audit's index compares with the nightly's
+            Warehouse(audit_settings.warehouse).write_bytes(reference, main.read_bytes(reference))
     elif population:
         logger.warning("the latest nightly run used %s, this audit uses %s: the population is embedded again", population_embedder, choice.embedder.id)
     if not population:

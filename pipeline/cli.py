@@ -164,6 +164,73 @@ def models_list(
         typer.echo("no open_clip weights in the caches of this machine (see `homog models pull`)", err=True)
 
 
+reference_app = typer.Typer(
+    help="The index reference of an embedder: the mean of diverse headshots, taken out before the homogeneity index.",
+    no_args_is_help=True,
+)
+app.add_typer(reference_app, name="reference")
+
+
+@reference_app.command("fit")
+def reference_fit(
+    folders: Annotated[list[str], typer.Argument(help="Folders of diverse, unrelated headshots (local or fsspec URLs), searched recursively.")],
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse to store it in (default ./warehouse).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Write the reference to this file instead of the warehouse.")] = None,
+    embedder: Annotated[Optional[EmbedderChoice], typer.Option(help="auto, clip or classic (default: settings).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace the warehouse's existing reference (earlier indexes stop being comparable).")] = False,
+    config: ConfigOption = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Fit the embedder's index reference on chosen headshots; later runs measure against it."""
+    from pipeline.embed import resolve_embedder
+    from pipeline.embedders.clip import UnknownModel, WeightsNotFound
+    from pipeline.reference import ReferenceError, fit_from_folders, reference_key, save_reference, to_bytes
+    from pipeline.warehouse import Warehouse
+
+    _setup_logging(verbose)
+    try:
+        settings = load_settings(config, warehouse=warehouse, embedder=embedder)
+        choice = resolve_embedder(settings)
+        store = Warehouse(settings.warehouse)
+        if out is None and store.exists(reference_key(choice.embedder.id)) and not force:
+            _fail(f"{store.uri(reference_key(choice.embedder.id))} exists: indexes already measured against it would stop "
+                  "being comparable with new ones; pass --force to replace it anyway")  # fmt: skip
+        reference, skipped = fit_from_folders(folders, choice.embedder, settings.intake, progress=True)
+    except (ConfigError, SourceError, ReferenceError, WeightsNotFound, UnknownModel) as exc:
+        _fail(str(exc))
+    for uri, reason in skipped:
+        typer.echo(f"skipped {uri}: {reason}", err=True)
+    if out is not None:
+        out.write_bytes(to_bytes(reference))
+        where = str(out)
+    else:
+        where = save_reference(store, reference)
+    typer.echo(f"{reference.embedder_id} reference {reference.id} ({reference.source}) -> {where}")
+
+
+@reference_app.command("show")
+def reference_show(
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (default ./warehouse).")] = None,
+    embedder: Annotated[Optional[EmbedderChoice], typer.Option(help="auto, clip or classic (default: settings).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Which reference the next run's index will be measured against."""
+    from pipeline.embed import resolve_embedder
+    from pipeline.reference import ReferenceError, stored_reference
+    from pipeline.warehouse import Warehouse
+
+    try:
+        settings = load_settings(config, warehouse=warehouse, embedder=embedder)
+        chosen = resolve_embedder(settings).embedder
+        reference = stored_reference(Warehouse(settings.warehouse), chosen.id, chosen.dim)
+    except (ConfigError, ReferenceError) as exc:
+        _fail(str(exc))
+    if reference is None:
+        typer.echo(f"{chosen.id}: no reference yet; the first run with >= {settings.thresholds.reference_min_photos} photos fits and freezes one")
+    else:
+        typer.echo(f"{chosen.id}: reference {reference.id}, fitted on {reference.source}")
+
+
 @app.command()
 def retention(
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,

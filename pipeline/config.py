@@ -105,6 +105,10 @@ class ThresholdsConfig(_Section):
     min_images: int = Field(5, ge=3, description="Pages with fewer ok images get status too_few_images, no index.")
     bootstrap_samples: int = Field(400, ge=50, le=10_000)
     max_page_sample: int = Field(3000, ge=100, description="Larger pages are measured on a seeded sample this big.")
+    reference_min_photos: int = Field(
+        100, ge=2,
+        description="An embedder with no index reference (stored or shipped) gets one fitted and frozen by the first run with this many photos.",
+    )  # fmt: skip
 
     @field_validator("candidate", "style")
     @classmethod

@@ -407,7 +407,11 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
     map_png, map_note = umap_map(store, data)
     companies = _company_table(data)
     failures = _failures(data)
-    common = {"run_date": data.run_date, "embedder": data.embedder, "embedder_fallback": data.embedder_fallback, "offline": offline}
+    index_reference = str(data.companies["index_reference"].iloc[0]) if "index_reference" in data.companies and len(data.companies) else ""
+    common = {
+        "run_date": data.run_date, "embedder": data.embedder, "embedder_fallback": data.embedder_fallback, "offline": offline,
+        "index_reference": index_reference,
+    }  # fmt: skip
     folder = data.run_date
     index_uri = reports.write_bytes(f"{folder}/index.html", env.get_template("run_report.html.j2").render(
         **common, companies=companies, n_companies=len(companies), n_ok=n_ok, n_rows=len(data.images),

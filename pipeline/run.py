@@ -25,6 +25,7 @@ from pipeline.face_signals import add_page_columns
 from pipeline.identity import page_counts
 from pipeline.index import build_index, load_index, save_index
 from pipeline.intake import ingest, write_images_table
+from pipeline.reference import run_reference
 from pipeline.sources import ManifestRow
 from pipeline.warehouse import Warehouse, validate_run_date
 from pipeline.zero_shot import cached_prompt_vectors
@@ -258,7 +259,8 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     vectors = vectors_for(warehouse, embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
     images = warehouse.read_table("images", run_date)
-    analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds)
+    reference = run_reference(warehouse, embedder_id, list(vector_index.ids), vectors, settings.thresholds.reference_min_photos, run_date)
+    analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds, reference)
     faces = warehouse.read_table("faces", run_date)  # empty where the faces stage did not run
     analysis.companies = add_page_columns(analysis.companies, faces)
     styles = warehouse.read_table("zero_shot", run_date)

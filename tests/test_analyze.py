@@ -137,7 +137,8 @@ def test_reuse_table_lists_only_cross_company_pairs(demo_run: dict) -> None:
 
 def company_row(company: str, index: float, half_width: float, embedder: str = "classic-v1", status: str = "ok") -> dict:
     return {"company": company, "embedder": embedder, "n_images": 20, "homogeneity_index": index,
-            "ci_low": index - half_width, "ci_high": index + half_width, "near_dup_rate": 0.0, "status": status}  # fmt: skip
+            "ci_low": index - half_width, "ci_high": index + half_width, "near_dup_rate": 0.0, "status": status,
+            "index_reference": "184@test"}  # fmt: skip
 
 
 def test_trends_flag_only_changes_beyond_the_intervals() -> None:
