@@ -42,3 +42,28 @@ def test_one_template_with_another_face_is_not_the_same_photo(corpus: Path) -> N
     assert not verdict.same_photo and verdict.block_correlation > 0.99  # only the face tells them apart
     assert verify(original_features, features(template_clone), VerifyParams(min_face_correlation=-1.0)).same_photo
     assert verify(original_features, features(original.resize((400, 400)))).same_photo
+
+
+def test_every_ai_pack_and_the_studio_set_score_above_the_real_staff_page(corpus: Path) -> None:
+    """The first validation check of the analytics issue, with the shipped classic reference
+    (bench/validate_homogeneity.py runs all three through the whole pipeline)."""
+    import numpy as np
+
+    from pipeline.analyze import page_index
+    from pipeline.embedders.classic import ClassicEmbedder
+    from pipeline.reference import stored_reference
+    from pipeline.warehouse import Warehouse
+
+    embedder = ClassicEmbedder()
+    reference = stored_reference(Warehouse(str(corpus.parent / "no-warehouse-here")), embedder.id, embedder.dim)
+    assert reference is not None
+
+    def index(folder: Path) -> tuple[float, float, float]:
+        vectors = embedder.embed_uris(sorted(str(p) for p in folder.glob("*.jp*g")))
+        return page_index(reference.centre(vectors), np.zeros((len(vectors),) * 2, bool), 400, seed=0)
+
+    staff, _, staff_high = index(corpus / "real_staff_18f")
+    packs = {folder.name: index(folder)[0] for folder in sorted((corpus / "ai_diffusion_packs").iterdir())}
+    studio = index(corpus / "real_lab_london" / "neutral_front")[0]
+    assert len(packs) == 5 and all(value > staff_high for value in packs.values()), (staff, staff_high, packs)
+    assert studio > max(packs.values()) and staff < 0.3

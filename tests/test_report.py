@@ -11,9 +11,11 @@ import pytest
 
 from pipeline.config import load_settings
 from pipeline.demo_data import CORPORATE_TEMPLATE, jpeg_bytes, random_sitter, random_template, render
+from pipeline.reference import fit_reference, reference_key, save_reference
 from pipeline.report import sparkline
 from pipeline.run import run_pipeline
 from pipeline.sources import read_manifest
+from pipeline.warehouse import Warehouse
 
 RUN_DATE = "2026-11-28"
 HOSTILE_COMPANY = 'Acme <script>window.__pwned = 1</script> "Q" \u202etxt.exe \u200b\U0001F600'
@@ -133,10 +135,18 @@ def test_audit_of_an_uploaded_folder_against_the_nightly_population(hostile_run:
         (upload / f"new{i}.jpg").write_bytes(jpeg_bytes(render(random_template(rng), random_sitter(rng), 100 + i)))
     shutil.copy(root / "plain" / "p1.jpg", upload / "reposted.jpg")  # a photo another company already shows
     before = pd.read_parquet(hostile_run["result"].outputs["images"])
+    nightly = Warehouse(str(root / "wh"))
+    chosen = fit_reference(np.random.default_rng(0).normal(size=(3, 785)), "classic-v1", "the nightly's own choice")
+    save_reference(nightly, chosen)
     args = ["audit", str(upload), "--company", "Brand X", "--warehouse", str(root / "wh"), "--reports", str(root / "reports"), "--json"]
-    out = CliRunner().invoke(app, args)
+    try:
+        out = CliRunner().invoke(app, args)
+    finally:
+        nightly.remove(reference_key("classic-v1"))
     assert out.exit_code == 0, out.output
     result = json.loads(out.stdout.strip().splitlines()[-1])
+    audited = pd.read_parquet(result["run"]["outputs"]["companies"])
+    assert set(audited["index_reference"]) == {chosen.id}  # measured like the nightly it is compared with
     page = Path(result["page"])
     assert page.is_file() and "Brand audit: Brand X" in page.read_text()
     assert result["population_run_date"] == RUN_DATE and result["population_rows"] == 12
