@@ -73,6 +73,7 @@ def main() -> None:
         writer.writerow(["company", "image"])
         writer.writerows(rows)
     settings = load_settings(warehouse=args.warehouse or str(scratch / "warehouse"), embedder=args.embedder)
+    ensure_reference(settings)
     result = run_pipeline(read_manifest(str(manifest)), settings, run_date="2026-01-01", progress=False)
     import pandas as pd
 
@@ -94,6 +95,22 @@ def main() -> None:
     print(f"18F subsets 10/20/40: intervals {' '.join(f'[{l:.3f}, {h:.3f}]' for l, h in intervals)}; all overlap: {overlap}")
     if args.draws:
         robustness(settings, result.embedder, staff, args.draws)
+
+
+def ensure_reference(settings) -> None:  # type: ignore[no-untyped-def]
+    """Without a stored or shipped reference the run would freeze one fitted on the validation pages
+    themselves; fit it instead on the same held-out folders as the shipped classic one."""
+    from pipeline.embed import resolve_embedder
+    from pipeline.reference import fit_from_folders, save_reference, stored_reference
+    from pipeline.warehouse import Warehouse
+
+    embedder = resolve_embedder(settings).embedder
+    warehouse = Warehouse(settings.warehouse)
+    if stored_reference(warehouse, embedder.id, embedder.dim) is None:
+        folders = [str(CORPUS / "real_ffhq"), str(CORPUS / "ai_stylegan2")]
+        reference, _ = fit_from_folders(folders, embedder, settings.intake)
+        save_reference(warehouse, reference)
+        print(f"fitted a {embedder.id} reference on {reference.source}")
 
 
 def robustness(settings, embedder_id: str, staff: list[str], draws: int) -> None:  # type: ignore[no-untyped-def]
