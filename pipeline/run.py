@@ -9,11 +9,14 @@ same functions and pass nothing heavier than a path between them.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import logging
 import platform
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 import numpy as np
 
@@ -38,6 +41,19 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_KEYS = ("images", "pairs", "companies", "clusters", "report")  # DESIGN.md contract; more are added
 NOT_COUNTS = frozenset({"dim"})  # integers stages return that are not counts
+StageArgs = ParamSpec("StageArgs")
+
+
+def timed(stage: Callable[StageArgs, dict[str, Any]]) -> Callable[StageArgs, dict[str, Any]]:
+    """Add the stage's wall time to what it returns (`seconds`), so run.json says where a run spent it."""
+
+    @functools.wraps(stage)
+    def run(*args: StageArgs.args, **kwargs: StageArgs.kwargs) -> dict[str, Any]:
+        start = time.perf_counter()
+        returned = stage(*args, **kwargs)
+        return {**returned, "seconds": round(time.perf_counter() - start, 3)}
+
+    return run
 
 
 @dataclass
@@ -133,6 +149,7 @@ def collect_crawl_stage(sites_file: str, settings: Settings, run_date: str) -> d
     }  # fmt: skip
 
 
+@timed
 def crawl_stage(sites_file: str, settings: Settings, run_date: str) -> dict[str, Any]:
     """Every company of the sites file, one after another, then the joined manifest."""
     from pipeline.crawl import load_sites
@@ -156,6 +173,7 @@ def _intake_counts(images: "pd.DataFrame") -> dict[str, int]:
     return {"rows": len(images), "ok": n_ok, "error": len(images) - n_ok, "companies": int(images["company"].nunique())}
 
 
+@timed
 def intake_stage(rows: list[ManifestRow], settings: Settings, run_date: str, progress: bool = True) -> dict[str, Any]:
     """Fetch, check and store every row; writes the `images` table. Returns its URI and counts."""
     warehouse = Warehouse(settings.warehouse)
@@ -208,6 +226,7 @@ def collect_intake_stage(settings: Settings, run_date: str, companies: list[str]
     }  # fmt: skip
 
 
+@timed
 def faces_stage(settings: Settings, run_date: str) -> dict[str, Any]:
     """Face detection and template signals for the run's `ok` images; writes the `faces` table."""
     from pipeline.face_signals import measure_images
@@ -220,6 +239,7 @@ def faces_stage(settings: Settings, run_date: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+@timed
 def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None = None, progress: bool = True) -> dict[str, Any]:
     """Embed the run's distinct `ok` images into the embedding cache (cache hits cost nothing)."""
     warehouse = Warehouse(settings.warehouse)
@@ -235,6 +255,7 @@ def embed_stage(settings: Settings, run_date: str, choice: EmbedderChoice | None
     }  # fmt: skip
 
 
+@timed
 def index_stage(settings: Settings, run_date: str, embedder_id: str, dim: int) -> dict[str, Any]:
     """Build and save the run's FAISS index from the cached vectors of its distinct `ok` images."""
     warehouse = Warehouse(settings.warehouse)
@@ -244,6 +265,7 @@ def index_stage(settings: Settings, run_date: str, embedder_id: str, dim: int) -
     return {"index": save_index(warehouse, vector_index, embedder_id, run_date), "index_kind": vector_index.kind}
 
 
+@timed
 def report_stage(settings: Settings, run_date: str, embedder_id: str, embedder_fallback: str = "") -> dict[str, Any]:
     """The HTML run report, the companies' audit pages and summary.json, from the warehouse."""
     from pipeline.report import report_stage as render
@@ -251,6 +273,7 @@ def report_stage(settings: Settings, run_date: str, embedder_id: str, embedder_f
     return render(settings, run_date, embedder_id, embedder_fallback)
 
 
+@timed
 def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[str, Any]:
     """Near-duplicates, clusters, per-company metrics, reuse and trends from what the earlier
     stages stored for `run_date`; writes those tables. Returns their URIs and counts."""
@@ -354,6 +377,7 @@ def finish_run(
             "source": source,
             "started_at": started,
             "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "stage_seconds": {name: stage["seconds"] for name, stage in stages.items() if stage and "seconds" in stage},
             "embedder_requested": settings.embedder,
             "index_kind": index["index_kind"],
             "settings": settings.model_dump(mode="json"),

@@ -61,6 +61,7 @@ def test_run_follows_the_json_contract(demo: Path, tmp_path: Path) -> None:
     assert (images["status"] == "ok").all() and (images["error"] == "").all()
     run_record = json.loads((tmp_path / "wh" / "runs" / f"run_date={RUN_DATE}" / "run.json").read_text())
     assert run_record["embedder_requested"] == "auto" and run_record["source"] == str(demo)
+    assert set(run_record["stage_seconds"]) == set(result["stages_run"]) and min(run_record["stage_seconds"].values()) >= 0
 
 
 def test_folder_input_gives_one_row_per_file(demo: Path, tmp_path: Path) -> None:
