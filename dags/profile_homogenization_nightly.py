@@ -3,7 +3,8 @@
 
 Every night: read `sites.yaml`, crawl each company's team pages and take their pictures in (one
 mapped task per company: a failing site fails alone and is reported in the `crawl_log` table and in
-`run.json`), measure faces and template signals, embed the run's pictures (embedding pool, optional GPU queue), build the run's FAISS
+`run.json`), measure faces and template signals, embed the run's new pictures (`embed_shards` mapped
+tasks split by content hash, embedding pool, optional GPU queue), build the run's FAISS
 index, compute near-duplicates, clusters, homogeneity indexes, cross-company reuse and trends, render
 the HTML run report and every company's audit page, then write `run.json` and publish the
 `profile_homogenization_run` asset.
@@ -25,6 +26,7 @@ from airflow.sdk import Asset, Param, dag, get_current_context, task
 
 from pipeline.orchestration import dag_arguments, location_params
 
+EMBED_QUEUE = os.environ.get("HOMOG_EMBED_QUEUE", "default")
 NIGHTLY_RUN = Asset(name="profile_homogenization_run", uri="file:///profile-homogenization/runs")
 
 
@@ -63,11 +65,21 @@ def profile_homogenization_nightly():
 
         return gather(run)
 
-    @task(pool="embedding", queue=os.environ.get("HOMOG_EMBED_QUEUE", "default"))
-    def embed(run: dict, _gathered: dict) -> dict:
+    @task
+    def embed_shards(run: dict, _gathered: dict) -> list:
+        return run["embed_shards"]  # mapping needs a task's own return value
+
+    @task(pool="embedding", queue=EMBED_QUEUE, map_index_template="shard {{ shard }}")
+    def embed_part(run: dict, shard: int) -> dict:
+        from pipeline.orchestration import embed_part
+
+        return embed_part(run, shard)
+
+    @task(pool="embedding", queue=EMBED_QUEUE)
+    def embed(run: dict, parts: list) -> dict:
         from pipeline.orchestration import embed
 
-        return embed(run)
+        return embed(run, list(parts))
 
     @task
     def faces(run: dict, _gathered: dict) -> dict:
@@ -104,7 +116,8 @@ def profile_homogenization_nightly():
     done = crawl_and_intake.partial(run=run).expand(company=companies(run))
     gathered = gather(run, done)
     measured = faces(run, gathered)
-    embedded = embed(run, gathered)
+    parts = embed_part.partial(run=run).expand(shard=embed_shards(run, gathered))
+    embedded = embed(run, parts)
     indexed = index(run, embedded)
     analysed = analyze(run, embedded, indexed, measured)
     reported = report(run, embedded, analysed)

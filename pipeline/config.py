@@ -190,6 +190,10 @@ class Settings(BaseSettings):
     warehouse: str = Field("./warehouse", description="Warehouse root: a local path or any fsspec URL (s3://...).")
     reports: str = Field("./reports", description="Where HTML reports go (<reports>/<run_date>/index.html); path or fsspec URL.")
     embedder: EmbedderChoice = "auto"
+    embed_shards: int = Field(
+        1, ge=1, le=1024,
+        description="Airflow: the run's new pictures are embedded by this many mapped tasks (e.g. one per GPU worker); the CLI embeds in one process.",
+    )  # fmt: skip
     clip: ClipConfig = ClipConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()
     intake: IntakeConfig = IntakeConfig()

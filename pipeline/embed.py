@@ -110,11 +110,36 @@ class Embeddings:
     n_embedded: int  # computed in this run (the rest came from the cache)
 
 
+def distinct_ok(images: pd.DataFrame) -> pd.DataFrame:
+    return images[images["status"] == "ok"].drop_duplicates("content_sha256")
+
+
+def shard_of(content_sha256: str, n_shards: int) -> int:
+    """Which of `n_shards` embedding tasks embeds this content: a stable split by hash."""
+    return int(content_sha256[:15], 16) % n_shards
+
+
+def embed_shard(images: pd.DataFrame, warehouse: Warehouse, embedder: Embedder, shard: int, n_shards: int) -> int:
+    """Embed into the cache the run's uncached contents that fall in `shard` of `n_shards` (one
+    mapped Airflow task each; their cache shards never collide). Returns how many were embedded.
+    `embed_images` afterwards finds them cached, and embeds itself anything a shard left out."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
+    ok = distinct_ok(images)
+    cached_keys, _ = load_cache(warehouse, embedder.id)
+    missing = ok[~ok["content_sha256"].isin(set(cached_keys))]
+    mine = missing.iloc[[row for row, content in enumerate(missing["content_sha256"]) if shard_of(content, n_shards) == shard]]
+    logger.info("embed %s, shard %d of %d: %d of %d uncached images", embedder.id, shard, n_shards, len(mine), len(missing))
+    fresh = embedder.embed_uris([warehouse.uri(key) for key in mine["raw_object"]], progress=False)
+    write_cache_shard(warehouse, embedder.id, list(mine["content_sha256"]), fresh)
+    return len(mine)
+
+
 def embed_images(
     images: pd.DataFrame, warehouse: Warehouse, embedder: Embedder, progress: bool = True
 ) -> Embeddings:
     """Vectors for every distinct `ok` image of the `images` table, from the cache where possible."""
-    ok = images[images["status"] == "ok"].drop_duplicates("content_sha256")
+    ok = distinct_ok(images)
     wanted = list(ok["content_sha256"])
     cached_keys, cached = load_cache(warehouse, embedder.id)
     position = {key: i for i, key in enumerate(cached_keys)}

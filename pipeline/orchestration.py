@@ -68,6 +68,7 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[s
         "warehouse": settings.warehouse,
         "reports": settings.reports,
         "companies": [company.name for company in sites.companies],
+        "embed_shards": list(range(settings.embed_shards)),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
 
@@ -105,10 +106,22 @@ def faces(plan: dict[str, Any]) -> dict[str, Any]:
     return faces_stage(settings_for(plan), plan["run_date"])
 
 
-def embed(plan: dict[str, Any]) -> dict[str, Any]:
+def embed_part(plan: dict[str, Any], shard: int) -> dict[str, Any]:
+    """One of the run's mapped embedding tasks (`embed_shards` setting), on the embedding queue."""
+    from pipeline.run import embed_shard_stage
+
+    part = embed_shard_stage(settings_for(plan), plan["run_date"], shard, len(plan["embed_shards"]))
+    return {**part, "worker": worker_identity()}
+
+
+def embed(plan: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """After the mapped parts: embeds what they left out, reads every vector of the run, zero-shot
+    styles; counts what the parts embedded as embedded by this run."""
     from pipeline.run import embed_stage
 
-    return embed_stage(settings_for(plan), plan["run_date"], progress=False)
+    result = embed_stage(settings_for(plan), plan["run_date"], progress=False)
+    by_parts = sum(part["embedded"] for part in parts)
+    return {**result, "embedded": result["embedded"] + by_parts, "embedding_cache_hits": result["embedding_cache_hits"] - by_parts}
 
 
 def index(plan: dict[str, Any], embedded: dict[str, Any]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline import __version__
 from pipeline.analyze import analyze, trends_table
 from pipeline.config import Settings
-from pipeline.embed import EmbedderChoice, Embeddings, embed_images, resolve_embedder, vectors_for
+from pipeline.embed import EmbedderChoice, Embeddings, embed_images, embed_shard, resolve_embedder, vectors_for
 from pipeline.face_signals import add_page_columns
 from pipeline.identity import page_counts
 from pipeline.index import build_index, load_index, save_index
@@ -237,6 +237,15 @@ def faces_stage(settings: Settings, run_date: str) -> dict[str, Any]:
         "faces": warehouse.write_table("faces", run_date, faces),
         "faces_measured": n_measured, "photos_with_face": int((faces["n_faces"] > 0).sum()),
     }  # fmt: skip
+
+
+@timed
+def embed_shard_stage(settings: Settings, run_date: str, shard: int, n_shards: int) -> dict[str, Any]:
+    """One mapped embedding task: the run's uncached pictures whose hash falls in `shard`."""
+    warehouse = Warehouse(settings.warehouse)
+    embedder = resolve_embedder(settings).embedder
+    embedded = embed_shard(warehouse.read_table("images", run_date), warehouse, embedder, shard, n_shards)
+    return {"shard": shard, "embedder": embedder.id, "embedded": embedded}
 
 
 @timed

@@ -42,6 +42,7 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path)
         "HOMOG_CLIP__MODEL": TINY_TEST_MODEL,
         "HOMOG_CLIP__CHECKPOINT": str(tiny_checkpoint),
         "HOMOG_CLIP__BATCH_SIZE": "8",
+        "HOMOG_EMBED_SHARDS": "2",
     }
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
     for pool in ("crawler", "embedding"):
@@ -112,7 +113,10 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     assert outcome["state"] == "success", outcome["tasks"]
     mapped = [t for t in outcome["tasks"] if t["task_id"] == "crawl_and_intake"]
     assert len(mapped) == 4 and all(t["state"] == "success" for t in mapped)
+    parts = [t for t in outcome["tasks"] if t["task_id"] == "embed_part"]
+    assert len(parts) == 2 and all(t["state"] == "success" and t["result"]["embedded"] > 0 for t in parts)
     run = outcome["run"]
+    assert run["counts"]["embedded"] == run["counts"]["distinct_images"] and run["counts"]["embedding_cache_hits"] == 0
     assert run["embedder"].startswith(f"clip-{TINY_TEST_MODEL}") and run["embedder_fallback"] == ""
     assert run["stages_run"] == ["crawl", "intake", "faces", "embed", "index", "analyze", "report"]
     assert Path(run["outputs"]["report"]).is_file() and Path(run["outputs"]["summary"]).is_file()

@@ -195,6 +195,38 @@ def test_rerun_embeds_only_new_content(tmp_path: Path) -> None:
     assert embedder.calls[-1] == 1 and fourth.n_embedded == 1
 
 
+def test_mapped_embedding_shards_split_the_new_pictures_between_them(tmp_path: Path) -> None:
+    from pipeline.config import IntakeConfig, PrivacyConfig
+    from pipeline.embed import embed_shard
+    from pipeline.intake import ingest
+
+    manifest = generate_demo_images(tmp_path / "demo", per_company=4)
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    images = ingest(read_manifest(str(manifest)), warehouse, "2026-01-01", IntakeConfig(), PrivacyConfig(), progress=False)
+    embedder = CountingEmbedder()
+    parts = [embed_shard(images, warehouse, embedder, shard, 3) for shard in range(3)]
+    assert sum(parts) == images["content_sha256"].nunique() and all(parts)  # disjoint, complete, each did some
+    assert embed_shard(images, warehouse, embedder, 1, 3) == 0  # a retried task finds its part done
+    collected = embed_images(images, warehouse, embedder, progress=False)
+    assert collected.n_embedded == 0 and len(collected.content_sha256) == sum(parts)
+    with pytest.raises(ValueError, match="not in 0..2"):
+        embed_shard(images, warehouse, embedder, 3, 3)
+
+
+def test_pictures_a_failed_shard_left_out_are_embedded_after_the_parts(tmp_path: Path) -> None:
+    from pipeline.config import IntakeConfig, PrivacyConfig
+    from pipeline.embed import embed_shard
+    from pipeline.intake import ingest
+
+    manifest = generate_demo_images(tmp_path / "demo", per_company=4)
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    images = ingest(read_manifest(str(manifest)), warehouse, "2026-01-01", IntakeConfig(), PrivacyConfig(), progress=False)
+    embedder = CountingEmbedder()
+    done = embed_shard(images, warehouse, embedder, 0, 2)  # shard 1 never ran
+    collected = embed_images(images, warehouse, embedder, progress=False)
+    assert collected.n_embedded == images["content_sha256"].nunique() - done > 0
+
+
 def rows_with_one_more(rows: list, tmp_path: Path) -> list:
     from pipeline.sources import ManifestRow
 
