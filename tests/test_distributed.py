@@ -134,6 +134,7 @@ def _airflow_env(services: Services, db: str, broker: str) -> dict[str, str]:
         "AIRFLOW__API_AUTH__JWT_SECRET": secrets.token_urlsafe(64),
         "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
         "HOMOG_EMBEDDER": "classic",
+        "HOMOG_EMBED_SHARDS": "2",
     }
 
 
@@ -159,7 +160,7 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
     try:
         env = _airflow_env(services, services.start_postgres(), services.start_redis())
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
-        for pool, slots in (("crawler", "4"), ("embedding", "1")):
+        for pool, slots in (("crawler", "4"), ("embedding", "2")):
             subprocess.run([str(BIN / "airflow"), "pools", "set", pool, slots, pool], env=env, check=True, capture_output=True, timeout=120)
         api = services.ports["api"]
         services.spawn([str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(api), "--workers", "1"], "api-server", env)
@@ -177,6 +178,9 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
     mapped = [task for task in celery["tasks"] if task["task_id"] == "crawl_and_intake"]
     assert len(mapped) == 4 and all(task["state"] == "success" for task in mapped)
     assert {task["result"]["worker"] for task in mapped} == {"worker-1", "worker-2"}
+    parts = [task for task in celery["tasks"] if task["task_id"] == "embed_part"]
+    assert len(parts) == 2 and all(task["state"] == "success" for task in parts)
+    assert sum(task["result"]["embedded"] for task in parts) == celery["run"]["counts"]["distinct_images"]
     assert local["state"] == "success"
     clean, distributed = _tables(tmp_path / "local" / "wh"), _tables(tmp_path / "celery" / "wh")
     for table in TABLES:
