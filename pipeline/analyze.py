@@ -298,8 +298,9 @@ TREND_COLUMNS = [
 
 def trends_table(history: pd.DataFrame, current: pd.DataFrame, run_date: str) -> pd.DataFrame:
     """Every run of each company with this run's embedder and index reference up to `run_date`, with
-    the change since the previous one (indexes measured otherwise are not comparable, so not joined). A change is significant when |z| > 1.96, z = change / sqrt(se1^2 + se2^2),
-    each se read off the 95% bootstrap interval as (high - low) / (2 * 1.96)."""
+    the change since the previous one (indexes measured otherwise are not comparable, so not joined).
+    A change is significant when |z| > 1.96, z = change / sqrt(se1^2 + se2^2), each se read off the
+    95% bootstrap interval as (high - low) / (2 * 1.96)."""
     embedder = current["embedder"].iloc[0] if len(current) else ""
     reference = current["index_reference"].iloc[0] if len(current) else ""
     frames = [current.assign(run_date=run_date)]
