@@ -51,6 +51,13 @@ class PrivacyConfig(_Section):
         ),
     )
     keep_thumbnails: bool = Field(True, description="False = no thumbnails are stored (reports show no photos).")
+    face_identity: bool = Field(
+        True,
+        description=(
+            "False = no face-identity descriptors (biometric data) are computed at all: the identities table "
+            "stays empty and pages show face repeats as not measured."
+        ),
+    )
     keep_face_descriptors: bool = Field(
         False,
         description=(

@@ -114,6 +114,12 @@ def _finite(value: object) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def _count(value: object) -> int | None:
+    """A count column, or None where it was not measured (missing, NaN)."""
+    number = _finite(value)
+    return None if number is None else int(number)
+
+
 # ------------------------------------------------------------------ plots
 def _figure(width: float = 7.0, height: float = 3.2):  # noqa: ANN202
     import matplotlib
@@ -391,7 +397,7 @@ def _company_table(data: RunData) -> list[dict[str, Any]]:
             "spark": sparkline(_trend_values(data.trends, row.company)), "change": _change(data.trends, row.company, data.run_date),
             "signals": {column: _finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
             "face_share": _finite(getattr(row, "face_share", None)),
-            "face_repeated": int(getattr(row, "n_face_repeated", 0) or 0), "face_shared": int(getattr(row, "n_face_shared", 0) or 0),
+            "face_repeated": _count(getattr(row, "n_face_repeated", None)), "face_shared": _count(getattr(row, "n_face_shared", None)),
             "zero_shot": _zero_shot(pd.Series(row._asdict())),
         })  # fmt: skip
     return rows
@@ -466,7 +472,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
         signals=template_signals(row, data.companies), face_share=_finite(row.get("face_share")),
-        face_repeated=int(row.get("n_face_repeated", 0) or 0), face_shared=int(row.get("n_face_shared", 0) or 0),
+        face_repeated=_count(row.get("n_face_repeated")), face_shared=_count(row.get("n_face_shared")),
         zero_shot=_zero_shot(row),
         thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
         back_link="../index.html" if folder is None else None,

@@ -299,7 +299,10 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     if len(styles):
         analysis.companies = analysis.companies.merge(styles, on="company", how="left")
     identities, n_descriptors = _identities(warehouse, settings, images, faces, analysis.pairs)
-    analysis.companies = analysis.companies.merge(page_counts(identities, list(analysis.companies["company"])), on="company", how="left")
+    face_counts = page_counts(identities, list(analysis.companies["company"]))
+    if not settings.privacy.face_identity:  # not measured, which is not the same as none found
+        face_counts[["n_face_repeated", "n_face_shared"]] = np.nan
+    analysis.companies = analysis.companies.merge(face_counts, on="company", how="left")
     outputs = {table: warehouse.write_table(table, run_date, getattr(analysis, table)) for table in ("pairs", "clusters", "companies", "reuse")}
     outputs["identities"] = warehouse.write_table("identities", run_date, identities)
     trends = trends_table(warehouse.read_table("companies"), analysis.companies, run_date)
@@ -322,7 +325,7 @@ def _identities(
 
     from pipeline.identity import PAIR_COLUMNS, face_descriptors, identity_table
 
-    if faces.empty or not (faces["n_faces"] > 0).any():
+    if not settings.privacy.face_identity or faces.empty or not (faces["n_faces"] > 0).any():
         return pd.DataFrame(columns=PAIR_COLUMNS), 0
     ok = images[images["status"] == "ok"]
     contents = list(faces.loc[faces["n_faces"] > 0, "content_sha256"].drop_duplicates())

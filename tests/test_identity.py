@@ -1,11 +1,14 @@
-"""Face identity: pairs by descriptor distance, copies of one photo left out, counts per page."""
+"""Face identity: pairs by descriptor distance, copies of one photo left out, counts per page, and the
+privacy settings (descriptors not kept by default, kept and reused on request, identity switched off)."""
 
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from pipeline.identity import SAME_FACE_DISTANCE, face_descriptor, identity_table, page_counts, same_face_pairs
@@ -43,3 +46,54 @@ def test_descriptor_of_a_face_is_stable_under_resizing_and_absent_without_a_face
     resized = face_descriptor(first.resize((first.width * 3 // 4, first.height * 3 // 4)))
     assert resized is not None and np.linalg.norm(one - resized) < SAME_FACE_DISTANCE
     assert face_descriptor(Image.new("RGB", (200, 200), "grey")) is None
+
+
+# ----------------------------------------------------- privacy settings, end to end
+@pytest.fixture(scope="module")
+def face_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.fixture_site import face_pictures
+
+    root = tmp_path_factory.mktemp("faces")
+    for i, data in enumerate(face_pictures(6)):
+        folder = root / ("acme" if i < 3 else "globex")
+        folder.mkdir(exist_ok=True)
+        (folder / f"p{i}.jpg").write_bytes(data)
+    return root
+
+
+def _run(face_folder: Path, warehouse: Path, run_date: str, **privacy: bool):  # type: ignore[no-untyped-def]
+    from pipeline.config import load_settings
+    from pipeline.run import run_pipeline
+    from pipeline.sources import scan_folder
+
+    settings = load_settings(warehouse=str(warehouse), reports=str(warehouse.parent / "reports"), embedder="classic", privacy=privacy)
+    return run_pipeline(scan_folder(str(face_folder)), settings, run_date=run_date, progress=False)
+
+
+def test_descriptors_are_not_kept_by_default_and_are_recomputed(face_folder: Path, tmp_path: Path) -> None:
+    first = _run(face_folder, tmp_path / "wh", "2026-01-01")
+    second = _run(face_folder, tmp_path / "wh", "2026-01-02")
+    assert first.counts["face_descriptors_computed"] == second.counts["face_descriptors_computed"] == 6
+    assert not (tmp_path / "wh" / "face_identity").exists()  # biometric data never reached the disk
+
+
+def test_kept_descriptors_are_cached_and_give_the_same_pairs(face_folder: Path, tmp_path: Path) -> None:
+    first = _run(face_folder, tmp_path / "wh", "2026-01-01", keep_face_descriptors=True)
+    second = _run(face_folder, tmp_path / "wh", "2026-01-02", keep_face_descriptors=True)
+    assert first.counts["face_descriptors_computed"] == 6 and second.counts["face_descriptors_computed"] == 0
+    assert (tmp_path / "wh" / "face_identity").is_dir()
+    pairs = [pd.read_parquet(run.outputs["identities"]) for run in (first, second)]
+    pd.testing.assert_frame_equal(pairs[0], pairs[1])
+
+
+def test_face_identity_off_computes_nothing_and_says_not_measured(face_folder: Path, tmp_path: Path) -> None:
+    run = _run(face_folder, tmp_path / "wh", "2026-01-01", face_identity=False)
+    assert run.counts["face_descriptors_computed"] == 0 and run.counts["same_face_pairs"] == 0
+    assert pd.read_parquet(run.outputs["identities"]).empty
+    companies = pd.read_parquet(run.outputs["companies"])
+    assert companies["n_face_repeated"].isna().all() and companies["n_face_shared"].isna().all()  # not "0 found"
+    assert not (tmp_path / "wh" / "face_identity").exists()
+    report = Path(run.outputs["report"])
+    assert 'title="face identity is switched off' in report.read_text()
+    audit_pages = list((report.parent / "companies").glob("*.html"))
+    assert audit_pages and all("Face identity is switched off" in page.read_text() for page in audit_pages)
