@@ -200,11 +200,14 @@ def reference_fit(
         _fail(str(exc))
     for uri, reason in skipped:
         typer.echo(f"skipped {uri}: {reason}", err=True)
-    if out is not None:
-        out.write_bytes(to_bytes(reference))
-        where = str(out)
-    else:
-        where = save_reference(store, reference)
+    try:
+        if out is None:
+            where = save_reference(store, reference)
+        else:
+            out.write_bytes(to_bytes(reference))
+            where = str(out)
+    except OSError as exc:
+        _fail(f"could not write the reference: {exc}")
     typer.echo(f"{reference.embedder_id} reference {reference.id} ({reference.source}) -> {where}")
 
 

@@ -149,6 +149,8 @@ def test_reference_fit_and_show(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and reference.id in shown.output
     missing = runner.invoke(app, ["reference", "fit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.npz"), "--embedder", "classic"])
     assert missing.exit_code == 2 and "not found" in missing.output
+    unwritable = runner.invoke(app, ["reference", "fit", str(folder), "--out", str(tmp_path / "no" / "dir" / "r.npz"), "--embedder", "classic"])
+    assert unwritable.exit_code == 2 and "could not write the reference" in unwritable.output
 
 
 def test_refitting_the_shipped_classic_reference_reproduces_it(corpus: Path) -> None:
