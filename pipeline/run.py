@@ -323,19 +323,23 @@ def _identities(
     privacy.keep_face_descriptors), paired, minus pairs that are copies of one photograph."""
     import pandas as pd
 
-    from pipeline.identity import PAIR_COLUMNS, face_descriptors, identity_table
+    from pipeline.identity import PAIR_COLUMNS, content_pairs, face_descriptors, faces_key, identity_table, remember_pairs, reused_pairs
 
     if not settings.privacy.face_identity or faces.empty or not (faces["n_faces"] > 0).any():
         return pd.DataFrame(columns=PAIR_COLUMNS), 0
     ok = images[images["status"] == "ok"]
-    contents = list(faces.loc[faces["n_faces"] > 0, "content_sha256"].drop_duplicates())
-    descriptors, n_computed = face_descriptors(warehouse, ok.drop_duplicates("content_sha256"), contents, settings.privacy.keep_face_descriptors,
-                                               settings.crawl.face_score_floor)  # fmt: skip
-    found = ~np.isnan(descriptors).any(axis=1)
+    contents = sorted(faces.loc[faces["n_faces"] > 0, "content_sha256"].drop_duplicates())
+    key = faces_key(contents, settings.crawl.face_score_floor)
+    same_faces, n_computed = reused_pairs(warehouse, key), 0
+    if same_faces is None:
+        descriptors, n_computed = face_descriptors(warehouse, ok.drop_duplicates("content_sha256"), contents, settings.privacy.keep_face_descriptors,
+                                                   settings.crawl.face_score_floor)  # fmt: skip
+        found = ~np.isnan(descriptors).any(axis=1)
+        same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])
+        remember_pairs(warehouse, key, same_faces)
     content_of = dict(zip(zip(ok["company"], ok["image"]), ok["content_sha256"]))
     same_photo = {frozenset((content_of[(r.company_a, r.image_a)], content_of[(r.company_b, r.image_b)])) for r in pairs.itertuples()}
-    kept = [c for c, f in zip(contents, found) if f]
-    return identity_table(images, kept, descriptors[found], same_photo), n_computed
+    return identity_table(images, same_faces, same_photo), n_computed
 
 
 def finish_run(

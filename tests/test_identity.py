@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.identity import SAME_FACE_DISTANCE, face_descriptor, identity_table, page_counts, same_face_pairs
+from pipeline.identity import SAME_FACE_DISTANCE, content_pairs, descriptors_folder, face_descriptor, identity_table, page_counts, same_face_pairs
 
 
 def test_same_face_pairs_finds_close_descriptors_only() -> None:
@@ -31,7 +31,7 @@ def test_identity_table_leaves_out_copies_of_one_photo_and_counts_pages() -> Non
     })  # fmt: skip
     descriptors = np.zeros((4, 128), np.float32)
     descriptors[3] += 5.0  # w is someone else; x, y, z are one face
-    table = identity_table(images, ["x", "y", "z", "w"], descriptors, same_photo={frozenset(("x", "z"))})
+    table = identity_table(images, content_pairs(["x", "y", "z", "w"], descriptors), same_photo={frozenset(("x", "z"))})
     assert sorted(map(tuple, table[["image_a", "image_b", "same_page"]].values.tolist())) == [("a1", "a2", True), ("a2", "b1", False)]
     counts = page_counts(table, ["a", "b", "c"]).set_index("company")
     assert counts.loc["a"].tolist() == [2, 1] and counts.loc["b"].tolist() == [0, 1] and counts.loc["c"].tolist() == [0, 0]
@@ -51,43 +51,53 @@ def test_descriptor_of_a_face_is_stable_under_resizing_and_absent_without_a_face
 # ----------------------------------------------------- privacy settings, end to end
 @pytest.fixture(scope="module")
 def face_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two pages of three faces, and one more face kept aside (`extra.jpg`) to change a page."""
     from tests.fixture_site import face_pictures
 
     root = tmp_path_factory.mktemp("faces")
-    for i, data in enumerate(face_pictures(6)):
-        folder = root / ("acme" if i < 3 else "globex")
-        folder.mkdir(exist_ok=True)
+    pictures = face_pictures(7)
+    for i, data in enumerate(pictures[:6]):
+        folder = root / "pages" / ("acme" if i < 3 else "globex")
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / f"p{i}.jpg").write_bytes(data)
+    (root / "extra.jpg").write_bytes(pictures[6])
     return root
 
 
-def _run(face_folder: Path, warehouse: Path, run_date: str, **privacy: bool):  # type: ignore[no-untyped-def]
+def _run(pages: Path, warehouse: Path, run_date: str, **privacy: bool):  # type: ignore[no-untyped-def]
     from pipeline.config import load_settings
     from pipeline.run import run_pipeline
     from pipeline.sources import scan_folder
 
     settings = load_settings(warehouse=str(warehouse), reports=str(warehouse.parent / "reports"), embedder="classic", privacy=privacy)
-    return run_pipeline(scan_folder(str(face_folder)), settings, run_date=run_date, progress=False)
+    return run_pipeline(scan_folder(str(pages)), settings, run_date=run_date, progress=False)
 
 
-def test_descriptors_are_not_kept_by_default_and_are_recomputed(face_folder: Path, tmp_path: Path) -> None:
-    first = _run(face_folder, tmp_path / "wh", "2026-01-01")
-    second = _run(face_folder, tmp_path / "wh", "2026-01-02")
-    assert first.counts["face_descriptors_computed"] == second.counts["face_descriptors_computed"] == 6
-    assert not (tmp_path / "wh" / "face_identity").exists()  # biometric data never reached the disk
+def _pages_with_one_more_face(face_folder: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    pages = tmp_path / "pages"
+    shutil.copytree(face_folder / "pages", pages)
+    shutil.copy(face_folder / "extra.jpg", pages / "acme" / "p6.jpg")
+    return pages
 
 
-def test_kept_descriptors_are_cached_and_give_the_same_pairs(face_folder: Path, tmp_path: Path) -> None:
-    first = _run(face_folder, tmp_path / "wh", "2026-01-01", keep_face_descriptors=True)
-    second = _run(face_folder, tmp_path / "wh", "2026-01-02", keep_face_descriptors=True)
-    assert first.counts["face_descriptors_computed"] == 6 and second.counts["face_descriptors_computed"] == 0
-    assert (tmp_path / "wh" / "face_identity").is_dir()
-    pairs = [pd.read_parquet(run.outputs["identities"]) for run in (first, second)]
+@pytest.mark.parametrize("keep", [False, True])
+def test_unchanged_faces_reuse_the_pairs_and_descriptors_are_kept_only_on_request(face_folder: Path, tmp_path: Path, keep: bool) -> None:
+    warehouse = tmp_path / "wh"
+    first = _run(face_folder / "pages", warehouse, "2026-01-01", keep_face_descriptors=keep)
+    unchanged = _run(face_folder / "pages", warehouse, "2026-01-02", keep_face_descriptors=keep)
+    changed = _run(_pages_with_one_more_face(face_folder, tmp_path), warehouse, "2026-01-03", keep_face_descriptors=keep)
+    computed = [run.counts["face_descriptors_computed"] for run in (first, unchanged, changed)]
+    # unchanged pages: the last run's pairs, no descriptor; a new face: all again, unless descriptors are kept
+    assert computed == ([6, 0, 1] if keep else [6, 0, 7])
+    assert (warehouse / descriptors_folder()).is_dir() == keep  # biometric data reaches the disk only on request
+    pairs = [pd.read_parquet(run.outputs["identities"]).sort_values(["image_a", "image_b"], ignore_index=True) for run in (first, unchanged)]
     pd.testing.assert_frame_equal(pairs[0], pairs[1])
 
 
 def test_face_identity_off_computes_nothing_and_says_not_measured(face_folder: Path, tmp_path: Path) -> None:
-    run = _run(face_folder, tmp_path / "wh", "2026-01-01", face_identity=False)
+    run = _run(face_folder / "pages", tmp_path / "wh", "2026-01-01", face_identity=False)
     assert run.counts["face_descriptors_computed"] == 0 and run.counts["same_face_pairs"] == 0
     assert pd.read_parquet(run.outputs["identities"]).empty
     companies = pd.read_parquet(run.outputs["companies"])
@@ -96,4 +106,4 @@ def test_face_identity_off_computes_nothing_and_says_not_measured(face_folder: P
     report = Path(run.outputs["report"])
     assert 'title="face identity is switched off' in report.read_text()
     audit_pages = list((report.parent / "companies").glob("*.html"))
-    assert audit_pages and all("Face identity is switched off" in page.read_text() for page in audit_pages)
+    assert len(audit_pages) == 2 and all("Face identity is switched off" in page.read_text() for page in audit_pages)
