@@ -50,6 +50,9 @@ def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.Monkey
         ("thresholds:\n  candidate:\n    clip: 1.5\n    classic: 0.8\n", "must be in (0, 1]"),
         ("thresholds:\n  style:\n    clip: 0.9\n", "missing ['classic']"),
         ("warehouse: '  '\n", "warehouse"),
+        ("embed_shards: 0\n", "embed_shards"),
+        ("thresholds:\n  reference_min_photos: 1\n", "thresholds.reference_min_photos"),
+        ("privacy:\n  face_identity: maybe\n", "privacy.face_identity"),
     ],
 )
 def test_invalid_settings_name_the_field_and_its_env_var(tmp_path: Path, yaml_text: str, message: str) -> None:
