@@ -83,6 +83,14 @@ def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
     return representative
 
 
+def verify_params(thresholds: ThresholdsConfig) -> VerifyParams:
+    return VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation, thresholds.verify_min_face_correlation)
+
+
+def verifications_folder(params: VerifyParams) -> str:
+    return f"verifications/{params.cache_id}"
+
+
 def verified_content_pairs(
     candidates: list[tuple[int, int, float]],
     embeddings: Embeddings,
@@ -104,7 +112,7 @@ def verified_content_pairs(
 
     from pipeline.intake import load_rgb
 
-    folder = f"verifications/{params.cache_id}"
+    folder = verifications_folder(params)
     known: dict[tuple[str, str], bool] = {}
     for table in warehouse.read_shards(folder):
         known.update(zip(zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist()), table.column("same_photo").to_pylist()))
@@ -342,8 +350,7 @@ def analyze(
         for i, j, s in knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]
-    params = VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation, thresholds.verify_min_face_correlation)
-    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, params)
+    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, verify_params(thresholds))
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
     pairs = pairs_table(ok, representative, near)

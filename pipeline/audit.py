@@ -3,8 +3,9 @@
 The audit is a complete run in its own warehouse (`<warehouse>/audits/<company>/<date>`), so the
 nightly tables are never touched: its rows are the audited company's pictures plus every usable
 picture of the latest nightly run (the company's own nightly rows left out: the audit replaces them).
-The population's vectors are copied from the nightly embedding cache when the embedder is the same,
-so only the audited pictures are embedded. The result is the company's audit page, rendered by the
+The population's vectors (when the embedder is the same), face signals, near-duplicate verdicts and,
+where the nightly keeps them, identity descriptors are copied from the nightly's caches, so only the
+audited pictures are embedded and measured. The result is the company's audit page, rendered by the
 report stage with the population as its comparison.
 """
 
@@ -63,9 +64,12 @@ def _population(main: Warehouse, exclude: str) -> tuple[list[ManifestRow], str |
 def audit(source: str, company: str, settings: Settings, run_date: str | None = None) -> dict[str, Any]:
     """Run the audit; returns the audit page's URI, the population's run date and the run's JSON."""
     from pipeline.crawl import company_slug
-    from pipeline.embed import load_cache, resolve_embedder, write_cache_shard
+    from pipeline.analyze import verifications_folder, verify_params
+    from pipeline.embed import cache_folder, resolve_embedder
+    from pipeline.face_signals import signals_folder
+    from pipeline.identity import descriptors_folder
     from pipeline.reference import reference_key
-    from pipeline.report import company_page_name
+    from pipeline.report import company_page_name, projection_key
     from pipeline.run import run_pipeline, today
 
     run_date = validate_run_date(run_date or today())
@@ -78,12 +82,18 @@ def audit(source: str, company: str, settings: Settings, run_date: str | None = 
     own, crawled = _company_rows(source, company, audit_settings, run_date)
     population, population_date, population_embedder = _population(main, exclude=company)
     choice = resolve_embedder(audit_settings)
+    audit_store = Warehouse(audit_settings.warehouse)
+    if population:  # what the nightly already measured of the population is not measured again
+        audit_store.copy_shards(main, signals_folder())
+        audit_store.copy_shards(main, verifications_folder(verify_params(settings.thresholds)))
+        if settings.privacy.keep_face_descriptors:  # only where the nightly keeps them anyway
+            audit_store.copy_shards(main, descriptors_folder())
     if population and population_embedder == choice.embedder.id:
-        keys, vectors = load_cache(main, population_embedder)  # the nightly already embedded the population
-        write_cache_shard(Warehouse(audit_settings.warehouse), population_embedder, keys, vectors)
-        reference = reference_key(population_embedder)
-        if main.exists(reference):  # the nightly's index reference, so the audit's index compares with the nightly's
-            Warehouse(audit_settings.warehouse).write_bytes(reference, main.read_bytes(reference))
+        audit_store.copy_shards(main, cache_folder(population_embedder))
+        # The nightly's index reference and map projection: the audit's index and map compare with the nightly's.
+        for key in (reference_key(population_embedder), projection_key(population_embedder)):
+            if main.exists(key):
+                audit_store.write_bytes(key, main.read_bytes(key))
     elif population:
         logger.warning("the latest nightly run used %s, this audit uses %s: the population is embedded again", population_embedder, choice.embedder.id)
     if not population:

@@ -146,11 +146,15 @@ def forest_plot(companies: pd.DataFrame) -> str | None:
     return _png(figure)
 
 
+def projection_key(embedder_id: str) -> str:
+    return f"projections/{embedder_id}/umap.pkl"
+
+
 def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
     """The run's photos on the embedder's fixed UMAP projection; (PNG, note)."""
     if len(data.keys) < MIN_MAP_POINTS:
         return None, f"no map: UMAP needs at least {MIN_MAP_POINTS} distinct photos, this run has {len(data.keys)}"
-    key = f"projections/{data.embedder}/umap.pkl"
+    key = projection_key(data.embedder)
     if store.exists(key):
         projection = pickle.loads(store.read_bytes(key))  # written by this code only, inside the warehouse
         if getattr(projection, "homog_fitted_on", None) == data.run_date and getattr(projection, "homog_keys", None) == data.keys:

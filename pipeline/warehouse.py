@@ -174,13 +174,26 @@ class Warehouse:
         """Every shard of a cache folder, in a stable order; [] if there is none."""
         import pyarrow.parquet as pq
 
-        if not self.exists(folder):
-            return []
         tables = []
-        for path in sorted(self.fs.glob(self.path(folder, "shard-*.parquet"))):
+        for path in self._shard_paths(folder):
             with self.fs.open(path, "rb") as handle:
                 tables.append(pq.read_table(handle))
         return tables
+
+    def _shard_paths(self, folder: str) -> list[str]:
+        return sorted(self.fs.glob(self.path(folder, "shard-*.parquet"))) if self.exists(folder) else []
+
+    def copy_shards(self, source: "Warehouse", folder: str) -> int:
+        """Add every cache shard of `source`'s `folder` that this warehouse lacks (shards are immutable
+        and named by the keys they hold, so a shard of the same name is the same shard). Returns how
+        many were copied."""
+        copied = 0
+        for path in source._shard_paths(folder):
+            key = f"{folder}/{path.rsplit('/', 1)[-1]}"
+            if not self.exists(key):
+                self.write_bytes(key, source.fs.cat_file(path))
+                copied += 1
+        return copied
 
     def read_table(self, table: str, run_date: str | None = None) -> pd.DataFrame:
         """One partition, or all of them with a `run_date` column; empty frame if there is none."""

@@ -151,6 +151,7 @@ def test_audit_of_an_uploaded_folder_against_the_nightly_population(hostile_run:
     assert page.is_file() and "Brand audit: Brand X" in page.read_text()
     assert result["population_run_date"] == RUN_DATE and result["population_rows"] == 12
     assert result["run"]["counts"]["cross_company_pairs"] >= 1 and result["run"]["counts"]["embedded"] == 5  # population vectors reused
+    assert result["run"]["counts"]["faces_measured"] == 5  # and its face signals
     pd.testing.assert_frame_equal(pd.read_parquet(hostile_run["result"].outputs["images"]), before)  # the nightly is untouched
     missing = CliRunner().invoke(app, ["audit", str(tmp_path / "nope"), "--company", "X", "--warehouse", str(root / "wh")])
     assert missing.exit_code == 2 and "neither an http(s) URL nor a usable folder" in missing.output

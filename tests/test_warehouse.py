@@ -81,3 +81,15 @@ def test_non_local_warehouse_root() -> None:
     assert list(warehouse.read_table("images")["company"]) == ["a"]
     warehouse.write_json("runs/run_date=2026-01-01/run.json", {"ok": True})
     assert warehouse.read_json("runs/run_date=2026-01-01/run.json") == {"ok": True}
+
+
+def test_cache_shards_copy_between_warehouses_once(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    source, target = Warehouse(str(tmp_path / "a")), Warehouse(str(tmp_path / "b"))
+    for keys in (["k1", "k2"], ["k3"]):
+        source.write_shard("cache/v1", keys, pa.table({"content_sha256": keys, "value": [1.0] * len(keys)}))
+    assert target.copy_shards(source, "cache/v1") == 2
+    assert target.copy_shards(source, "cache/v1") == 0  # immutable, named by their keys: nothing new
+    assert [t.to_pylist() for t in target.read_shards("cache/v1")] == [t.to_pylist() for t in source.read_shards("cache/v1")]
+    assert target.copy_shards(source, "cache/absent") == 0
