@@ -9,10 +9,9 @@ and recall off the similarity scores.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import io
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageOps

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Settings
+from pipeline.intake import distinct_ok
 from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,12 @@ def load_cache(warehouse: Warehouse, embedder_id: str) -> tuple[list[str], np.nd
     return keys, (np.concatenate(blocks) if blocks else np.zeros((0, 0), np.float32))
 
 
+def cached_keys(warehouse: Warehouse, embedder_id: str) -> set[str]:
+    """The content hashes the cache holds vectors for, without reading the vectors."""
+    tables = warehouse.read_shards(cache_folder(embedder_id), columns=["content_sha256"])
+    return {key for table in tables for key in table.column("content_sha256").to_pylist()}
+
+
 def vectors_for(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], dim: int) -> np.ndarray:
     """The cached vectors of `keys`, in that order; every key must have been embedded."""
     cached_keys, cached = load_cache(warehouse, embedder_id)
@@ -110,10 +117,6 @@ class Embeddings:
     n_embedded: int  # computed in this run (the rest came from the cache)
 
 
-def distinct_ok(images: pd.DataFrame) -> pd.DataFrame:
-    return images[images["status"] == "ok"].drop_duplicates("content_sha256")
-
-
 def shard_of(content_sha256: str, n_shards: int) -> int:
     """Which of `n_shards` embedding tasks embeds this content: a stable split by hash."""
     return int(content_sha256[:15], 16) % n_shards
@@ -126,8 +129,7 @@ def embed_shard(images: pd.DataFrame, warehouse: Warehouse, embedder: Embedder, 
     if not 0 <= shard < n_shards:
         raise ValueError(f"shard {shard} is not in 0..{n_shards - 1}")
     ok = distinct_ok(images)
-    cached_keys, _ = load_cache(warehouse, embedder.id)
-    missing = ok[~ok["content_sha256"].isin(set(cached_keys))]
+    missing = ok[~ok["content_sha256"].isin(cached_keys(warehouse, embedder.id))]
     mine = missing.iloc[[row for row, content in enumerate(missing["content_sha256"]) if shard_of(content, n_shards) == shard]]
     logger.info("embed %s, shard %d of %d: %d of %d uncached images", embedder.id, shard, n_shards, len(mine), len(missing))
     fresh = embedder.embed_uris([warehouse.uri(key) for key in mine["raw_object"]], progress=False)

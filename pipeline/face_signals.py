@@ -148,12 +148,9 @@ def photo_signals(picture: Image.Image, score_floor: float = 0.9, working_side: 
     """Every signal of one photo (measured on a copy at most `working_side` pixels long)."""
     import cv2
 
-    from pipeline.faces import detect_faces
+    from pipeline.faces import detect_faces, downscaled
 
-    picture = picture.convert("RGB")
-    if max(picture.size) > working_side:
-        scale = working_side / max(picture.size)
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR)
+    picture = downscaled(picture, working_side)
     rgb = np.asarray(picture)
     lab = to_lab(rgb)
     signals = PhotoSignals()
@@ -214,14 +211,14 @@ def measure_images(images, warehouse, score_floor: float = 0.9, workers: int = 2
     import pandas as pd
     import pyarrow as pa
 
-    from pipeline.intake import load_rgb
+    from pipeline.intake import distinct_ok, load_rgb
 
     ok = images[images["status"] == "ok"]
     known: dict[str, dict] = {}
     for table in warehouse.read_shards(signals_folder()):
         for row in table.to_pylist():
             known[row.pop("content_sha256")] = row
-    distinct = ok.drop_duplicates("content_sha256")
+    distinct = distinct_ok(ok)
     todo = distinct[~distinct["content_sha256"].isin(known)]
 
     def measure(object_key: str) -> dict:

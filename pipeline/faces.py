@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 WORKING_SIDE = 512
+_MIN_SIDE = 48  # below this the detector's 12-pixel window at min_face_size=20 has nothing to scan
 _local = threading.local()  # OpenCV dnn networks are not safe to share between threads
 
 
@@ -44,6 +45,15 @@ def _detector():
     return detector
 
 
+def downscaled(picture: Image.Image, working_side: int = WORKING_SIDE) -> Image.Image:
+    """An RGB copy at most `working_side` pixels long (faces in headshots are large; cost grows with pixels)."""
+    picture = picture.convert("RGB")
+    if max(picture.size) > working_side:
+        scale = working_side / max(picture.size)
+        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR)
+    return picture
+
+
 def detect_faces(rgb: Image.Image, score_floor: float = 0.9) -> list[Face]:
     """Faces scoring at least `score_floor`, largest first, in the picture's own pixel coordinates.
 
@@ -54,9 +64,6 @@ def detect_faces(rgb: Image.Image, score_floor: float = 0.9) -> list[Face]:
     if not found and max(rgb.size) >= 2 * _MIN_SIDE:
         found = _detect(rgb, min(WORKING_SIDE, max(rgb.size)) // 2, score_floor)
     return found
-
-
-_MIN_SIDE = 48  # below this the detector's 12-pixel window at min_face_size=20 has nothing to scan
 
 
 def _detect(rgb: Image.Image, working_side: int, score_floor: float) -> list[Face]:

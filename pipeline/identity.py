@@ -46,12 +46,9 @@ def face_descriptor(picture: Image.Image, score_floor: float = 0.9, working_side
     """The 128-d identity descriptor of the picture's largest face, or None where there is no face."""
     import dlib
 
-    from pipeline.faces import detect_faces
+    from pipeline.faces import detect_faces, downscaled
 
-    picture = picture.convert("RGB")
-    if max(picture.size) > working_side:
-        scale = working_side / max(picture.size)
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR)
+    picture = downscaled(picture, working_side)
     faces = detect_faces(picture, score_floor)
     if not faces:
         return None

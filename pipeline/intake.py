@@ -273,6 +273,11 @@ def pixel_digest(rgb: Image.Image) -> str:
 
 
 # -------------------------------------------------------------------- intake
+def distinct_ok(images: pd.DataFrame) -> pd.DataFrame:
+    """The `ok` rows of an images table, one per distinct content (the first row of each)."""
+    return images[images["status"] == "ok"].drop_duplicates("content_sha256")
+
+
 def store_original(warehouse: Warehouse, privacy: PrivacyConfig, run_date: str, sha256: str, extension: str, data: bytes) -> str:
     """Store a picture's original bytes where the privacy mode says; returns the object's key.
 

@@ -129,26 +129,25 @@ def save_reference(warehouse: Warehouse, reference: Reference) -> str:
     return warehouse.write_bytes(reference_key(reference.embedder_id), to_bytes(reference))
 
 
-def run_reference(
-    warehouse: Warehouse, embedder_id: str, keys: list[str], vectors: np.ndarray, min_photos: int, run_date: str
-) -> Reference:
-    """The reference this run's index uses (module doc: stored, packaged, else frozen from this run)."""
-    dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 0
+def run_reference(warehouse: Warehouse, embedder_id: str, vectors: np.ndarray, min_photos: int, run_date: str) -> Reference:
+    """The reference this run's index uses (module doc: stored, packaged, else frozen from this run's
+    vectors, one per distinct photo)."""
+    n_photos, dim = vectors.shape
     found = stored_reference(warehouse, embedder_id, dim)
     if found is not None:
         return found
-    if len(keys) < min_photos:
+    if n_photos < min_photos:
         logger.warning(
             "no index reference for %s and only %d photo(s) in this run (%d needed to fit one): the homogeneity "
             "index uses raw cosine similarity and is not comparable with indexes measured with a reference",
-            embedder_id, len(keys), min_photos,
+            embedder_id, n_photos, min_photos,
         )  # fmt: skip
         return no_reference(embedder_id, dim)
-    reference = fit_reference(vectors, embedder_id, f"the {len(keys)} photos of run {run_date} (first run with enough photos)")
+    reference = fit_reference(vectors, embedder_id, f"the {n_photos} photos of run {run_date} (first run with enough photos)")
     save_reference(warehouse, reference)
     logger.warning(
         "no index reference for %s: fitted one on this run's %d photos and froze it in %s; later runs are measured "
-        "against it (fit a chosen one with `homog reference fit`)", embedder_id, len(keys), warehouse.uri(reference_key(embedder_id)),
+        "against it (fit a chosen one with `homog reference fit`)", embedder_id, n_photos, warehouse.uri(reference_key(embedder_id)),
     )  # fmt: skip
     return reference
 

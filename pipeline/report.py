@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import Settings
+from pipeline.intake import distinct_ok
 from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -67,8 +68,7 @@ def load_run(settings: Settings, run_date: str, embedder_id: str, embedder_fallb
         return store.read_table(name, run_date)  # empty where the run has no such table
 
     images = table("images")
-    ok = images[images["status"] == "ok"] if len(images) else images
-    keys = list(ok["content_sha256"].drop_duplicates()) if len(ok) else []
+    keys = list(distinct_ok(images)["content_sha256"]) if len(images) else []
     vectors = vectors_for(store, embedder_id, keys, 0) if keys else np.zeros((0, 0), np.float32)
     trends = table("trends")
     if len(trends):
@@ -173,7 +173,7 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
         note = f"fixed projection fitted on this run ({data.run_date}); later runs with {data.embedder} are placed on it, so their maps compare"
     else:
         note = f"fixed projection fitted on run {fitted_on}; this run's photos are placed on it, so maps of different runs compare"
-    ok = data.images[data.images["status"] == "ok"].drop_duplicates("content_sha256")
+    ok = distinct_ok(data.images)
     company_of = dict(zip(ok["content_sha256"], ok["company"]))
     companies = sorted({company_of[k] for k in data.keys})
     figure, axes = _figure(7, 5)
@@ -221,7 +221,7 @@ def trend_plot(trends: pd.DataFrame, company: str) -> str | None:
 
 
 def similarity_histogram(data: RunData, company: str) -> str | None:
-    ok = data.images[(data.images["status"] == "ok")].drop_duplicates("content_sha256")
+    ok = distinct_ok(data.images)
     position = {key: row for row, key in enumerate(data.keys)}
     mine = [position[k] for k in ok.loc[ok["company"] == company, "content_sha256"]]
     if len(mine) < 2:

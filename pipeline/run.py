@@ -27,7 +27,7 @@ from pipeline.embed import EmbedderChoice, Embeddings, embed_images, embed_shard
 from pipeline.face_signals import add_page_columns
 from pipeline.identity import page_counts
 from pipeline.index import build_index, load_index, save_index
-from pipeline.intake import ingest, write_images_table
+from pipeline.intake import distinct_ok, ingest, write_images_table
 from pipeline.reference import run_reference
 from pipeline.sources import ManifestRow
 from pipeline.warehouse import Warehouse, validate_run_date
@@ -269,7 +269,7 @@ def index_stage(settings: Settings, run_date: str, embedder_id: str, dim: int) -
     """Build and save the run's FAISS index from the cached vectors of its distinct `ok` images."""
     warehouse = Warehouse(settings.warehouse)
     images = warehouse.read_table("images", run_date)
-    keys = list(images.loc[images["status"] == "ok", "content_sha256"].drop_duplicates())
+    keys = list(distinct_ok(images)["content_sha256"])
     vector_index = build_index(vectors_for(warehouse, embedder_id, keys, dim), keys)
     return {"index": save_index(warehouse, vector_index, embedder_id, run_date), "index_kind": vector_index.kind}
 
@@ -291,7 +291,7 @@ def analyze_stage(settings: Settings, run_date: str, embedder_id: str) -> dict[s
     vectors = vectors_for(warehouse, embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(embedder_id, vector_index.ids, vectors, n_embedded=0)
     images = warehouse.read_table("images", run_date)
-    reference = run_reference(warehouse, embedder_id, list(vector_index.ids), vectors, settings.thresholds.reference_min_photos, run_date)
+    reference = run_reference(warehouse, embedder_id, vectors, settings.thresholds.reference_min_photos, run_date)
     analysis = analyze(images, embeddings, vector_index, warehouse, settings.thresholds, reference)
     faces = warehouse.read_table("faces", run_date)  # empty where the faces stage did not run
     analysis.companies = add_page_columns(analysis.companies, faces)
@@ -332,7 +332,7 @@ def _identities(
     key = faces_key(contents, settings.crawl.face_score_floor)
     same_faces, n_computed = reused_pairs(warehouse, key), 0
     if same_faces is None:
-        descriptors, n_computed = face_descriptors(warehouse, ok.drop_duplicates("content_sha256"), contents, settings.privacy.keep_face_descriptors,
+        descriptors, n_computed = face_descriptors(warehouse, distinct_ok(ok), contents, settings.privacy.keep_face_descriptors,
                                                    settings.crawl.face_score_floor)  # fmt: skip
         found = ~np.isnan(descriptors).any(axis=1)
         same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])
@@ -345,7 +345,9 @@ def _identities(
 def finish_run(
     settings: Settings, run_date: str, stages: dict[str, dict[str, Any]], source: str = "", started: str = ""
 ) -> RunResult:
-    """Drop the run's staging (no-raw-images mode) and write run.json, the mark of a finished run."""
+    """Drop the run's staging (no-raw-images mode) and write run.json, the mark of a finished run.
+
+    `stages`: what each stage returned, by name, in the order the stages ran."""
     warehouse = Warehouse(settings.warehouse)
     if not settings.privacy.keep_raw_images:
         # No-raw-images mode: originals lived in staging only for the stages of this run.
@@ -375,7 +377,7 @@ def finish_run(
         embedder_fallback=embed["embedder_fallback"],
         outputs=outputs,
         counts=counts,
-        stages_run=(["crawl"] if crawl is not None else []) + ["intake"] + (["faces"] if "faces" in stages else []) + ["embed", "index", "analyze"] + (["report"] if report is not None else []),
+        stages_run=list(stages),
     )
     if intake.get("missing_companies"):
         result.warnings.append(f"intake did not finish for: {', '.join(intake['missing_companies'])} (see the task logs)")

@@ -170,14 +170,14 @@ class Warehouse:
             self.write_table_file(key, table)
         return key
 
-    def read_shards(self, folder: str) -> "list[pyarrow.Table]":
-        """Every shard of a cache folder, in a stable order; [] if there is none."""
+    def read_shards(self, folder: str, columns: "list[str] | None" = None) -> "list[pyarrow.Table]":
+        """Every shard of a cache folder (only `columns`, where given), in a stable order; [] if there is none."""
         import pyarrow.parquet as pq
 
         tables = []
         for path in self._shard_paths(folder):
             with self.fs.open(path, "rb") as handle:
-                tables.append(pq.read_table(handle))
+                tables.append(pq.read_table(handle, columns=columns))
         return tables
 
     def _shard_paths(self, folder: str) -> list[str]:

@@ -106,13 +106,12 @@ def test_the_shipped_classic_reference_is_used_and_the_warehouse_one_wins(tmp_pa
 def test_the_first_big_enough_run_freezes_the_reference(tmp_path: Path) -> None:
     warehouse = Warehouse(str(tmp_path / "wh"))
     rng = np.random.default_rng(0)
-    keys = [f"{i:064x}" for i in range(6)]
     vectors = rng.normal(size=(6, DIM))
-    small = run_reference(warehouse, "new-embedder", keys[:3], vectors[:3], min_photos=5, run_date="2026-01-01")
+    small = run_reference(warehouse, "new-embedder", vectors[:3], min_photos=5, run_date="2026-01-01")
     assert small.id == NO_REFERENCE_ID and not warehouse.exists(reference_key("new-embedder"))
-    frozen = run_reference(warehouse, "new-embedder", keys, vectors, min_photos=5, run_date="2026-01-02")
+    frozen = run_reference(warehouse, "new-embedder", vectors, min_photos=5, run_date="2026-01-02")
     assert frozen.n_photos == 6 and "2026-01-02" in frozen.source and warehouse.exists(reference_key("new-embedder"))
-    later = run_reference(warehouse, "new-embedder", keys[:2], rng.normal(size=(2, DIM)), min_photos=5, run_date="2026-01-03")
+    later = run_reference(warehouse, "new-embedder", rng.normal(size=(2, DIM)), min_photos=5, run_date="2026-01-03")
     assert later.id == frozen.id  # later runs measure against the frozen one, whatever their photos
 
 
