@@ -17,7 +17,7 @@ UV_ARGS := --index-strategy unsafe-best-match \
 	$(foreach u,$(call pip_cfg,extra-index-url),--extra-index-url $(u)) \
 	$(foreach c,$(call pip_cfg,constraint),--constraint $(c))
 
-.PHONY: setup demo test test-distributed system-packages browser clean
+.PHONY: setup demo test lint docs test-distributed system-packages browser clean
 
 setup: $(STAMP)
 
@@ -49,7 +49,16 @@ browser:
 		$$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium > /dev/null; \
 	fi
 
-test: $(STAMP) browser
+# Format and lint (ruff, pinned in pyproject.toml) before the tests: a mis-formatted tree fails `make test`.
+lint: $(STAMP)
+	$(BIN)/ruff format --no-cache --check --quiet . || { echo "run: $(BIN)/ruff format ."; exit 1; }
+	$(BIN)/ruff check --no-cache --quiet .
+
+# docs/configuration.md and docs/warehouse.md are generated from the code; tests fail when they are stale.
+docs: $(STAMP)
+	$(BIN)/python -m pipeline.apps.docs docs
+
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest
 
 # Beyond one worker: PostgreSQL + Redis from Debian, the Airflow api-server and two Celery workers on

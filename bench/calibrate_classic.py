@@ -6,7 +6,7 @@ several photos of one person (lisa), different photos of one AI template pack; p
 Prints precision/recall at a few thresholds, the best-F1 threshold, recall per edit and the
 false-positive rate per negative kind.
 
-    .venv/bin/python bench/calibrate_classic.py [--per-category 25] [--seed 0]
+    .venv/bin/python -m bench.calibrate_classic [--per-category 25] [--seed 0]
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import default_corpus
+from pipeline.features.calibration import EDITS, best_f1_threshold, precision_recall
+from pipeline.features.embedders.classic import EMBEDDER_ID, describe
+from pipeline.ingest.intake import load_rgb
 
-from pipeline.calibration import EDITS, best_f1_threshold, precision_recall  # noqa: E402
-from pipeline.embedders.classic import EMBEDDER_ID, describe  # noqa: E402
-from pipeline.intake import load_rgb  # noqa: E402
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+CORPUS = default_corpus()
 
 
 def main() -> None:
@@ -83,8 +82,10 @@ def main() -> None:
 
     elapsed = time.perf_counter() - started
     s, y, k = np.array(scores), np.array(labels), np.array(kinds)
-    print(f"embedder {EMBEDDER_ID}: {int(y.sum())} positive and {int((~y).sum())} negative pairs "
-          f"({len(vectors)} corpus photos described) in {elapsed:.0f} s")
+    print(
+        f"embedder {EMBEDDER_ID}: {int(y.sum())} positive and {int((~y).sum())} negative pairs "
+        f"({len(vectors)} corpus photos described) in {elapsed:.0f} s"
+    )
     threshold, precision, recall, f1 = best_f1_threshold(s, y)
     print(f"best F1 threshold {threshold:.4f}: precision {precision:.3f} recall {recall:.3f} F1 {f1:.3f}")
     for t in (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96):
@@ -93,8 +94,10 @@ def main() -> None:
     print("per kind at the best-F1 threshold (share scored as near-duplicate; min/median score):")
     for kind in sorted(set(kinds)):
         mask = k == kind
-        print(f"  {kind:38s} n={mask.sum():5d} flagged {np.mean(s[mask] >= threshold):.3f} "
-              f"min {s[mask].min():.3f} median {np.median(s[mask]):.3f} max {s[mask].max():.3f}")
+        print(
+            f"  {kind:38s} n={mask.sum():5d} flagged {np.mean(s[mask] >= threshold):.3f} "
+            f"min {s[mask].min():.3f} median {np.median(s[mask]):.3f} max {s[mask].max():.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ edit (pipeline/calibration.py). Negatives: the London studio's neutral vs smilin
 sitter, every pair of one person's several photos (lisa), and pairs within each AI diffusion pack.
 Prints the acceptance rate per kind at the configured thresholds and a small grid around them.
 
-    .venv/bin/python bench/calibrate_verify.py [--per-folder 8] [--seed 0]
+    .venv/bin/python -m bench.calibrate_verify [--per-folder 8] [--seed 0]
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ import argparse
 import itertools
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import default_corpus
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+CORPUS = default_corpus()
 
 
 def main() -> None:
@@ -32,9 +31,9 @@ def main() -> None:
         print(f"corpus not found at {CORPUS}; nothing to calibrate", file=sys.stderr)
         return
 
-    from pipeline.calibration import EDITS
-    from pipeline.intake import load_rgb
-    from pipeline.verify import VerifyParams, features, verify
+    from pipeline.features.calibration import EDITS
+    from pipeline.features.verify import VerifyParams, features, verify
+    from pipeline.ingest.intake import load_rgb
 
     rng = np.random.default_rng(args.seed)
     results: dict[str, list] = {}
@@ -49,7 +48,9 @@ def main() -> None:
     lab = CORPUS / "real_lab_london"
     for neutral in sorted((lab / "neutral_front").glob("*.jpg")):
         for smiling in sorted((lab / "smiling_front").glob(neutral.stem.split("_")[0] + "_*.jpg")):
-            results.setdefault("neg:same_sitter_same_studio", []).append(verify(features(load_rgb(str(neutral))), features(load_rgb(str(smiling)))))
+            results.setdefault("neg:same_sitter_same_studio", []).append(
+                verify(features(load_rgb(str(neutral))), features(load_rgb(str(smiling))))
+            )
     for a, b in itertools.combinations(sorted((lab / "lisa").glob("*.jpg")), 2):
         results.setdefault("neg:same_person_other_photo", []).append(verify(features(load_rgb(str(a))), features(load_rgb(str(b)))))
     for pack in sorted((CORPUS / "ai_diffusion_packs").iterdir()):
@@ -61,12 +62,21 @@ def main() -> None:
         correlation = np.array([v.block_correlation for v in verdicts])
         faces = np.array([v.face_correlation for v in verdicts if v.face_correlation is not None])
         face_range = f"{faces.min():.2f}..{faces.max():.2f} ({len(faces)} with a face)" if len(faces) else "no face found"
-        print(f"  {kind:30s} n={len(verdicts):4d} accepted {np.mean([v.same_photo for v in verdicts]):.3f} "
-              f"inlier ratio {ratio.min():.2f}..{ratio.max():.2f} block correlation {correlation.min():.2f}..{correlation.max():.2f} "
-              f"face correlation {face_range}")
+        print(
+            f"  {kind:30s} n={len(verdicts):4d} accepted {np.mean([v.same_photo for v in verdicts]):.3f} "
+            f"inlier ratio {ratio.min():.2f}..{ratio.max():.2f} block correlation {correlation.min():.2f}..{correlation.max():.2f} "
+            f"face correlation {face_range}"
+        )
+
     def table(prefix: str) -> np.ndarray:
-        return np.array([(v.inlier_ratio, v.block_correlation, 2.0 if v.face_correlation is None else v.face_correlation)
-                         for k, vs in results.items() if k.startswith(prefix) for v in vs])
+        return np.array(
+            [
+                (v.inlier_ratio, v.block_correlation, 2.0 if v.face_correlation is None else v.face_correlation)
+                for k, vs in results.items()
+                if k.startswith(prefix)
+                for v in vs
+            ]
+        )
 
     positives, negatives = table("edit"), table("neg")
     print("grid (min inlier ratio, min block correlation, min face correlation): edits accepted, different photos accepted")

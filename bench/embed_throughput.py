@@ -11,20 +11,19 @@
 Random weights cost exactly what real ones cost, so no download is needed. Images are the shared
 corpus (../shared/data/headshots) where present, else generated demo pictures.
 
-    .venv/bin/python bench/embed_throughput.py [--images 384] [--model ViT-B-32] [--batch-size 64]
+    .venv/bin/python -m bench.embed_throughput [--images 384] [--model ViT-B-32] [--batch-size 64]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import default_corpus
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+CORPUS = default_corpus()
 
 
 def image_files(count: int) -> list[str]:
@@ -32,8 +31,8 @@ def image_files(count: int) -> list[str]:
         files = sorted(str(p) for p in CORPUS.rglob("*.jp*g"))
         source = f"shared corpus ({len(files)} files)"
     else:
-        from pipeline.demo_data import generate_demo_images
-        from pipeline.sources import read_manifest
+        from pipeline.apps.demo.data import generate_demo_images
+        from pipeline.ingest.sources import read_manifest
 
         folder = Path(tempfile.mkdtemp(prefix="bench-embed-"))
         files = [row.uri for row in read_manifest(str(generate_demo_images(folder, per_company=max(4, count // 3))))]
@@ -57,9 +56,9 @@ def main() -> None:
 
     import torch
 
-    from pipeline.embedders.classic import ClassicEmbedder
-    from pipeline.embedders.clip import ClipEmbedder
-    from pipeline.intake import load_rgb
+    from pipeline.features.embedders.classic import ClassicEmbedder
+    from pipeline.features.embedders.clip import ClipEmbedder
+    from pipeline.ingest.intake import load_rgb
 
     files = image_files(args.images)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")

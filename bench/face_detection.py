@@ -1,6 +1,6 @@
 """Face detection on the corpus: share of pictures with a face found, per folder, and speed.
 
-Run: .venv/bin/python bench/face_detection.py [--root ../shared/data/headshots]
+Run: .venv/bin/python -m bench.face_detection [--root ../shared/data/headshots]
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.calibration import DEFAULT_CORPUS, corpus_pictures
-from pipeline.faces import detect_faces
+from bench.common import corpus_pictures, default_corpus
+from pipeline.features.faces import detect_faces
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--root", type=Path, default=default_corpus())
     args = parser.parse_args()
     root = args.root
     files = corpus_pictures(root)
@@ -32,7 +32,9 @@ def main() -> None:
     seconds = time.perf_counter() - start
     for folder in sorted(total):
         print(f"{folder:24s} {found[folder]:4d}/{total[folder]:<4d} {found[folder] / total[folder]:.1%}")
-    print(f"all                      {sum(found.values()):4d}/{len(files):<4d} {sum(found.values()) / len(files):.1%}  {seconds / len(files) * 1000:.0f} ms/picture")
+    print(
+        f"all                      {sum(found.values()):4d}/{len(files):<4d} {sum(found.values()) / len(files):.1%}  {seconds / len(files) * 1000:.0f} ms/picture"
+    )
 
 
 if __name__ == "__main__":

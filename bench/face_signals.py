@@ -2,7 +2,7 @@
 direction the seed describes (tighter framing, more symmetric, smoother skin, plainer and more
 uniform backdrops, one colour grade)?
 
-Run: .venv/bin/python bench/face_signals.py [--root ../shared/data/headshots]
+Run: .venv/bin/python -m bench.face_signals [--root ../shared/data/headshots]
 Every sub-folder is a page; the AI diffusion packs are also measured pack by pack.
 """
 
@@ -15,8 +15,8 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from pipeline.calibration import DEFAULT_CORPUS, corpus_pictures
-from pipeline.face_signals import PAGE_COLUMNS, page_signals, photo_signals
+from bench.common import corpus_pictures, default_corpus
+from pipeline.features.face_signals import PAGE_COLUMNS, page_signals, photo_signals
 
 EXPECTED = {  # direction "more templated / more AI-like" than the real page
     "framing_spread": "lower", "symmetry_mean": "higher", "skin_detail_mean": "lower",
@@ -26,7 +26,7 @@ EXPECTED = {  # direction "more templated / more AI-like" than the real page
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--root", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--root", type=Path, default=default_corpus())
     args = parser.parse_args()
     root = args.root
     rows = []

@@ -1,23 +1,19 @@
 """Where HNSW starts to beat exact search for the run's job: all near-duplicate pairs of N vectors.
 
 For each N: exact `IndexFlatIP` (build + range search of every vector) against HNSW (build + the same
-range search), with HNSW's pair recall against the exact result. `pipeline.index.EXACT_MAX_VECTORS`
+range search), with HNSW's pair recall against the exact result. `pipeline.features.index.EXACT_MAX_VECTORS`
 is set from this table. faiss-cpu's bundled OpenBLAS mis-detects some CPUs and runs flat search ~5x
 slower: run with OPENBLAS_CORETYPE=SkylakeX where that applies (benchmarks only).
 
-    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python bench/index_crossover.py [--sizes 5000 20000 50000] [--dim 512]
+    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python -m bench.index_crossover [--sizes 5000 20000 50000] [--dim 512]
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -34,7 +30,7 @@ def main() -> None:
     parser.add_argument("--threshold", type=float, default=0.9)
     args = parser.parse_args()
 
-    from pipeline.index import EXACT_MAX_VECTORS, build_index, range_pairs
+    from pipeline.features.index import EXACT_MAX_VECTORS, build_index, range_pairs
 
     print(f"dim {args.dim}, threshold {args.threshold}; current EXACT_MAX_VECTORS = {EXACT_MAX_VECTORS}")
     print(f"{'N':>8} {'flat s':>8} {'hnsw s':>8} {'hnsw/flat':>9} {'pair recall':>11}")

@@ -7,7 +7,7 @@ vector. Reported: seconds, peak RSS, recall of the planted pairs, and recall aga
 for 1,000 sampled queries. Target: 1M in <= 10 min and <= 4 GB on this machine. Vectors are held as float16
 (the index functions convert block by block), as a million-photo run would hold them.
 
-    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python bench/neardup_scale.py [--sizes 10000 100000 1000000]
+    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python -m bench.neardup_scale [--sizes 10000 100000 1000000]
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import REPO
 
 DIM = 512
 THRESHOLD = 0.9
@@ -49,7 +48,7 @@ def make_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def measure(n: int) -> dict:
-    from pipeline.index import build_index, knn, knn_pairs
+    from pipeline.features.index import build_index, knn, knn_pairs
 
     vectors, planted = make_vectors(n)
     started = time.perf_counter()
@@ -70,9 +69,19 @@ def measure(n: int) -> dict:
         merged_rows = np.concatenate([best_rows, np.arange(start, start + sims.shape[1])[None, :].repeat(len(queries), 0)], axis=1)
         order = np.argsort(-merged, axis=1)[:, : K + 1]
         best, best_rows = np.take_along_axis(merged, order, 1), np.take_along_axis(merged_rows, order, 1)
-    exact = {(min(q, int(r)), max(q, int(r))) for q, row, sim in zip(queries, best_rows, best) for r, s in zip(row, sim) if r != q and s >= THRESHOLD}
+    exact = {
+        (min(q, int(r)), max(q, int(r)))
+        for q, row, sim in zip(queries, best_rows, best)
+        for r, s in zip(row, sim)
+        if r != q and s >= THRESHOLD
+    }
     approx_sims, approx_rows = knn(vindex, vectors[queries].astype(np.float32), K + 1)
-    approx = {(min(q, int(r)), max(q, int(r))) for q, row, sim in zip(queries, approx_rows, approx_sims) for r, s in zip(row, sim) if r != q and r >= 0 and s >= THRESHOLD}
+    approx = {
+        (min(q, int(r)), max(q, int(r)))
+        for q, row, sim in zip(queries, approx_rows, approx_sims)
+        for r, s in zip(row, sim)
+        if r != q and r >= 0 and s >= THRESHOLD
+    }
     return {
         "n": n, "index": vindex.kind, "build_s": round(built, 1), "total_s": round(total, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
@@ -91,10 +100,14 @@ def main() -> None:
         return
     print(f"{'N':>9} {'index':>6} {'build s':>8} {'total s':>8} {'peak GB':>8} {'pairs':>9} {'planted recall':>15} {'recall vs exact':>16}")
     for n in args.sizes:
-        out = subprocess.run([sys.executable, __file__, "--one", str(n)], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [sys.executable, "-m", "bench.neardup_scale", "--one", str(n)], capture_output=True, text=True, check=True, cwd=REPO
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['n']:9d} {r['index']:>6} {r['build_s']:8.1f} {r['total_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['pairs']:9d} "
-              f"{r['planted_recall']:15.4f} {r['recall_vs_exact']:16.4f}")
+        print(
+            f"{r['n']:9d} {r['index']:>6} {r['build_s']:8.1f} {r['total_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['pairs']:9d} "
+            f"{r['planted_recall']:15.4f} {r['recall_vs_exact']:16.4f}"
+        )
 
 
 if __name__ == "__main__":

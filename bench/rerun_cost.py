@@ -5,7 +5,7 @@ same unchanged sources carries intake rows over by source fingerprint, takes eve
 embedding cache and only rebuilds the (small) tables and index. Both are timed in one process, on
 the shared corpus where present, else on generated demo pictures.
 
-    .venv/bin/python bench/rerun_cost.py [--embedder classic|clip]
+    .venv/bin/python -m bench.rerun_cost [--embedder classic|clip]
 
 `--embedder clip` uses ViT-B-32 with random weights saved as a local checkpoint (same cost as real
 weights; no download).
@@ -14,14 +14,13 @@ weights; no download).
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import default_corpus
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+CORPUS = default_corpus()
 
 
 def main() -> None:
@@ -30,14 +29,14 @@ def main() -> None:
     args = parser.parse_args()
 
     from pipeline.config import load_settings
-    from pipeline.run import run_pipeline
-    from pipeline.sources import read_manifest, scan_folder
+    from pipeline.ingest.sources import read_manifest, scan_folder
+    from pipeline.stages import run_pipeline
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-rerun-"))
     if CORPUS.is_dir():
         rows, source = scan_folder(str(CORPUS)), "shared corpus"
     else:
-        from pipeline.demo_data import generate_demo_images
+        from pipeline.apps.demo.data import generate_demo_images
 
         rows, source = read_manifest(str(generate_demo_images(scratch / "demo", per_company=60))), "generated demo pictures"
     overrides: dict = {"warehouse": str(scratch / "warehouse"), "embedder": args.embedder}

@@ -13,7 +13,7 @@ the subsets on N further random draws, computed from the run's own vectors, refe
 near-duplicate pairs with the pipeline's `page_index`, and prints how often each check holds: how
 robust the result is, rather than whether one draw passed.
 
-    .venv/bin/python bench/validate_homogeneity.py [--embedder classic|clip] [--pack corporate-headshots] [--draws 20]
+    .venv/bin/python -m bench.validate_homogeneity [--embedder classic|clip] [--pack corporate-headshots] [--draws 20]
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import default_corpus
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "headshots"
+CORPUS = default_corpus()
 
 
 def main() -> None:
@@ -43,8 +43,8 @@ def main() -> None:
         return
 
     from pipeline.config import load_settings
-    from pipeline.run import run_pipeline
-    from pipeline.sources import read_manifest
+    from pipeline.ingest.sources import read_manifest
+    from pipeline.stages import run_pipeline
 
     rng = np.random.default_rng(0)
     staff = sorted(str(p) for p in (CORPUS / "real_staff_18f").glob("*.jp*g"))
@@ -81,8 +81,10 @@ def main() -> None:
     print(f"embedder {result.embedder}")
     print(f"{'page':34s} {'n':>4s} {'index':>6s} {'95% interval':>16s} {'near-dup':>8s} {'vendi':>6s}")
     for company, row in companies.iterrows():
-        print(f"{company:34s} {row['n_images']:4d} {row['homogeneity_index']:6.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
-              f"{row['near_dup_rate']:8.3f} {row['vendi_score']:6.2f}")
+        print(
+            f"{company:34s} {row['n_images']:4d} {row['homogeneity_index']:6.3f} [{row['ci_low']:.3f}, {row['ci_high']:.3f}] "
+            f"{row['near_dup_rate']:8.3f} {row['vendi_score']:6.2f}"
+        )
     staff_index = companies.loc["real:18f", "homogeneity_index"]
     above = [c for c in companies.index if c.startswith(("pack:", "studio:"))]
     below = [c for c in above if companies.loc[c, "homogeneity_index"] <= staff_index]
@@ -92,7 +94,7 @@ def main() -> None:
     print(f"mix 0..100% {args.pack}: {' '.join(f'{v:.3f}' for v in mix)}; strictly increasing: {all(b > a for a, b in zip(mix, mix[1:]))}")
     intervals = [(companies.loc[s, "ci_low"], companies.loc[s, "ci_high"]) for s in subsets]
     overlap = max(low for low, _ in intervals) <= min(high for _, high in intervals)
-    print(f"18F subsets 10/20/40: intervals {' '.join(f'[{l:.3f}, {h:.3f}]' for l, h in intervals)}; all overlap: {overlap}")
+    print(f"18F subsets 10/20/40: intervals {' '.join(f'[{low:.3f}, {high:.3f}]' for low, high in intervals)}; all overlap: {overlap}")
     if args.draws:
         robustness(settings, result.embedder, staff, args.draws)
 
@@ -100,8 +102,8 @@ def main() -> None:
 def ensure_reference(settings) -> None:  # type: ignore[no-untyped-def]
     """Without a stored or shipped reference the run would freeze one fitted on the validation pages
     themselves; fit it instead on the same held-out folders as the shipped classic one."""
-    from pipeline.embed import resolve_embedder
-    from pipeline.reference import fit_from_folders, save_reference, stored_reference
+    from pipeline.features.embed import resolve_embedder
+    from pipeline.features.reference import fit_from_folders, save_reference, stored_reference
     from pipeline.warehouse import Warehouse
 
     embedder = resolve_embedder(settings).embedder
@@ -115,9 +117,9 @@ def ensure_reference(settings) -> None:  # type: ignore[no-untyped-def]
 
 def robustness(settings, embedder_id: str, staff: list[str], draws: int) -> None:  # type: ignore[no-untyped-def]
     """The mix and subset checks on `draws` random draws each, from the run's stored vectors."""
-    from pipeline.analyze import page_index
-    from pipeline.embed import load_cache
-    from pipeline.reference import no_reference, stored_reference
+    from pipeline.features.embed import load_cache
+    from pipeline.features.reference import no_reference, stored_reference
+    from pipeline.metrics.homogeneity import page_index
     from pipeline.warehouse import Warehouse
 
     warehouse = Warehouse(settings.warehouse)

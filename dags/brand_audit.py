@@ -6,7 +6,7 @@ that the brand team uploaded. Crawl or read, intake, embed, index and analyze it
 latest nightly population, in the audit's own warehouse folder (the nightly tables are never
 touched), and render the company's audit page. The task returns the page's path.
 
-The work is `pipeline.audit.audit`: the same stage functions as the nightly run.
+The work is `pipeline.apps.audit.audit`: the same stage functions as the nightly run.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from pipeline.orchestration import dag_arguments, location_params
+from pipeline.apps.orchestration import dag_arguments, location_params
 
 
 @dag(
@@ -32,7 +32,7 @@ from pipeline.orchestration import dag_arguments, location_params
 def profile_homogenization_brand_audit():
     @task(pool="embedding")
     def audit() -> dict:
-        from pipeline.orchestration import brand_audit
+        from pipeline.apps.orchestration import brand_audit
 
         context = get_current_context()
         return brand_audit(dict(context["params"]), context.get("logical_date"))

@@ -3,14 +3,14 @@
 
 Every night: read `sites.yaml`, crawl each company's team pages and take their pictures in (one
 mapped task per company: a failing site fails alone and is reported in the `crawl_log` table and in
-`run.json`), measure faces and template signals, embed the run's new pictures (`embed_shards` mapped
-tasks split by content hash, embedding pool, optional GPU queue), build the run's FAISS
-index, compute near-duplicates, clusters, homogeneity indexes, cross-company reuse and trends, render
-the HTML run report and every company's audit page, then write `run.json` and publish the
-`profile_homogenization_run` asset.
+`run.json`), then one task per stage of the registry (`pipeline.stages.STAGES`), each waiting for
+the stages whose outputs it reads: faces, embed (`embed_shards` mapped tasks split by content hash,
+embedding pool, optional GPU queue), zero-shot styles, the run's FAISS index, near-duplicates and
+clusters, face identity, the companies table and trends, the HTML report; then write `run.json` and
+publish the `profile_homogenization_run` asset.
 
 Every task is idempotent per run date (a rerun replaces that date's partitions) and passes only
-paths, URIs and counts. The work itself lives in `pipeline/orchestration.py` and `pipeline/run.py`.
+paths, URIs and counts. The work itself lives in `pipeline/apps/orchestration.py` and `pipeline/stages/`.
 
 Params: `sites_file` (default `$HOMOG_SITES` or `sites.yaml`), `run_date` (default: the logical
 date), `warehouse` and `reports` (default: the settings, from `$HOMOG_CONFIG` / `$HOMOG_WAREHOUSE` /
@@ -24,7 +24,7 @@ import os
 
 from airflow.sdk import Asset, Param, dag, get_current_context, task
 
-from pipeline.orchestration import dag_arguments, location_params
+from pipeline.apps.orchestration import dag_arguments, dag_stages, location_params
 
 EMBED_QUEUE = os.environ.get("HOMOG_EMBED_QUEUE", "default")
 NIGHTLY_RUN = Asset(name="profile_homogenization_run", uri="file:///profile-homogenization/runs")
@@ -44,7 +44,7 @@ NIGHTLY_RUN = Asset(name="profile_homogenization_run", uri="file:///profile-homo
 def profile_homogenization_nightly():
     @task
     def plan() -> dict:
-        from pipeline.orchestration import plan_run
+        from pipeline.apps.orchestration import plan_run
 
         context = get_current_context()
         return plan_run(dict(context["params"]), context.get("logical_date"))
@@ -55,73 +55,54 @@ def profile_homogenization_nightly():
 
     @task(pool="crawler", map_index_template="{{ company }}")
     def crawl_and_intake(run: dict, company: str) -> dict:
-        from pipeline.orchestration import collect_company
+        from pipeline.apps.orchestration import collect_company
 
         return collect_company(run, company)
 
-    @task(trigger_rule="all_done")  # also after some companies failed: they are reported, not fatal
+    # Also after some companies failed: they are reported, not fatal. One XCom per per-company stage.
+    @task(trigger_rule="all_done", multiple_outputs=True)
     def gather(run: dict, _companies_done: list) -> dict:
-        from pipeline.orchestration import gather
+        from pipeline.apps.orchestration import gather
 
         return gather(run)
 
     @task
-    def embed_shards(run: dict, _gathered: dict) -> list:
+    def shards(run: dict, _upstream: dict) -> list:
         return run["embed_shards"]  # mapping needs a task's own return value
 
-    @task(pool="embedding", queue=EMBED_QUEUE, map_index_template="shard {{ shard }}")
-    def embed_part(run: dict, shard: int) -> dict:
-        from pipeline.orchestration import embed_part
+    @task(map_index_template="shard {{ shard }}")
+    def stage_part(run: dict, stage: str, shard: int) -> dict:
+        from pipeline.apps.orchestration import stage_part
 
-        return embed_part(run, shard)
-
-    @task(pool="embedding", queue=EMBED_QUEUE)
-    def embed(run: dict, parts: list) -> dict:
-        from pipeline.orchestration import embed
-
-        return embed(run, list(parts))
+        return stage_part(run, stage, shard)
 
     @task
-    def faces(run: dict, _gathered: dict) -> dict:
-        from pipeline.orchestration import faces
+    def stage(run: dict, name: str, upstream: dict, parts: list | None = None) -> dict:
+        from pipeline.apps.orchestration import run_stage
 
-        return faces(run)
-
-    @task
-    def index(run: dict, embedded: dict) -> dict:
-        from pipeline.orchestration import index
-
-        return index(run, embedded)
-
-    @task
-    def analyze(run: dict, embedded: dict, _indexed: dict, _faces: dict) -> dict:
-        from pipeline.orchestration import analyze
-
-        return analyze(run, embedded)
-
-    @task
-    def report(run: dict, embedded: dict, _analysed: dict) -> dict:
-        from pipeline.orchestration import report
-
-        return report(run, embedded)
+        return run_stage(run, name, upstream, parts)
 
     @task(outlets=[NIGHTLY_RUN])
-    def finish(run: dict, gathered: dict, measured: dict, embedded: dict, indexed: dict, analysed: dict, reported: dict) -> dict:
-        from pipeline.orchestration import finish
+    def finish(run: dict, results: dict) -> dict:
+        from pipeline.apps.orchestration import finish
 
-        stages = {"gather": gathered, "faces": measured, "embed": embedded, "index": indexed, "analyze": analysed, "report": reported}
-        return finish(run, stages)
+        return finish(run, results)
 
     run = plan()
-    done = crawl_and_intake.partial(run=run).expand(company=companies(run))
-    gathered = gather(run, done)
-    measured = faces(run, gathered)
-    parts = embed_part.partial(run=run).expand(shard=embed_shards(run, gathered))
-    embedded = embed(run, parts)
-    indexed = index(run, embedded)
-    analysed = analyze(run, embedded, indexed, measured)
-    reported = report(run, embedded, analysed)
-    finish(run, gathered, measured, embedded, indexed, analysed, reported)
+    gathered = gather(run, crawl_and_intake.partial(run=run).expand(company=companies(run)))
+    results = {"crawl": gathered["crawl"], "intake": gathered["intake"]}
+    for spec in dag_stages():  # the registry's stages after the per-company ones, in order
+        upstream = {name: results[name] for name in spec["needs"]}
+        embedding = {"pool": "embedding", "queue": EMBED_QUEUE} if spec["uses_embedder"] else {}
+        parts = None
+        if spec["sharded"]:
+            parts = (
+                stage_part.override(task_id=f"{spec['name']}_part", **embedding)
+                .partial(run=run, stage=spec["name"])
+                .expand(shard=shards.override(task_id=f"{spec['name']}_shards")(run, upstream))
+            )
+        results[spec["name"]] = stage.override(task_id=spec["name"], **embedding)(run, spec["name"], upstream, parts)
+    finish(run, results)
 
 
 profile_homogenization_nightly()

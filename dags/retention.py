@@ -4,7 +4,7 @@
 Daily: delete stored originals and thumbnails that no run has referenced for longer than
 `retention.raw_images_days` / `retention.thumbnails_days`. Tables, metrics, embeddings and verdicts
 stay. Every decision is logged in the warehouse's `retention` table; `dry_run` decides and logs
-without deleting. The work is `pipeline.retention.purge_expired`.
+without deleting. The work is `pipeline.apps.retention.purge_expired`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from pipeline.orchestration import dag_arguments, location_params
+from pipeline.apps.orchestration import dag_arguments, location_params
 
 
 @dag(
@@ -26,7 +26,7 @@ from pipeline.orchestration import dag_arguments, location_params
 def profile_homogenization_retention():
     @task
     def purge() -> dict:
-        from pipeline.orchestration import purge
+        from pipeline.apps.orchestration import purge
 
         context = get_current_context()
         return purge(dict(context["params"]), context.get("logical_date"))

@@ -70,20 +70,18 @@ class PrivacyConfig(_Section):
 class RetentionConfig(_Section):
     raw_images_days: int = Field(30, ge=0, description="Originals not referenced by a run for this long are purged.")
     thumbnails_days: int = Field(180, ge=0, description="Thumbnails not referenced by a run for this long are purged.")
-    staging_grace_hours: int = Field(
-        24, ge=1, description="Temp/staging files left behind by killed runs are swept after this long."
-    )
+    staging_grace_hours: int = Field(24, ge=1, description="Temp/staging files left behind by killed runs are swept after this long.")
 
 
 class ClipConfig(_Section):
-    model: str = "ViT-B-32"
-    pretrained: str = "laion2b_s34b_b79k"
+    model: str = Field("ViT-B-32", description="open_clip model name (`homog models list --all`).")
+    pretrained: str = Field("laion2b_s34b_b79k", description="open_clip pretrained tag whose weights are loaded from the HF cache.")
     checkpoint: Path | None = Field(None, description="Local checkpoint file; overrides `pretrained`.")
-    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: CUDA, then MPS, then the CPU.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: fp16 on CUDA, bf16 on CPUs with native bf16 (AMX/AVX512-BF16), else fp32."
     )
-    batch_size: int = Field(64, ge=1, le=4096)
+    batch_size: int = Field(64, ge=1, le=4096, description="Pictures per forward pass.")
     decode_threads: int = Field(1, ge=1, le=64, description="Threads decoding the next batches while the model runs.")
 
     @field_validator("model", "pretrained")
@@ -105,12 +103,20 @@ class ThresholdsConfig(_Section):
         default_factory=lambda: {"clip": 0.90, "classic": 0.85},
         description="Pairs at or above this similarity join one style cluster (same template/look).",
     )
-    verify_min_inlier_ratio: float = Field(0.60, gt=0, le=1, description="Geometric verification: share of ORB matches that fit one transform.")
-    verify_min_block_correlation: float = Field(0.96, gt=-1, le=1, description="Geometric verification: median block correlation once aligned.")
-    verify_min_face_correlation: float = Field(0.90, ge=-1, le=1, description="Geometric verification: median correlation inside the face, where one was found.")
-    max_candidates_per_image: int = Field(10, ge=1, le=200, description="Nearest neighbours per photo that are verified as near-duplicate candidates.")
+    verify_min_inlier_ratio: float = Field(
+        0.60, gt=0, le=1, description="Geometric verification: share of ORB matches that fit one transform."
+    )
+    verify_min_block_correlation: float = Field(
+        0.96, gt=-1, le=1, description="Geometric verification: median block correlation once aligned."
+    )
+    verify_min_face_correlation: float = Field(
+        0.90, ge=-1, le=1, description="Geometric verification: median correlation inside the face, where one was found."
+    )
+    max_candidates_per_image: int = Field(
+        10, ge=1, le=200, description="Nearest neighbours per photo that are verified as near-duplicate candidates."
+    )
     min_images: int = Field(5, ge=3, description="Pages with fewer ok images get status too_few_images, no index.")
-    bootstrap_samples: int = Field(400, ge=50, le=10_000)
+    bootstrap_samples: int = Field(400, ge=50, le=10_000, description="Bootstrap replicates behind each 95% interval of the index.")
     max_page_sample: int = Field(3000, ge=100, description="Larger pages are measured on a seeded sample this big.")
     reference_min_photos: int = Field(
         100, ge=2,
@@ -139,26 +145,31 @@ class OptOutConfig(_Section):
 
 
 class CrawlConfig(_Section):
-    user_agent: str = "profile-homogenization-analytics/0.1 (+{contact_url})"
-    contact_url: str = "https://example.invalid/contact"
+    user_agent: str = Field(
+        "profile-homogenization-analytics/0.1 (+{contact_url})",
+        description="Sent with every request; its first word is the token robots.txt rules address.",
+    )
+    contact_url: str = Field("https://example.invalid/contact", description="Where site owners reach us (named in the User-Agent).")
     min_delay_s: float = Field(1.0, ge=0, le=60, description="Least time between two requests to one host.")
-    max_concurrency_per_host: int = Field(2, ge=1, le=32)
+    max_concurrency_per_host: int = Field(2, ge=1, le=32, description="Requests in flight to one host at most.")
     max_crawl_delay_s: float = Field(30.0, ge=0, description="Cap on a robots.txt Crawl-delay we honour.")
     timeout_s: float = Field(20.0, gt=0, description="Connect/read timeout, and the deadline for one whole response.")
-    max_retries: int = Field(3, ge=0, le=10)
+    max_retries: int = Field(3, ge=0, le=10, description="Retries of a failed or throttled request (429, 5xx, timeouts).")
     backoff_s: float = Field(1.0, ge=0, description="First retry wait; doubles each retry (plus jitter).")
     max_retry_after_s: float = Field(120.0, ge=0, description="A longer Retry-After gives up instead of waiting.")
-    max_redirects: int = Field(5, ge=0, le=20)
-    max_bytes_per_response: int = Field(25_000_000, gt=0)
-    max_bytes_per_site: int = Field(500_000_000, gt=0)
+    max_redirects: int = Field(5, ge=0, le=20, description="Redirects followed per request, each checked by the address guard.")
+    max_bytes_per_response: int = Field(25_000_000, gt=0, description="A larger response is abandoned while it downloads.")
+    max_bytes_per_site: int = Field(500_000_000, gt=0, description="Bytes downloaded from one company's sites per crawl.")
     max_pages_per_site: int = Field(20, ge=1, description="Team page plus pagination / load-more pages.")
-    follow_pagination: bool = True
-    max_images_per_page: int = Field(2000, ge=1)
+    follow_pagination: bool = Field(True, description="Follow rel=next and next/load-more links on the same host.")
+    max_images_per_page: int = Field(2000, ge=1, description="Pictures fetched per page at most; the rest are logged as skipped.")
     preferred_width: int = Field(800, ge=64, description="From a srcset, the smallest size at least this wide.")
     min_side: int = Field(64, ge=1, description="Smaller pictures are icons, not headshots.")
     min_aspect: float = Field(0.5, gt=0, description="width/height below this: a vertical strip, not a headshot.")
     max_aspect: float = Field(2.0, gt=0, description="width/height above this: a banner, not a headshot.")
-    face_score_floor: float = Field(0.9, ge=0, le=1)
+    face_score_floor: float = Field(
+        0.9, ge=0, le=1, description="Detector confidence from which a face counts (crawl, faces and identity)."
+    )
     workers: int = Field(4, ge=1, le=64, description="Downloads in flight per company (each host still capped).")
     allow_private: list[str] = Field(
         default_factory=list,
@@ -167,7 +178,7 @@ class CrawlConfig(_Section):
     opt_out: OptOutConfig = OptOutConfig()
 
     @model_validator(mode="after")
-    def _contact_is_set(self) -> "CrawlConfig":
+    def _contact_is_set(self) -> CrawlConfig:
         if "{contact_url}" in self.user_agent and not self.contact_url:
             raise ValueError("crawl.contact_url must be set: the User-Agent names it so site owners can reach us")
         if self.min_aspect >= self.max_aspect:
@@ -196,7 +207,9 @@ class Settings(BaseSettings):
 
     warehouse: str = Field("./warehouse", description="Warehouse root: a local path or any fsspec URL (s3://...).")
     reports: str = Field("./reports", description="Where HTML reports go (<reports>/<run_date>/index.html); path or fsspec URL.")
-    embedder: EmbedderChoice = "auto"
+    embedder: EmbedderChoice = Field(
+        "auto", description="auto: clip where its weights are on this machine, else classic (said in the log, run.json and the report)."
+    )
     embed_shards: int = Field(
         1, ge=1, le=1024,
         description="Airflow: the run's new pictures are embedded by this many mapped tasks (e.g. one per GPU worker); the CLI embeds in one process.",

@@ -1,13 +1,4 @@
-"""The warehouse: one root URI (local path or any fsspec URL) holding everything a run produces.
-
-Layout (see DESIGN.md, "Warehouse"):
-
-    objects/raw/<sha[:2]>/<sha>.<ext>        original bytes, content-addressed (absent in no-raw mode)
-    objects/thumbs/<sha[:2]>/<sha>.jpg       thumbnails, content-addressed
-    staging/run_date=D/raw/...               run-scoped originals in no-raw mode, deleted at run end
-    tables/<table>/run_date=D/part-0.parquet Parquet tables, Hive-partitioned by run date
-    runs/run_date=D/run.json                 what a run did, with which settings and embedder
-    .tmp/                                    in-flight writes; never read, swept when stale
+"""Atomic I/O under one warehouse root (a local path or any fsspec URL); `pipeline.layout` says where things go.
 
 Every write is atomic: on a local disk the bytes go to `.tmp/` and are renamed into place (rename is
 atomic within one filesystem); object stores (s3, gcs, ...) publish a PUT only when it is complete.
@@ -17,38 +8,24 @@ replaces it in one step, which makes a rerun of the same run date idempotent.
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import json
 import logging
 import os
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pandas as pd
+
+from pipeline import layout
+from pipeline.layout import validate_run_date  # noqa: F401 - re-exported: callers validate dates where they store
 
 if TYPE_CHECKING:
     import pyarrow
 
 logger = logging.getLogger(__name__)
-
-ObjectKind = Literal["raw", "thumbs"]
-_TMP_DIR = ".tmp"
-
-
-def validate_run_date(run_date: str | dt.date) -> str:
-    """Return the run date as YYYY-MM-DD, or raise ValueError saying what was wrong."""
-    if isinstance(run_date, dt.date):
-        return run_date.isoformat()
-    try:
-        parsed = dt.date.fromisoformat(run_date)
-    except (TypeError, ValueError):
-        raise ValueError(f"run date must be YYYY-MM-DD, got {run_date!r}") from None
-    if parsed.isoformat() != run_date:
-        raise ValueError(f"run date must be YYYY-MM-DD, got {run_date!r}")
-    return run_date
 
 
 class Warehouse:
@@ -71,21 +48,6 @@ class Warehouse:
         path = self.path(*parts)
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
-    @staticmethod
-    def object_key(kind: ObjectKind, sha256: str, ext: str) -> str:
-        return f"objects/{kind}/{sha256[:2]}/{sha256}.{ext}"
-
-    @staticmethod
-    def staging_key(run_date: str, sha256: str, ext: str) -> str:
-        return f"staging/run_date={run_date}/raw/{sha256[:2]}/{sha256}.{ext}"
-
-    @staticmethod
-    def partition_dir(table: str, run_date: str) -> str:
-        return f"tables/{table}/run_date={validate_run_date(run_date)}"
-
-    def table_file(self, table: str, run_date: str) -> str:
-        return f"{self.partition_dir(table, run_date)}/part-0.parquet"
-
     # ------------------------------------------------------------ primitives
     def exists(self, key: str) -> bool:
         return self.fs.exists(self.path(key))
@@ -100,7 +62,7 @@ class Warehouse:
             self.fs.pipe_file(target, data)
             return target
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        tmp_dir = self.path(_TMP_DIR)
+        tmp_dir = self.path(layout.TMP_DIR)
         os.makedirs(tmp_dir, exist_ok=True)
         tmp = os.path.join(tmp_dir, f"{uuid.uuid4().hex}-{os.path.basename(target)}")
         try:
@@ -135,7 +97,7 @@ class Warehouse:
     # ---------------------------------------------------------------- tables
     def write_table(self, table: str, run_date: str, frame: pd.DataFrame) -> str:
         """Replace the `run_date` partition of `table` with `frame`; returns the file's URI."""
-        return self.write_frame(self.table_file(table, run_date), frame)
+        return self.write_frame(layout.table_file(table, run_date), frame)
 
     def write_frame(self, key: str, frame: pd.DataFrame) -> str:
         """Atomically write a data frame as one Parquet file at `key`; returns its URI."""
@@ -151,7 +113,7 @@ class Warehouse:
         with self.fs.open(self.path(key), "rb") as handle:
             return pq.read_table(handle).to_pandas()
 
-    def write_table_file(self, key: str, table: "pyarrow.Table") -> str:
+    def write_table_file(self, key: str, table: pyarrow.Table) -> str:
         """Atomically write one Parquet file at `key`."""
         import pyarrow.parquet as pq
 
@@ -159,7 +121,7 @@ class Warehouse:
         pq.write_table(table, buffer, compression="zstd")
         return self.write_bytes(key, buffer.getvalue())
 
-    def write_shard(self, folder: str, keys: "list[str]", table: "pyarrow.Table") -> str:
+    def write_shard(self, folder: str, keys: list[str], table: pyarrow.Table) -> str:
         """Add an immutable cache shard to `folder`, named by the keys it holds: writing the same
         keys again is a no-op, and concurrent writers of different keys never collide."""
         import hashlib
@@ -170,7 +132,7 @@ class Warehouse:
             self.write_table_file(key, table)
         return key
 
-    def read_shards(self, folder: str, columns: "list[str] | None" = None) -> "list[pyarrow.Table]":
+    def read_shards(self, folder: str, columns: list[str] | None = None) -> list[pyarrow.Table]:
         """Every shard of a cache folder (only `columns`, where given), in a stable order; [] if there is none."""
         import pyarrow.parquet as pq
 
@@ -183,7 +145,7 @@ class Warehouse:
     def _shard_paths(self, folder: str) -> list[str]:
         return sorted(self.fs.glob(self.path(folder, "shard-*.parquet"))) if self.exists(folder) else []
 
-    def copy_shards(self, source: "Warehouse", folder: str) -> int:
+    def copy_shards(self, source: Warehouse, folder: str) -> int:
         """Add every cache shard of `source`'s `folder` that this warehouse lacks (shards are immutable
         and named by the keys they hold, so a shard of the same name is the same shard). Returns how
         many were copied."""
@@ -198,33 +160,31 @@ class Warehouse:
     def read_table(self, table: str, run_date: str | None = None) -> pd.DataFrame:
         """One partition, or all of them with a `run_date` column; empty frame if there is none."""
         if run_date is not None:
-            key = self.table_file(table, run_date)
+            key = layout.table_file(table, run_date)
             return self.read_frame(key) if self.exists(key) else pd.DataFrame()
-        frames = [
-            self.read_table(table, date).assign(run_date=date) for date in self.run_dates(table)
-        ]
+        frames = [self.read_table(table, date).assign(run_date=date) for date in self.run_dates(table)]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def run_dates(self, table: str = "images") -> list[str]:
-        base = self.path("tables", table)
+        base = self.path(layout.tables_folder(table))
         if not self.fs.exists(base):
             return []
         dates = []
         for entry in self.fs.ls(base, detail=False):
-            name = entry.rstrip("/").rsplit("/", 1)[-1]
-            if name.startswith("run_date=") and self.fs.exists(f"{entry.rstrip('/')}/part-0.parquet"):
-                dates.append(name.removeprefix("run_date="))
+            date = layout.partition_date(entry.rstrip("/").rsplit("/", 1)[-1])
+            if date is not None and self.exists(layout.table_file(table, date)):
+                dates.append(date)
         return sorted(dates)
 
     # ------------------------------------------------------------- hygiene
     def drop_staging(self, run_date: str) -> None:
-        self.remove(f"staging/run_date={validate_run_date(run_date)}", recursive=True)
+        self.remove(layout.staging_folder(run_date), recursive=True)
 
     def sweep_stale_temp(self, older_than_hours: float) -> int:
         """Delete in-flight files that a killed process left behind; returns how many."""
         if not self.is_local:
             return 0  # object stores have no half-written objects to sweep
-        tmp_dir = self.path(_TMP_DIR)
+        tmp_dir = self.path(layout.TMP_DIR)
         if not os.path.isdir(tmp_dir):
             return 0
         cutoff = time.time() - older_than_hours * 3600

@@ -101,7 +101,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import open_clip
     import torch
 
-    from pipeline.embedders.clip import TINY_TEST_MODEL, ClipEmbedder
+    from pipeline.features.embedders.clip import TINY_TEST_MODEL, ClipEmbedder
 
     ClipEmbedder(TINY_TEST_MODEL, pretrained=None, random_init_seed=0, precision="fp32")  # registers the config
     torch.manual_seed(0)

@@ -14,14 +14,14 @@ import http.server
 import io
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pipeline import demo_data
-from pipeline.faces import detect_faces
+from pipeline.apps.demo import data as demo_data
+from pipeline.features.faces import detect_faces
 
 HOSTILE_NAME = 'Zoë <script>alert("x")</script> \u202eO\u2019Brien'
 OPTED_OUT_PERSON = "Pat Optout"
@@ -260,8 +260,12 @@ def build_site(internal_port: int) -> Site:
     routes["/lazy-2.html"] = _static(_page('<div class="x"><img src="/img/face7.jpg" alt="Page Two"></div>'), html_type)
     routes["/img/face2.webp"] = _static(_webp(faces[2]), "image/webp")
 
-    routes["/noai-meta.html"] = _static(_page(_cards([("/img/face0.jpg", "Meta Noai", "")]), '<meta name="robots" content="noai, noimageai">'), html_type)
-    routes["/noindex-header.html"] = _static(_page(_cards([("/img/face0.jpg", "Header Noindex", "")])), html_type, {"X-Robots-Tag": "noindex"})
+    routes["/noai-meta.html"] = _static(
+        _page(_cards([("/img/face0.jpg", "Meta Noai", "")]), '<meta name="robots" content="noai, noimageai">'), html_type
+    )
+    routes["/noindex-header.html"] = _static(
+        _page(_cards([("/img/face0.jpg", "Header Noindex", "")])), html_type, {"X-Robots-Tag": "noindex"}
+    )
     routes["/flapping.html"] = _fails_first(2, 500, _static(_page(_cards([("/img/face6.jpg", "Flap Example", "")])), html_type))
     routes["/redirect-loop.html"] = _status(301, {"Location": "/redirect-loop.html"})
     routes["/not-html.html"] = _static(faces[0], jpeg)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.config import load_settings
-from pipeline.run import run_pipeline
-from pipeline.sources import scan_folder
+from pipeline.ingest.sources import scan_folder
+from pipeline.stages import run_pipeline
 
 
 def test_ai_diffusion_packs_ingest_completely(corpus: Path, tmp_path: Path) -> None:
@@ -24,8 +24,8 @@ def test_ai_diffusion_packs_ingest_completely(corpus: Path, tmp_path: Path) -> N
 
 def test_one_template_with_another_face_is_not_the_same_photo(corpus: Path) -> None:
     """A studio photo whose face is replaced by another sitter's (same backdrop, suit, framing)."""
-    from pipeline.intake import load_rgb
-    from pipeline.verify import VerifyParams, features, verify
+    from pipeline.features.verify import VerifyParams, features, verify
+    from pipeline.ingest.intake import load_rgb
 
     folder = corpus / "real_lab_london" / "neutral_front"
     original = load_rgb(str(folder / "001_03.jpg"))
@@ -49,9 +49,9 @@ def test_every_ai_pack_and_the_studio_set_score_above_the_real_staff_page(corpus
     (bench/validate_homogeneity.py runs all three through the whole pipeline)."""
     import numpy as np
 
-    from pipeline.analyze import page_index
-    from pipeline.embedders.classic import ClassicEmbedder
-    from pipeline.reference import stored_reference
+    from pipeline.features.embedders.classic import ClassicEmbedder
+    from pipeline.features.reference import stored_reference
+    from pipeline.metrics.homogeneity import page_index
     from pipeline.warehouse import Warehouse
 
     embedder = ClassicEmbedder()

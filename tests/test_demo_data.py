@@ -7,8 +7,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from pipeline.demo_data import SYNTHETIC_NOTE, generate_demo_images
-from pipeline.sources import read_manifest
+from pipeline.apps.demo.data import SYNTHETIC_NOTE, generate_demo_images
+from pipeline.ingest.sources import read_manifest
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -72,13 +72,19 @@ class Services:
         if self.as_postgres:
             shutil.chown(self.pg_dir, "postgres", "postgres")
         data = self.pg_dir / "data"
-        subprocess.run([*self.as_postgres, str(self.pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "airflow"], check=True, capture_output=True)
+        subprocess.run(
+            [*self.as_postgres, str(self.pg_bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "airflow"],
+            check=True,
+            capture_output=True,
+        )
         port = self.ports["postgres"]
         options = f"-h 127.0.0.1 -p {port} -k {self.pg_dir} -c fsync=off"
         subprocess.run([*self.as_postgres, str(self.pg_bin / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(self.pg_dir / "log"), "-w", "start"],
                        check=True, capture_output=True)  # fmt: skip
         self.pg_started = True
-        subprocess.run([str(self.pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow", "airflow"], check=True, capture_output=True)
+        subprocess.run(
+            [str(self.pg_bin / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "airflow", "airflow"], check=True, capture_output=True
+        )
         return f"postgresql+psycopg2://airflow@127.0.0.1:{port}/airflow"
 
     def start_redis(self) -> str:
@@ -86,7 +92,9 @@ class Services:
         if server is None:
             pytest.fail("redis-server not found: `make test-distributed` installs Debian's redis-server")
         port = self.ports["redis"]
-        self.spawn([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.base)], "redis")
+        self.spawn(
+            [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.base)], "redis"
+        )
         _wait_for(lambda: _listening(port), "redis")
         return f"redis://127.0.0.1:{port}/0"
 
@@ -164,7 +172,14 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
             subprocess.run([str(BIN / "airflow"), "pools", "set", pool, slots, pool], env=env, check=True, capture_output=True, timeout=120)
         api = services.ports["api"]
         services.spawn([str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", str(api), "--workers", "1"], "api-server", env)
-        _wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{api}/api/v2/monitor/health", timeout=2).status == 200 if _listening(api) else False, "api-server")
+        _wait_for(
+            lambda: (
+                urllib.request.urlopen(f"http://127.0.0.1:{api}/api/v2/monitor/health", timeout=2).status == 200
+                if _listening(api)
+                else False
+            ),
+            "api-server",
+        )
         for name in ("worker-1", "worker-2"):  # one host, so they are told apart by name and by HOMOG_WORKER_ID
             services.spawn([str(BIN / "airflow"), "celery", "worker", "--skip-serve-logs", "--concurrency", "1",
                             "--celery-hostname", f"{name}@127.0.0.1", "--without-gossip"], name, {**env, "HOMOG_WORKER_ID": name})  # fmt: skip
@@ -180,7 +195,7 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
     assert {task["result"]["worker"] for task in mapped} == {"worker-1", "worker-2"}
     parts = [task for task in celery["tasks"] if task["task_id"] == "embed_part"]
     assert len(parts) == 2 and all(task["state"] == "success" for task in parts)
-    assert sum(task["result"]["embedded"] for task in parts) == celery["run"]["counts"]["distinct_images"]
+    assert sum(task["result"]["counts"]["embedded"] for task in parts) == celery["run"]["counts"]["distinct_images"]
     assert local["state"] == "success"
     clean, distributed = _tables(tmp_path / "local" / "wh"), _tables(tmp_path / "celery" / "wh")
     for table in TABLES:

@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.calibration import EDITS
+from pipeline.apps.demo.data import CORPORATE_TEMPLATE, generate_demo_images, random_sitter, random_template, render
 from pipeline.config import load_settings
-from pipeline.demo_data import CORPORATE_TEMPLATE, generate_demo_images, random_sitter, random_template, render
-from pipeline.embed import embed_images, load_cache, resolve_embedder
-from pipeline.embedders.classic import DIM, EMBEDDER_ID, ClassicEmbedder, describe, trim_solid_border
-from pipeline.embedders.clip import TINY_TEST_MODEL, ClipEmbedder, WeightsNotFound, find_local_weights
-from pipeline.run import run_pipeline
-from pipeline.sources import read_manifest
+from pipeline.features.calibration import EDITS
+from pipeline.features.embed import embed_images, load_cache, resolve_embedder
+from pipeline.features.embedders.classic import DIM, EMBEDDER_ID, ClassicEmbedder, describe, trim_solid_border
+from pipeline.features.embedders.clip import TINY_TEST_MODEL, ClipEmbedder, WeightsNotFound, find_local_weights
+from pipeline.ingest.sources import read_manifest
+from pipeline.stages import run_pipeline
 from pipeline.warehouse import Warehouse
 from tests.conftest import photo_like
 
@@ -98,7 +98,7 @@ def test_tiny_clip_checkpoint_runs_the_real_pipeline_end_to_end(tiny_checkpoint:
 
 
 def test_prefetched_file_path_equals_in_memory_path(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from pipeline.intake import load_rgb
+    from pipeline.ingest.intake import load_rgb
 
     embedder = ClipEmbedder(TINY_TEST_MODEL, checkpoint=tiny_checkpoint, precision="fp32", batch_size=3, decode_threads=2)
     manifest = generate_demo_images(tmp_path, per_company=2)
@@ -174,7 +174,7 @@ class CountingEmbedder(ClassicEmbedder):
 
 def test_rerun_embeds_only_new_content(tmp_path: Path) -> None:
     from pipeline.config import IntakeConfig, PrivacyConfig
-    from pipeline.intake import ingest
+    from pipeline.ingest.intake import ingest
 
     manifest = generate_demo_images(tmp_path / "demo", per_company=3)
     rows = read_manifest(str(manifest))
@@ -197,8 +197,8 @@ def test_rerun_embeds_only_new_content(tmp_path: Path) -> None:
 
 def test_mapped_embedding_shards_split_the_new_pictures_between_them(tmp_path: Path) -> None:
     from pipeline.config import IntakeConfig, PrivacyConfig
-    from pipeline.embed import embed_shard
-    from pipeline.intake import ingest
+    from pipeline.features.embed import embed_shard
+    from pipeline.ingest.intake import ingest
 
     manifest = generate_demo_images(tmp_path / "demo", per_company=4)
     warehouse = Warehouse(str(tmp_path / "wh"))
@@ -215,8 +215,8 @@ def test_mapped_embedding_shards_split_the_new_pictures_between_them(tmp_path: P
 
 def test_pictures_a_failed_shard_left_out_are_embedded_after_the_parts(tmp_path: Path) -> None:
     from pipeline.config import IntakeConfig, PrivacyConfig
-    from pipeline.embed import embed_shard
-    from pipeline.intake import ingest
+    from pipeline.features.embed import embed_shard
+    from pipeline.ingest.intake import ingest
 
     manifest = generate_demo_images(tmp_path / "demo", per_company=4)
     warehouse = Warehouse(str(tmp_path / "wh"))
@@ -228,7 +228,7 @@ def test_pictures_a_failed_shard_left_out_are_embedded_after_the_parts(tmp_path:
 
 
 def rows_with_one_more(rows: list, tmp_path: Path) -> list:
-    from pipeline.sources import ManifestRow
+    from pipeline.ingest.sources import ManifestRow
 
     extra = tmp_path / "extra.jpg"
     photo_like(seed=99).save(extra, format="JPEG")
@@ -236,7 +236,7 @@ def rows_with_one_more(rows: list, tmp_path: Path) -> list:
 
 
 def test_unknown_model_is_a_clear_error() -> None:
-    from pipeline.embedders.clip import UnknownModel
+    from pipeline.features.embedders.clip import UnknownModel
 
     with pytest.raises(UnknownModel, match="unknown open_clip model 'ViT-Z-99'"):
         ClipEmbedder("ViT-Z-99", checkpoint=None, pretrained=None, random_init_seed=0)

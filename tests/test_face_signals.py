@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.face_signals import (
+from pipeline.features.face_signals import (
     CROP_SIDE,
     PAGE_COLUMNS,
     aligned_face,
@@ -87,7 +87,9 @@ def test_page_signals_of_one_template_have_no_spread() -> None:
     row = {"n_faces": 1, "face_x": 0.5, "face_y": 0.4, "face_scale": 0.35, "symmetry": 0.8, "skin_detail": 0.2,
            "background_std": 3.0, "background_l": 40.0, "background_a": 1.0, "background_b": -5.0, "colour_a": 2.0, "colour_b": 4.0}  # fmt: skip
     templated = pd.DataFrame([row] * 5)
-    varied = pd.DataFrame([{**row, "face_x": x, "background_l": 20 + 10 * i, "colour_b": -10 + 5 * i} for i, x in enumerate([0.3, 0.4, 0.5, 0.6, 0.7])])
+    varied = pd.DataFrame(
+        [{**row, "face_x": x, "background_l": 20 + 10 * i, "colour_b": -10 + 5 * i} for i, x in enumerate([0.3, 0.4, 0.5, 0.6, 0.7])]
+    )
     t, v = page_signals(templated), page_signals(varied)
     assert set(t) == set(PAGE_COLUMNS)
     assert t["framing_spread"] == 0 and t["background_spread"] == 0 and t["colour_spread"] == 0

@@ -11,7 +11,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from pipeline.identity import SAME_FACE_DISTANCE, content_pairs, descriptors_folder, face_descriptor, identity_table, page_counts, same_face_pairs
+from pipeline.features.identity import (
+    SAME_FACE_DISTANCE,
+    VERSION,
+    content_pairs,
+    face_descriptor,
+    identity_table,
+    page_counts,
+    same_face_pairs,
+)
+from pipeline.layout import face_descriptors_folder
 
 
 def test_same_face_pairs_finds_close_descriptors_only() -> None:
@@ -66,8 +75,8 @@ def face_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run(pages: Path, warehouse: Path, run_date: str, **privacy: bool):  # type: ignore[no-untyped-def]
     from pipeline.config import load_settings
-    from pipeline.run import run_pipeline
-    from pipeline.sources import scan_folder
+    from pipeline.ingest.sources import scan_folder
+    from pipeline.stages import run_pipeline
 
     settings = load_settings(warehouse=str(warehouse), reports=str(warehouse.parent / "reports"), embedder="classic", privacy=privacy)
     return run_pipeline(scan_folder(str(pages)), settings, run_date=run_date, progress=False)
@@ -91,8 +100,10 @@ def test_unchanged_faces_reuse_the_pairs_and_descriptors_are_kept_only_on_reques
     computed = [run.counts["face_descriptors_computed"] for run in (first, unchanged, changed)]
     # unchanged pages: the last run's pairs, no descriptor; a new face: all again, unless descriptors are kept
     assert computed == ([6, 0, 1] if keep else [6, 0, 7])
-    assert (warehouse / descriptors_folder()).is_dir() == keep  # biometric data reaches the disk only on request
-    pairs = [pd.read_parquet(run.outputs["identities"]).sort_values(["image_a", "image_b"], ignore_index=True) for run in (first, unchanged)]
+    assert (warehouse / face_descriptors_folder(VERSION)).is_dir() == keep  # biometric data reaches the disk only on request
+    pairs = [
+        pd.read_parquet(run.outputs["identities"]).sort_values(["image_a", "image_b"], ignore_index=True) for run in (first, unchanged)
+    ]
     pd.testing.assert_frame_equal(pairs[0], pairs[1])
 
 

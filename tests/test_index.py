@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.index import EXACT_MAX_VECTORS, build_index, knn, knn_pairs, load_index, range_pairs, save_index
+from pipeline.features.index import EXACT_MAX_VECTORS, build_index, knn, knn_pairs, load_index, range_pairs, save_index
 from pipeline.warehouse import Warehouse
 
 
@@ -100,12 +100,7 @@ def test_knn_pairs_are_the_thresholded_neighbour_graph() -> None:
     similarities = vectors @ vectors.T
     np.fill_diagonal(similarities, -np.inf)
     top = np.argsort(-similarities, axis=1)[:, :3]
-    expected = {
-        (min(i, int(j)), max(i, int(j)))
-        for i in range(len(vectors))
-        for j in top[i]
-        if similarities[i, j] >= 0.9
-    }
+    expected = {(min(i, int(j)), max(i, int(j))) for i in range(len(vectors)) for j in top[i] if similarities[i, j] >= 0.9}
     assert {(i, j) for i, j, _ in pairs} == expected
     assert len(pairs) == len(expected) and all(i < j for i, j, _ in pairs)
     assert all(abs(s - similarities[i, j]) < 1e-5 for i, j, s in pairs)

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image, ImageCms
 
 from pipeline.config import IntakeConfig, PrivacyConfig
-from pipeline.intake import IntakeError, decode_image, fetch_bytes, ingest
-from pipeline.sources import ManifestRow
+from pipeline.ingest.intake import IntakeError, decode_image, fetch_bytes, ingest
+from pipeline.ingest.sources import ManifestRow
 from pipeline.warehouse import Warehouse
 from tests.conftest import encode, photo_like
 
@@ -227,10 +227,7 @@ def test_http_sources(http_server: tuple[str, dict], tmp_path: Path) -> None:
     base, routes = http_server
     routes["/ok.jpg"] = (200, "image/jpeg", encode(photo_like(seed=5)))
     routes["/soft404.jpg"] = (200, "image/jpeg", b"<html><body>Page not found</body></html>")
-    rows = [
-        ManifestRow(company="web", image=f"{base}/{name}", uri=f"{base}/{name}")
-        for name in ("ok.jpg", "soft404.jpg", "missing.jpg")
-    ]
+    rows = [ManifestRow(company="web", image=f"{base}/{name}", uri=f"{base}/{name}") for name in ("ok.jpg", "soft404.jpg", "missing.jpg")]
     frame = ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01", CFG, PrivacyConfig(), progress=False)
     assert list(frame["status"]) == ["ok", "error", "error"]
     assert list(frame["error_kind"]) == ["", "not_an_image", "fetch_failed"]
@@ -239,7 +236,7 @@ def test_http_sources(http_server: tuple[str, dict], tmp_path: Path) -> None:
 def test_unchanged_sources_are_carried_over_without_refetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    import pipeline.intake as intake
+    import pipeline.ingest.intake as intake
 
     rows = rows_for(tmp_path, {"a.jpg": encode(photo_like(seed=7)), "b.jpg": encode(photo_like(seed=8)), "bad.jpg": b"<html>"})
     warehouse = Warehouse(str(tmp_path / "wh"))

@@ -13,12 +13,22 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.analyze import page_index, trends_table
-from pipeline.cli import app
-from pipeline.reference import (
-    NO_REFERENCE_ID, PACKAGED, ReferenceError, fit_reference, from_bytes, no_reference, reference_key, run_reference,
-    save_reference, stored_reference, to_bytes,
+from pipeline.apps.cli import app
+from pipeline.features.reference import (
+    NO_REFERENCE_ID,
+    PACKAGED,
+    ReferenceError,
+    fit_reference,
+    from_bytes,
+    no_reference,
+    run_reference,
+    save_reference,
+    stored_reference,
+    to_bytes,
 )  # fmt: skip
+from pipeline.layout import reference_file as reference_key
+from pipeline.metrics.homogeneity import page_index
+from pipeline.metrics.trends import trends_table
 from pipeline.warehouse import Warehouse
 from tests.conftest import photo_like
 
@@ -148,14 +158,16 @@ def test_reference_fit_and_show(tmp_path: Path) -> None:
     assert shown.exit_code == 0 and reference.id in shown.output
     missing = runner.invoke(app, ["reference", "fit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r.npz"), "--embedder", "classic"])
     assert missing.exit_code == 2 and "not found" in missing.output
-    unwritable = runner.invoke(app, ["reference", "fit", str(folder), "--out", str(tmp_path / "no" / "dir" / "r.npz"), "--embedder", "classic"])
+    unwritable = runner.invoke(
+        app, ["reference", "fit", str(folder), "--out", str(tmp_path / "no" / "dir" / "r.npz"), "--embedder", "classic"]
+    )
     assert unwritable.exit_code == 2 and "could not write the reference" in unwritable.output
 
 
 def test_refitting_the_shipped_classic_reference_reproduces_it(corpus: Path) -> None:
     from pipeline.config import IntakeConfig
-    from pipeline.embedders.classic import ClassicEmbedder
-    from pipeline.reference import fit_from_folders
+    from pipeline.features.embedders.classic import ClassicEmbedder
+    from pipeline.features.reference import fit_from_folders
 
     shipped = stored_reference(Warehouse(str(corpus.parent / "no-warehouse-here")), "classic-v1", 785)
     refitted, skipped = fit_from_folders([str(corpus / "real_ffhq"), str(corpus / "ai_stylegan2")], ClassicEmbedder(), IntakeConfig())

@@ -9,17 +9,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pipeline.apps.demo.data import CORPORATE_TEMPLATE, jpeg_bytes, random_sitter, random_template, render
 from pipeline.config import load_settings
-from pipeline.demo_data import CORPORATE_TEMPLATE, jpeg_bytes, random_sitter, random_template, render
-from pipeline.reference import fit_reference, reference_key, save_reference
-from pipeline.report import sparkline
-from pipeline.run import run_pipeline
-from pipeline.sources import read_manifest
+from pipeline.features.reference import fit_reference, save_reference
+from pipeline.ingest.sources import read_manifest
+from pipeline.layout import reference_file as reference_key
+from pipeline.report.plots import sparkline
+from pipeline.stages import run_pipeline
 from pipeline.warehouse import Warehouse
 
 RUN_DATE = "2026-11-28"
-HOSTILE_COMPANY = 'Acme <script>window.__pwned = 1</script> "Q" \u202etxt.exe \u200b\U0001F600'
-HOSTILE_PERSON = "<img src=x onerror=\"window.__pwned = 1\"> O'Brien \u0301e"
+HOSTILE_COMPANY = 'Acme <script>window.__pwned = 1</script> "Q" \u202etxt.exe \u200b\U0001f600'
+HOSTILE_PERSON = '<img src=x onerror="window.__pwned = 1"> O\'Brien \u0301e'
 HOSTILE_FILE = "<i>bold 'quote\" &amp; amp.jpg"  # no slash: it is a file name
 
 
@@ -63,7 +64,7 @@ def test_reports_are_written_with_summary_and_audit_pages(hostile_run: dict) -> 
 def test_report_regenerates_from_the_warehouse_alone(hostile_run: dict) -> None:
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.apps.cli import app
 
     report = Path(hostile_run["result"].outputs["report"])
     before = report.read_bytes()
@@ -85,9 +86,14 @@ def test_sparkline_is_numbers_only() -> None:
 def watch(page) -> list[str]:  # noqa: ANN001
     """Console errors and warnings, page errors and any request leaving the file: every one is a problem."""
     problems: list[str] = []
-    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}") if message.type in ("error", "warning") else None)
+    page.on(
+        "console",
+        lambda message: problems.append(f"console {message.type}: {message.text}") if message.type in ("error", "warning") else None,
+    )
     page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-    page.on("request", lambda request: problems.append(f"network: {request.url}") if not request.url.startswith(("file:", "data:")) else None)
+    page.on(
+        "request", lambda request: problems.append(f"network: {request.url}") if not request.url.startswith(("file:", "data:")) else None
+    )
     return problems
 
 
@@ -125,7 +131,7 @@ def test_audit_of_an_uploaded_folder_against_the_nightly_population(hostile_run:
     import numpy as np
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from pipeline.apps.cli import app
 
     root = hostile_run["root"]
     upload = tmp_path / "upload"

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.apps.demo.data import generate_demo_images
+from pipeline.apps.retention import purge_expired
 from pipeline.config import RetentionConfig, load_settings
-from pipeline.demo_data import generate_demo_images
-from pipeline.retention import purge_expired
-from pipeline.run import run_pipeline
-from pipeline.sources import read_manifest
+from pipeline.ingest.sources import read_manifest
+from pipeline.layout import object_key
+from pipeline.stages import run_pipeline
 from pipeline.warehouse import Warehouse
 from tests.conftest import photo_like
 
@@ -27,7 +28,7 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     images = warehouse.read_table("images", "2026-01-01")
     gone = set(images.loc[images["company"] == "bluebird-bakery", "raw_object"])
     kept = set(warehouse.read_table("images", "2026-03-01")["raw_object"])
-    orphan = warehouse.object_key("raw", "f" * 64, "jpg")
+    orphan = object_key("raw", "f" * 64, "jpg")
     warehouse.write_bytes(orphan, b"left by an interrupted run")
     week_ago = time.time() - 7 * 86400
     os.utime(warehouse.path(orphan), (week_ago, week_ago))

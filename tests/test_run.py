@@ -14,11 +14,11 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.apps.cli import app
+from pipeline.apps.demo.data import generate_demo_images
 from pipeline.config import load_settings
-from pipeline.demo_data import generate_demo_images
-from pipeline.run import run_pipeline
-from pipeline.sources import read_manifest
+from pipeline.ingest.sources import read_manifest
+from pipeline.stages import run_pipeline
 from pipeline.warehouse import Warehouse
 
 CONTRACT_IMAGE_COLUMNS = ["company", "image", "content_sha256", "status", "error", "width", "height"]
@@ -91,8 +91,8 @@ KILL_SCRIPT = """
 import os, signal, sys
 import pipeline.warehouse as wh
 from pipeline.config import load_settings
-from pipeline.run import run_pipeline
-from pipeline.sources import read_manifest
+from pipeline.stages import run_pipeline
+from pipeline.ingest.sources import read_manifest
 
 calls = 0
 real_replace = os.replace

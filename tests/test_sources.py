@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import re
+from pathlib import Path
 
 import fsspec
 import pytest
 
-from pipeline.sources import SourceError, read_manifest, resolve_reference, scan_folder
+from pipeline.ingest.sources import SourceError, read_manifest, resolve_reference, scan_folder
 
 
 def write(path: Path, text: str) -> Path:

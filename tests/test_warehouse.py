@@ -10,7 +10,8 @@ import fsspec
 import pandas as pd
 import pytest
 
-from pipeline.warehouse import Warehouse, validate_run_date
+from pipeline.layout import object_key, validate_run_date
+from pipeline.warehouse import Warehouse
 
 
 def test_run_date_validation() -> None:
@@ -38,7 +39,7 @@ def test_tables_are_hive_partitioned_and_a_rewrite_replaces_the_partition(tmp_pa
 
 def test_write_leaves_no_temp_file_and_objects_are_written_once(tmp_path: Path) -> None:
     warehouse = Warehouse(str(tmp_path))
-    key = Warehouse.object_key("raw", "ab" * 32, "jpg")
+    key = object_key("raw", "ab" * 32, "jpg")
     assert key == f"objects/raw/ab/{'ab' * 32}.jpg"
     assert warehouse.put_object(key, b"first") is True
     assert warehouse.put_object(key, b"second") is False

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.zero_shot import ATTRIBUTES, page_table, probabilities, wilson
+from pipeline.features.zero_shot import ATTRIBUTES, page_table, probabilities, wilson
 
 
 def unit(vector: np.ndarray) -> np.ndarray:
@@ -36,7 +36,10 @@ def test_probabilities_pick_the_closest_prompt(prompts: dict) -> None:
 def test_page_table_reports_pages_only(prompts: dict) -> None:
     origin, backdrop = prompts["origin"], prompts["backdrop"]
     keys = [f"k{i}" for i in range(8)]
-    vectors = np.stack([unit(origin["ai-generated"] + backdrop["office"]) for _ in range(4)] + [unit(origin["photograph"] + backdrop["outdoors"]) for _ in range(4)])
+    vectors = np.stack(
+        [unit(origin["ai-generated"] + backdrop["office"]) for _ in range(4)]
+        + [unit(origin["photograph"] + backdrop["outdoors"]) for _ in range(4)]
+    )
     images = pd.DataFrame({"company": ["gen"] * 4 + ["real"] * 4, "image": keys, "content_sha256": keys, "status": ["ok"] * 8})
     table = page_table(images, keys, vectors, prompts, "clip-x").set_index("company")
     assert list(table.index) == ["gen", "real"]  # one row per page, no per-photo score anywhere

@@ -1,0 +1,66 @@
+"""What the benchmarks share: where the headshot corpus is, and how results are written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+PICTURE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def default_corpus() -> Path:
+    """`$HOMOG_CORPUS`, else the shared corpus beside the checkout (`../shared/data/headshots`)."""
+    return Path(os.environ.get("HOMOG_CORPUS") or REPO.parent / "shared" / "data" / "headshots")
+
+
+def corpus_pictures(root: Path) -> list[Path]:
+    """Every picture below the corpus folder, sorted; a clear error where the corpus is absent."""
+    if not root.is_dir():
+        raise SystemExit(f"corpus not found at {root} (set HOMOG_CORPUS or pass --root): nothing to measure")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES)
+
+
+def _commit() -> str:
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout
+        return head + ("+dirty" if dirty.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_result(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
+    """Write one benchmark's figures as JSON with the commit, date, command and machine; returns the path."""
+    path = out or RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "bench": name,
+        "commit": _commit(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]),
+        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "figures": figures,
+    }
+    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    print(f"results: {path}")
+    return path

@@ -1,0 +1,137 @@
+"""Brand audit: one company's team page (URL) or folder of photos against the latest nightly population.
+
+The audit is a complete run in its own warehouse (`<warehouse>/audits/<company>/<date>`), so the
+nightly tables are never touched: its rows are the audited company's pictures plus every usable
+picture of the latest nightly run (the company's own nightly rows left out: the audit replaces them).
+The caches that `pipeline.layout.REUSABLE_CACHES` names (face signals, near-duplicate verdicts, and where
+the embedder is the same its vectors, index reference and map projection; identity descriptors only
+where the nightly keeps them) are copied from the nightly's warehouse, so only the
+audited pictures are embedded and measured. The result is the company's audit page, rendered by the
+report stage with the population as its comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline import layout
+from pipeline.config import Settings
+from pipeline.ingest.sources import ManifestRow
+from pipeline.layout import validate_run_date
+from pipeline.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+
+class AuditError(ValueError):
+    """The audit cannot run; the message says why."""
+
+
+def _company_source(source: str, company: str, settings: Settings) -> tuple[list[ManifestRow], str]:
+    """The audited company's pictures: a sites file to crawl (a URL), or the rows of its folder."""
+    from pipeline.ingest.sources import SourceError, scan_company_folder
+
+    if source.startswith(("http://", "https://")):
+        sites_file = Path(Warehouse(settings.warehouse).path(layout.AUDIT_SITES_FILE))
+        sites_file.parent.mkdir(parents=True, exist_ok=True)
+        sites_file.write_text(yaml.safe_dump({"companies": [{"name": company, "urls": [source]}]}))
+        return [], str(sites_file)
+    try:
+        return scan_company_folder(source, company), ""
+    except SourceError as exc:
+        raise AuditError(f"{source} is neither an http(s) URL nor a usable folder: {exc}") from None
+
+
+def _population(main: Warehouse, exclude: str) -> tuple[list[ManifestRow], str | None, str | None]:
+    """Rows of the latest finished nightly run (its originals), and its run date and embedder."""
+    dates = [d for d in main.run_dates("images") if main.exists(layout.run_record(d))]
+    if not dates:
+        return [], None, None
+    latest = dates[-1]
+    run = main.read_json(layout.run_record(latest))
+    images = main.read_table("images", latest)
+    usable = images[(images["status"] == "ok") & (images["company"] != exclude) & (images["raw_object"].fillna("") != "")]
+    rows = [
+        ManifestRow(
+            company=r.company, image=r.image, uri=main.uri(r.raw_object), person=r.person, source_url=r.source_url, image_url=r.image_url
+        )
+        for r in usable.itertuples()
+        if main.exists(r.raw_object)  # in no-raw-images mode the originals are gone: those rows cannot take part
+    ]
+    return rows, latest, run.get("embedder")
+
+
+def _cache_keys(cache: layout.ReusableCache, settings: Settings, embedder_id: str) -> tuple[list[str], list[str]]:
+    """(shard folders, single files) of one reusable cache in the warehouse layout."""
+    from pipeline.features import face_signals, identity
+    from pipeline.metrics.near_duplicates import verify_params
+
+    folders = {
+        "face_signals": [layout.face_signals_folder(face_signals.VERSION)],
+        "verifications": [layout.verifications_folder(verify_params(settings.thresholds).cache_id)],
+        "face_descriptors": [layout.face_descriptors_folder(identity.VERSION)],
+        "embeddings": [layout.embeddings_folder(embedder_id)],
+    }
+    files = {"reference": [layout.reference_file(embedder_id)], "projection": [layout.projection_file(embedder_id)]}
+    return folders.get(cache.name, []), files.get(cache.name, [])
+
+
+def copy_reusable_caches(
+    main: Warehouse, audit_store: Warehouse, settings: Settings, population_embedder: str, embedder_id: str
+) -> list[str]:
+    """Copy what the nightly already measured of the population (`layout.REUSABLE_CACHES`) into the
+    audit's warehouse, so it is not measured again; returns the names of the caches copied."""
+    copied = []
+    for cache in layout.REUSABLE_CACHES:
+        if cache.same_embedder_only and population_embedder != embedder_id:
+            continue
+        if cache.needs_kept_descriptors and not settings.privacy.keep_face_descriptors:
+            continue  # biometric: only where the nightly keeps them anyway
+        folders, files = _cache_keys(cache, settings, population_embedder)
+        for folder in folders:
+            audit_store.copy_shards(main, folder)
+        for key in files:
+            if main.exists(key):
+                audit_store.write_bytes(key, main.read_bytes(key))
+        copied.append(cache.name)
+    return copied
+
+
+def audit(source: str, company: str, settings: Settings, run_date: str | None = None) -> dict[str, Any]:
+    """Run the audit; returns the audit page's URI, the population's run date and the run's JSON."""
+    from pipeline.context import today
+    from pipeline.features.embed import resolve_embedder
+    from pipeline.stages import run_pipeline
+
+    run_date = validate_run_date(run_date or today())
+    main = Warehouse(settings.warehouse)
+    audit_settings = settings.model_copy(update={
+        "warehouse": main.uri(*layout.audit_root(company, run_date)),
+        "reports": Warehouse(settings.reports).uri("audits", layout.company_slug(company)),
+    })  # fmt: skip
+    own, sites_file = _company_source(source, company, audit_settings)
+    population, population_date, population_embedder = _population(main, exclude=company)
+    choice = resolve_embedder(audit_settings)
+    if population:
+        copy_reusable_caches(main, Warehouse(audit_settings.warehouse), settings, population_embedder or "", choice.embedder.id)
+        if population_embedder != choice.embedder.id:
+            logger.warning("the latest nightly run used %s, this audit uses %s: the population is embedded again",
+                           population_embedder, choice.embedder.id)  # fmt: skip
+    else:
+        logger.warning(
+            "no nightly population in %s (no finished run, or its originals are not kept): the audit compares the page with itself only",
+            settings.warehouse,
+        )
+    result = run_pipeline(own + population, audit_settings, run_date=run_date, source=source, progress=False, sites_file=sites_file)
+    page = Warehouse(audit_settings.reports).uri(run_date, layout.company_page(company))
+    return {
+        "page": page,
+        "company": company,
+        "population_run_date": population_date,
+        "population_rows": len(population),
+        "run": result.as_json(),
+    }

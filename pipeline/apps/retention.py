@@ -1,0 +1,79 @@
+"""Retention: purge stored pictures that no run has referenced for longer than configured.
+
+An object's age is the latest run date whose `images` table references it, so a photo that is still
+on a company's page keeps being refreshed by the nightly run, and one that disappeared is purged
+`retention.raw_images_days` (originals) or `retention.thumbnails_days` (thumbnails) after it was last
+seen. Objects no table references (left by an interrupted run) age by their modification time.
+Tables, metrics, embeddings and verdicts stay: they are not pictures. Every decision is logged in a
+`retention` table, and a dry run decides and logs without deleting.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pandas as pd
+
+from pipeline import layout
+from pipeline.config import RetentionConfig
+from pipeline.layout import validate_run_date
+from pipeline.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+LOG_COLUMNS = ["object", "kind", "last_seen", "age_days", "limit_days", "action"]
+
+
+def last_seen(warehouse: Warehouse) -> dict[str, str]:
+    """object key -> latest run date that referenced it."""
+    images = warehouse.read_table("images")
+    if images.empty:
+        return {}
+    seen: dict[str, str] = {}
+    for column in ("raw_object", "thumbnail_object"):
+        referenced = images.loc[images[column].fillna("") != "", [column, "run_date"]]
+        for key, date in referenced.groupby(column)["run_date"].max().items():
+            seen[key] = max(date, seen.get(key, ""))
+    return seen
+
+
+def _modified(warehouse: Warehouse, path: str) -> dt.date | None:
+    info = warehouse.fs.info(path)
+    stamp = info.get("mtime") or info.get("LastModified") or info.get("last_modified")  # a date, not an ETag
+    if stamp is None:
+        return None
+    if isinstance(stamp, (int, float)):
+        return dt.datetime.fromtimestamp(stamp, dt.UTC).date()
+    return pd.Timestamp(stamp).date()
+
+
+def purge_expired(warehouse: Warehouse, retention: RetentionConfig, today: str, dry_run: bool = False) -> pd.DataFrame:
+    """Delete (or, dry run, only list) expired originals and thumbnails; returns the decision log."""
+    today_date = dt.date.fromisoformat(validate_run_date(today))
+    seen = last_seen(warehouse)
+    limits = {"raw": retention.raw_images_days, "thumbs": retention.thumbnails_days}
+    records = []
+    for kind, limit in limits.items():
+        base = warehouse.path(layout.objects_folder(kind))
+        if not warehouse.fs.exists(base):
+            continue
+        for path in sorted(warehouse.fs.find(base)):
+            key = path[len(warehouse.root) + 1 :]
+            reference = seen.get(key)
+            when = dt.date.fromisoformat(reference) if reference else _modified(warehouse, path)
+            if when is None:
+                continue  # no way to tell its age: keep it, never guess in favour of deleting
+            age = (today_date - when).days
+            action = "keep"
+            if age > limit:
+                action = "would delete" if dry_run else "deleted"
+                if not dry_run:
+                    warehouse.remove(key)
+            records.append({"object": key, "kind": kind, "last_seen": reference or f"unreferenced, modified {when}",
+                            "age_days": age, "limit_days": limit, "action": action})  # fmt: skip
+    log = pd.DataFrame(records, columns=LOG_COLUMNS)
+    removed = int((log["action"] != "keep").sum()) if len(log) else 0
+    logger.info("retention %s: %d of %d stored picture(s) %s", today, removed, len(log), "would be deleted" if dry_run else "deleted")
+    warehouse.write_table("retention", today, log)
+    return log

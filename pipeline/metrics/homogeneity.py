@@ -1,0 +1,131 @@
+"""Homogeneity of one page: the index with its bootstrap interval, and the Vendi score.
+
+The homogeneity index of a page is the expected similarity of two different photos on it, measured
+after taking out what every headshot shares (pipeline/reference.py: the embedder's fixed reference
+mean is subtracted and the vectors re-normalised, c(i, j) = cosine of the centred vectors):
+
+    H = mean over unordered pairs {i, j} of k(i, j),  k = 1 for exact/near-duplicate pairs,
+                                                     k = max(0, c(i, j)) otherwise
+
+It is ~0 for unrelated headshots, 1 for one photo repeated. It uses the page alone (no other
+company enters it; the reference is fixed per embedder), and as a U-statistic its expectation does
+not depend on how many photos the page has, so pages of different sizes and runs with the same
+embedder and reference compare directly; only its uncertainty shrinks with size. The 95% interval is
+a percentile bootstrap over the page's photos (pairs of the same resampled photo are left out, as
+the U-statistic bootstrap requires), seeded by the company name so that reruns give identical
+numbers. `mean_pairwise_similarity` is the raw (uncentred) cosine mean; the Vendi score is computed
+on the centred vectors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import ThresholdsConfig
+from pipeline.features.embed import Embeddings
+from pipeline.features.reference import Reference
+
+COMPANY_COLUMNS = [
+    "company", "n_images", "near_dup_rate", "mean_pairwise_similarity", "vendi_score", "homogeneity_index",
+    "ci_low", "ci_high", "n_clusters", "largest_cluster_share", "embedder", "status", "n_rows", "n_errors",
+    "n_reused_images", "n_partner_companies", "index_reference",
+]  # fmt: skip
+
+
+def _seed(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "little")
+
+
+def pair_kernel(similarities: np.ndarray, duplicate: np.ndarray) -> np.ndarray:
+    """k(i, j): 1 for exact/near-duplicate pairs, else cosine clipped at 0; diagonal irrelevant."""
+    kernel = np.clip(similarities, 0.0, 1.0)
+    kernel[duplicate] = 1.0
+    return kernel
+
+
+def homogeneity(kernel: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
+    """(index, ci_low, ci_high): mean k over distinct pairs, bootstrap over photos (see module doc)."""
+    n = len(kernel)
+    off_diagonal = kernel.sum() - np.trace(kernel)
+    index = off_diagonal / (n * (n - 1))
+    rng = np.random.default_rng(seed)
+    # Bootstrap weights: w[i] = how often photo i was drawn; pairs of the same photo are left out.
+    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=samples).T.astype(float)  # (n, samples)
+    kw = kernel @ weights
+    numerator = np.einsum("ib,ib->b", weights, kw) - np.einsum("ib,i->b", weights**2, np.diag(kernel))
+    denominator = weights.sum(axis=0) ** 2 - (weights**2).sum(axis=0)
+    replicates = numerator[denominator > 0] / denominator[denominator > 0]
+    low, high = np.percentile(replicates, [2.5, 97.5])
+    return float(index), float(low), float(high)
+
+
+def page_index(centred: np.ndarray, duplicate: np.ndarray, samples: int, seed: int) -> tuple[float, float, float]:
+    """The homogeneity index of one page and its interval, from its reference-centred unit vectors
+    and which of its pairs are exact/near-duplicates (module doc)."""
+    return homogeneity(pair_kernel(centred @ centred.T, duplicate), samples, seed)
+
+
+def vendi_score(vectors: np.ndarray) -> float:
+    """exp(entropy of the eigenvalues of K/n), K the cosine Gram matrix: the effective number of
+    distinct photos (1 = all identical, n = all orthogonal). Computed from the d x d matrix."""
+    n = len(vectors)
+    eigenvalues = np.linalg.eigvalsh((vectors.T @ vectors) / n)
+    eigenvalues = eigenvalues[eigenvalues > 1e-12]
+    eigenvalues = eigenvalues / eigenvalues.sum()
+    return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))
+
+
+def company_metrics(
+    images: pd.DataFrame,
+    embeddings: Embeddings,
+    pairs: pd.DataFrame,
+    clusters: pd.DataFrame,
+    thresholds: ThresholdsConfig,
+    reference: Reference,
+) -> pd.DataFrame:
+    position = {content: i for i, content in enumerate(embeddings.content_sha256)}
+    within = pairs[pairs["company_a"] == pairs["company_b"]]
+    across = pairs[pairs["company_a"] != pairs["company_b"]]
+    records = []
+    for company, rows in images.groupby("company", sort=True):
+        ok = rows[rows["status"] == "ok"]
+        if len(ok) > thresholds.max_page_sample:
+            ok = ok.sample(thresholds.max_page_sample, random_state=_seed(company) % 2**32)
+        n = len(ok)
+        record = {
+            "company": company, "n_images": n, "embedder": embeddings.embedder_id, "n_rows": len(rows),
+            "n_errors": int((rows["status"] != "ok").sum()), "status": "ok", "index_reference": reference.id,
+        }  # fmt: skip
+        dup_here = within[within["company_a"] == company]
+        images_with_dup = set(dup_here["image_a"]) | set(dup_here["image_b"])
+        record["near_dup_rate"] = len(images_with_dup & set(ok["image"])) / n if n else float("nan")
+        reused = across[(across["company_a"] == company) | (across["company_b"] == company)]
+        mine = set(reused.loc[reused["company_a"] == company, "image_a"]) | set(reused.loc[reused["company_b"] == company, "image_b"])
+        record["n_reused_images"] = len(mine)
+        record["n_partner_companies"] = len((set(reused["company_a"]) | set(reused["company_b"])) - {company})
+        company_clusters = clusters[(clusters["company"] == company) & clusters["image"].isin(ok["image"])]
+        clustered = company_clusters[company_clusters["cluster_id"] >= 0]["cluster_id"]
+        record["n_clusters"] = int(clustered.nunique())
+        record["largest_cluster_share"] = float(clustered.value_counts().max() / n) if len(clustered) else 0.0
+        if n < thresholds.min_images:
+            record.update(status="too_few_images", mean_pairwise_similarity=float("nan"), vendi_score=float("nan"),
+                          homogeneity_index=float("nan"), ci_low=float("nan"), ci_high=float("nan"))  # fmt: skip
+            records.append(record)
+            continue
+        vectors = embeddings.vectors[[position[c] for c in ok["content_sha256"]]]
+        image_index = {image: i for i, image in enumerate(ok["image"])}
+        duplicate = np.zeros((n, n), dtype=bool)
+        for a, b in zip(dup_here["image_a"], dup_here["image_b"]):
+            if a in image_index and b in image_index:
+                duplicate[image_index[a], image_index[b]] = duplicate[image_index[b], image_index[a]] = True
+        raw = vectors @ vectors.T
+        record["mean_pairwise_similarity"] = float((raw.sum() - np.trace(raw)) / (n * (n - 1)))
+        centred = reference.centre(vectors)
+        record["vendi_score"] = vendi_score(centred)
+        index, low, high = page_index(centred, duplicate, thresholds.bootstrap_samples, _seed(company))
+        record.update(homogeneity_index=index, ci_low=low, ci_high=high)
+        records.append(record)
+    return pd.DataFrame(records, columns=COMPANY_COLUMNS)

@@ -1,0 +1,202 @@
+"""Near-duplicates and style clusters of a run.
+
+Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix is ever built:
+1. exact: same bytes (`content_sha256`) or same pixels in another encoding (`pixel_sha256`);
+2. near: each photo's nearest neighbours in the FAISS index (at most
+   `thresholds.max_candidates_per_image`) above the embedder's generous *candidate* threshold, then
+   geometric verification of each candidate (pipeline/features/verify.py), which keeps edited copies
+   of one photograph and drops different photos of one sitter or template. Bounding candidates per
+   photo keeps a uniform studio page, where every pair looks "similar", from costing N^2 verifications.
+
+Style clusters are the connected components of the graph whose edges are exact and verified pairs
+plus nearest-neighbour pairs at or above the embedder's *style* threshold: deterministic,
+parameter-light and built from the same sparse neighbour search (HDBSCAN would need a dense or
+tree index over 512-d vectors and gives run-to-run label changes for borderline points).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipeline import layout
+from pipeline.config import ThresholdsConfig
+from pipeline.features.embed import Embeddings
+from pipeline.features.index import VectorIndex, knn_pairs
+from pipeline.features.verify import VerifyParams, features, verify
+from pipeline.warehouse import Warehouse
+
+logger = logging.getLogger(__name__)
+
+PAIR_COLUMNS = ["image_a", "image_b", "company_a", "company_b", "similarity", "kind"]
+CLUSTER_COLUMNS = ["image", "company", "cluster_id"]
+
+
+def embedder_family(embedder_id: str) -> str:
+    return "clip" if embedder_id.startswith("clip") else "classic"
+
+
+def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
+    """content hash -> representative of its exact group (same bytes or same decoded pixels)."""
+    representative: dict[str, str] = {}
+    for _, group in ok.groupby("pixel_sha256", sort=True):
+        contents = sorted(group["content_sha256"].unique())
+        for content in contents:
+            representative[content] = contents[0]
+    return representative
+
+
+def verify_params(thresholds: ThresholdsConfig) -> VerifyParams:
+    return VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation, thresholds.verify_min_face_correlation)
+
+
+def verified_content_pairs(
+    candidates: list[tuple[int, int, float]],
+    embeddings: Embeddings,
+    object_of: dict[str, str],
+    warehouse: Warehouse,
+    params: VerifyParams,
+    workers: int = 2,
+) -> list[tuple[str, str, float]]:
+    """Keep the candidate pairs (rows of the index) that verify as the same photograph.
+
+    Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
+    rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from functools import lru_cache
+
+    import cv2  # noqa: F401 - first import here, not in the pool: cv2's loader is not safe to run from several threads at once
+    import pyarrow as pa
+
+    from pipeline.ingest.intake import load_rgb
+
+    folder = layout.verifications_folder(params.cache_id)
+    known: dict[tuple[str, str], bool] = {}
+    for table in warehouse.read_shards(folder):
+        known.update(
+            zip(zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist()), table.column("same_photo").to_pylist())
+        )
+
+    @lru_cache(maxsize=4096)
+    def cached_features(content: str):  # type: ignore[no-untyped-def]
+        return features(load_rgb(warehouse.uri(object_of[content])))
+
+    def canonical(candidate: tuple[int, int, float]) -> tuple[str, str]:
+        a, b = embeddings.content_sha256[candidate[0]], embeddings.content_sha256[candidate[1]]
+        return (a, b) if a < b else (b, a)
+
+    todo = sorted({canonical(c) for c in candidates} - set(known))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
+        verdicts = list(pool.map(lambda pair: verify(cached_features(pair[0]), cached_features(pair[1]), params), todo))
+    if todo:
+        table = pa.table({
+            "content_a": [a for a, _ in todo], "content_b": [b for _, b in todo],
+            "same_photo": [v.same_photo for v in verdicts], "inlier_ratio": [v.inlier_ratio for v in verdicts],
+            "block_correlation": [v.block_correlation for v in verdicts], "face_correlation": [v.face_correlation for v in verdicts],
+        })  # fmt: skip
+        warehouse.write_shard(folder, [f"{a}:{b}" for a, b in todo], table)
+        known.update(zip(todo, (v.same_photo for v in verdicts)))
+    logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
+    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]]
+
+
+def _row_pairs(rows_a: pd.DataFrame, rows_b: pd.DataFrame | None, similarity: float, kind: str) -> list[dict]:
+    """All unordered row pairs within rows_a (rows_b None) or across rows_a x rows_b."""
+    a_records = rows_a.to_dict("records")
+    if rows_b is None:
+        combos = [(a_records[x], a_records[y]) for x in range(len(a_records)) for y in range(x + 1, len(a_records))]
+    else:
+        combos = [(a, b) for a in a_records for b in rows_b.to_dict("records")]
+    pairs = []
+    for first, second in combos:
+        first, second = sorted((first, second), key=lambda r: (r["company"], r["image"]))
+        pairs.append(
+            {"image_a": first["image"], "image_b": second["image"], "company_a": first["company"],
+             "company_b": second["company"], "similarity": similarity, "kind": kind}
+        )  # fmt: skip
+    return pairs
+
+
+def pairs_table(ok: pd.DataFrame, representative: dict[str, str], near: list[tuple[str, str, float]]) -> pd.DataFrame:
+    by_group = dict(tuple(ok.groupby(ok["content_sha256"].map(representative), sort=True)))
+    records: list[dict] = []
+    for group in by_group.values():
+        if len(group) > 1:
+            records.extend(_row_pairs(group, None, 1.0, "exact"))
+    seen: set[tuple[str, str]] = set()
+    for a, b, similarity in near:
+        ga, gb = sorted((representative[a], representative[b]))
+        if ga == gb or (ga, gb) in seen:
+            continue  # already exact, or the same two groups reached through another encoding
+        seen.add((ga, gb))
+        records.extend(_row_pairs(by_group[ga], by_group[gb], round(float(similarity), 6), "near_duplicate"))
+    frame = pd.DataFrame(records, columns=PAIR_COLUMNS)
+    return frame.sort_values(["company_a", "image_a", "company_b", "image_b"], ignore_index=True)
+
+
+# ------------------------------------------------------------------- clusters
+def style_clusters(ok: pd.DataFrame, embeddings: Embeddings, edges: Iterable[tuple[str, str]], all_rows: pd.DataFrame) -> pd.DataFrame:
+    """Connected components over contents; rows of a component with >= 2 rows share a cluster id."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    position = {content: i for i, content in enumerate(embeddings.content_sha256)}
+    pairs = [(position[a], position[b]) for a, b in edges if a in position and b in position]
+    n = len(position)
+    rows = [p[0] for p in pairs]
+    cols = [p[1] for p in pairs]
+    graph = coo_matrix((np.ones(len(pairs)), (rows, cols)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    row_component = ok["content_sha256"].map(lambda c: int(component[position[c]]))
+    sizes = row_component.value_counts()
+    big = sizes[sizes >= 2]
+    # Deterministic ids: biggest first, ties by the smallest content hash in the component.
+    first_content = {comp: min(ok.loc[row_component == comp, "content_sha256"]) for comp in big.index}
+    ordered = sorted(big.index, key=lambda comp: (-big[comp], first_content[comp]))
+    cluster_of = {comp: cluster_id for cluster_id, comp in enumerate(ordered)}
+    clusters = all_rows[["image", "company"]].copy()
+    clusters["cluster_id"] = -1
+    clusters.loc[ok.index, "cluster_id"] = [cluster_of.get(comp, -1) for comp in row_component]
+    return clusters[CLUSTER_COLUMNS].reset_index(drop=True)
+
+
+@dataclass
+class NearDuplicates:
+    pairs: pd.DataFrame  # every exact and verified near-duplicate pair of rows
+    clusters: pd.DataFrame
+    reuse: pd.DataFrame  # the pairs across companies
+    n_candidates: int
+    n_verified: int
+
+
+def find_near_duplicates(
+    images: pd.DataFrame, embeddings: Embeddings, vector_index: VectorIndex, warehouse: Warehouse, thresholds: ThresholdsConfig
+) -> NearDuplicates:
+    """Exact and verified near-duplicate pairs, style clusters and cross-company reuse of a run."""
+    family = embedder_family(embeddings.embedder_id)
+    candidate_threshold = thresholds.candidate[family]
+    style_threshold = max(thresholds.style[family], candidate_threshold)
+    ok = images[images["status"] == "ok"]
+    representative = _exact_groups(ok)
+    object_of = dict(zip(ok["content_sha256"], ok["raw_object"]))
+
+    candidates = [
+        (i, j, s)
+        for i, j, s in knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
+        if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
+    ]
+    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, verify_params(thresholds))
+    logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
+
+    pairs = pairs_table(ok, representative, near)
+    edges = [(a, b) for a, b, _ in near]
+    edges += [(embeddings.content_sha256[i], embeddings.content_sha256[j]) for i, j, s in candidates if s >= style_threshold]
+    edges += [(content, rep) for content, rep in representative.items() if content != rep]
+    clusters = style_clusters(ok, embeddings, edges, images)
+    reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
+    return NearDuplicates(pairs, clusters, reuse, len(candidates), len(near))

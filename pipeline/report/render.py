@@ -1,0 +1,284 @@
+"""The run report (index.html), one audit page per company and summary.json.
+
+Everything is read back from the warehouse (`homog report --run-date D` regenerates a report without
+recomputing a metric). Pages are self-contained: thumbnails and plots are embedded as data URIs, the
+styles are inline, there is no script at all, and a Content-Security-Policy forbids any (scraped
+names, alt texts and file names are untrusted; Jinja2 autoescapes every one of them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import layout
+from pipeline.context import RunContext
+from pipeline.report.data import RunData, count, finite, label, load_run, thumbnail
+from pipeline.report.plots import forest_plot, population_plot, similarity_histogram, sparkline, trend_plot
+from pipeline.report.projection import umap_map
+from pipeline.warehouse import Warehouse
+
+GALLERY_LIMIT = 400  # thumbnails per audit page (largest pages are sampled, and say so)
+EXTREMES = 5  # most generic / most distinctive photos shown
+
+
+def _photo(store: Warehouse, row: pd.Series, thumbnails: bool = True) -> dict[str, Any]:
+    return {
+        "label": label(row),
+        "alt": f"photo: {label(row)}",
+        "src": thumbnail(store, row.get("thumbnail_object")) if thumbnails else None,
+        "url": str(row.get("image_url") or ""),
+        "file": str(row.get("image") or ""),
+    }
+
+
+def _reuse_rows(store: Warehouse, data: RunData, company: str | None = None) -> list[dict[str, Any]]:
+    if data.reuse.empty:
+        return []
+    ok = data.images[data.images["status"] == "ok"].set_index(["company", "image"])
+    rows = []
+    for pair in data.reuse.itertuples():
+        if company is not None and company not in (pair.company_a, pair.company_b):
+            continue
+        a, b = ok.loc[(pair.company_a, pair.image_a)], ok.loc[(pair.company_b, pair.image_b)]
+        if isinstance(a, pd.DataFrame):
+            a = a.iloc[0]
+        if isinstance(b, pd.DataFrame):
+            b = b.iloc[0]
+        rows.append({"a": _photo(store, a), "b": _photo(store, b), "company_a": pair.company_a, "company_b": pair.company_b,
+                     "similarity": float(pair.similarity), "kind": pair.kind})  # fmt: skip
+    return rows
+
+
+def _trend_values(trends: pd.DataFrame, company: str) -> list[float | None]:
+    if trends.empty:
+        return []
+    history = trends[trends["company"] == company].sort_values("run_date")
+    return [finite(v) for v in history["homogeneity_index"]]
+
+
+def _change(trends: pd.DataFrame, company: str, run_date: str) -> dict[str, Any] | None:
+    if trends.empty:
+        return None
+    now = trends[(trends["company"] == company) & (trends["run_date"] == run_date)]
+    if now.empty or not bool(now.iloc[0]["significant"]):
+        return None
+    row = now.iloc[0]
+    return {"direction": row["direction"], "change": float(row["change"]), "since": row["previous_run_date"]}
+
+
+def _failures(data: RunData) -> dict[str, Any]:
+    failed = data.images[data.images["status"] == "error"] if len(data.images) else data.images
+    by_kind = failed.groupby(["company", "error_kind"]).size().reset_index(name="n") if len(failed) else pd.DataFrame()
+    examples = (
+        [{"company": r.company, "image": str(r.image), "error": str(r.error)} for r in failed.head(50).itertuples()] if len(failed) else []
+    )
+    crawl = data.crawl_log
+    crawl_counts = []
+    if len(crawl):
+        images = crawl[crawl["kind"] == "image"]
+        crawl_counts = [{"company": c, **{s: int((g["status"] == s).sum()) for s in ("kept", "skipped", "rejected", "error")}}
+                        for c, g in images.groupby("company", sort=False)]  # fmt: skip
+        crawl_counts += [
+            {"company": r.company, "page_error": f"{r.url}: {r.reason}"}
+            for r in crawl[(crawl["kind"] == "page") & (crawl["status"] == "error")].itertuples()
+        ]
+    return {
+        "n_failed": len(failed),
+        "by_kind": [{"company": r.company, "kind": r.error_kind, "n": int(r.n)} for r in by_kind.itertuples()] if len(by_kind) else [],
+        "examples": examples,
+        "crawl": crawl_counts,
+    }
+
+
+def _reading(row: pd.Series, companies: pd.DataFrame, n_reused: int, embedder: str, offline: bool) -> list[str]:
+    """The audit page's plain-language reading of the numbers, and of what they do not say."""
+    lines = []
+    if row["status"] != "ok":
+        lines.append(f"This page had {int(row['n_images'])} usable photo(s): too few for a homogeneity index that means anything. "
+                     "The numbers below describe the photos only.")  # fmt: skip
+    else:
+        rated = companies[companies["status"] == "ok"]
+        others = rated[rated["company"] != row["company"]]
+        below = int((others["homogeneity_index"] < row["homogeneity_index"]).sum())
+        lines.append(f"The page's homogeneity index is {row['homogeneity_index']:.2f} (95% CI {row['ci_low']:.2f} to {row['ci_high']:.2f}): "
+                     f"more homogeneous than {below} of the {len(others)} other pages measured in this run.")  # fmt: skip
+        lines.append(f"Its {int(row['n_images'])} photos behave like {row['vendi_score']:.1f} distinct photos (Vendi score) "
+                     f"and fall into {int(row['n_clusters'])} style cluster(s); the largest holds {row['largest_cluster_share']:.0%} of them.")  # fmt: skip
+    lines.append(f"{row['near_dup_rate']:.0%} of its photos have a near-copy on the same page.")
+    if n_reused:
+        lines.append(f"{n_reused} of its photos are copies or near-copies of photos on other companies' pages (listed below).")
+    lines.append("What this does not say: a high index means the photos look alike to the embedder (framing, backdrop, lighting, "
+                 "style). It does not say that a photo is AI-generated, and it says nothing about any person.")  # fmt: skip
+    if offline:
+        lines.append(f"These numbers come from the offline `{embedder}` embedder (image statistics, not CLIP): compare them only "
+                     "with other runs of the same embedder.")  # fmt: skip
+    return lines
+
+
+TEMPLATE_SIGNALS = [  # column, label, direction that means "more templated", what it means when it is
+    ("framing_spread", "framing spread", "lower", "the photos share one framing (face position and size)"),
+    ("background_spread", "backdrop spread", "lower", "the photos share one backdrop colour and brightness"),
+    ("background_std_mean", "backdrop busyness", "lower", "the backdrops are plain"),
+    ("colour_spread", "colour-grade spread", "lower", "the photos share one colour grade"),
+    ("symmetry_mean", "face symmetry", "higher", "the faces are more mirror-symmetric"),
+    ("skin_detail_mean", "skin detail", "lower", "the skin is smoother (retouching or generation removes fine texture)"),
+]
+
+
+def template_signals(row: pd.Series, companies: pd.DataFrame) -> list[dict[str, Any]]:
+    """Each template signal of a page against the median of the other pages, with a plain reading."""
+    others = companies[companies["company"] != row["company"]]
+    signals = []
+    for column, signal, direction, meaning in TEMPLATE_SIGNALS:
+        value = finite(row.get(column))
+        median = finite(others[column].median()) if column in others and len(others) else None
+        templated = value is not None and median is not None and (value < median if direction == "lower" else value > median)
+        signals.append({"label": signal, "value": value, "median": median, "templated": templated, "reading": meaning if templated else ""})
+    return signals
+
+
+def _zero_shot(row: pd.Series) -> dict[str, Any]:
+    """The page's zero-shot style and AI-likely share (clip only), or why there is none."""
+    status = row.get("zero_shot_status")
+    if not isinstance(status, str) or status != "ok":
+        return {"status": status if isinstance(status, str) else "not measured"}
+    return {
+        "status": "ok",
+        "styles": [
+            (attribute, row.get(f"{attribute}_top"), finite(row.get(f"{attribute}_share")))
+            for attribute in ("backdrop", "attire", "framing")
+        ],
+        "ai_share": finite(row.get("ai_share")),
+        "ai_ci_low": finite(row.get("ai_ci_low")),
+        "ai_ci_high": finite(row.get("ai_ci_high")),
+    }
+
+
+# ------------------------------------------------------------------ rendering
+def _environment():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline.report", "templates"),
+        autoescape=jinja2.select_autoescape(default=True, default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def _company_table(data: RunData) -> list[dict[str, Any]]:
+    rows = []
+    ranked = data.companies.assign(_key=data.companies["homogeneity_index"].fillna(-1)).sort_values(
+        ["_key", "company"], ascending=[False, True]
+    )
+    for row in ranked.itertuples():
+        rows.append({
+            "company": row.company, "page": layout.company_page(row.company), "status": row.status, "n_images": int(row.n_images),
+            "index": finite(row.homogeneity_index), "ci_low": finite(row.ci_low), "ci_high": finite(row.ci_high),
+            "near_dup_rate": finite(row.near_dup_rate), "n_clusters": int(row.n_clusters) if finite(row.n_clusters) is not None else 0,
+            "largest_cluster_share": finite(row.largest_cluster_share), "n_reused": int(row.n_reused_images), "n_errors": int(row.n_errors),
+            "spark": sparkline(_trend_values(data.trends, row.company)), "change": _change(data.trends, row.company, data.run_date),
+            "signals": {column: finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
+            "face_share": finite(getattr(row, "face_share", None)),
+            "face_repeated": count(getattr(row, "n_face_repeated", None)), "face_shared": count(getattr(row, "n_face_shared", None)),
+            "zero_shot": _zero_shot(pd.Series(row._asdict())),
+        })  # fmt: skip
+    return rows
+
+
+def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> dict[str, str]:
+    """Write index.html, one audit page per company and summary.json; returns their URIs."""
+    env = _environment()
+    offline = data.embedder.startswith("classic")
+    ok = data.images[data.images["status"] == "ok"] if len(data.images) else data.images
+    n_ok = len(ok)
+    overall_near_dup = (
+        float(np.nansum(data.companies["near_dup_rate"] * data.companies["n_images"]) / max(1, data.companies["n_images"].sum()))
+        if len(data.companies)
+        else 0.0
+    )
+    map_png, map_note = umap_map(store, data)
+    companies = _company_table(data)
+    failures = _failures(data)
+    index_reference = str(data.companies["index_reference"].iloc[0]) if "index_reference" in data.companies and len(data.companies) else ""
+    common = {
+        "run_date": data.run_date, "embedder": data.embedder, "embedder_fallback": data.embedder_fallback, "offline": offline,
+        "index_reference": index_reference,
+    }  # fmt: skip
+    folder = data.run_date
+    index_uri = reports.write_bytes(f"{folder}/index.html", env.get_template("run_report.html.j2").render(
+        **common, companies=companies, n_companies=len(companies), n_ok=n_ok, n_rows=len(data.images),
+        overall_near_dup=overall_near_dup, n_pairs=len(data.pairs), reuse=_reuse_rows(store, data),
+        forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
+        signal_columns=[(column, signal) for column, signal, *_ in TEMPLATE_SIGNALS],
+    ).encode("utf-8"))  # fmt: skip
+    for row in data.companies.itertuples(index=False):
+        render_audit_page(data, store, reports, pd.Series(row._asdict()), env)
+    summary = {
+        **common, "report": index_uri, "n_rows": len(data.images), "n_ok": n_ok, "near_dup_rate": overall_near_dup,
+        "n_pairs": len(data.pairs), "n_cross_company_pairs": len(data.reuse),
+        "companies": [{k: v for k, v in c.items() if k not in ("spark",)} for c in companies],
+        "failures": {"n_failed": failures["n_failed"]},
+    }  # fmt: skip
+    summary_uri = reports.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+    return {"report": index_uri, "summary": summary_uri}
+
+
+def render_audit_page(
+    data: RunData, store: Warehouse, reports: Warehouse, row: pd.Series, env: Any = None, folder: str | None = None
+) -> str:
+    env = env or _environment()
+    company = row["company"]
+    ok = data.images[(data.images["status"] == "ok") & (data.images["company"] == company)]
+    clusters = data.clusters[data.clusters["company"] == company] if len(data.clusters) else pd.DataFrame(columns=["image", "cluster_id"])
+    cluster_of = dict(zip(clusters["image"], clusters["cluster_id"]))
+    sampled = len(ok) > GALLERY_LIMIT
+    shown = ok.sample(GALLERY_LIMIT, random_state=0) if sampled else ok
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for _, photo in shown.iterrows():
+        groups.setdefault(int(cluster_of.get(photo["image"], -1)), []).append(_photo(store, photo))
+    shared = sorted(((c, p) for c, p in groups.items() if c != -1 and len(p) > 1), key=lambda item: (-len(item[1]), item[0]))
+    alone = [photo for c, p in sorted(groups.items()) if c == -1 or len(p) == 1 for photo in p]
+    gallery = [{"cluster": c, "photos": p} for c, p in shared] + ([{"cluster": -1, "photos": alone}] if alone else [])
+
+    generic, distinctive = [], []
+    if len(data.keys) and len(ok):
+        # In the index's own terms: the run's centre and each photo's cosine to it, reference taken out.
+        centre = data.centred.mean(axis=0)
+        centre /= np.linalg.norm(centre) or 1.0
+        position = {key: i for i, key in enumerate(data.keys)}
+        unique = ok.drop_duplicates("content_sha256")
+        scores = data.centred[[position[k] for k in unique["content_sha256"]]] @ centre
+        order = np.argsort(-scores)
+        generic = [{**_photo(store, unique.iloc[i]), "score": float(scores[i])} for i in order[:EXTREMES]]
+        distinctive = [
+            {**_photo(store, unique.iloc[i]), "score": float(scores[i])} for i in order[::-1][:EXTREMES] if i not in order[:EXTREMES]
+        ]
+
+    reuse = _reuse_rows(store, data, company)
+    page = env.get_template("audit_page.html.j2").render(
+        run_date=data.run_date, embedder=data.embedder, embedder_fallback=data.embedder_fallback, offline=data.embedder.startswith("classic"),
+        company=company, row={k: (finite(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in row.items()},
+        reading=_reading(row, data.companies, len({r["a"]["file"] if r["company_a"] == company else r["b"]["file"] for r in reuse}), data.embedder, data.embedder.startswith("classic")),
+        gallery=gallery, sampled=sampled, n_ok=len(ok), generic=generic, distinctive=distinctive, reuse=reuse,
+        population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
+        histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
+        signals=template_signals(row, data.companies), face_share=finite(row.get("face_share")),
+        face_repeated=count(row.get("n_face_repeated")), face_shared=count(row.get("n_face_shared")),
+        zero_shot=_zero_shot(row),
+        thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
+        back_link="../index.html" if folder is None else None,
+    )  # fmt: skip
+    return reports.write_bytes(f"{folder or data.run_date}/{layout.company_page(company)}", page.encode("utf-8"))
+
+
+def render_report(ctx: RunContext) -> dict[str, Any]:
+    """Render the run report and every company's audit page for the context's run from the warehouse."""
+    data = load_run(ctx)
+    written = render_run_report(data, ctx.warehouse, ctx.reports)
+    return {**written, "audit_pages": len(data.companies)}

@@ -1,0 +1,201 @@
+"""Analytics on constructed cases with known answers, verification on generated edits, and the
+tables `homog run` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.apps.demo.data import CORPORATE_TEMPLATE, generate_demo_images, random_sitter, render
+from pipeline.config import load_settings
+from pipeline.features.calibration import EDITS
+from pipeline.features.face_signals import PAGE_COLUMNS
+from pipeline.features.verify import features, verify
+from pipeline.features.zero_shot import PAGE_COLUMNS as ZERO_SHOT_COLUMNS
+from pipeline.ingest.sources import read_manifest
+from pipeline.metrics.homogeneity import COMPANY_COLUMNS, homogeneity, pair_kernel, vendi_score
+from pipeline.stages import run_pipeline
+from tests.conftest import photo_like
+
+
+def unit_rows(n: int, dim: int = 16) -> np.ndarray:
+    return np.eye(dim, dtype=np.float32)[:n]
+
+
+# ------------------------------------------------------------- the index
+def test_identical_photos_are_perfectly_homogeneous() -> None:
+    vectors = np.repeat(unit_rows(1), 6, axis=0)
+    index, low, high = homogeneity(pair_kernel(vectors @ vectors.T, np.zeros((6, 6), bool)), 200, seed=1)
+    assert index == pytest.approx(1.0) and low == pytest.approx(1.0) and high == pytest.approx(1.0)
+    assert vendi_score(vectors) == pytest.approx(1.0)
+
+
+def test_orthogonal_photos_are_not_homogeneous_at_all() -> None:
+    vectors = unit_rows(8)
+    index, low, high = homogeneity(pair_kernel(vectors @ vectors.T, np.zeros((8, 8), bool)), 200, seed=1)
+    assert index == pytest.approx(0.0) and high == pytest.approx(0.0)
+    assert vendi_score(vectors) == pytest.approx(8.0)
+
+
+def test_planted_duplicates_raise_the_index_by_the_known_amount() -> None:
+    vectors = unit_rows(6)
+    duplicate = np.zeros((6, 6), bool)
+    duplicate[0, 1] = duplicate[1, 0] = True  # one verified near-duplicate pair of 15 pairs
+    index, _, _ = homogeneity(pair_kernel(vectors @ vectors.T, duplicate), 200, seed=1)
+    assert index == pytest.approx(1 / 15)
+
+
+def test_index_does_not_depend_on_page_size_and_ci_narrows() -> None:
+    rng = np.random.default_rng(0)
+    centre = rng.normal(size=64)
+    population = centre + 1.2 * rng.normal(size=(4000, 64))
+    population /= np.linalg.norm(population, axis=1, keepdims=True)
+    widths, indexes = [], []
+    for n in (10, 40, 160):
+        page = population[rng.choice(len(population), n, replace=False)]
+        index, low, high = homogeneity(pair_kernel(page @ page.T, np.zeros((n, n), bool)), 400, seed=n)
+        assert low <= index <= high
+        indexes.append(index)
+        widths.append(high - low)
+    assert max(indexes) - min(indexes) < 0.05
+    assert widths[0] > widths[1] > widths[2]
+
+
+def test_vendi_counts_groups() -> None:
+    vectors = np.concatenate([np.repeat(unit_rows(3)[[i]], 4, axis=0) for i in range(3)])
+    assert vendi_score(vectors) == pytest.approx(3.0)
+
+
+# ------------------------------------------------------------- verification
+@pytest.fixture(scope="module")
+def sitters() -> list:
+    rng = np.random.default_rng(21)
+    return [render(CORPORATE_TEMPLATE, random_sitter(rng), seed) for seed in range(4)]
+
+
+@pytest.mark.parametrize("edit", sorted(EDITS))
+def test_edited_copies_verify_as_the_same_photo(edit: str) -> None:
+    original = photo_like(320, 400, seed=4)
+    assert verify(features(original), features(EDITS[edit](original))).same_photo
+
+
+def test_different_sitters_of_one_template_are_not_the_same_photo(sitters: list) -> None:
+    feats = [features(picture) for picture in sitters]
+    for i in range(len(feats)):
+        for j in range(i + 1, len(feats)):
+            assert not verify(feats[i], feats[j]).same_photo
+
+
+# ------------------------------------------------------------- the stage
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("analyze")
+    manifest = generate_demo_images(root / "demo", per_company=8)
+    result = run_pipeline(
+        read_manifest(str(manifest)), load_settings(warehouse=str(root / "wh"), embedder="classic"), "2026-02-01", progress=False
+    )
+    return {name: pd.read_parquet(path) for name, path in result.outputs.items() if path and path.endswith(".parquet")}
+
+
+def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
+    pairs = demo_run["pairs"]
+    as_set = {(a, b, kind) for a, b, kind in zip(pairs["image_a"], pairs["image_b"], pairs["kind"])}
+    assert ("northwind-legal/staff_00.jpg", "northwind-legal/staff_00_copy.jpg", "exact") in as_set
+    assert ("copperleaf-consulting/people_shared.jpg", "northwind-legal/staff_01.jpg", "exact") in as_set
+    reposted = [kind for a, b, kind in as_set if "staff_00_reposted" in a + b]
+    assert reposted and set(reposted) == {"near_duplicate"}  # cropped + recompressed copy found
+    assert list(pairs.columns) == ["image_a", "image_b", "company_a", "company_b", "similarity", "kind"]
+
+
+def test_companies_table(demo_run: dict) -> None:
+    companies = demo_run["companies"].set_index("company")
+    assert list(demo_run["companies"].columns) == [*COMPANY_COLUMNS, *PAGE_COLUMNS, *ZERO_SHOT_COLUMNS, "n_face_repeated", "n_face_shared"]
+    assert companies.loc["tiny-startup", "status"] == "too_few_images"
+    assert np.isnan(companies.loc["tiny-startup", "homogeneity_index"])
+    templated, varied = companies.loc["northwind-legal"], companies.loc["bluebird-bakery"]
+    assert templated["homogeneity_index"] > varied["homogeneity_index"]
+    assert templated["ci_low"] > varied["ci_high"]  # clearly apart, not just by chance
+    assert templated["near_dup_rate"] > 0 and varied["near_dup_rate"] == 0
+    assert companies.loc["copperleaf-consulting", "n_reused_images"] == 1
+    assert companies.loc["copperleaf-consulting", "n_partner_companies"] == 1
+    assert (companies["embedder"] == "classic-v1").all()
+
+
+def test_clusters_table(demo_run: dict) -> None:
+    clusters = demo_run["clusters"]
+    assert len(clusters) == len(demo_run["images"])
+    northwind = clusters[clusters["company"] == "northwind-legal"]
+    assert (northwind["cluster_id"] >= 0).mean() >= 0.8  # one template: clustered together
+    assert northwind["cluster_id"].value_counts().iloc[0] / len(northwind) >= 0.8
+
+
+def test_reuse_table_lists_only_cross_company_pairs(demo_run: dict) -> None:
+    reuse = demo_run["reuse"]
+    assert len(reuse) >= 1 and (reuse["company_a"] != reuse["company_b"]).all()
+
+
+def company_row(company: str, index: float, half_width: float, embedder: str = "classic-v1", status: str = "ok") -> dict:
+    return {"company": company, "embedder": embedder, "n_images": 20, "homogeneity_index": index,
+            "ci_low": index - half_width, "ci_high": index + half_width, "near_dup_rate": 0.0, "status": status,
+            "index_reference": "184@test"}  # fmt: skip
+
+
+def test_trends_flag_only_changes_beyond_the_intervals() -> None:
+    from pipeline.metrics.trends import trends_table
+
+    history = pd.DataFrame(
+        [
+            {**company_row("a", 0.50, 0.02), "run_date": "2026-01-01"},
+            {**company_row("b", 0.50, 0.10), "run_date": "2026-01-01"},
+            {**company_row("a", 0.90, 0.02, embedder="clip-ViT-B-32-x"), "run_date": "2026-01-02"},  # other embedder
+            {**company_row("a", 0.99, 0.01), "run_date": "2026-02-01"},  # a later run: not history
+        ]
+    )
+    current = pd.DataFrame([company_row("a", 0.60, 0.02), company_row("b", 0.55, 0.10), company_row("c", 0.5, 0.1)])
+    trends = trends_table(history, current, "2026-01-03").set_index(["company", "run_date"])
+    assert len(trends) == 5  # a twice, b twice, c once; never the clip row or the later run
+    a_now = trends.loc[("a", "2026-01-03")]
+    assert a_now["previous_run_date"] == "2026-01-01" and a_now["change"] == pytest.approx(0.10)
+    assert a_now["significant"] and a_now["direction"] == "more homogeneous"
+    b_now = trends.loc[("b", "2026-01-03")]
+    assert not b_now["significant"] and b_now["direction"] == ""  # 0.05 inside wide intervals
+    assert not trends.loc[("c", "2026-01-03")]["significant"]  # no previous run
+
+
+def test_trends_skip_pages_with_too_few_images() -> None:
+    from pipeline.metrics.trends import trends_table
+
+    current = pd.DataFrame([company_row("a", float("nan"), float("nan"), status="too_few_images")])
+    assert trends_table(pd.DataFrame(), current, "2026-01-01").empty
+
+
+def test_verdicts_are_cached_per_content_pair_and_thresholds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.metrics.near_duplicates as analyze_module
+
+    calls: list[int] = []
+    real_verify = analyze_module.verify
+    monkeypatch.setattr(analyze_module, "verify", lambda *args: calls.append(1) or real_verify(*args))
+    rows = read_manifest(str(generate_demo_images(tmp_path / "demo", per_company=6)))
+    settings = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic")
+    first = run_pipeline(rows, settings, "2026-03-01", progress=False)
+    n_first = len(calls)
+    second = run_pipeline(rows, settings, "2026-03-02", progress=False)
+    assert n_first == first.counts["near_duplicate_candidates"] > 0
+    assert len(calls) == n_first  # nothing verified again
+    assert pd.read_parquet(second.outputs["pairs"]).equals(pd.read_parquet(first.outputs["pairs"]))
+    stricter = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic", thresholds={"verify_min_face_correlation": 0.95})
+    run_pipeline(rows, stricter, "2026-03-03", progress=False)
+    assert len(calls) == 2 * n_first  # other thresholds: a fresh cache
+
+
+def test_verification_is_deterministic_across_threads() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    original = photo_like(320, 400, seed=8)
+    a, b = features(original), features(EDITS["combo_crop_jpeg_small"](original))
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        verdicts = list(pool.map(lambda _: verify(a, b), range(12)))
+    assert len(set(verdicts)) == 1
