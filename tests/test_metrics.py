@@ -100,6 +100,15 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {name: pd.read_parquet(path) for name, path in result.outputs.items() if path and path.endswith(".parquet")}
 
 
+def test_every_table_a_run_writes_has_the_documented_columns(demo_run: dict) -> None:
+    from pipeline.tables import BY_NAME
+
+    written = {name for name in demo_run if name in BY_NAME}
+    assert written >= {"images", "faces", "zero_shot", "pairs", "clusters", "reuse", "identities", "companies", "trends"}
+    for name in written:
+        assert list(demo_run[name].columns) == BY_NAME[name].columns(), name
+
+
 def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
     pairs = demo_run["pairs"]
     as_set = {(a, b, kind) for a, b, kind in zip(pairs["image_a"], pairs["image_b"], pairs["kind"])}

@@ -77,6 +77,38 @@ def test_report_regenerates_from_the_warehouse_alone(hostile_run: dict) -> None:
     assert missing.exit_code == 2 and "no finished run" in missing.output
 
 
+def test_report_similarities_are_the_index_s_centred_ones(hostile_run: dict) -> None:
+    """The audit page's histogram and generic/distinctive photos use the vectors the index uses: the
+    run's reference taken out (raw cosine cannot tell a templated page from a diverse one)."""
+    import numpy as np
+
+    from pipeline.context import RunContext
+    from pipeline.features.reference import stored_reference
+    from pipeline.report.data import load_run
+
+    ctx = RunContext(hostile_run["settings"], RUN_DATE).with_embedder("classic-v1", 0)
+    data = load_run(ctx)
+    reference = stored_reference(ctx.warehouse, "classic-v1", data.vectors.shape[1])
+    assert reference is not None and data.index_reference == reference.id
+    assert np.allclose(data.centred, reference.centre(data.vectors))
+    assert not np.allclose(data.centred, data.vectors)  # the reference does take something out
+    page = next((hostile_run["root"] / "reports" / RUN_DATE / "companies").glob("*.html")).read_text()
+    assert "with the index reference taken out as the homogeneity index does" in page
+
+
+def test_report_of_a_run_without_reference_says_raw_cosine(tmp_path: Path) -> None:
+    """A reference the run recorded but the warehouse no longer holds: the report falls back to raw
+    cosine and says so in the log, instead of centring with another reference."""
+    import numpy as np
+
+    from pipeline.report.data import _reference_centred
+    from pipeline.warehouse import Warehouse
+
+    vectors = np.eye(3, dtype=np.float32)
+    centred = _reference_centred(Warehouse(str(tmp_path)), "no-such-embedder", vectors, "7@deadbeef0000")
+    assert np.allclose(centred, vectors)
+
+
 def test_sparkline_is_numbers_only() -> None:
     assert sparkline([0.2, None]) == ""
     svg = sparkline([0.2, 0.5, 0.9])

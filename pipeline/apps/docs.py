@@ -84,7 +84,9 @@ def warehouse_md() -> str:
         "|---|---|---|---|---|",
     ]
     for stage in STAGES:
-        lines.append(f"| `{stage.name}` | {stage.doc} | {', '.join(stage.reads)} | {', '.join(stage.writes)} | {', '.join(needs(stage)) or '-'} |")
+        lines.append(
+            f"| `{stage.name}` | {stage.doc} | {', '.join(stage.reads)} | {', '.join(stage.writes)} | {', '.join(needs(stage)) or '-'} |"
+        )
     lines += ["", "## Tables", "", "Each is `tables/<name>/run_date=D/part-0.parquet`, one partition per run date.", ""]
     lines += ["| table | written by | one row is | in the contract |", "|---|---|---|---|"]
     lines += [f"| `{t.name}` | `{t.written_by}` | {t.row} | {'yes' if t.contract else ''} |" for t in TABLES]

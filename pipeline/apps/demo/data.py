@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-SYNTHETIC_NOTE = b"synthetic demo image drawn by pipeline.apps.demo.data; not a photograph of a person"
+# Part of the demo pictures' bytes, hence of every demo content hash: kept as first written (the module
+# has since moved to pipeline.apps.demo.data) so that the demo's tables stay comparable across versions.
+SYNTHETIC_NOTE = b"synthetic demo image drawn by pipeline.demo_data; not a photograph of a person"
 _SUPERSAMPLE = 2
 
 
