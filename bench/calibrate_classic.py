@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import default_corpus
+from bench.common import default_corpus, write_result
 from pipeline.features.calibration import EDITS, best_f1_threshold, precision_recall
 from pipeline.features.embedders.classic import EMBEDDER_ID, describe
 from pipeline.ingest.intake import load_rgb
@@ -92,12 +92,22 @@ def main() -> None:
         p, r = precision_recall(s, y, t)
         print(f"  threshold {t:.2f}: precision {p:.3f} recall {r:.3f}")
     print("per kind at the best-F1 threshold (share scored as near-duplicate; min/median score):")
+    per_kind = {}
     for kind in sorted(set(kinds)):
         mask = k == kind
+        per_kind[kind] = {"n": int(mask.sum()), "flagged": round(float(np.mean(s[mask] >= threshold)), 4)}
         print(
             f"  {kind:38s} n={mask.sum():5d} flagged {np.mean(s[mask] >= threshold):.3f} "
             f"min {s[mask].min():.3f} median {np.median(s[mask]):.3f} max {s[mask].max():.3f}"
         )
+    write_result(
+        "calibrate_classic",
+        {"embedder": EMBEDDER_ID, "positives": int(y.sum()), "negatives": int((~y).sum()),
+         "best_f1": {"threshold": round(threshold, 4), "precision": round(precision, 4), "recall": round(recall, 4), "f1": round(f1, 4)},
+         "by_threshold": {f"{t:.2f}": dict(zip(("precision", "recall"), map(lambda v: round(v, 4), precision_recall(s, y, t))))
+                          for t in (0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.96)},
+         "per_kind_at_best_f1": per_kind},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from bench.common import default_corpus
+from bench.common import default_corpus, write_result
 
 CORPUS = default_corpus()
 
@@ -57,6 +57,7 @@ def main() -> None:
         for a, b in itertools.combinations(sorted(pack.glob("*.jpg"))[: args.per_folder], 2):
             results.setdefault("neg:same_ai_pack", []).append(verify(features(load_rgb(str(a))), features(load_rgb(str(b)))))
     print(f"{sum(map(len, results.values()))} pairs verified in {time.perf_counter() - started:.0f} s; thresholds {VerifyParams()}")
+    accepted = {kind: round(float(np.mean([v.same_photo for v in verdicts])), 4) for kind, verdicts in results.items()}
     for kind, verdicts in results.items():
         ratio = np.array([v.inlier_ratio for v in verdicts])
         correlation = np.array([v.block_correlation for v in verdicts])
@@ -80,6 +81,7 @@ def main() -> None:
 
     positives, negatives = table("edit"), table("neg")
     print("grid (min inlier ratio, min block correlation, min face correlation): edits accepted, different photos accepted")
+    grid = []
     for ratio_min in (0.6,):
         for correlation_min in (0.95, 0.96):
             for face_min in (-1.0, 0.8, 0.85, 0.9, 0.93):
@@ -87,6 +89,9 @@ def main() -> None:
                 edits_accepted = (positives >= limits).all(axis=1).mean()
                 wrong = int((negatives >= limits).all(axis=1).sum())
                 print(f"  {ratio_min:.2f} {correlation_min:.2f} {face_min:5.2f}: {edits_accepted:.3f}  {wrong}/{len(negatives)}")
+                grid.append({"limits": limits.tolist(), "edits_accepted": round(float(edits_accepted), 4), "negatives_accepted": wrong,
+                             "negatives": len(negatives)})  # fmt: skip
+    write_result("calibrate_verify", {"thresholds": str(VerifyParams()), "accepted_by_kind": accepted, "grid": grid})
 
 
 if __name__ == "__main__":

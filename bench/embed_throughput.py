@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import default_corpus
+from bench.common import default_corpus, write_result
 
 CORPUS = default_corpus()
 
@@ -99,6 +99,12 @@ def main() -> None:
     print(f"classic files -> vectors:   {classic_rate:8.1f} img/s")
     print(f"ratio pipeline / bare forward: {pipeline / bare:.2f}  (target >= 0.9)")
     print(f"ratio pipeline / plain fp32:   {pipeline / plain_fp32:.2f}  (target >= 3)")
+    write_result(
+        "embed_throughput",
+        {"images": len(files), "dtype": str(fast.dtype).removeprefix("torch."), "bare_forward_img_s": round(bare, 1),
+         "pipeline_img_s": round(pipeline, 1), "plain_fp32_img_s": round(plain_fp32, 1), "classic_img_s": round(classic_rate, 1),
+         "ratio_pipeline_bare": round(pipeline / bare, 3), "ratio_pipeline_plain_fp32": round(pipeline / plain_fp32, 3)},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from bench.common import corpus_pictures, default_corpus
+from bench.common import corpus_pictures, default_corpus, write_result
 from pipeline.features.faces import detect_faces
 
 
@@ -35,6 +35,11 @@ def main() -> None:
     print(
         f"all                      {sum(found.values()):4d}/{len(files):<4d} {sum(found.values()) / len(files):.1%}  {seconds / len(files) * 1000:.0f} ms/picture"
     )
+    write_result(
+        "face_detection",
+        {"by_folder": {folder: {"found": found[folder], "total": total[folder]} for folder in sorted(total)},
+         "found": sum(found.values()), "total": len(files), "ms_per_picture": round(seconds / len(files) * 1000, 1)},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from bench.common import corpus_pictures, default_corpus
+from bench.common import corpus_pictures, default_corpus, write_result
 from pipeline.features.face_signals import PAGE_COLUMNS, page_signals, photo_signals
 
 EXPECTED = {  # direction "more templated / more AI-like" than the real page
@@ -46,6 +46,7 @@ def main() -> None:
     print(f"\n{len(files)} photos, {seconds / len(files) * 1000:.0f} ms each")
     real = pages.loc["real_staff_18f"]
     print("\nAgainst real_staff_18f, in the seed's direction (yes/no per page):")
+    in_direction = {}
     for column, direction in EXPECTED.items():
         verdicts = []
         for page, row in pages.iterrows():
@@ -54,6 +55,12 @@ def main() -> None:
             ok = row[column] < real[column] if direction == "lower" else row[column] > real[column]
             verdicts.append(f"{page}={'yes' if ok else 'no'}")
         print(f"  {column} {direction}: " + ", ".join(verdicts))
+        in_direction[column] = {v.split("=")[0]: v.endswith("yes") for v in verdicts}
+    write_result(
+        "face_signals",
+        {"pages": pages.round(4).to_dict(orient="index"), "ms_per_photo": round(seconds / len(files) * 1000, 1),
+         "in_the_seed_direction_vs_real_staff_18f": in_direction},
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

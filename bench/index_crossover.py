@@ -15,6 +15,8 @@ import time
 
 import numpy as np
 
+from bench.common import write_result
+
 
 def clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -34,6 +36,7 @@ def main() -> None:
 
     print(f"dim {args.dim}, threshold {args.threshold}; current EXACT_MAX_VECTORS = {EXACT_MAX_VECTORS}")
     print(f"{'N':>8} {'flat s':>8} {'hnsw s':>8} {'hnsw/flat':>9} {'pair recall':>11}")
+    rows = []
     for n in args.sizes:
         vectors = clustered(n, args.dim)
         ids = [str(i) for i in range(n)]
@@ -45,6 +48,10 @@ def main() -> None:
             timings[kind] = time.perf_counter() - started
         recall = len(found["hnsw"] & found["flat"]) / max(1, len(found["flat"]))
         print(f"{n:8d} {timings['flat']:8.2f} {timings['hnsw']:8.2f} {timings['hnsw'] / timings['flat']:9.2f} {recall:11.3f}")
+        rows.append(
+            {"n": n, "flat_s": round(timings["flat"], 3), "hnsw_s": round(timings["hnsw"], 3), "hnsw_pair_recall": round(recall, 4)}
+        )
+    write_result("index_crossover", {"dim": args.dim, "threshold": args.threshold, "sizes": rows})
 
 
 if __name__ == "__main__":

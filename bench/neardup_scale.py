@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from bench.common import REPO
+from bench.common import REPO, write_result
 
 DIM = 512
 THRESHOLD = 0.9
@@ -99,6 +99,7 @@ def main() -> None:
         print(json.dumps(measure(args.one)))
         return
     print(f"{'N':>9} {'index':>6} {'build s':>8} {'total s':>8} {'peak GB':>8} {'pairs':>9} {'planted recall':>15} {'recall vs exact':>16}")
+    rows = []
     for n in args.sizes:
         out = subprocess.run(
             [sys.executable, "-m", "bench.neardup_scale", "--one", str(n)], capture_output=True, text=True, check=True, cwd=REPO
@@ -108,6 +109,8 @@ def main() -> None:
             f"{r['n']:9d} {r['index']:>6} {r['build_s']:8.1f} {r['total_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['pairs']:9d} "
             f"{r['planted_recall']:15.4f} {r['recall_vs_exact']:16.4f}"
         )
+        rows.append(r)
+    write_result("neardup_scale", {"sizes": rows})
 
 
 if __name__ == "__main__":

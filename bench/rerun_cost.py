@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import default_corpus
+from bench.common import default_corpus, write_result
 
 CORPUS = default_corpus()
 
@@ -61,6 +61,19 @@ def main() -> None:
     print(f"cold run: {cold_s:7.2f} s  (embedded {cold.counts['embedded']})")
     print(f"rerun:    {rerun_s:7.2f} s  (embedded {rerun.counts['embedded']}, cache hits {rerun.counts['embedding_cache_hits']})")
     print(f"ratio rerun / cold: {rerun_s / cold_s:.3f}  (target <= 0.05)")
+    write_result(
+        f"rerun_cost-{args.embedder}",
+        {"images": len(rows), "source": source, "embedder": cold.embedder, "cold_s": round(cold_s, 2), "rerun_s": round(rerun_s, 2),
+         "ratio_rerun_cold": round(rerun_s / cold_s, 4), "cold_stage_seconds": _stage_seconds(settings, "2026-01-01"),
+         "rerun_stage_seconds": _stage_seconds(settings, "2026-01-02")},
+    )  # fmt: skip
+
+
+def _stage_seconds(settings, run_date: str) -> dict:  # noqa: ANN001
+    from pipeline.layout import run_record
+    from pipeline.warehouse import Warehouse
+
+    return Warehouse(settings.warehouse).read_json(run_record(run_date))["stage_seconds"]
 
 
 if __name__ == "__main__":

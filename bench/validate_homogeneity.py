@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import default_corpus
+from bench.common import default_corpus, write_result
 
 CORPUS = default_corpus()
 
@@ -95,8 +95,17 @@ def main() -> None:
     intervals = [(companies.loc[s, "ci_low"], companies.loc[s, "ci_high"]) for s in subsets]
     overlap = max(low for low, _ in intervals) <= min(high for _, high in intervals)
     print(f"18F subsets 10/20/40: intervals {' '.join(f'[{low:.3f}, {high:.3f}]' for low, high in intervals)}; all overlap: {overlap}")
+    figures = {
+        "embedder": result.embedder, "index_reference": str(companies["index_reference"].iloc[0]),
+        "pages": companies[["n_images", "homogeneity_index", "ci_low", "ci_high", "near_dup_rate", "vendi_score"]].round(4).to_dict(orient="index"),
+        "pages_above_18f": len(above) - len(below), "pages_that_should_be_above": len(above), "not_above": below,
+        "mix": {"pack": args.pack, "index_at_0_25_50_75_100": [round(float(v), 4) for v in mix],
+                "strictly_increasing": all(b > a for a, b in zip(mix, mix[1:]))},
+        "subsets_10_20_40_intervals_overlap": bool(overlap),
+    }  # fmt: skip
     if args.draws:
-        robustness(settings, result.embedder, staff, args.draws)
+        figures["robustness"] = robustness(settings, result.embedder, staff, args.draws)
+    write_result(f"validate_homogeneity-{result.embedder}", figures)
 
 
 def ensure_reference(settings) -> None:  # type: ignore[no-untyped-def]
@@ -115,7 +124,7 @@ def ensure_reference(settings) -> None:  # type: ignore[no-untyped-def]
         print(f"fitted a {embedder.id} reference on {reference.source}")
 
 
-def robustness(settings, embedder_id: str, staff: list[str], draws: int) -> None:  # type: ignore[no-untyped-def]
+def robustness(settings, embedder_id: str, staff: list[str], draws: int) -> dict:  # type: ignore[no-untyped-def]
     """The mix and subset checks on `draws` random draws each, from the run's stored vectors."""
     from pipeline.features.embed import load_cache
     from pipeline.features.reference import no_reference, stored_reference
@@ -137,6 +146,7 @@ def robustness(settings, embedder_id: str, staff: list[str], draws: int) -> None
         return page_index(np.stack([centred[c] for c in contents]), duplicate, settings.thresholds.bootstrap_samples, seed)
 
     print(f"\nrobustness over {draws} random draws (reference {reference.id}):")
+    found: dict = {"draws": draws, "mix_strictly_increasing": {}}
     for folder in sorted((CORPUS / "ai_diffusion_packs").iterdir()):
         pack = sorted(str(p) for p in folder.glob("*.jp*g"))
         for size in (12, 20):
@@ -149,12 +159,15 @@ def robustness(settings, embedder_id: str, staff: list[str], draws: int) -> None
                 curve = [index_of(base[: size - k] + replacements[:k], draw)[0] for k in (size * s // 100 for s in (0, 25, 50, 75, 100))]
                 increasing += all(b > a for a, b in zip(curve, curve[1:]))
             print(f"  mix with {folder.name:26s} page of {size}: strictly increasing in {increasing}/{draws} draws")
+            found["mix_strictly_increasing"][f"{folder.name}/{size}"] = increasing
     overlapping = 0
     for draw in range(draws):
         rng = np.random.default_rng(2000 + draw)
         intervals = [index_of(list(rng.choice(staff, size, replace=False)), draw)[1:] for size in (10, 20, 40)]
         overlapping += max(low for low, _ in intervals) <= min(high for _, high in intervals)
     print(f"  18F subsets of 10/20/40: intervals overlap in {overlapping}/{draws} draws")
+    found["subsets_intervals_overlap"] = overlapping
+    return found
 
 
 if __name__ == "__main__":

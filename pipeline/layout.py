@@ -24,6 +24,10 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     audit-sites.yaml                                  the sites file of the latest URL audit
     .tmp/                                             in-flight writes; never read, swept when stale
 
+Every write is atomic (`pipeline.warehouse`): a killed run leaves no half file where a reader looks,
+and a rerun of a run date replaces its partitions. run.json records what the run did (counts,
+settings, versions, seconds per stage) and is written last, so a run date without it did not finish.
+
 Shards (`shard-<digest>.parquet`) are immutable and named by the keys they hold, so concurrent
 writers of different keys never collide and a brand audit can copy the nightly's caches shard by
 shard (`REUSABLE_CACHES`). Changing a key here moves data: existing warehouses keep the old one,

@@ -50,6 +50,12 @@ def test_page_metrics_register_disjoint_columns() -> None:
     assert len(columns) == len(set(columns)) and columns[0] == "company"
 
 
+def test_every_column_of_every_table_says_what_it_holds() -> None:
+    for table in TABLES:
+        columns = table.columns()
+        assert set(columns) == set(table.meaning), f"{table.name}: {set(columns) ^ set(table.meaning)}"
+
+
 def test_every_table_is_written_by_a_stage_that_declares_it() -> None:
     for table in TABLES:
         if table.written_by in BY_NAME:

@@ -91,8 +91,8 @@ def warehouse_md() -> str:
     lines += ["| table | written by | one row is | in the contract |", "|---|---|---|---|"]
     lines += [f"| `{t.name}` | `{t.written_by}` | {t.row} | {'yes' if t.contract else ''} |" for t in TABLES]
     for table in TABLES:
-        lines += ["", f"### `{table.name}`", "", f"One row: {table.row}. Columns, in order:", ""]
-        lines.append(", ".join(f"`{column}`" for column in table.columns()))
+        lines += ["", f"### `{table.name}`", "", f"One row: {table.row}.", "", "| column | meaning |", "|---|---|"]
+        lines += [f"| `{column}` | {table.meaning.get(column, '')} |" for column in table.columns()]
     lines.append("")
     return "\n".join(lines)
 
