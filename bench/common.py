@@ -50,14 +50,15 @@ def _cpu() -> str:
 
 
 def write_result(name: str, figures: dict[str, Any], out: Path | None = None) -> Path:
-    """Write one benchmark's figures as JSON with the commit, date, command and machine; returns the path."""
+    """Write one benchmark's figures as JSON with the commit, date, command and machine; returns the path.
+    `name` is the bench module's name, optionally with a `-variant` (one file per variant)."""
     path = out or RESULTS / f"{name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "bench": name,
         "commit": _commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name}", *sys.argv[1:]]),
+        "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name.split('-')[0]}", *sys.argv[1:]]),
         "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
         "figures": figures,
     }

@@ -82,9 +82,12 @@ def compare_reports(before: Path, after: Path, roots: tuple[str, str]) -> dict[s
         if a == b:
             verdicts[name] = "identical"
             continue
-        changed = [DATA_URI.sub("<data URI>", line)[:200] for line in difflib.unified_diff(a.splitlines(), b.splitlines(), n=0, lineterm="")
-                   if line[:1] in "+-" and not line.startswith(("+++", "---"))]  # fmt: skip
-        verdicts[name] = f"differs in {len(changed)} line(s): " + " | ".join(changed[:4])
+        changed = [
+            DATA_URI.sub("<data URI>", line)[:90]
+            for line in difflib.unified_diff(a.splitlines(), b.splitlines(), n=0, lineterm="")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        verdicts[name] = f"differs in {len(changed)} line(s), e.g. " + " | ".join(dict.fromkeys(changed[:4]))
     return verdicts
 
 

@@ -74,10 +74,12 @@ def _trends() -> list[str]:
     return list(TREND_COLUMNS)
 
 
-def _retention() -> list[str]:
-    from pipeline.apps.retention import LOG_COLUMNS
+# Written by the retention app (pipeline/apps/retention.py), which takes its columns from here.
+RETENTION_COLUMNS = ["object", "kind", "last_seen", "age_days", "limit_days", "action"]
 
-    return list(LOG_COLUMNS)
+
+def _retention() -> list[str]:
+    return list(RETENTION_COLUMNS)
 
 
 PAIR_MEANING = {

@@ -164,3 +164,15 @@ def test_a_killed_run_rerun_gives_complete_identical_outputs(
             clean[table]["reason"] = clean[table]["reason"].str.replace(r" \(unchanged since the last crawl.*\)$", "", regex=True)
             again[table]["reason"] = again[table]["reason"].str.replace(r" \(unchanged since the last crawl.*\)$", "", regex=True)
         pd.testing.assert_frame_equal(clean[table], again[table], check_like=True, obj=table)
+
+
+def test_demo_finds_the_dags_where_airflow_does_and_says_so_when_they_are_not_there(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    """`homog demo` reads Airflow's [core] dags_folder (or --dags-folder), never the package's source
+    tree, so it works from an installed wheel; a folder without the nightly DAG is a clear error."""
+    empty = tmp_path / "no-dags"
+    empty.mkdir()
+    command = [str(BIN / "homog"), "demo", "--root", str(tmp_path / "demo"), "--warehouse", str(tmp_path / "wh"),
+               "--run-date", RUN_DATE, "--port", str(_free_port()), "--dags-folder", str(empty)]  # fmt: skip
+    done = subprocess.run(command, env=airflow_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert f"no DAG profile_homogenization_nightly in {empty}" in done.stderr

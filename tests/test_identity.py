@@ -57,6 +57,26 @@ def test_descriptor_of_a_face_is_stable_under_resizing_and_absent_without_a_face
     assert face_descriptor(Image.new("RGB", (200, 200), "grey")) is None
 
 
+def test_the_face_signals_detection_serves_identity_unchanged(tmp_path: Path) -> None:
+    """Identity reuses the box the face signals stored instead of running the detector again: the same
+    descriptor; a box detected at another score floor, or a cache without boxes, is not used."""
+    from pipeline.features.face_signals import face_boxes, measure_images
+    from pipeline.warehouse import Warehouse
+    from tests.fixture_site import face_pictures
+
+    warehouse = Warehouse(str(tmp_path))
+    rows = []
+    for i, data in enumerate(face_pictures(2)):
+        key = f"objects/raw/{i:02d}/{i}.jpg"
+        warehouse.write_bytes(key, data)
+        rows.append({"company": "a", "image": f"{i}.jpg", "content_sha256": f"c{i}", "status": "ok", "raw_object": key})
+    measure_images(pd.DataFrame(rows), warehouse, score_floor=0.9)
+    boxes = face_boxes(warehouse, 0.9)
+    assert set(boxes) == {"c0", "c1"} and face_boxes(warehouse, 0.95) == {}
+    picture = Image.open(io.BytesIO(face_pictures(2)[0]))
+    assert np.array_equal(face_descriptor(picture, 0.9, box=boxes["c0"]), face_descriptor(picture, 0.9))
+
+
 # ----------------------------------------------------- privacy settings, end to end
 @pytest.fixture(scope="module")
 def face_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:

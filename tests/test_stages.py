@@ -99,6 +99,19 @@ def test_no_module_but_layout_spells_a_warehouse_key() -> None:
     assert not offenders, "warehouse keys outside pipeline/layout.py:\n" + "\n".join(offenders)
 
 
+def test_the_library_never_imports_its_apps() -> None:
+    """pipeline.apps (CLI, Airflow glue, audit, retention, demo, docs) builds on the library, never the reverse."""
+    offenders = []
+    for path in sorted((ROOT / "pipeline").rglob("*.py")):
+        if "apps" in path.relative_to(ROOT / "pipeline").parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in getattr(node, "names", [])]
+            if isinstance(node, ast.Import | ast.ImportFrom) and any(name.startswith("pipeline.apps") for name in names):
+                offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not offenders, offenders
+
+
 def test_layout_keys_validate_their_run_dates() -> None:
     assert layout.table_file("images", "2026-01-02") == "tables/images/run_date=2026-01-02/part-0.parquet"
     with pytest.raises(ValueError, match="YYYY-MM-DD"):
@@ -113,8 +126,9 @@ def test_company_slugs_are_safe_and_keep_names_apart() -> None:
 
 
 def test_generated_docs_are_current() -> None:
-    from pipeline.apps.docs import PAGES
+    from pipeline.apps.docs import PAGES, benchmarks_md
 
     for name, render in PAGES.items():
         committed = (ROOT / "docs" / name).read_text()
         assert committed == render(), f"docs/{name} is stale: run `make docs`"
+    assert (ROOT / "docs" / "benchmarks.md").read_text() == benchmarks_md(ROOT / "bench" / "results"), "run `make docs`"

@@ -2,7 +2,8 @@
 
 - configuration.md: every setting, from the pydantic fields of `pipeline.config.Settings`;
 - warehouse.md: the layout (`pipeline.layout`), the stages (`pipeline.stages.STAGES`) and every
-  table's columns (`pipeline.tables.TABLES`).
+  table's columns (`pipeline.tables.TABLES`);
+- benchmarks.md: every benchmark result in bench/results/ (run from the repository root).
 
 A test regenerates both and compares, so the docs cannot fall behind the code.
 """
@@ -97,7 +98,40 @@ def warehouse_md() -> str:
     return "\n".join(lines)
 
 
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(value, dict):
+        return [item for key, inner in value.items() for item in _flatten(inner, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        return [item for i, inner in enumerate(value) for item in _flatten(inner, f"{prefix}[{i}]")]
+    return [(prefix, value)]
+
+
+def benchmarks_md(results: Path) -> str:
+    """Every benchmark result file, as measured: the figures docs/ quotes come from here."""
+    lines = [
+        "# Benchmarks",
+        "",
+        GENERATED.replace("edit the code", "rerun the benchmark"),
+        "",
+        "Each section is one file of `bench/results/`, written by `python -m bench.NAME` with the commit,",
+        "date and machine it ran on. Absolute times move 2-5x between machines; compare ratios measured in",
+        "one run. A benchmark not listed here has not been run since results were kept.",
+    ]
+    for path in sorted(results.glob("*.json")):
+        result = json.loads(path.read_text())
+        machine = result.get("machine", {})
+        lines += ["", f"## {path.stem}", "", f"`{result.get('command', '')}` at commit `{result.get('commit', '')[:12]}`, "
+                  f"{result.get('date', '')}, {machine.get('cpu', '?')} ({machine.get('cores', '?')} cores)", ""]  # fmt: skip
+        lines += ["| figure | value |", "|---|---|"]
+        for key, value in _flatten(result.get("figures", {})):
+            text = (json.dumps(value, default=str) if not isinstance(value, str) else value).replace("|", "\\|")
+            lines.append(f"| `{key}` | {text} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
 PAGES = {"configuration.md": configuration_md, "warehouse.md": warehouse_md}
+BENCH_RESULTS = Path("bench") / "results"
 
 
 def main(argv: list[str]) -> None:
@@ -106,6 +140,8 @@ def main(argv: list[str]) -> None:
     for name, render in PAGES.items():
         (out / name).write_text(render())
         print(out / name)
+    (out / "benchmarks.md").write_text(benchmarks_md(BENCH_RESULTS))
+    print(out / "benchmarks.md")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ import pandas as pd
 from pipeline import layout
 from pipeline.config import RetentionConfig
 from pipeline.layout import validate_run_date
+from pipeline.tables import RETENTION_COLUMNS
 from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["object", "kind", "last_seen", "age_days", "limit_days", "action"]
+LOG_COLUMNS = RETENTION_COLUMNS
 
 
 def last_seen(warehouse: Warehouse) -> dict[str, str]:

@@ -56,6 +56,14 @@ class PhotoSignals:
     colour_a: float = math.nan
     colour_b: float = math.nan
     saturation: float = math.nan
+    # Where the largest face is in the picture downscaled to the working side (-1: no face), and the
+    # score floor it was detected at: kept in the signal cache (not the faces table) so that identity
+    # reuses this detection instead of running the detector on the same picture again.
+    box_x: int = -1
+    box_y: int = -1
+    box_width: int = -1
+    box_height: int = -1
+    box_score_floor: float = math.nan
 
     def as_row(self) -> dict[str, float]:
         return asdict(self)
@@ -160,11 +168,12 @@ def photo_signals(picture: Image.Image, score_floor: float = 0.9, working_side: 
     signals = PhotoSignals()
     signals.colour_a, signals.colour_b, signals.saturation = colour_grade(lab, rgb)
     faces = detect_faces(picture, score_floor)
-    signals.n_faces = len(faces)
+    signals.n_faces, signals.box_score_floor = len(faces), score_floor
     if not faces:
         return signals
     face = faces[0]  # the largest is the subject
     box = (face.x, face.y, face.width, face.height)
+    signals.box_x, signals.box_y, signals.box_width, signals.box_height = box
     signals.face_score = face.score
     signals.face_x, signals.face_y, signals.face_scale = framing(box, picture.size)
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
@@ -243,6 +252,19 @@ def measure_images(images, warehouse, score_floor: float = 0.9, workers: int = 2
         {"company": r.company, "image": r.image, "content_sha256": r.content_sha256, **known[r.content_sha256]} for r in ok.itertuples()
     ]
     return pd.DataFrame(rows, columns=["company", "image", "content_sha256", *SIGNAL_COLUMNS]), len(todo)
+
+
+def face_boxes(warehouse, score_floor: float) -> dict[str, tuple[int, int, int, int]]:  # noqa: ANN001
+    """content hash -> the largest face's box as the signal cache stored it (detected at `score_floor`,
+    in the picture downscaled to the working side). Shards written before boxes were kept have none."""
+    boxes = {}
+    for table in warehouse.read_shards(layout.face_signals_folder(VERSION)):
+        if "box_x" not in table.column_names:
+            continue
+        for row in table.select(["content_sha256", "box_x", "box_y", "box_width", "box_height", "box_score_floor"]).to_pylist():
+            if row["box_x"] >= 0 and row["box_score_floor"] == score_floor:
+                boxes[row["content_sha256"]] = (row["box_x"], row["box_y"], row["box_width"], row["box_height"])
+    return boxes
 
 
 def page_table(faces, companies: list[str]):  # noqa: ANN001, ANN201

@@ -44,20 +44,27 @@ def _models():  # noqa: ANN202
     return _local.models
 
 
-def face_descriptor(picture: Image.Image, score_floor: float = 0.9, working_side: int = 512) -> np.ndarray | None:
-    """The 128-d identity descriptor of the picture's largest face, or None where there is no face."""
+def face_descriptor(
+    picture: Image.Image, score_floor: float = 0.9, working_side: int = 512, box: tuple[int, int, int, int] | None = None
+) -> np.ndarray | None:
+    """The 128-d identity descriptor of the picture's largest face, or None where there is no face.
+
+    `box`: the largest face (x, y, width, height) in the picture downscaled to `working_side`, where
+    the face signals already found it (`face_signals.face_boxes`); detected here otherwise."""
     import dlib
 
     from pipeline.features.faces import detect_faces, downscaled
 
     picture = downscaled(picture, working_side)
-    faces = detect_faces(picture, score_floor)
-    if not faces:
-        return None
-    face = faces[0]
+    if box is None:
+        faces = detect_faces(picture, score_floor)
+        if not faces:
+            return None
+        box = (faces[0].x, faces[0].y, faces[0].width, faces[0].height)
+    x, y, width, height = box
     rgb = np.ascontiguousarray(np.asarray(picture))
     landmarks, network = _models()
-    shape = landmarks(rgb, dlib.rectangle(face.x, face.y, face.x + face.width, face.y + face.height))
+    shape = landmarks(rgb, dlib.rectangle(x, y, x + width, y + height))
     return np.asarray(network.compute_face_descriptor(rgb, shape), np.float32)
 
 
@@ -139,10 +146,17 @@ def page_counts(identities: pd.DataFrame, companies: list[str]) -> pd.DataFrame:
 
 
 def face_descriptors(
-    warehouse, images: pd.DataFrame, contents: list[str], keep: bool, score_floor: float = 0.9, workers: int = 2
+    warehouse,
+    images: pd.DataFrame,
+    contents: list[str],
+    keep: bool,
+    score_floor: float = 0.9,
+    workers: int = 2,
+    boxes: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> tuple[np.ndarray, int]:  # noqa: ANN001
     """Descriptors of `contents` (rows in that order; NaN where no face is found after all), and how
-    many were computed now. Cached in the warehouse only when `keep` (privacy.keep_face_descriptors)."""
+    many were computed now. Cached in the warehouse only when `keep` (privacy.keep_face_descriptors).
+    `boxes`: faces already found by the face signals, by content hash (the detector runs for the rest)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import cv2  # noqa: F401 - imported before the pool: cv2's loader is not safe to run from several threads at once
@@ -159,7 +173,7 @@ def face_descriptors(
     todo = [content for content in contents if content not in known]
 
     def compute(content: str) -> np.ndarray:
-        found = face_descriptor(load_rgb(warehouse.uri(object_of[content])), score_floor)
+        found = face_descriptor(load_rgb(warehouse.uri(object_of[content])), score_floor, box=(boxes or {}).get(content))
         return found if found is not None else np.full(128, np.nan, np.float32)
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identity") as pool:

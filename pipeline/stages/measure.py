@@ -125,6 +125,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
 
+    from pipeline.features.face_signals import face_boxes
     from pipeline.features.identity import (
         PAIR_COLUMNS,
         content_pairs,
@@ -147,8 +148,10 @@ def identity(ctx: RunContext) -> dict[str, Any]:
         key = faces_key(contents, settings.crawl.face_score_floor)
         same_faces = reused_pairs(warehouse, key)
         if same_faces is None:
-            descriptors, n_computed = face_descriptors(warehouse, distinct_ok(ok), contents, settings.privacy.keep_face_descriptors,
-                                                       settings.crawl.face_score_floor)  # fmt: skip
+            floor = settings.crawl.face_score_floor
+            # The face signals found every face already: identity reuses their boxes instead of detecting again.
+            descriptors, n_computed = face_descriptors(warehouse, distinct_ok(ok), contents, settings.privacy.keep_face_descriptors, floor,
+                                                       boxes=face_boxes(warehouse, floor))  # fmt: skip
             found = ~np.isnan(descriptors).any(axis=1)
             same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])
             remember_pairs(warehouse, key, same_faces)
