@@ -33,7 +33,8 @@ def main() -> None:
     for folder in sorted(total):
         print(f"{folder:24s} {found[folder]:4d}/{total[folder]:<4d} {found[folder] / total[folder]:.1%}")
     print(
-        f"all                      {sum(found.values()):4d}/{len(files):<4d} {sum(found.values()) / len(files):.1%}  {seconds / len(files) * 1000:.0f} ms/picture"
+        f"{'all':24s} {sum(found.values()):4d}/{len(files):<4d} {sum(found.values()) / len(files):.1%}  "
+        f"{seconds / len(files) * 1000:.0f} ms/picture"
     )
     write_result(
         "face_detection",

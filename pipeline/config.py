@@ -212,7 +212,10 @@ class Settings(BaseSettings):
     )
     embed_shards: int = Field(
         1, ge=1, le=1024,
-        description="Airflow: the run's new pictures are embedded by this many mapped tasks (e.g. one per GPU worker); the CLI embeds in one process.",
+        description=(
+            "Airflow: the run's new pictures are embedded by this many mapped tasks (e.g. one per GPU worker); "
+            "the CLI embeds in one process."
+        ),
     )  # fmt: skip
     clip: ClipConfig = ClipConfig()
     thresholds: ThresholdsConfig = ThresholdsConfig()

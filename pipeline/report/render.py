@@ -261,10 +261,12 @@ def render_audit_page(
         ]
 
     reuse = _reuse_rows(store, data, company)
+    n_reused = len({r["a"]["file"] if r["company_a"] == company else r["b"]["file"] for r in reuse})
+    offline = data.embedder.startswith("classic")
     page = env.get_template("audit_page.html.j2").render(
-        run_date=data.run_date, embedder=data.embedder, embedder_fallback=data.embedder_fallback, offline=data.embedder.startswith("classic"),
+        run_date=data.run_date, embedder=data.embedder, embedder_fallback=data.embedder_fallback, offline=offline,
         company=company, row={k: (finite(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in row.items()},
-        reading=_reading(row, data.companies, len({r["a"]["file"] if r["company_a"] == company else r["b"]["file"] for r in reuse}), data.embedder, data.embedder.startswith("classic")),
+        reading=_reading(row, data.companies, n_reused, data.embedder, offline),
         gallery=gallery, sampled=sampled, n_ok=len(ok), generic=generic, distinctive=distinctive, reuse=reuse,
         population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
