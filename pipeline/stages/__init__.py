@@ -47,7 +47,7 @@ class Stage:
     writes: tuple[str, ...]
     # Runs only where the run has this source (crawl: a sites file).
     applies: Callable[[RunContext], bool] = lambda ctx: True
-    # Airflow fan-out per company: one part per company, then `collect` joins them (CLI: `run` does both).
+    # Airflow fan-out per company: one part per company, then `collect` joins them (the CLI runs `run`, all companies at once).
     company_part: Callable[[RunContext, str], StageResult] | None = None
     collect: Callable[[RunContext, list[str]], StageResult] | None = None
     # Airflow fan-out over embedding workers: `shard_part` per shard, `combine` folds their counts in.
