@@ -59,7 +59,13 @@ def write_result(name: str, figures: dict[str, Any], out: Path | None = None) ->
         "commit": _commit(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, "-m", f"bench.{name.split('-')[0]}", *sys.argv[1:]]),
-        "machine": {"cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpu": _cpu(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            # Set on some machines for every process; it changes which BLAS kernel runs, and so the speed.
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", ""),
+        },
         "figures": figures,
     }
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
