@@ -184,18 +184,25 @@ def audit_root(company: str, run_date: str) -> tuple[str, str, str]:
     return "audits", company_slug(company), validate_run_date(run_date)
 
 
-# ------------------------------------------------------------------ reports
+# ------------------------------------------------------------------ reports (under the reports root)
+COMPANY_PAGES = "companies"
+
+
 def report_page(run_date: str) -> str:
-    return f"{run_date}/index.html"
+    return f"{validate_run_date(run_date)}/index.html"
 
 
 def report_summary(run_date: str) -> str:
-    return f"{run_date}/summary.json"
+    return f"{validate_run_date(run_date)}/summary.json"
 
 
 def company_page(company: str) -> str:
-    """An audit page, relative to its run's report folder."""
-    return f"companies/{company_slug(company)}.html"
+    """An audit page, relative to its run's report folder (as the run report links it)."""
+    return f"{COMPANY_PAGES}/{company_slug(company)}.html"
+
+
+def company_pages_folder(run_date: str) -> str:
+    return f"{validate_run_date(run_date)}/{COMPANY_PAGES}"
 
 
 # ------------------------------------------------------------------ what an audit may copy

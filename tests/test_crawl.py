@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipeline.config import CrawlConfig, load_settings
 from pipeline.ingest.crawl import (
@@ -344,3 +346,26 @@ def test_sites_file_crawl_overrides_are_validated(tmp_path) -> None:  # noqa: AN
     with pytest.raises(SitesError) as error:
         crawl_settings(load_settings(None), load_sites(bad))
     assert "crawl.min_delay_s" in str(error.value) and "crawl.no_such_key" in str(error.value)
+
+
+def test_a_sites_file_override_applies_to_the_whole_headshot_filter(http_server, tmp_path: Path) -> None:  # noqa: ANN001
+    """`crawl: {min_side: 48}` in sites.yaml reached the final verdict but not the decision to look for
+    a face, so a 60 px headshot was rejected as 'no face found'. Now the whole crawl runs on one config."""
+    from typer.testing import CliRunner
+
+    from pipeline.apps.cli import app
+    from tests.conftest import encode
+    from tests.fixture_site import face_pictures
+
+    base, routes = http_server
+    face = Image.open(io.BytesIO(face_pictures(1)[0])).convert("RGB").resize((60, 75))
+    routes["/team.html"] = (200, "text/html", b"<main><img src='/face.jpg' alt='Jane'></main>")
+    routes["/face.jpg"] = (200, "image/jpeg", encode(face, quality=95))
+    sites = tmp_path / "sites.yaml"
+    sites.write_text(f"companies: [{{name: acme, urls: ['{base}/team.html']}}]\n"
+                     "crawl: {allow_private: ['127.0.0.1'], min_delay_s: 0, min_side: 48}\n")  # fmt: skip
+    out = CliRunner().invoke(app, ["crawl", "--sites", str(sites), "--out", str(tmp_path / "m.csv"), "--warehouse", str(tmp_path / "wh")])
+    assert out.exit_code == 0, out.output
+    log = pd.read_csv(tmp_path / "m.crawl-log.csv")
+    picture = log[log["kind"] == "image"].iloc[0]
+    assert (picture["status"], picture["reason"]) == ("kept", "face found")

@@ -193,6 +193,39 @@ def test_ingest_stores_good_images_and_records_bad_ones(tmp_path: Path) -> None:
     assert len(list((tmp_path / "wh" / "objects" / "raw").rglob("*.*"))) == 1
 
 
+def test_a_named_pipe_or_a_folder_is_refused_without_being_opened(tmp_path: Path) -> None:
+    """A FIFO called photo.jpg blocked the run forever in open(); anything that is not a regular file
+    is now an error row, decided from its metadata alone."""
+    import os
+    import threading
+
+    rows = rows_for(tmp_path, {"good.jpg": encode(photo_like(seed=1))})
+    os.mkfifo(tmp_path / "photo.jpg")
+    (tmp_path / "folder.jpg").mkdir()
+    rows += [ManifestRow(company="acme", image=name, uri=str(tmp_path / name)) for name in ("photo.jpg", "folder.jpg")]
+    done: dict = {}
+    worker = threading.Thread(target=lambda: done.setdefault("frame", ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01",
+                                                                              CFG, PrivacyConfig(), progress=False)), daemon=True)  # fmt: skip
+    worker.start()
+    worker.join(60)
+    assert "frame" in done, "intake hung on a named pipe"
+    frame = done["frame"].set_index("image")
+    assert frame.loc["good.jpg", "status"] == "ok"
+    assert frame.loc["photo.jpg", "error_kind"] == "fetch_failed" and "is a named pipe, not a file" in frame.loc["photo.jpg", "error"]
+    assert "is a directory, not a file" in frame.loc["folder.jpg", "error"]
+
+
+def test_a_repeated_manifest_row_is_one_photo_and_an_explained_error_row(tmp_path: Path) -> None:
+    """One row listed three times made a photo its own near-duplicate (near-dup rate 0.33 on a page
+    of one photo): the repeats are now error rows saying why, and only the first row is a photo."""
+    rows = rows_for(tmp_path, {"a.jpg": encode(photo_like(seed=1))})
+    rows = rows * 3 + rows_for(tmp_path, {"b.jpg": encode(photo_like(seed=1))})  # b: same bytes, another name
+    frame = ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01", CFG, PrivacyConfig(), progress=False)
+    assert list(frame["status"]) == ["ok", "error", "error", "ok"]
+    assert list(frame["error_kind"]) == ["", "duplicate_row", "duplicate_row", ""]
+    assert "counted once" in frame.loc[1, "error"]
+
+
 def test_same_bytes_twice_is_one_object_and_two_rows(tmp_path: Path) -> None:
     data = encode(photo_like(seed=2))
     rows = rows_for(tmp_path, {"a.jpg": data}, "acme") + rows_for(tmp_path, {"b/copy.jpg": data}, "globex")

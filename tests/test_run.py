@@ -128,6 +128,38 @@ def test_killed_run_leaves_no_half_file_and_a_rerun_completes_it(demo: Path, tmp
     assert files_under(killed) == files_under(clean)
 
 
+def test_a_rerun_that_dies_midway_takes_the_finished_mark_away_and_a_replaced_date_keeps_no_stale_page(
+    demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rerunning a finished date with other input and dying half-way left the old run.json over
+    tables that were half new: now the mark goes before the first stage writes, and readers refuse
+    the date with a clear message until a run of it finishes."""
+    import pipeline.features.index
+
+    warehouse = tmp_path / "wh"
+    settings = load_settings(warehouse=str(warehouse), reports=str(tmp_path / "reports"), embedder="classic")
+    run_pipeline(read_manifest(str(demo)), settings, run_date=RUN_DATE, progress=False)
+    mark = warehouse / "runs" / f"run_date={RUN_DATE}" / "run.json"
+    assert mark.is_file()
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed half-way")
+
+    monkeypatch.setattr(pipeline.features.index, "build_index", dies)
+    fewer = [row for row in read_manifest(str(demo)) if row.company != "tiny-startup"]
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        run_pipeline(fewer, settings, run_date=RUN_DATE, progress=False)
+    assert not mark.exists()  # the images table is the new one, pairs and companies still the old ones
+    code, _, err = homog("report", "--run-date", RUN_DATE, "--warehouse", str(warehouse), "--reports", str(tmp_path / "reports"))
+    assert code == 2 and "no finished run" in err
+    monkeypatch.undo()
+    run_pipeline(fewer, settings, run_date=RUN_DATE, progress=False)
+    assert mark.is_file()
+    # The replaced date's report has no page left over for the company the rerun no longer has.
+    pages = {p.name.rsplit("-", 1)[0] for p in (tmp_path / "reports" / RUN_DATE / "companies").glob("*.html")}
+    assert pages == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting"}
+
+
 def test_no_raw_images_mode_end_to_end(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HOMOG_PRIVACY__KEEP_RAW_IMAGES", "false")
     result = run_json("--manifest", str(demo), "--warehouse", str(tmp_path / "wh"), "--run-date", RUN_DATE)
@@ -190,3 +222,36 @@ def test_plain_output_ranks_companies_and_neutralises_control_characters(tmp_pat
     assert ranking[0].lstrip().startswith("northwind-legal")  # the templated page is the most homogeneous
     assert any("too_few_images" in line for line in ranking)
     assert "\x1b" not in out and "evil?[31m" in out
+
+
+def test_repeated_manifest_rows_agree_across_tables(tmp_path: Path) -> None:
+    """A photo listed three times on one page is one photo in every table: no pair with itself, one
+    ok row, two explained error rows, and the page's metrics count it once."""
+    from tests.conftest import encode, photo_like
+
+    rows = []
+    for i in range(5):
+        path = tmp_path / f"p{i}.jpg"
+        path.write_bytes(encode(photo_like(seed=10 + i)))
+        rows.append({"company": "acme", "image": path.name})
+    rows += [rows[0], rows[0]]
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    settings = load_settings(warehouse=str(tmp_path / "wh"), reports=str(tmp_path / "reports"), embedder="classic")
+    result = run_pipeline(read_manifest(str(manifest)), settings, run_date=RUN_DATE, progress=False)
+    images = pd.read_parquet(result.outputs["images"])
+    assert list(images["error_kind"]) == [""] * 5 + ["duplicate_row"] * 2
+    assert pd.read_parquet(result.outputs["pairs"]).empty
+    page = pd.read_parquet(result.outputs["companies"]).iloc[0]
+    assert (page["n_images"], page["n_rows"], page["n_errors"], page["near_dup_rate"]) == (5, 7, 2, 0.0)
+
+
+def test_an_unusable_warehouse_path_is_one_line_and_exit_2(demo: Path, tmp_path: Path) -> None:
+    """OS errors (a warehouse path below a file, a read-only mount, a full disk) ended in 50-line
+    tracebacks and exit 1: now one line names the cause and the path."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = homog("run", "--manifest", str(demo), "--warehouse", str(blocker / "wh"), "--no-progress")
+    assert code == 2 and "Traceback" not in err
+    assert f"error: Not a directory: {blocker / 'wh'}" in err
+    assert blocker.read_text() == "not a folder"  # nothing that was there is touched

@@ -91,3 +91,17 @@ def test_folder_errors(tmp_path: Path) -> None:
     write(tmp_path / "only-loose-file.jpg", "x")
     with pytest.raises(SourceError, match="no company sub-folders"):
         scan_folder(str(tmp_path))
+
+
+def test_bidi_overrides_and_zero_width_characters_leave_names_before_any_report(tmp_path: Path) -> None:
+    """A company or person name from a manifest or a folder could be displayed spoofed in the reports
+    (U+202E turns 'exe.txt' into 'txt.exe'): names are cleaned as scraped text is."""
+    (tmp_path / "m.csv").write_text("company,image,person\nAcme\u202e gpj.exe\u200b,a.jpg,Jane\u2066 Roe\u200d\n", encoding="utf-8")
+    row = read_manifest(str(tmp_path / "m.csv"))[0]
+    assert (row.company, row.person) == ("Acme gpj.exe", "Jane Roe")
+    folder = tmp_path / "in"
+    (folder / "Globex\u202eCorp").mkdir(parents=True)
+    (folder / "Globex\u202eCorp" / "x.jpg").write_bytes(b"x")
+    (folder / "\u200b\u200b").mkdir()
+    (folder / "\u200b\u200b" / "y.jpg").write_bytes(b"y")
+    assert sorted(r.company for r in scan_folder(str(folder))) == ["GlobexCorp", "\\u200b\\u200b"]  # invisible: shown escaped

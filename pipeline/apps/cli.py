@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.apps.cli_common import ConfigOption, fail, setup_logging
+from pipeline.apps.cli_common import ConfigOption, fail, os_errors_end_cleanly, setup_logging
 from pipeline.apps.cli_models import models_app, reference_app
 from pipeline.config import ConfigError, EmbedderChoice, load_settings
 from pipeline.ingest.sources import SourceError, read_manifest, scan_folder
@@ -48,6 +48,7 @@ def _print_summary(result: RunResult) -> None:
 
 
 @app.command()
+@os_errors_end_cleanly
 def run(
     manifest: Annotated[
         Optional[str],
@@ -100,6 +101,7 @@ def run(
 
 
 @app.command()
+@os_errors_end_cleanly
 def retention(
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
     today: Annotated[Optional[str], typer.Option(help="Date to measure ages from, YYYY-MM-DD (default: today).")] = None,
@@ -125,6 +127,7 @@ def retention(
 
 
 @app.command()
+@os_errors_end_cleanly
 def report(
     run_date: Annotated[str, typer.Option(help="The run date whose report to (re)generate, YYYY-MM-DD.")],
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
@@ -151,6 +154,7 @@ def report(
 
 
 @app.command()
+@os_errors_end_cleanly
 def audit(
     source: Annotated[str, typer.Argument(help="The company's team-page URL, or a folder of its photos.")],
     company: Annotated[str, typer.Option(help="Company name (as in sites.yaml, if it is crawled nightly).")],
@@ -183,6 +187,7 @@ def audit(
 
 
 @app.command()
+@os_errors_end_cleanly
 def crawl(
     sites: Annotated[Path, typer.Option(help="sites.yaml: companies and their team-page URLs, optional crawl overrides.")],
     out: Annotated[Path, typer.Option(help="Manifest CSV to write; the crawl log is written beside it (*.crawl-log.csv).")],
@@ -221,6 +226,7 @@ def crawl(
 
 
 @app.command()
+@os_errors_end_cleanly
 def demo(
     root: Annotated[Path, typer.Option(help="Folder for the demo site and sites.yaml.")] = Path("var/demo"),
     warehouse: Annotated[Path, typer.Option(help="Warehouse root for the demo run.")] = Path("var/demo/warehouse"),
@@ -270,6 +276,7 @@ def demo(
 
 
 @app.command("demo-data")
+@os_errors_end_cleanly
 def demo_data(
     out: Annotated[Path, typer.Argument(help="Folder to write <company>/*.jpg and manifest.csv into.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same files.")] = 7,
@@ -282,6 +289,7 @@ def demo_data(
 
 
 @app.command("config")
+@os_errors_end_cleanly
 def show_config(config: ConfigOption = None) -> None:
     """Print the effective settings (defaults, YAML file and HOMOG_* env vars merged) as YAML."""
     import yaml

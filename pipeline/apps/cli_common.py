@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional, TypeVar
 
 import typer
 
@@ -27,3 +29,21 @@ def setup_logging(verbose: bool) -> None:
 def fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def os_errors_end_cleanly(command: Command) -> Command:
+    """A warehouse path that is a file, a read-only mount, a full disk: one line naming the path and
+    the cause, exit 2, instead of a traceback. (Writes are atomic, so nothing already good is lost.)"""
+
+    @functools.wraps(command)
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except OSError as exc:
+            where = exc.filename or ""
+            fail(f"{exc.strerror or exc}{': ' + str(where) if where else ''}")
+
+    return guarded  # type: ignore[return-value]

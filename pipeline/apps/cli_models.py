@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.apps.cli_common import ConfigOption, fail, setup_logging
+from pipeline.apps.cli_common import ConfigOption, fail, os_errors_end_cleanly, setup_logging
 from pipeline.config import ConfigError, EmbedderChoice, load_settings
 from pipeline.ingest.sources import SourceError
 
@@ -15,6 +15,7 @@ models_app = typer.Typer(help="CLIP weights: fetch them on a connected machine, 
 
 
 @models_app.command("pull")
+@os_errors_end_cleanly
 def models_pull(
     model: Annotated[Optional[str], typer.Argument(help="open_clip model name (default: clip.model).")] = None,
     pretrained: Annotated[Optional[str], typer.Argument(help="open_clip pretrained tag (default: clip.pretrained).")] = None,
@@ -38,6 +39,7 @@ def models_pull(
 
 
 @models_app.command("list")
+@os_errors_end_cleanly
 def models_list(
     all_tags: Annotated[bool, typer.Option("--all", help="Also list known tags whose weights are not here.")] = False,
     config: ConfigOption = None,
@@ -69,6 +71,7 @@ reference_app = typer.Typer(
 
 
 @reference_app.command("fit")
+@os_errors_end_cleanly
 def reference_fit(
     folders: Annotated[
         list[str], typer.Argument(help="Folders of diverse, unrelated headshots (local or fsspec URLs), searched recursively.")
@@ -114,6 +117,7 @@ def reference_fit(
 
 
 @reference_app.command("show")
+@os_errors_end_cleanly
 def reference_show(
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (default ./warehouse).")] = None,
     embedder: Annotated[Optional[EmbedderChoice], typer.Option(help="auto, clip or classic (default: settings).")] = None,

@@ -58,15 +58,19 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[s
     Fails the task with the sites file's own error message when the file is unusable: nothing
     else can run without it.
     """
+    from pipeline.context import RunContext
     from pipeline.ingest.crawl import load_sites
     from pipeline.layout import validate_run_date
+    from pipeline.stages import begin_run
 
     sites_file = str(Path(params.get("sites_file") or os.environ.get("HOMOG_SITES", "sites.yaml")).resolve())
     when = params.get("run_date") or (logical_date or dt.datetime.now(dt.UTC)).date().isoformat()
     sites = load_sites(sites_file)
     settings = settings_for(params)
+    run_date = validate_run_date(when)
+    begin_run(RunContext(settings, run_date))
     return {
-        "run_date": validate_run_date(when),
+        "run_date": run_date,
         "sites_file": sites_file,
         "warehouse": settings.warehouse,
         "reports": settings.reports,

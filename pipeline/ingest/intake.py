@@ -22,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -33,7 +35,7 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from pipeline import layout
 from pipeline.config import IntakeConfig, PrivacyConfig
 from pipeline.ingest.sources import ManifestRow
-from pipeline.warehouse import Warehouse
+from pipeline.warehouse import Warehouse, is_local_fs
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ def fetch_bytes(uri: str, max_bytes: int, timeout_s: float) -> bytes:
 
         options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout_s)}
     try:
+        _refuse_special_file(uri)
         with fsspec.open(uri, "rb", **options) as handle:
             size = getattr(handle, "size", None)
             if isinstance(size, int) and size > max_bytes:
@@ -121,13 +124,34 @@ def fetch_bytes(uri: str, max_bytes: int, timeout_s: float) -> bytes:
         raise
     except FileNotFoundError:
         raise IntakeError("fetch_failed", f"not found: {uri}") from None
-    except IsADirectoryError:
-        raise IntakeError("fetch_failed", f"is a directory, not an image: {uri}") from None
     except Exception as exc:  # network, permission, protocol: all mean "could not fetch"
         raise IntakeError("fetch_failed", f"could not read {uri}: {type(exc).__name__}: {exc}") from None
     if len(data) > max_bytes:
         raise IntakeError("too_large", f"payload is over the limit of {max_bytes} bytes")
     return data
+
+
+_SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
+                  (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def _refuse_special_file(uri: str) -> None:
+    """A local path must be a regular file before it is opened: opening a named pipe blocks until
+    someone writes to it (forever, in a folder of pictures), and a device never ends."""
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(uri)
+    if not is_local_fs(fs):
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise IntakeError("fetch_failed", f"not found: {uri}") from None
+    except OSError as exc:
+        raise IntakeError("fetch_failed", f"could not read {uri}: {exc.strerror or exc}") from None
+    for is_kind, kind in _SPECIAL_FILES:
+        if is_kind(mode):
+            raise IntakeError("fetch_failed", f"{uri} is {kind}, not a file: refused without opening it")
 
 
 def source_fingerprint(uri: str) -> str:
@@ -204,6 +228,18 @@ def decode_image(data: bytes, declared_name: str, cfg: IntakeConfig, draft_side:
     `draft_side`: a consumer that only needs about this many pixels per side (a model input) lets
     the JPEG decoder scale down by 2/4/8 while decoding, which is several times cheaper.
     """
+    try:
+        return _decode(data, declared_name, cfg, draft_side)
+    except IntakeError:
+        raise
+    except Exception as exc:
+        # Pillow's format plugins answer some malformed files (mutated TIFF, DDS, IM headers) with
+        # TypeError, NotImplementedError, struct.error, ... instead of OSError: one bad picture is one
+        # error row, never the end of a run or of a company's crawl.
+        raise IntakeError("corrupt", f"the image decoder failed on this payload ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(data: bytes, declared_name: str, cfg: IntakeConfig, draft_side: int | None) -> DecodedImage:
     if not data:
         raise IntakeError("empty", "empty payload (0 bytes)")
     if len(data) > cfg.max_bytes:
@@ -355,6 +391,27 @@ def reusable_records(previous: pd.DataFrame, privacy: PrivacyConfig) -> dict[tup
     return reusable
 
 
+DUPLICATE_ROW = "repeats an earlier manifest row (same company, image, person and source): the photo is counted once, on that row"
+
+
+def repeated_rows(rows: Sequence[ManifestRow]) -> set[int]:
+    """Positions of rows that repeat an earlier row entirely (company, image, where it was found, who).
+    One photo listed twice on one page is one photo: were both rows kept, it would be its own
+    near-duplicate and weigh twice in every page metric. The same picture under two names, on two
+    people's cards (crawled pictures are named by their content) or on two companies' pages is not a
+    repeat: that is reuse, which the near-duplicate tables are there to show."""
+    seen: set[tuple[str, ...]] = set()
+    repeats = set()
+    for index, row in enumerate(rows):
+        if row.problem:
+            continue
+        key = (row.company, row.image, row.image_url, row.person, row.source_url)
+        if key in seen:
+            repeats.add(index)
+        seen.add(key)
+    return repeats
+
+
 def ingest(
     rows: Sequence[ManifestRow],
     warehouse: Warehouse,
@@ -373,8 +430,13 @@ def ingest(
     from tqdm.auto import tqdm
 
     known = reusable_records(previous if previous is not None else pd.DataFrame(), privacy)
+    repeats = repeated_rows(rows)
 
-    def work(row: ManifestRow) -> ImageRecord:
+    def work(numbered: tuple[int, ManifestRow]) -> ImageRecord:
+        index, row = numbered
+        if index in repeats:
+            return ImageRecord(company=row.company, image=row.image, person=row.person, source_url=row.source_url,
+                               image_url=row.image_url, uri=row.uri, error_kind="duplicate_row", error=DUPLICATE_ROW)  # fmt: skip
         fingerprint = "" if row.problem else source_fingerprint(row.uri)
         earlier = known.get((row.uri, fingerprint)) if fingerprint else None
         if earlier is not None and _objects_present(earlier, warehouse):
@@ -384,7 +446,7 @@ def ingest(
         return ingest_one(row, warehouse, run_date, intake_cfg, privacy, fingerprint)
 
     with ThreadPoolExecutor(max_workers=intake_cfg.workers, thread_name_prefix="intake") as pool:
-        records = list(tqdm(pool.map(work, rows), total=len(rows), desc="intake", unit="img", disable=not progress))
+        records = list(tqdm(pool.map(work, enumerate(rows)), total=len(rows), desc="intake", unit="img", disable=not progress))
     frame = records_to_frame(records)
     failed = frame[frame["status"] == "error"]
     logger.info("intake: %d ok, %d error(s) of %d rows", len(frame) - len(failed), len(failed), len(frame))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import fsspec
 
+from pipeline.ingest.text import clean_text
 from pipeline.warehouse import is_local_fs
 
 REQUIRED_COLUMNS = ("company", "image")
@@ -80,7 +81,7 @@ def read_manifest(manifest: str) -> list[ManifestRow]:
     base = _parent(manifest)
     rows = []
     for record in frame.to_dict("records"):
-        company = record["company"].strip()
+        company = clean_text(record["company"])
         image = record["image"].strip()
         problem = ""
         if not company:
@@ -92,7 +93,7 @@ def read_manifest(manifest: str) -> list[ManifestRow]:
                 company=company,
                 image=image,
                 uri=resolve_reference(image, base) if image else "",
-                person=record.get("person", "").strip(),
+                person=clean_text(record.get("person", "")),
                 source_url=record.get("source_url", "").strip(),
                 image_url=record.get("image_url", "").strip(),
                 problem=problem,
@@ -112,9 +113,10 @@ def scan_folder(root: str) -> list[ManifestRow]:
     root_path = root_path.rstrip("/")
     rows = []
     for entry in sorted(fs.ls(root_path, detail=True), key=lambda e: e["name"]):
-        company = entry["name"].rstrip("/").rsplit("/", 1)[-1]
-        if entry["type"] == "directory" and not company.startswith("."):
-            rows += _files_of(fs, entry["name"], root_path, company)
+        name = entry["name"].rstrip("/").rsplit("/", 1)[-1]
+        if entry["type"] == "directory" and not name.startswith("."):
+            # Shown in every report: no bidi override or zero-width character may disguise it.
+            rows += _files_of(fs, entry["name"], root_path, clean_text(name) or name.encode("unicode_escape").decode())
     if not rows:
         raise SourceError(f"input folder {root} has no company sub-folders with files in them")
     return rows

@@ -210,8 +210,9 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         "run_date": data.run_date, "embedder": data.embedder, "embedder_fallback": data.embedder_fallback, "offline": offline,
         "index_reference": index_reference,
     }  # fmt: skip
-    folder = data.run_date
-    index_uri = reports.write_bytes(f"{folder}/index.html", env.get_template("run_report.html.j2").render(
+    # A company no longer in the run must not keep its old page beside the new ones.
+    reports.remove(layout.company_pages_folder(data.run_date), recursive=True)
+    index_uri = reports.write_bytes(layout.report_page(data.run_date), env.get_template("run_report.html.j2").render(
         **common, companies=companies, n_companies=len(companies), n_ok=n_ok, n_rows=len(data.images),
         overall_near_dup=overall_near_dup, n_pairs=len(data.pairs), reuse=_reuse_rows(store, data),
         forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
@@ -225,13 +226,13 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         "companies": [{k: v for k, v in c.items() if k not in ("spark",)} for c in companies],
         "failures": {"n_failed": failures["n_failed"]},
     }  # fmt: skip
-    summary_uri = reports.write_bytes(f"{folder}/summary.json", json.dumps(summary, indent=2, sort_keys=True, default=str).encode())
+    summary_uri = reports.write_bytes(
+        layout.report_summary(data.run_date), json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
+    )
     return {"report": index_uri, "summary": summary_uri}
 
 
-def render_audit_page(
-    data: RunData, store: Warehouse, reports: Warehouse, row: pd.Series, env: Any = None, folder: str | None = None
-) -> str:
+def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: pd.Series, env: Any = None) -> str:
     env = env or _environment()
     company = row["company"]
     ok = data.images[(data.images["status"] == "ok") & (data.images["company"] == company)]
@@ -274,9 +275,9 @@ def render_audit_page(
         face_repeated=count(row.get("n_face_repeated")), face_shared=count(row.get("n_face_shared")),
         zero_shot=_zero_shot(row),
         thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
-        back_link="../index.html" if folder is None else None,
+        back_link="../index.html",
     )  # fmt: skip
-    return reports.write_bytes(f"{folder or data.run_date}/{layout.company_page(company)}", page.encode("utf-8"))
+    return reports.write_bytes(f"{data.run_date}/{layout.company_page(company)}", page.encode("utf-8"))
 
 
 def render_report(ctx: RunContext) -> dict[str, Any]:

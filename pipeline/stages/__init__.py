@@ -135,11 +135,18 @@ class RunResult:
         }
 
 
+def begin_run(ctx: RunContext) -> None:
+    """Take away the run date's finished mark before the first stage writes: a rerun killed half-way
+    must not leave an old run.json vouching for tables that are half new, half old."""
+    ctx.warehouse.remove(layout.run_record(ctx.run_date))
+
+
 def run_stages(ctx: RunContext) -> dict[str, StageResult]:
     """Every stage that applies to the run, in registry order, in this process."""
     if not ctx.embedder_id:
         # Chosen before any work, so that `--embedder clip` without weights fails in a second, not after intake.
         ctx.embedder()
+    begin_run(ctx)
     results: dict[str, StageResult] = {}
     for stage in STAGES:
         if not stage.applies(ctx):

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
 from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from bs4 import BeautifulSoup, Tag
+
+from pipeline.ingest.text import clean_text
 
 LAZY_SRC_ATTRIBUTES = ("data-src", "data-lazy-src", "data-lazy", "data-original", "data-url", "data-bg", "data-background-image")
 LAZY_SRCSET_ATTRIBUTES = ("data-srcset", "data-lazy-srcset")
@@ -29,18 +30,7 @@ CHROME_TAGS = frozenset({"header", "nav", "footer"})
 CHROME_ROLES = frozenset({"banner", "navigation", "contentinfo"})
 NEXT_TEXTS = frozenset({"next", "next page", "load more", "show more", "more", "older", "›", "»", "→"})
 MIN_CARD_REPEATS = 3
-MAX_TEXT = 200
 _CSS_URL = re.compile(r"""url\(\s*(['"]?)(.*?)\1\s*\)""", re.IGNORECASE)  # CSS value syntax, not HTML
-
-
-def clean_text(value: object) -> str:
-    """An untrusted scraped string made safe to store: NFC, no control/format characters, one line, capped."""
-    if not isinstance(value, str):
-        return ""
-    # Category C: control, format (bidi overrides that reorder displayed text), private use, unassigned.
-    text = "".join(ch for ch in unicodedata.normalize("NFC", value) if unicodedata.category(ch)[0] != "C" or ch in "\t\n")
-    text = " ".join(text.split())
-    return text[:MAX_TEXT]
 
 
 @dataclass
