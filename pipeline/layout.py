@@ -179,6 +179,9 @@ def projection_file(embedder_id: str) -> str:
     return f"projections/{embedder_id}/umap.pkl"
 
 
+AUDIT_ROOTS_GLOB = "audits/*/*"  # every brand audit's own warehouse
+
+
 def audit_root(company: str, run_date: str) -> tuple[str, str, str]:
     """The parts of a brand audit's own warehouse under the nightly's (join with Warehouse.uri)."""
     return "audits", company_slug(company), validate_run_date(run_date)

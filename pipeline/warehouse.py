@@ -36,8 +36,9 @@ class Warehouse:
         self.root = path.rstrip("/") or "/"
         self.is_local = is_local_fs(self.fs)
         if self.is_local:
+            # Nothing is created here: folders appear with the first write, so opening a warehouse to
+            # read it (a report, `reference show`, an audit's population) leaves no trace.
             self.root = os.path.abspath(self.root)
-            os.makedirs(self.root, exist_ok=True)
 
     # ----------------------------------------------------------------- paths
     def path(self, *parts: str) -> str:

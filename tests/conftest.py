@@ -111,7 +111,40 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(autouse=True)
-def _reports_in_tmp(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Runs render HTML reports; in tests they go to a temporary folder, never into the checkout."""
-    monkeypatch.setenv("HOMOG_REPORTS", str(tmp_path_factory.getbasetemp() / "reports"))
+# What the suite must leave as it found it: the checkout (it may be read-only) and the shared corpus.
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+NOT_OURS = {".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", "var"}
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int]]:
+    """Every file and folder below `root` (but build and cache folders) with its size and mtime."""
+    found = {}
+    if not root.is_dir():
+        return found
+    for path in root.rglob("*"):
+        if NOT_OURS & set(path.relative_to(root).parts) or path.name.endswith(".egg-info"):
+            continue
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        found[str(path.relative_to(root))] = (info.st_size if path.is_file() else 0, info.st_mtime_ns if path.is_file() else 0)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _outputs_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every default place a run writes to (./warehouse, ./reports) points into the session's temporary
+    folder, set before any fixture of any scope runs; and at the end, the checkout and ../shared must
+    be exactly as they were (the suite has to pass from read-only copies of both)."""
+    checkout = Path(__file__).resolve().parents[1]
+    before = {root: _tree(root) for root in (checkout, SHARED)}
+    base = tmp_path_factory.getbasetemp()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOMOG_REPORTS", str(base / "reports"))
+        patch.setenv("HOMOG_WAREHOUSE", str(base / "warehouse"))
+        yield
+    for root, files in before.items():
+        after = _tree(root)
+        changed = sorted(name for name in set(files) | set(after) if files.get(name) != after.get(name))
+        assert not changed, f"the tests wrote into {root}: {changed[:20]}"

@@ -9,6 +9,14 @@ import pytest
 from pipeline.config import ConfigError, load_settings
 
 
+@pytest.fixture(autouse=True)
+def _no_suite_locations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite points HOMOG_WAREHOUSE and HOMOG_REPORTS at its temporary folder; these tests are
+    about where settings come from, so they start from none."""
+    monkeypatch.delenv("HOMOG_WAREHOUSE", raising=False)
+    monkeypatch.delenv("HOMOG_REPORTS", raising=False)
+
+
 def test_defaults_are_valid() -> None:
     settings = load_settings()
     assert settings.warehouse == "./warehouse"

@@ -13,7 +13,8 @@ from pipeline.stages import run_pipeline
 
 def test_ai_diffusion_packs_ingest_completely(corpus: Path, tmp_path: Path) -> None:
     folder = corpus / "ai_diffusion_packs"
-    result = run_pipeline(scan_folder(str(folder)), load_settings(warehouse=str(tmp_path)), "2026-01-01", progress=False)
+    settings = load_settings(warehouse=str(tmp_path / "wh"), reports=str(tmp_path / "reports"))
+    result = run_pipeline(scan_folder(str(folder)), settings, "2026-01-01", progress=False)
     images = pd.read_parquet(result.outputs["images"])
     files = [p for p in folder.rglob("*") if p.is_file()]
     assert len(images) == len(files) == 107
@@ -44,7 +45,7 @@ def test_one_template_with_another_face_is_not_the_same_photo(corpus: Path) -> N
     assert verify(original_features, features(original.resize((400, 400)))).same_photo
 
 
-def test_every_ai_pack_and_the_studio_set_score_above_the_real_staff_page(corpus: Path) -> None:
+def test_every_ai_pack_and_the_studio_set_score_above_the_real_staff_page(corpus: Path, tmp_path: Path) -> None:
     """The first validation check of the analytics issue, with the shipped classic reference
     (bench/validate_homogeneity.py runs all three through the whole pipeline)."""
     import numpy as np
@@ -55,7 +56,7 @@ def test_every_ai_pack_and_the_studio_set_score_above_the_real_staff_page(corpus
     from pipeline.warehouse import Warehouse
 
     embedder = ClassicEmbedder()
-    reference = stored_reference(Warehouse(str(corpus.parent / "no-warehouse-here")), embedder.id, embedder.dim)
+    reference = stored_reference(Warehouse(str(tmp_path / "no-warehouse-here")), embedder.id, embedder.dim)
     assert reference is not None
 
     def index(folder: Path) -> tuple[float, float, float]:

@@ -52,8 +52,11 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
 def test_a_purged_original_is_fetched_again_by_the_next_run(tmp_path: Path) -> None:
     picture = tmp_path / "a.jpg"
     photo_like(seed=9).save(picture, format="JPEG")
+    copies = [tmp_path / f"{name}.jpg" for name in "bc"]  # one stored object, three rows
+    for copy in copies:
+        copy.write_bytes(picture.read_bytes())
     manifest = tmp_path / "m.csv"
-    manifest.write_text(f"company,image\nacme,{picture}\nacme,{picture}\nacme,{picture}\n")
+    manifest.write_text("company,image\n" + "".join(f"acme,{path}\n" for path in (picture, *copies)))
     settings = load_settings(warehouse=str(tmp_path / "wh"), embedder="classic")
     first = run_pipeline(read_manifest(str(manifest)), settings, "2026-01-01", progress=False)
     warehouse = Warehouse(str(tmp_path / "wh"))
@@ -62,3 +65,23 @@ def test_a_purged_original_is_fetched_again_by_the_next_run(tmp_path: Path) -> N
     assert second.counts["ok"] == first.counts["ok"] == 3
     raw = warehouse.read_table("images", "2026-01-06")["raw_object"].iloc[0]
     assert warehouse.exists(raw)
+
+
+def test_no_expired_picture_is_left_anywhere_not_even_in_a_brand_audit(tmp_path: Path) -> None:
+    """A brand audit stores its own copies of the population's photos under audits/<company>/<date>:
+    retention used to purge W/objects only, so those copies of personal photos stayed forever."""
+    rows = read_manifest(str(generate_demo_images(tmp_path / "demo", per_company=3)))
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    nightly = load_settings(warehouse=warehouse.uri(), reports=str(tmp_path / "reports"), embedder="classic")
+    run_pipeline(rows, nightly, "2026-01-01", progress=False)
+    audit = nightly.model_copy(update={"warehouse": warehouse.uri("audits", "acme-0000", "2026-01-02")})
+    run_pipeline(rows[:4], audit, "2026-01-02", progress=False)  # as `homog audit` does, in its own warehouse
+    audit_raw = list((tmp_path / "wh" / "audits").rglob("objects/raw/*/*"))
+    assert audit_raw
+
+    log = purge_expired(warehouse, RetentionConfig(raw_images_days=30, thumbnails_days=30), "2026-03-15")
+    deleted = set(log.loc[log["action"] == "deleted", "object"])
+    assert {str(p.relative_to(tmp_path / "wh")) for p in audit_raw} <= deleted
+    left = [p for p in (tmp_path / "wh").rglob("objects/*/*/*") if p.is_file()]
+    assert left == [], left  # every picture was last seen more than 30 days before
+    assert not warehouse.read_table("companies", "2026-01-01").empty  # metrics stay

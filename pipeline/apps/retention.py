@@ -4,8 +4,10 @@ An object's age is the latest run date whose `images` table references it, so a 
 on a company's page keeps being refreshed by the nightly run, and one that disappeared is purged
 `retention.raw_images_days` (originals) or `retention.thumbnails_days` (thumbnails) after it was last
 seen. Objects no table references (left by an interrupted run) age by their modification time.
-Tables, metrics, embeddings and verdicts stay: they are not pictures. Every decision is logged in a
-`retention` table, and a dry run decides and logs without deleting.
+Tables, metrics, embeddings and verdicts stay: they are not pictures. Brand audits keep their own
+copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
+purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
+table, and a dry run decides and logs without deleting.
 """
 
 from __future__ import annotations
@@ -49,9 +51,32 @@ def _modified(warehouse: Warehouse, path: str) -> dt.date | None:
     return pd.Timestamp(stamp).date()
 
 
+def picture_stores(warehouse: Warehouse) -> list[tuple[str, Warehouse]]:
+    """Every place below the warehouse that stores pictures, as (key prefix, warehouse): the warehouse
+    itself and each brand audit's own warehouse, which holds copies of the population's photos."""
+    stores = [("", warehouse)]
+    for path in sorted(warehouse.fs.glob(warehouse.path(layout.AUDIT_ROOTS_GLOB))):
+        if warehouse.fs.isdir(path):
+            prefix = path[len(warehouse.root) + 1 :]
+            stores.append((prefix + "/", Warehouse(warehouse.uri(prefix))))
+    return stores
+
+
 def purge_expired(warehouse: Warehouse, retention: RetentionConfig, today: str, dry_run: bool = False) -> pd.DataFrame:
-    """Delete (or, dry run, only list) expired originals and thumbnails; returns the decision log."""
+    """Delete (or, dry run, only list) expired originals and thumbnails, in the warehouse and in every
+    brand audit kept in it; returns the decision log (object keys relative to `warehouse`)."""
     today_date = dt.date.fromisoformat(validate_run_date(today))
+    records = []
+    for prefix, store in picture_stores(warehouse):
+        records += [{**record, "object": prefix + record["object"]} for record in _purge_store(store, retention, today_date, dry_run)]
+    log = pd.DataFrame(records, columns=LOG_COLUMNS)
+    removed = int((log["action"] != "keep").sum()) if len(log) else 0
+    logger.info("retention %s: %d of %d stored picture(s) %s", today, removed, len(log), "would be deleted" if dry_run else "deleted")
+    warehouse.write_table("retention", today, log)
+    return log
+
+
+def _purge_store(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:
     seen = last_seen(warehouse)
     limits = {"raw": retention.raw_images_days, "thumbs": retention.thumbnails_days}
     records = []
@@ -73,8 +98,4 @@ def purge_expired(warehouse: Warehouse, retention: RetentionConfig, today: str, 
                     warehouse.remove(key)
             records.append({"object": key, "kind": kind, "last_seen": reference or f"unreferenced, modified {when}",
                             "age_days": age, "limit_days": limit, "action": action})  # fmt: skip
-    log = pd.DataFrame(records, columns=LOG_COLUMNS)
-    removed = int((log["action"] != "keep").sum()) if len(log) else 0
-    logger.info("retention %s: %d of %d stored picture(s) %s", today, removed, len(log), "would be deleted" if dry_run else "deleted")
-    warehouse.write_table("retention", today, log)
-    return log
+    return records
