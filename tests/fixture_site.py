@@ -151,6 +151,56 @@ def _stalled(body: bytes) -> Callable:
     return handle
 
 
+def _stacked_gzip(decoded_mb: int) -> Callable:
+    """`Content-Encoding: gzip, gzip`: a few KB on the wire, `decoded_mb` MB once both layers are undone."""
+
+    import gzip
+
+    body = gzip.compress(gzip.compress(b"\0" * (decoded_mb << 20), compresslevel=1), compresslevel=9)  # made once
+
+    def handle(request: http.server.BaseHTTPRequestHandler, site: Site) -> None:
+        request.send_response(200)
+        request.send_header("Content-Type", "image/jpeg")
+        request.send_header("Content-Encoding", "gzip, gzip")
+        request.send_header("Content-Length", str(len(body)))
+        request.end_headers()
+        request.wfile.write(body)
+
+    return handle
+
+
+def _trickled_headers(body: bytes, pause_s: float) -> Callable:
+    """Status line and headers one byte at a time, each byte well inside the client's read timeout."""
+
+    def handle(request: http.server.BaseHTTPRequestHandler, site: Site) -> None:
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        for byte in head:
+            request.wfile.write(bytes([byte]))
+            request.wfile.flush()
+            time.sleep(pause_s)
+        request.wfile.write(body)
+
+    return handle
+
+
+def poisoned_tiff() -> bytes:
+    """A mutated TIFF on which Pillow raises TypeError (not OSError), found by the intake fuzzer."""
+    from bench.fuzz_intake import cases
+    from pipeline.config import IntakeConfig
+    from pipeline.ingest.intake import IntakeError, _decode
+
+    for fmt, data in cases(600, seed=0):
+        if fmt != "TIFF":
+            continue
+        try:
+            _decode(data, "x.tif", IntakeConfig(), None)
+        except IntakeError:
+            continue
+        except Exception:
+            return data
+    raise AssertionError("no poisoned TIFF among the fuzz cases")
+
+
 def _cards(people: list[tuple[str, str, str]]) -> str:
     """(image src, name, alt) as staff cards; names and alts are written escaped, as a real CMS would."""
     import html
@@ -196,6 +246,13 @@ def build_site(internal_port: int) -> Site:
     routes["/img/always-503.jpg"] = _status(503)
     routes["/img/slow.jpg"] = _slow(2.0, _static(faces[0], jpeg))
     routes["/img/stalled.jpg"] = _stalled(faces[1])
+    routes["/img/gzip-gzip.jpg"] = _stacked_gzip(200)
+    routes["/img/trickled.jpg"] = _trickled_headers(faces[2], 0.2)
+    routes["/img/poisoned.tif"] = _static(poisoned_tiff(), "image/tiff")
+    routes["/hostile.html"] = _static(_page(_cards([
+        ("/img/face3.jpg", "Good One", ""), ("/img/gzip-gzip.jpg", "Bomb", ""), ("/img/trickled.jpg", "Trickle", ""),
+        ("/img/poisoned.tif", "Poison", ""), ("/img/face4.jpg", "Good Two", ""),
+    ])), "text/html; charset=utf-8")  # fmt: skip
     routes["/img/loop-a.jpg"] = _status(302, {"Location": "/img/loop-b.jpg"})
     routes["/img/loop-b.jpg"] = _status(302, {"Location": "/img/loop-a.jpg"})
     routes["/img/to-internal.jpg"] = _status(302, {"Location": f"{internal}/secret.jpg"})

@@ -369,3 +369,19 @@ def test_a_sites_file_override_applies_to_the_whole_headshot_filter(http_server,
     log = pd.read_csv(tmp_path / "m.crawl-log.csv")
     picture = log[log["kind"] == "image"].iloc[0]
     assert (picture["status"], picture["reason"]) == ("kept", "face found")
+
+
+def test_hostile_responses_each_fail_alone_and_in_bounded_time(fixture_site, tmp_path) -> None:  # noqa: ANN001
+    """Stacked gzip (a few KB on the wire, 200 MB decoded), headers trickled one byte at a time and a
+    picture that makes the decoder raise TypeError, beside two good headshots on one page: each bad
+    one is an explained row, the good ones are kept, and nothing takes longer than its deadline."""
+    started = time.monotonic()
+    _, rows = crawl(fixture_site, ["/hostile.html"], tmp_path)
+    elapsed = time.monotonic() - started
+    assert outcome(rows, "/img/face3.jpg") == ("kept", "face found") and outcome(rows, "/img/face4.jpg") == ("kept", "face found")
+    assert rows["/img/gzip-gzip.jpg"]["status"] == "error" and "Content-Encoding gzip, gzip refused" in rows["/img/gzip-gzip.jpg"]["reason"]
+    assert rows["/img/gzip-gzip.jpg"]["n_bytes"] == 0  # refused before a byte was decoded
+    assert rows["/img/trickled.jpg"]["status"] == "error" and rows["/img/trickled.jpg"]["reason"].startswith("stalled")
+    assert rows["/img/poisoned.tif"]["status"] in ("rejected", "error") and "decoder failed" in rows["/img/poisoned.tif"]["reason"]
+    # The trickled head takes ~13 s to send; the whole-response deadline is 3 x timeout_s = 1.5 s.
+    assert elapsed < 12, elapsed

@@ -56,6 +56,62 @@ class BlockedAddress(Exception):
     """Raised inside the connection pool when a host resolves to a refused address."""
 
 
+class ResponseStalled(Exception):
+    """Raised inside the connection when one response's deadline (connect, headers and body) passed."""
+
+
+# The deadline of the response being fetched on this thread: the connection pool's sockets check it on
+# every read and write, so a server that trickles its status line or headers byte by byte, each byte
+# just inside the read timeout, cannot hold a worker longer than the whole-response deadline.
+_deadline = threading.local()
+
+
+def _time_left(timeout: float | None) -> float | None:
+    at = getattr(_deadline, "at", None)
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise ResponseStalled("the response did not complete within its deadline")
+    return left if timeout is None else min(timeout, left)
+
+
+@contextlib.contextmanager
+def _stalled_when_past_deadline() -> Iterator[None]:
+    """A socket timeout that the deadline shortened is the deadline passing, not a network hiccup to retry."""
+    try:
+        yield
+    except httpcore.TimeoutException:
+        at = getattr(_deadline, "at", None)
+        if at is not None and time.monotonic() >= at - 0.05:
+            raise ResponseStalled("the response did not complete within its deadline") from None
+        raise
+
+
+class DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose every operation ends by the current response's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self.inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        with _stalled_when_past_deadline():
+            return self.inner.read(max_bytes, _time_left(timeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        with _stalled_when_past_deadline():
+            self.inner.write(buffer, _time_left(timeout))
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None):  # noqa: ANN001, ANN201
+        return DeadlineStream(self.inner.start_tls(ssl_context, server_hostname, _time_left(timeout)))
+
+    def get_extra_info(self, info: str):  # noqa: ANN201
+        return self.inner.get_extra_info(info)
+
+
 # ------------------------------------------------------------------ address guard
 class AddressGuard:
     def __init__(self, allow: list[str]) -> None:
@@ -109,7 +165,7 @@ class GuardedBackend(httpcore.NetworkBackend):
         last_error: Exception | None = None
         for address in self.guard.resolve(host, port):
             try:  # connect to the address that was checked, never re-resolve
-                return self.inner.connect_tcp(address, port, timeout, local_address, socket_options)
+                return DeadlineStream(self.inner.connect_tcp(address, port, _time_left(timeout), local_address, socket_options))
             except httpcore.ConnectError as exc:
                 last_error = exc
         raise last_error or httpcore.ConnectError(f"no address for {host}")
@@ -320,9 +376,18 @@ class Fetcher:
             return retrying(attempt)
         except BlockedAddress as exc:
             raise CrawlRefused("private_address", str(exc)) from None
+        except ResponseStalled:  # a trickling server: not retried, it would only trickle again
+            raise FetchFailed("stalled", f"response incomplete after {self.cfg.timeout_s * 3:.0f} s (3 x crawl.timeout_s)") from None
 
     def _send_once(self, url: str, headers: dict[str, str], max_bytes: int) -> Response:
-        deadline = time.monotonic() + self.cfg.timeout_s * 3  # a trickling server cannot hold a worker forever
+        # Connect, status line, headers and body: all within one deadline (see DeadlineStream).
+        _deadline.at = time.monotonic() + self.cfg.timeout_s * 3
+        try:
+            return self._receive(url, headers, max_bytes)
+        finally:
+            _deadline.at = None
+
+    def _receive(self, url: str, headers: dict[str, str], max_bytes: int) -> Response:
         with self.client.stream("GET", url, headers=headers) as stream:
             response = Response(url=url, status=stream.status_code, headers=stream.headers)
             if stream.status_code == 304:
@@ -330,6 +395,11 @@ class Fetcher:
                 return response
             if stream.status_code in REDIRECT_STATUS or stream.status_code >= 400:
                 return response  # bodies of errors and redirects are not needed
+            encodings = [coding.strip().lower() for coding in stream.headers.get("content-encoding", "").split(",") if coding.strip()]
+            if len(encodings) > 1 or any(coding not in ("gzip", "deflate", "identity") for coding in encodings):
+                # We ask for gzip or deflate; a stack of them (3.5 KB on the wire can be 2 GB after two
+                # gzip layers) or anything else is refused before a byte is decoded.
+                raise FetchFailed("encoding", f"Content-Encoding {', '.join(encodings)} refused: one layer of gzip or deflate at most")
             declared = stream.headers.get("content-length", "")
             if declared.isdigit() and int(declared) > max_bytes:
                 raise FetchFailed("too_large", f"Content-Length {declared} is over the limit of {max_bytes} bytes")
@@ -340,7 +410,5 @@ class Fetcher:
                     raise FetchFailed("too_large", f"response is over the limit of {max_bytes} bytes")
                 self.budget.take(len(chunk))
                 chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise FetchFailed("stalled", f"response still incomplete after {self.cfg.timeout_s * 3:.0f} s")
             response.body = b"".join(chunks)
             return response
