@@ -39,7 +39,9 @@ class IntakeConfig(_Section):
     min_side: int = Field(32, ge=1, description="Images smaller than this on either side are not headshots (icons, pixels).")
     thumbnail_side: int = Field(256, ge=32, le=1024, description="Longest side of stored thumbnails.")
     workers: int = Field(8, ge=1, le=256, description="Parallel fetch/decode threads (I/O bound for remote URLs).")
-    fetch_timeout_s: float = Field(30.0, gt=0, description="Per-image timeout for remote fetches.")
+    fetch_timeout_s: float = Field(
+        30.0, gt=0, description="http(s) sources: connect/read timeout; the whole response must arrive within 3x this."
+    )
 
 
 class PrivacyConfig(_Section):

@@ -123,7 +123,7 @@ TABLES: tuple[Table, ...] = (
         "error": "why the picture was refused, for people; empty if ok",
         "width": "after EXIF orientation, as a viewer sees it",
         "height": "after EXIF orientation",
-        "error_kind": "stable code: `bad_row`, `duplicate_row`, `fetch_failed`, `empty`, `too_large`, `not_an_image`, `decompression_bomb`, "
+        "error_kind": "stable code: `bad_row`, `duplicate_row`, `fetch_failed`, `fetch_refused`, `empty`, `too_large`, `not_an_image`, `decompression_bomb`, "
         "`corrupt`, `truncated`, `too_small`",
         "warnings": "accepted oddities: extension vs real format, animated (first frame used), unreadable ICC profile",
         "person": "from the manifest or the crawler, where given",

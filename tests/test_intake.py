@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
-from pipeline.config import IntakeConfig, PrivacyConfig
+from pipeline.config import CrawlConfig, IntakeConfig, PrivacyConfig
 from pipeline.ingest.intake import IntakeError, decode_image, fetch_bytes, ingest
 from pipeline.ingest.sources import ManifestRow
 from pipeline.warehouse import Warehouse
@@ -261,9 +261,30 @@ def test_http_sources(http_server: tuple[str, dict], tmp_path: Path) -> None:
     routes["/ok.jpg"] = (200, "image/jpeg", encode(photo_like(seed=5)))
     routes["/soft404.jpg"] = (200, "image/jpeg", b"<html><body>Page not found</body></html>")
     rows = [ManifestRow(company="web", image=f"{base}/{name}", uri=f"{base}/{name}") for name in ("ok.jpg", "soft404.jpg", "missing.jpg")]
-    frame = ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01", CFG, PrivacyConfig(), progress=False)
+    loopback = CrawlConfig(allow_private=["127.0.0.1"], min_delay_s=0)  # the test server is private, as it should be
+    frame = ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01", CFG, PrivacyConfig(), progress=False, crawl=loopback)
     assert list(frame["status"]) == ["ok", "error", "error"]
     assert list(frame["error_kind"]) == ["", "not_an_image", "fetch_failed"]
+    assert frame.loc[2, "error"] == f"HTTP 404 for {base}/missing.jpg"
+
+
+def test_manifest_urls_to_private_addresses_are_refused_without_a_connection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Manifest http(s) rows were fetched with no address guard (and reported as 'not found'): they now
+    go through the crawler's guard, which refuses metadata, private and loopback addresses in every
+    spelling before any socket is opened, and the row says why."""
+    import httpcore
+
+    def no_connection(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", no_connection)
+    urls = ["http://169.254.169.254/latest/meta-data/x.jpg", "http://10.0.0.1/x.jpg", "http://2852039166/x.jpg",
+            "http://[::ffff:10.0.0.1]/x.jpg", "https://127.0.0.1:8443/x.jpg", "http://0x7f000001/x.jpg"]  # fmt: skip
+    rows = [ManifestRow(company="web", image=url, uri=url) for url in urls]
+    frame = ingest(rows, Warehouse(str(tmp_path / "wh")), "2026-01-01", CFG, PrivacyConfig(), progress=False)
+    assert list(frame["error_kind"]) == ["fetch_refused"] * len(urls), frame["error"].tolist()
+    assert "169.254.169.254, which is link-local" in frame.loc[0, "error"] and "10.0.0.1, which is private" in frame.loc[3, "error"]
+    assert all("crawl.allow_private can permit it" in error for error in frame["error"])
 
 
 def test_unchanged_sources_are_carried_over_without_refetching(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,7 @@ normalised pixels, so the same picture re-encoded losslessly is still recognisab
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -27,15 +28,19 @@ import stat
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from pipeline import layout
-from pipeline.config import IntakeConfig, PrivacyConfig
+from pipeline.config import CrawlConfig, IntakeConfig, PrivacyConfig
 from pipeline.ingest.sources import ManifestRow
 from pipeline.warehouse import Warehouse, is_local_fs
+
+if TYPE_CHECKING:
+    from pipeline.ingest.crawl.http import Fetcher
 
 logger = logging.getLogger(__name__)
 
@@ -104,18 +109,23 @@ class DecodedImage:
 
 
 # ------------------------------------------------------------------ fetching
-def fetch_bytes(uri: str, max_bytes: int, timeout_s: float) -> bytes:
-    """Read at most `max_bytes` from any fsspec URL or path; refuse, rather than truncate, more."""
+def is_remote(uri: str) -> bool:
+    return uri.lower().startswith(("http://", "https://"))
+
+
+def fetch_bytes(uri: str, max_bytes: int, timeout_s: float, fetcher: Fetcher | None = None) -> bytes:
+    """Read at most `max_bytes` from any fsspec URL or path; refuse, rather than truncate, more.
+
+    http(s) goes through the crawler's guarded `Fetcher` (`fetcher`, or one with the default crawl
+    settings): the same address guard, byte caps and deadlines for every remote byte the project
+    reads, whether a crawl found the URL or a manifest named it."""
     import fsspec
 
-    options = {}
-    if uri.startswith(("http://", "https://")):
-        import aiohttp
-
-        options["client_kwargs"] = {"timeout": aiohttp.ClientTimeout(total=timeout_s)}
+    if is_remote(uri):
+        return _fetch_remote(uri, max_bytes, fetcher)
     try:
         _refuse_special_file(uri)
-        with fsspec.open(uri, "rb", **options) as handle:
+        with fsspec.open(uri, "rb") as handle:
             size = getattr(handle, "size", None)
             if isinstance(size, int) and size > max_bytes:
                 raise IntakeError("too_large", f"payload is {size} bytes, over the limit of {max_bytes}")
@@ -133,6 +143,31 @@ def fetch_bytes(uri: str, max_bytes: int, timeout_s: float) -> bytes:
 
 _SPECIAL_FILES = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
                   (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))  # fmt: skip
+
+
+def remote_fetcher(crawl: CrawlConfig | None = None) -> Fetcher:
+    """The guarded HTTP client intake uses for http(s) rows (a context manager)."""
+    from pipeline.ingest.crawl.http import Fetcher
+
+    return Fetcher(crawl or CrawlConfig())
+
+
+def _fetch_remote(uri: str, max_bytes: int, fetcher: Fetcher | None) -> bytes:
+    from pipeline.ingest.crawl.http import CrawlRefused, FetchFailed
+
+    with contextlib.ExitStack() as stack:
+        if fetcher is None:
+            fetcher = stack.enter_context(remote_fetcher())
+        try:
+            # robots.txt governs crawling; a manifest row is a picture someone chose to measure.
+            response = fetcher.get(uri, max_bytes=max_bytes, check_robots=False)
+        except CrawlRefused as exc:
+            raise IntakeError("fetch_refused", f"not fetched ({exc.rule}): {exc}") from None
+        except FetchFailed as exc:
+            raise IntakeError("too_large" if exc.kind == "too_large" else "fetch_failed", f"{exc.kind}: {exc}") from None
+    if response.status >= 400:
+        raise IntakeError("fetch_failed", f"HTTP {response.status} for {uri}")
+    return response.body
 
 
 def _refuse_special_file(uri: str) -> None:
@@ -162,6 +197,8 @@ def source_fingerprint(uri: str) -> str:
     """
     import fsspec
 
+    if is_remote(uri):
+        return ""  # asking a server (HEAD) is a request like any other: only the guarded fetcher sends those
     try:
         fs, path = fsspec.core.url_to_fs(uri)
         info = fs.info(path)
@@ -332,8 +369,10 @@ def ingest_one(
     intake_cfg: IntakeConfig,
     privacy: PrivacyConfig,
     fingerprint: str = "",
+    fetcher: Fetcher | None = None,
 ) -> ImageRecord:
-    """Fetch, check, normalise, hash and store one image; never raises for a bad image."""
+    """Fetch, check, normalise, hash and store one image; never raises for a bad image.
+    `fetcher`: the guarded HTTP client for http(s) rows (ingest shares one, so per-host politeness holds)."""
     import imagehash
 
     record = ImageRecord(
@@ -343,7 +382,7 @@ def ingest_one(
         if row.problem:
             raise IntakeError("bad_row", row.problem)
         record.source_fingerprint = fingerprint
-        data = fetch_bytes(row.uri, intake_cfg.max_bytes, intake_cfg.fetch_timeout_s)
+        data = fetch_bytes(row.uri, intake_cfg.max_bytes, intake_cfg.fetch_timeout_s, fetcher)
         record.n_bytes = len(data)
         record.content_sha256 = hashlib.sha256(data).hexdigest()
         decoded = decode_image(data, row.image, intake_cfg)
@@ -420,6 +459,7 @@ def ingest(
     privacy: PrivacyConfig,
     progress: bool = True,
     previous: pd.DataFrame | None = None,
+    crawl: CrawlConfig | None = None,
 ) -> pd.DataFrame:
     """Ingest every row (in parallel threads, order kept); returns the `images` table.
 
@@ -443,9 +483,12 @@ def ingest(
             carried = {**earlier, "warnings": list(earlier["warnings"])}
             carried.update(company=row.company, image=row.image, person=row.person, source_url=row.source_url, image_url=row.image_url)
             return ImageRecord(**carried)
-        return ingest_one(row, warehouse, run_date, intake_cfg, privacy, fingerprint)
+        return ingest_one(row, warehouse, run_date, intake_cfg, privacy, fingerprint, fetcher)
 
-    with ThreadPoolExecutor(max_workers=intake_cfg.workers, thread_name_prefix="intake") as pool:
+    # One guarded client for every http(s) row of the run: the crawler's address guard, caps and
+    # per-host spacing (`crawl` settings) apply to manifest URLs too.
+    remote = (crawl or CrawlConfig()).model_copy(update={"timeout_s": intake_cfg.fetch_timeout_s})
+    with remote_fetcher(remote) as fetcher, ThreadPoolExecutor(max_workers=intake_cfg.workers, thread_name_prefix="intake") as pool:
         records = list(tqdm(pool.map(work, enumerate(rows)), total=len(rows), desc="intake", unit="img", disable=not progress))
     frame = records_to_frame(records)
     failed = frame[frame["status"] == "error"]

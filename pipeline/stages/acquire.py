@@ -131,7 +131,7 @@ def _ingest(ctx: RunContext, company: str | None, progress: bool) -> pd.DataFram
 
     settings = ctx.settings
     return ingest(_rows(ctx, company), ctx.warehouse, ctx.run_date, settings.intake, settings.privacy, progress=progress,
-                  previous=_previous_images(ctx))  # fmt: skip
+                  previous=_previous_images(ctx), crawl=settings.crawl)  # fmt: skip
 
 
 def intake(ctx: RunContext) -> dict[str, Any]:
