@@ -7,6 +7,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     staging/run_date=D/raw/<sha[:2]>/<sha>.<ext>      run-scoped originals in no-raw mode, dropped at run end
     tables/<table>/run_date=D/part-0.parquet          Parquet tables, Hive-partitioned by run date
     runs/run_date=D/run.json                          what a run did: the mark of a finished run
+    runs/run_date=D/lease.json                        who is writing the run date now (`pipeline.lease`)
     crawl/state/<company>.json                        per-URL crawl state (ETag, Last-Modified, object key)
     crawl/runs/run_date=D/<company>/{manifest.csv,log.parquet}   one company's crawl (Airflow fan-out)
     crawl/runs/run_date=D/manifest.csv                the run's joined crawl manifest
@@ -111,6 +112,11 @@ def partition_date(folder_name: str) -> str | None:
 
 def table_file(table: str, run_date: str) -> str:
     return f"{partition_dir(table, run_date)}/part-0.parquet"
+
+
+def run_lease(run_date: str) -> str:
+    """Who is writing a run date right now (`pipeline.lease`); absent when nobody is."""
+    return f"runs/run_date={validate_run_date(run_date)}/lease.json"
 
 
 def run_record(run_date: str) -> str:

@@ -77,6 +77,27 @@ class Warehouse:
                 os.unlink(tmp)
         return target
 
+    def create_exclusive(self, key: str, data: bytes) -> bool:
+        """Create `key` only if nothing is there; False if something is. Atomic on a local disk
+        (O_EXCL). Object stores without conditional writes get check-then-write-then-read-back, which
+        a writer racing within the same second can still slip past (documented in docs/limits.md)."""
+        target = self.path(key)
+        if not self.is_local:
+            if self.exists(key):
+                return False
+            self.fs.pipe_file(target, data)
+            return self.read_bytes(key) == data
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        try:
+            descriptor = os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return True
+
     def put_object(self, key: str, data: bytes) -> bool:
         """Store content-addressed bytes once; returns False when they were already there."""
         if self.exists(key):

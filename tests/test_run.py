@@ -255,3 +255,46 @@ def test_an_unusable_warehouse_path_is_one_line_and_exit_2(demo: Path, tmp_path:
     assert code == 2 and "Traceback" not in err
     assert f"error: Not a directory: {blocker / 'wh'}" in err
     assert blocker.read_text() == "not a folder"  # nothing that was there is touched
+
+
+def test_one_writer_per_run_date(demo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one date on one warehouse interleaved their partitions (a KeyError, or the last
+    writer silently won): the second now stops at once, naming the first and how to clear a stale
+    lease; a lease whose process is gone is taken over; a finished or failed run leaves none."""
+    import datetime as dt
+    import socket
+
+    from pipeline.lease import MAX_HOLD, Lease, LeaseHeld, read_lease, take_lease
+
+    warehouse = tmp_path / "wh"
+    store = Warehouse(str(warehouse))
+    live = take_lease(store, RUN_DATE, "a nightly run elsewhere")
+    code, _, err = homog("run", "--manifest", str(demo), "--warehouse", str(warehouse), "--run-date", RUN_DATE, "--no-progress")
+    assert code == 2 and "is being written by a nightly run elsewhere" in err and f"homog lease clear --run-date {RUN_DATE}" in err
+    assert not (warehouse / "tables").exists()  # it stopped before writing anything
+    code, out, _ = homog("lease", "show", "--run-date", RUN_DATE, "--warehouse", str(warehouse))
+    assert code == 0 and "held by a nightly run elsewhere" in out
+    code, out, _ = homog("lease", "clear", "--run-date", RUN_DATE, "--warehouse", str(warehouse))
+    assert code == 0 and read_lease(store, RUN_DATE) is None and live.holder in out
+
+    # A lease left by a process that died on this host is stale: the next run takes it over.
+    now = dt.datetime.now(dt.UTC)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    stale = Lease(RUN_DATE, "a killed run", socket.gethostname(), int(dead), "t", now.isoformat(), (now + MAX_HOLD).isoformat())
+    store.write_json(f"runs/run_date={RUN_DATE}/lease.json", stale.__dict__)
+    settings = load_settings(warehouse=str(warehouse), embedder="classic")
+    run_pipeline(read_manifest(str(demo)), settings, run_date=RUN_DATE, progress=False)
+    assert read_lease(store, RUN_DATE) is None and (warehouse / "runs" / f"run_date={RUN_DATE}" / "run.json").is_file()
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed half-way")
+
+    import pipeline.features.index
+
+    monkeypatch.setattr(pipeline.features.index, "build_index", dies)
+    with pytest.raises(RuntimeError):
+        run_pipeline(read_manifest(str(demo)), settings, run_date=RUN_DATE, progress=False)
+    assert read_lease(store, RUN_DATE) is None
+    with pytest.raises(LeaseHeld):  # and a live holder elsewhere is never taken over
+        take_lease(store, RUN_DATE, "first")
+        take_lease(store, RUN_DATE, "second")

@@ -74,6 +74,7 @@ def run(
     from pipeline.features.embedders.clip import UnknownModel, WeightsNotFound
     from pipeline.ingest.crawl import SitesError, load_sites, with_site_overrides
     from pipeline.layout import validate_run_date
+    from pipeline.lease import LeaseHeld
     from pipeline.stages import run_pipeline
 
     setup_logging(verbose)
@@ -92,12 +93,60 @@ def run(
     try:
         source = str(sites) if sites is not None else manifest or input_dir or ""
         result = run_pipeline(rows, settings, run_date=run_date, source=source, progress=progress, sites_file=str(sites or ""))
-    except (WeightsNotFound, UnknownModel) as exc:
+    except (WeightsNotFound, UnknownModel, LeaseHeld, SitesError) as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result.as_json()))
     else:
         _print_summary(result)
+
+
+lease_app = typer.Typer(help="Who is writing a run date: show or clear a run's lease.", no_args_is_help=True)
+app.add_typer(lease_app, name="lease")
+
+
+@lease_app.command("show")
+@os_errors_end_cleanly
+def lease_show(
+    run_date: Annotated[str, typer.Option(help="Run date YYYY-MM-DD.")],
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Which run holds the date's lease, if any."""
+    from pipeline.layout import validate_run_date
+    from pipeline.lease import read_lease
+    from pipeline.warehouse import Warehouse
+
+    try:
+        settings = load_settings(config, warehouse=warehouse)
+        held = read_lease(Warehouse(settings.warehouse), validate_run_date(run_date))
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    typer.echo(f"{run_date}: no lease (nobody is writing it)" if held is None else
+               f"{run_date}: held by {held.holder} (host {held.host}, pid {held.pid}) since {held.taken_at}, until {held.expires_at}")  # fmt: skip
+
+
+@lease_app.command("clear")
+@os_errors_end_cleanly
+def lease_clear(
+    run_date: Annotated[str, typer.Option(help="Run date YYYY-MM-DD.")],
+    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Remove a stale lease: only once the run that held it is known to be gone (a live run would then
+    share the date with the next one)."""
+    from pipeline.layout import run_lease, validate_run_date
+    from pipeline.lease import read_lease
+    from pipeline.warehouse import Warehouse
+
+    try:
+        settings = load_settings(config, warehouse=warehouse)
+        store, run_date = Warehouse(settings.warehouse), validate_run_date(run_date)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))
+    held = read_lease(store, run_date)
+    store.remove(run_lease(run_date))
+    typer.echo(f"{run_date}: " + ("there was no lease" if held is None else f"cleared the lease of {held.holder} (pid {held.pid})"))
 
 
 @app.command()
@@ -167,12 +216,13 @@ def audit(
     from pipeline.apps.audit import AuditError
     from pipeline.apps.audit import audit as run_audit
     from pipeline.ingest.crawl import SitesError
+    from pipeline.lease import LeaseHeld
 
     setup_logging(False)
     try:
         settings = load_settings(config, warehouse=warehouse, reports=reports)
         result = run_audit(source, company, settings)
-    except (ConfigError, AuditError, SitesError, SourceError) as exc:
+    except (ConfigError, AuditError, SitesError, SourceError, LeaseHeld) as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(result, default=str))

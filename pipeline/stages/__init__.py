@@ -167,10 +167,17 @@ def run_pipeline(
     """Run every stage for `rows` (or for the crawl of `sites_file`) into the warehouse; rerunning a
     run date replaces it. The stages pass each other nothing but the warehouse and the run date, as
     Airflow tasks do."""
+    from pipeline.lease import release_lease, take_lease
+
     ctx = RunContext(settings, run_date or today(), progress=progress, rows=rows, sites_file=sites_file)
     started = dt.datetime.now(dt.UTC).isoformat()
-    results = run_stages(ctx)
-    return finish_run(ctx, results, source or sites_file, started)
+    # One writer per run date: a second run of the date fails here, naming the first (LeaseHeld).
+    lease = take_lease(ctx.warehouse, ctx.run_date, f"a run of {source or sites_file or 'given rows'}")
+    try:
+        results = run_stages(ctx)
+        return finish_run(ctx, results, source or sites_file, started)
+    finally:
+        release_lease(ctx.warehouse, lease)
 
 
 def finish_run(ctx: RunContext, results: dict[str, StageResult], source: str = "", started: str = "") -> RunResult:

@@ -1,0 +1,90 @@
+"""One writer per run date: a lease in the warehouse (`pipeline.layout.run_lease`).
+
+Two runs of one date on one warehouse at once would interleave their partitions (one crashed on a
+missing key, or the last writer silently won). A run takes the lease before its first write and
+gives it back when it finishes or fails. A lease whose holder is gone is stale: one taken on this
+host by a process that no longer exists is taken over at once; any other is taken over once it has
+expired (`MAX_HOLD`), or by hand: `homog lease clear --run-date D` (after checking that the holder
+named in the error is really gone).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import uuid
+from dataclasses import asdict, dataclass
+
+from pipeline import layout
+from pipeline.warehouse import Warehouse
+
+MAX_HOLD = dt.timedelta(hours=12)  # longer than any run on record; a lease older than this is stale
+
+
+class LeaseHeld(RuntimeError):
+    """Another run holds the run date; the message names it and says how to clear a stale lease."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    run_date: str
+    holder: str  # who, in words: host, process, command
+    host: str
+    pid: int
+    token: str
+    taken_at: str
+    expires_at: str
+
+    def stale(self, now: dt.datetime) -> bool:
+        if now >= dt.datetime.fromisoformat(self.expires_at):
+            return True
+        return self.host == socket.gethostname() and not _alive(self.pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+def read_lease(warehouse: Warehouse, run_date: str) -> Lease | None:
+    key = layout.run_lease(run_date)
+    if not warehouse.exists(key):
+        return None
+    try:
+        return Lease(**json.loads(warehouse.read_bytes(key)))
+    except (ValueError, TypeError):  # unreadable: treated as held, never silently overwritten
+        return Lease(run_date, "an unreadable lease file", "", 0, "", "", dt.datetime.max.replace(tzinfo=dt.UTC).isoformat())
+
+
+def take_lease(warehouse: Warehouse, run_date: str, holder: str) -> Lease:
+    """Take the run date's lease, or raise LeaseHeld naming who has it."""
+    now = dt.datetime.now(dt.UTC)
+    lease = Lease(run_date, holder, socket.gethostname(), os.getpid(), uuid.uuid4().hex, now.isoformat(), (now + MAX_HOLD).isoformat())
+    key = layout.run_lease(run_date)
+    for _ in range(2):
+        if warehouse.create_exclusive(key, json.dumps(asdict(lease), indent=2).encode()):
+            return lease
+        held = read_lease(warehouse, run_date)
+        if held is None:
+            continue  # released meanwhile: try again
+        if not held.stale(now):
+            raise LeaseHeld(
+                f"run date {run_date} in {warehouse.uri()} is being written by {held.holder} (host {held.host}, pid {held.pid}) "
+                f"since {held.taken_at}; if that run is gone, clear its lease with `homog lease clear --run-date {run_date}`"
+            )
+        warehouse.remove(key)  # stale: its holder is gone
+    raise LeaseHeld(f"could not take the lease of run date {run_date} in {warehouse.uri()}: another run took it just now")
+
+
+def release_lease(warehouse: Warehouse, lease: Lease) -> None:
+    """Give the lease back, if it is still ours (a cleared and re-taken lease is someone else's)."""
+    held = read_lease(warehouse, lease.run_date)
+    if held is not None and held.token == lease.token:
+        warehouse.remove(layout.run_lease(lease.run_date))
