@@ -20,7 +20,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     face_identity/pairs-v<N>.json                     the last run's same-face pairs (no descriptor)
     zero_shot/<embedder>/prompts-<digest>.npz         CLIP text vectors of the zero-shot prompts
     references/<embedder>.npz                         the homogeneity index's reference (mean headshot)
-    projections/<embedder>/umap.pkl                   the fixed UMAP projection of the report's map
+    projections/<embedder>/map-v2.npz                 the report's fixed map: fitted photos, their vectors and places
     audits/<company>/<date>/                          a brand audit: a whole warehouse of its own
     audit-sites.yaml                                  the sites file of the latest URL audit
     .tmp/                                             in-flight writes; never read, swept when stale
@@ -181,8 +181,9 @@ def reference_file(embedder_id: str) -> str:
 
 
 def projection_file(embedder_id: str) -> str:
-    # The raw id, not its slug: warehouses written before this module existed keep their projection.
-    return f"projections/{embedder_id}/umap.pkl"
+    # Arrays only (.npz, read without pickle): a pickled model in a shared bucket would run the code of
+    # whoever can write there. Older warehouses' umap.pkl beside it is never read.
+    return f"projections/{embedder_slug(embedder_id)}/map-v2.npz"
 
 
 AUDIT_ROOTS_GLOB = "audits/*/*"  # every brand audit's own warehouse

@@ -99,6 +99,43 @@ def test_report_similarities_are_the_index_s_centred_ones(hostile_run: dict) -> 
     assert "with the index reference taken out as the homogeneity index does" in page
 
 
+def test_the_map_projection_is_plain_arrays_and_a_pickle_planted_there_is_never_run(hostile_run: dict, tmp_path: Path) -> None:
+    """The UMAP model was stored as a pickle: on a shared bucket, code execution for anyone who can
+    write there. The map is now stored as arrays read with allow_pickle=False; a file with object
+    arrays (a pickle inside an .npz) is refused unread and a new map is fitted."""
+    import io
+    import os
+
+    import numpy as np
+
+    from pipeline.context import RunContext
+    from pipeline.layout import projection_file
+    from pipeline.report.data import load_run
+    from pipeline.report.projection import Projection, umap_map
+
+    ctx = RunContext(hostile_run["settings"], RUN_DATE).with_embedder("classic-v1", 0)
+    stored = Projection.from_bytes(ctx.warehouse.read_bytes(projection_file("classic-v1")))
+    assert stored.fitted_on == RUN_DATE and stored.points.shape == (len(stored.keys), 2) and stored.vectors.dtype == np.float32
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    planted = io.BytesIO()
+    np.savez(
+        planted, fitted_on=np.array(RUN_DATE), keys=np.array([Payload()], dtype=object), vectors=np.zeros((1, 2)), points=np.zeros((1, 2))
+    )
+    store = ctx.warehouse
+    original = store.read_bytes(projection_file("classic-v1"))
+    store.write_bytes(projection_file("classic-v1"), planted.getvalue())
+    try:
+        picture, _ = umap_map(store, load_run(ctx))
+        assert picture is not None and not (tmp_path / "pwned").exists()
+        assert Projection.from_bytes(store.read_bytes(projection_file("classic-v1"))).fitted_on == RUN_DATE  # refitted
+    finally:
+        store.write_bytes(projection_file("classic-v1"), original)
+
+
 def test_report_of_a_run_without_reference_says_raw_cosine(tmp_path: Path) -> None:
     """A reference the run recorded but the warehouse no longer holds: the report falls back to raw
     cosine and says so in the log, instead of centring with another reference."""

@@ -118,7 +118,8 @@ def test_killed_run_leaves_no_half_file_and_a_rerun_completes_it(demo: Path, tmp
     assert 0 < len(raw) < len(read_manifest(str(demo)))
     for path in raw:
         assert hashlib.sha256(path.read_bytes()).hexdigest() == path.stem
-    assert not (killed / "tables").exists() and not (killed / "runs").exists()
+    assert not (killed / "tables").exists() and not list((killed / "runs").rglob("run.json"))
+    assert list((killed / "runs").rglob("lease.json"))  # the dead run's lease: stale, taken over by the rerun below
     assert len(os.listdir(killed / ".tmp")) == 1  # the interrupted write, outside every data folder
 
     settings = load_settings(warehouse=str(killed))

@@ -1,13 +1,16 @@
-"""The report's map: the run's photos on one fixed UMAP projection per embedder.
+"""The report's map: the run's photos on one fixed 2-d layout per embedder.
 
-The projection is fitted on the first run that has enough photos, saved in the warehouse
-(`pipeline.layout.projection_file`) and reused by every later run (`transform`), so the maps of
-different runs can be laid side by side.
+The layout is fitted by UMAP on the first run that has enough photos and stored as plain arrays (the
+fitted photos' vectors and their places, `pipeline.layout.projection_file`, read without pickle).
+Later runs place each photo at the similarity-weighted mean place of its nearest fitted photos (how
+UMAP's own transform starts), so the maps of different runs can be laid side by side.
 """
 
 from __future__ import annotations
 
-import pickle
+import io
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,7 +20,52 @@ from pipeline.report.data import RunData, plot_label
 from pipeline.report.plots import figure_and_axes, png
 from pipeline.warehouse import Warehouse
 
+logger = logging.getLogger(__name__)
+
 MIN_MAP_POINTS = 10  # UMAP needs a neighbourhood; fewer photos get no map, with a note
+NEIGHBOURS = 15  # fitted photos a new photo is placed among
+
+
+@dataclass(frozen=True)
+class Projection:
+    fitted_on: str
+    keys: list[str]  # content hashes of the fitted photos
+    vectors: np.ndarray  # their unit vectors (float32)
+    points: np.ndarray  # their places on the map
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, fitted_on=np.array(self.fitted_on), keys=np.array(self.keys), vectors=self.vectors, points=self.points)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Projection:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            return cls(str(stored["fitted_on"]), [str(k) for k in stored["keys"]], stored["vectors"], stored["points"])
+
+    def place(self, vectors: np.ndarray) -> np.ndarray:
+        """Each photo at the similarity-weighted mean place of its nearest fitted photos."""
+        import faiss
+
+        from pipeline.features.index import chunks
+
+        index = faiss.IndexFlatIP(self.vectors.shape[1])
+        index.add(np.ascontiguousarray(self.vectors, np.float32))
+        k = min(NEIGHBOURS, len(self.keys))
+        places = []
+        for _, chunk in chunks(vectors):
+            similarity, rows = index.search(chunk, k)
+            weights = np.clip(similarity, 0.0, None) + 1e-6
+            places.append((weights[..., None] * self.points[rows]).sum(axis=1) / weights.sum(axis=1, keepdims=True))
+        return np.concatenate(places) if places else np.zeros((0, 2))
+
+
+def fit_projection(data: RunData) -> Projection:
+    import umap
+
+    model = umap.UMAP(n_neighbors=min(15, len(data.keys) - 1), metric="cosine", random_state=0, n_epochs=200)
+    points = model.fit_transform(data.vectors)
+    return Projection(data.run_date, list(data.keys), np.asarray(data.vectors, np.float32), np.asarray(points, np.float64))
 
 
 def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
@@ -25,20 +73,20 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
     if len(data.keys) < MIN_MAP_POINTS:
         return None, f"no map: UMAP needs at least {MIN_MAP_POINTS} distinct photos, this run has {len(data.keys)}"
     key = layout.projection_file(data.embedder)
+    projection = None
     if store.exists(key):
-        projection = pickle.loads(store.read_bytes(key))  # written by this code only, inside the warehouse
-        if getattr(projection, "homog_fitted_on", None) == data.run_date and getattr(projection, "homog_keys", None) == data.keys:
-            points = projection.embedding_  # the fitting run itself: its own layout, so a regenerated report is identical
-        else:
-            points = projection.transform(data.vectors)
+        try:
+            projection = Projection.from_bytes(store.read_bytes(key))
+        except (ValueError, OSError, KeyError) as exc:  # not ours (or object arrays, refused unread): fit anew
+            logger.warning("report: the map projection %s is unreadable (%s); fitting a new one", store.uri(key), exc)
+    if projection is None:
+        projection = fit_projection(data)
+        store.write_bytes(key, projection.to_bytes())
+    if projection.fitted_on == data.run_date and projection.keys == data.keys:
+        points = projection.points  # the fitting run itself: its own layout, so a regenerated report is identical
     else:
-        import umap
-
-        projection = umap.UMAP(n_neighbors=min(15, len(data.keys) - 1), metric="cosine", random_state=0, n_epochs=200)
-        points = projection.fit_transform(data.vectors)
-        projection.homog_fitted_on, projection.homog_keys = data.run_date, list(data.keys)
-        store.write_bytes(key, pickle.dumps(projection))
-    fitted_on = getattr(projection, "homog_fitted_on", "an earlier run")
+        points = projection.place(data.vectors)
+    fitted_on = projection.fitted_on
     if fitted_on == data.run_date:
         note = f"fixed projection fitted on this run ({data.run_date}); later runs with {data.embedder} are placed on it, so their maps compare"
     else:
