@@ -7,6 +7,7 @@ stopped at the end; the test then checks that no process and no port is left beh
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -19,6 +20,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -98,6 +100,22 @@ class Services:
         _wait_for(lambda: _listening(port), "redis")
         return f"redis://127.0.0.1:{port}/0"
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Services]:
+        """Everything started is stopped on the way out: after the test, on Ctrl-C, and on SIGTERM (a
+        CI timeout), which would otherwise end this process and leave the servers, started in their
+        own sessions, running."""
+
+        def interrupted(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        previous = signal.signal(signal.SIGTERM, interrupted)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            self.stop()
+
     def spawn(self, command: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -164,8 +182,7 @@ def _tables(warehouse: Path) -> dict[str, pd.DataFrame]:
 
 
 def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) -> None:
-    services = Services(tmp_path)
-    try:
+    with Services(tmp_path).running() as services:
         env = _airflow_env(services, services.start_postgres(), services.start_redis())
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
         for pool, slots in (("crawler", "4"), ("embedding", "2")):
@@ -186,8 +203,6 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
         site_port = _free_port()
         celery = _demo(env, tmp_path / "celery", site_port)
         local = _demo({**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, tmp_path / "local", site_port)
-    finally:
-        services.stop()
 
     assert celery["state"] == "success", celery["tasks"]
     mapped = [task for task in celery["tasks"] if task["task_id"] == "crawl_and_intake"]
@@ -206,3 +221,25 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
     assert all(process.poll() is not None for process in services.processes)
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], leftovers
+
+
+def test_an_interrupted_run_leaves_no_server_behind(tmp_path: Path) -> None:
+    """SIGTERM (what a CI timeout sends) to a run with PostgreSQL and Redis up: both are stopped."""
+    script = (
+        f"import sys, time\nsys.path.insert(0, {str(ROOT)!r})\nfrom pathlib import Path\n"
+        "from tests.test_distributed import Services\n"
+        f"with Services(Path({str(tmp_path)!r})).running() as services:\n"
+        "    services.start_postgres(); services.start_redis()\n"
+        "    print(services.ports['postgres'], services.ports['redis'], flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        ports = [int(port) for port in process.stdout.readline().split()]
+        assert len(ports) == 2 and all(_listening(port) for port in ports)
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not any(_listening(port) for port in ports), "a server outlived the interrupted run"
