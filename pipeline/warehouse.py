@@ -79,10 +79,18 @@ class Warehouse:
 
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Create `key` only if nothing is there; False if something is. Atomic on a local disk
-        (O_EXCL). Object stores without conditional writes get check-then-write-then-read-back, which
-        a writer racing within the same second can still slip past (documented in docs/limits.md)."""
+        (O_EXCL) and on stores with conditional writes (fsspec's exclusive `mode="create"`: AWS S3's
+        If-None-Match, memory://). Others get check, write, read back, which a writer racing within
+        the same moment can still slip past (docs/limits.md)."""
         target = self.path(key)
         if not self.is_local:
+            try:
+                self.fs.pipe_file(target, data, mode="create")
+                return True
+            except FileExistsError:
+                return False
+            except (TypeError, NotImplementedError, ValueError):
+                pass  # no exclusive create here
             if self.exists(key):
                 return False
             self.fs.pipe_file(target, data)

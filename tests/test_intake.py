@@ -324,3 +324,18 @@ def test_rows_are_not_carried_over_across_a_thumbnail_setting_change(tmp_path: P
     assert with_thumbs.loc[0, "thumbnail_object"] and without.loc[0, "thumbnail_object"] == ""
     again = ingest(rows, warehouse, "2026-01-03", CFG, PrivacyConfig(), progress=False, previous=without)
     assert again.loc[0, "thumbnail_object"] == with_thumbs.loc[0, "thumbnail_object"]
+
+
+def test_a_local_read_that_outlasts_its_deadline_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local reads have the remote ones' byte cap and deadline (3 x intake.fetch_timeout_s), checked
+    between blocks: a file on a mount that delivers slowly cannot hold a worker forever."""
+    from types import SimpleNamespace
+
+    import pipeline.ingest.intake as intake
+
+    big = tmp_path / "slow.jpg"
+    big.write_bytes(b"\0" * (3 << 20))  # three blocks
+    clock = iter(range(0, 1000, 50))  # every look at the clock: 50 s later
+    monkeypatch.setattr(intake, "time", SimpleNamespace(monotonic=lambda: next(clock)))  # intake's clock only
+    with pytest.raises(IntakeError, match="did not finish in time"):
+        fetch_bytes(str(big), max_bytes=10 << 20, timeout_s=30)

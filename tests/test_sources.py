@@ -105,3 +105,16 @@ def test_bidi_overrides_and_zero_width_characters_leave_names_before_any_report(
     (folder / "\u200b\u200b").mkdir()
     (folder / "\u200b\u200b" / "y.jpg").write_bytes(b"y")
     assert sorted(r.company for r in scan_folder(str(folder))) == ["GlobexCorp", "\\u200b\\u200b"]  # invisible: shown escaped
+
+
+def test_a_manifest_url_is_read_through_the_address_guard(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--manifest http://169.254.169.254/...` was read by fsspec with no guard: it is now refused
+    before any connection, with the reason."""
+    import httpcore
+
+    def no_connection(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a connection was attempted")
+
+    monkeypatch.setattr(httpcore.SyncBackend, "connect_tcp", no_connection)
+    with pytest.raises(SourceError, match=r"cannot be read: not fetched \(private_address\).*169\.254\.169\.254, which is link-local"):
+        read_manifest("http://169.254.169.254/latest/manifest.csv")

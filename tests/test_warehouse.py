@@ -94,3 +94,11 @@ def test_cache_shards_copy_between_warehouses_once(tmp_path: Path) -> None:
     assert target.copy_shards(source, "cache/v1") == 0  # immutable, named by their keys: nothing new
     assert [t.to_pylist() for t in target.read_shards("cache/v1")] == [t.to_pylist() for t in source.read_shards("cache/v1")]
     assert target.copy_shards(source, "cache/absent") == 0
+
+
+@pytest.mark.parametrize("root", ["local", "memory://wh-exclusive"])
+def test_exclusive_create_lets_exactly_one_writer_in(root: str, tmp_path: Path) -> None:
+    warehouse = Warehouse(str(tmp_path / "wh") if root == "local" else root)
+    assert warehouse.create_exclusive("runs/run_date=2026-01-01/lease.json", b"first")
+    assert not warehouse.create_exclusive("runs/run_date=2026-01-01/lease.json", b"second")
+    assert warehouse.read_bytes("runs/run_date=2026-01-01/lease.json") == b"first"

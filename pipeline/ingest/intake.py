@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import stat
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -109,6 +110,20 @@ class DecodedImage:
 
 
 # ------------------------------------------------------------------ fetching
+def _read_capped(handle, uri: str, max_bytes: int, deadline: float) -> bytes:  # noqa: ANN001 - a binary file object
+    """Read in blocks, stopping past `max_bytes` or the deadline: a file on a slow network mount cannot
+    hold a worker longer than a remote response may (the deadline is checked between blocks)."""
+    blocks, received = [], 0
+    while block := handle.read(1 << 20):
+        blocks.append(block)
+        received += len(block)
+        if received > max_bytes:
+            break  # the caller refuses it as too large
+        if time.monotonic() > deadline:
+            raise IntakeError("fetch_failed", f"reading {uri} did not finish in time (3 x intake.fetch_timeout_s): refused")
+    return b"".join(blocks)
+
+
 def is_remote(uri: str) -> bool:
     return uri.lower().startswith(("http://", "https://"))
 
@@ -129,7 +144,7 @@ def fetch_bytes(uri: str, max_bytes: int, timeout_s: float, fetcher: Fetcher | N
             size = getattr(handle, "size", None)
             if isinstance(size, int) and size > max_bytes:
                 raise IntakeError("too_large", f"payload is {size} bytes, over the limit of {max_bytes}")
-            data = handle.read(max_bytes + 1)
+            data = _read_capped(handle, uri, max_bytes, deadline=time.monotonic() + 3 * timeout_s)
     except IntakeError:
         raise
     except FileNotFoundError:

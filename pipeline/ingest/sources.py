@@ -16,6 +16,7 @@ import fsspec
 from pipeline.ingest.text import clean_text
 from pipeline.warehouse import is_local_fs
 
+MAX_MANIFEST_BYTES = 512 << 20  # millions of rows; a larger "manifest" is not one
 REQUIRED_COLUMNS = ("company", "image")
 OPTIONAL_COLUMNS = ("person", "source_url", "image_url")
 # Sidecar files that commonly sit beside photos; everything else in a company folder is offered to
@@ -61,11 +62,14 @@ def read_manifest(manifest: str) -> list[ManifestRow]:
     """Read a CSV manifest with columns company, image [, person, source_url, image_url]."""
     import pandas as pd
 
-    try:
-        with fsspec.open(manifest, "rb") as handle:
-            raw = handle.read()
-    except FileNotFoundError:
-        raise SourceError(f"manifest not found: {manifest}") from None
+    from pipeline.ingest.intake import IntakeError, fetch_bytes
+
+    try:  # the same guarded read as every picture: address guard for http(s), no named pipes, a byte cap
+        raw = fetch_bytes(manifest, MAX_MANIFEST_BYTES, timeout_s=60)
+    except IntakeError as exc:
+        if str(exc).startswith("not found"):
+            raise SourceError(f"manifest not found: {manifest}") from None
+        raise SourceError(f"manifest {manifest} cannot be read: {exc}") from None
     try:
         frame = pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
