@@ -36,11 +36,14 @@ class Lease:
     token: str
     taken_at: str
     expires_at: str
+    # An orchestrator that keeps its own runs of the date apart (Airflow: one active run per DAG) takes
+    # over a lease its own earlier run left; its tasks end with their processes, so pid is 0 (not checked).
+    owner: str = ""
 
     def stale(self, now: dt.datetime) -> bool:
         if now >= dt.datetime.fromisoformat(self.expires_at):
             return True
-        return self.host == socket.gethostname() and not _alive(self.pid)
+        return bool(self.pid) and self.host == socket.gethostname() and not _alive(self.pid)
 
 
 def _alive(pid: int) -> bool:
@@ -63,10 +66,11 @@ def read_lease(warehouse: Warehouse, run_date: str) -> Lease | None:
         return Lease(run_date, "an unreadable lease file", "", 0, "", "", dt.datetime.max.replace(tzinfo=dt.UTC).isoformat())
 
 
-def take_lease(warehouse: Warehouse, run_date: str, holder: str) -> Lease:
-    """Take the run date's lease, or raise LeaseHeld naming who has it."""
+def take_lease(warehouse: Warehouse, run_date: str, holder: str, owner: str = "") -> Lease:
+    """Take the run date's lease, or raise LeaseHeld naming who has it. `owner`: see `Lease.owner`."""
     now = dt.datetime.now(dt.UTC)
-    lease = Lease(run_date, holder, socket.gethostname(), os.getpid(), uuid.uuid4().hex, now.isoformat(), (now + MAX_HOLD).isoformat())
+    pid = 0 if owner else os.getpid()
+    lease = Lease(run_date, holder, socket.gethostname(), pid, uuid.uuid4().hex, now.isoformat(), (now + MAX_HOLD).isoformat(), owner)
     key = layout.run_lease(run_date)
     for _ in range(2):
         if warehouse.create_exclusive(key, json.dumps(asdict(lease), indent=2).encode()):
@@ -74,7 +78,7 @@ def take_lease(warehouse: Warehouse, run_date: str, holder: str) -> Lease:
         held = read_lease(warehouse, run_date)
         if held is None:
             continue  # released meanwhile: try again
-        if not held.stale(now):
+        if not held.stale(now) and not (owner and held.owner == owner):
             raise LeaseHeld(
                 f"run date {run_date} in {warehouse.uri()} is being written by {held.holder} (host {held.host}, pid {held.pid}) "
                 f"since {held.taken_at}; if that run is gone, clear its lease with `homog lease clear --run-date {run_date}`"
@@ -88,3 +92,10 @@ def release_lease(warehouse: Warehouse, lease: Lease) -> None:
     held = read_lease(warehouse, lease.run_date)
     if held is not None and held.token == lease.token:
         warehouse.remove(layout.run_lease(lease.run_date))
+
+
+def release_owned(warehouse: Warehouse, run_date: str, owner: str) -> None:
+    """Give back the lease an orchestrator's run took in another task (`owner`), if it still holds it."""
+    held = read_lease(warehouse, run_date)
+    if held is not None and owner and held.owner == owner:
+        warehouse.remove(layout.run_lease(run_date))

@@ -299,3 +299,26 @@ def test_one_writer_per_run_date(demo: Path, tmp_path: Path, monkeypatch: pytest
     with pytest.raises(LeaseHeld):  # and a live holder elsewhere is never taken over
         take_lease(store, RUN_DATE, "first")
         take_lease(store, RUN_DATE, "second")
+
+
+def test_the_nightly_and_a_cli_run_of_one_date_exclude_each_other(demo: Path, tmp_path: Path) -> None:
+    """The nightly's plan task takes the date's lease for the whole DAG run (its finish task gives it
+    back): a CLI run of that date stops, naming the nightly; the nightly's next run of the date takes
+    its own DAG's lease over (Airflow keeps its runs apart); a live CLI run stops the nightly."""
+    from pipeline.apps.orchestration import plan_run
+    from pipeline.lease import LeaseHeld, read_lease, take_lease
+
+    sites = tmp_path / "sites.yaml"
+    sites.write_text("companies: [{name: acme, urls: ['http://acme.example/team']}]\n")
+    warehouse = tmp_path / "wh"
+    params = {"sites_file": str(sites), "run_date": RUN_DATE, "warehouse": str(warehouse), "reports": str(tmp_path / "reports")}
+    plan_run(params, None)
+    code, _, err = homog("run", "--manifest", str(demo), "--warehouse", str(warehouse), "--run-date", RUN_DATE, "--no-progress")
+    assert code == 2 and "is being written by the nightly DAG (profile_homogenization_nightly)" in err
+    again = plan_run(params, None)  # e.g. a rerun of a failed night
+    store = Warehouse(str(warehouse))
+    assert read_lease(store, RUN_DATE).owner == again["lease_owner"] == "airflow:profile_homogenization_nightly"
+    store.remove(f"runs/run_date={RUN_DATE}/lease.json")
+    take_lease(store, RUN_DATE, "a CLI run")  # held by this (live) process
+    with pytest.raises(LeaseHeld, match="a CLI run"):
+        plan_run(params, None)

@@ -52,7 +52,7 @@ def settings_for(plan: dict[str, Any]) -> Settings:
     return load_settings(None, warehouse=plan.get("warehouse") or None, reports=plan.get("reports") or None)
 
 
-def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[str, Any]:
+def plan_run(params: dict[str, Any], logical_date: dt.datetime | None, dag_id: str = "profile_homogenization_nightly") -> dict[str, Any]:
     """Resolve the run: which date (a param, else the logical date), which sites file, which companies.
 
     Fails the task with the sites file's own error message when the file is unusable: nothing
@@ -61,6 +61,7 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[s
     from pipeline.context import RunContext
     from pipeline.ingest.crawl import load_sites
     from pipeline.layout import validate_run_date
+    from pipeline.lease import take_lease
     from pipeline.stages import begin_run
 
     sites_file = str(Path(params.get("sites_file") or os.environ.get("HOMOG_SITES", "sites.yaml")).resolve())
@@ -68,7 +69,10 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[s
     sites = load_sites(sites_file)
     settings = settings_for(params)
     run_date = validate_run_date(when)
-    begin_run(RunContext(settings, run_date))
+    ctx = RunContext(settings, run_date)
+    # One writer per run date: a CLI run of this date stops the nightly here (and the other way round).
+    take_lease(ctx.warehouse, run_date, f"the nightly DAG ({dag_id})", owner=f"airflow:{dag_id}")
+    begin_run(ctx)
     return {
         "run_date": run_date,
         "sites_file": sites_file,
@@ -76,6 +80,7 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None) -> dict[s
         "reports": settings.reports,
         "companies": [company.name for company in sites.companies],
         "embed_shards": list(range(settings.embed_shards)),
+        "lease_owner": f"airflow:{dag_id}",
         "started": dt.datetime.now(dt.UTC).isoformat(),
     }
 
@@ -160,7 +165,11 @@ def finish(plan: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str
     gathered = results.get("gather", {})
     ordered = {stage.name: gathered[stage.name] if stage.name in gathered else results[stage.name] for stage in STAGES
                if stage.name in gathered or stage.name in results}  # fmt: skip
-    result = finish_run(context_for(plan, ordered), ordered, source=plan["sites_file"], started=plan["started"])
+    from pipeline.lease import release_owned
+
+    ctx = context_for(plan, ordered)
+    result = finish_run(ctx, ordered, source=plan["sites_file"], started=plan["started"])
+    release_owned(ctx.warehouse, ctx.run_date, plan.get("lease_owner", ""))
     return result.as_json()
 
 
