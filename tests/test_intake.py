@@ -331,11 +331,11 @@ def test_a_local_read_that_outlasts_its_deadline_is_refused(tmp_path: Path, monk
     between blocks: a file on a mount that delivers slowly cannot hold a worker forever."""
     from types import SimpleNamespace
 
-    import pipeline.ingest.intake as intake
+    import pipeline.ingest.fetch as fetch
 
     big = tmp_path / "slow.jpg"
     big.write_bytes(b"\0" * (3 << 20))  # three blocks
     clock = iter(range(0, 1000, 50))  # every look at the clock: 50 s later
-    monkeypatch.setattr(intake, "time", SimpleNamespace(monotonic=lambda: next(clock)))  # intake's clock only
+    monkeypatch.setattr(fetch, "time", SimpleNamespace(monotonic=lambda: next(clock)))  # the reader's clock only
     with pytest.raises(IntakeError, match="did not finish in time"):
         fetch_bytes(str(big), max_bytes=10 << 20, timeout_s=30)

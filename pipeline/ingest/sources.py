@@ -62,7 +62,7 @@ def read_manifest(manifest: str) -> list[ManifestRow]:
     """Read a CSV manifest with columns company, image [, person, source_url, image_url]."""
     import pandas as pd
 
-    from pipeline.ingest.intake import IntakeError, fetch_bytes
+    from pipeline.ingest.fetch import IntakeError, fetch_bytes
 
     try:  # the same guarded read as every picture: address guard for http(s), no named pipes, a byte cap
         raw = fetch_bytes(manifest, MAX_MANIFEST_BYTES, timeout_s=60)
