@@ -94,6 +94,13 @@ def release_lease(warehouse: Warehouse, lease: Lease) -> None:
         warehouse.remove(layout.run_lease(lease.run_date))
 
 
+def clear_lease(warehouse: Warehouse, run_date: str) -> Lease | None:
+    """Remove the run date's lease whoever holds it (`homog lease clear`); returns what was there."""
+    held = read_lease(warehouse, run_date)
+    warehouse.remove(layout.run_lease(run_date))
+    return held
+
+
 def release_owned(warehouse: Warehouse, run_date: str, owner: str) -> None:
     """Give back the lease an orchestrator's run took in another task (`owner`), if it still holds it."""
     held = read_lease(warehouse, run_date)

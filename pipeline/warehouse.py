@@ -20,7 +20,6 @@ import fsspec
 import pandas as pd
 
 from pipeline import layout
-from pipeline.layout import validate_run_date  # noqa: F401 - re-exported: callers validate dates where they store
 
 if TYPE_CHECKING:
     import pyarrow

@@ -77,6 +77,8 @@ def _cache_keys(cache: layout.ReusableCache, settings: Settings, embedder_id: st
         "embeddings": [layout.embeddings_folder(embedder_id)],
     }
     files = {"reference": [layout.reference_file(embedder_id)], "projection": [layout.projection_file(embedder_id)]}
+    if cache.name not in folders and cache.name not in files:  # a cache added to the layout's list and not here
+        raise KeyError(f"no warehouse keys known for the reusable cache {cache.name!r}")
     return folders.get(cache.name, []), files.get(cache.name, [])
 
 

@@ -15,6 +15,7 @@ from pipeline.ingest.sources import SourceError, read_manifest, scan_folder
 
 if TYPE_CHECKING:
     from pipeline.stages import RunResult
+    from pipeline.warehouse import Warehouse
 
 app = typer.Typer(
     help=(
@@ -105,6 +106,17 @@ lease_app = typer.Typer(help="Who is writing a run date: show or clear a run's l
 app.add_typer(lease_app, name="lease")
 
 
+def _lease_target(config: Path | None, warehouse: str | None, run_date: str) -> tuple[Warehouse, str]:
+    """The warehouse and validated run date a `homog lease` command is about (exit 2 on bad input)."""
+    from pipeline.layout import validate_run_date
+    from pipeline.warehouse import Warehouse
+
+    try:
+        return Warehouse(load_settings(config, warehouse=warehouse).warehouse), validate_run_date(run_date)
+    except (ConfigError, ValueError) as exc:
+        fail(str(exc))  # exits
+
+
 @lease_app.command("show")
 @os_errors_end_cleanly
 def lease_show(
@@ -113,15 +125,9 @@ def lease_show(
     config: ConfigOption = None,
 ) -> None:
     """Which run holds the date's lease, if any."""
-    from pipeline.layout import validate_run_date
     from pipeline.lease import read_lease
-    from pipeline.warehouse import Warehouse
 
-    try:
-        settings = load_settings(config, warehouse=warehouse)
-        held = read_lease(Warehouse(settings.warehouse), validate_run_date(run_date))
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
+    held = read_lease(*_lease_target(config, warehouse, run_date))
     typer.echo(f"{run_date}: no lease (nobody is writing it)" if held is None else
                f"{run_date}: held by {held.holder} (host {held.host}, pid {held.pid}) since {held.taken_at}, until {held.expires_at}")  # fmt: skip
 
@@ -135,17 +141,9 @@ def lease_clear(
 ) -> None:
     """Remove a stale lease: only once the run that held it is known to be gone (a live run would then
     share the date with the next one)."""
-    from pipeline.layout import run_lease, validate_run_date
-    from pipeline.lease import read_lease
-    from pipeline.warehouse import Warehouse
+    from pipeline.lease import clear_lease
 
-    try:
-        settings = load_settings(config, warehouse=warehouse)
-        store, run_date = Warehouse(settings.warehouse), validate_run_date(run_date)
-    except (ConfigError, ValueError) as exc:
-        fail(str(exc))
-    held = read_lease(store, run_date)
-    store.remove(run_lease(run_date))
+    held = clear_lease(*_lease_target(config, warehouse, run_date))
     typer.echo(f"{run_date}: " + ("there was no lease" if held is None else f"cleared the lease of {held.holder} (pid {held.pid})"))
 
 

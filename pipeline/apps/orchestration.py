@@ -70,8 +70,9 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None, dag_id: s
     settings = settings_for(params)
     run_date = validate_run_date(when)
     ctx = RunContext(settings, run_date)
+    owner = f"airflow:{dag_id}"
     # One writer per run date: a CLI run of this date stops the nightly here (and the other way round).
-    take_lease(ctx.warehouse, run_date, f"the nightly DAG ({dag_id})", owner=f"airflow:{dag_id}")
+    take_lease(ctx.warehouse, run_date, f"the nightly DAG ({dag_id})", owner=owner)
     begin_run(ctx)
     return {
         "run_date": run_date,
@@ -80,7 +81,7 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None, dag_id: s
         "reports": settings.reports,
         "companies": [company.name for company in sites.companies],
         "embed_shards": list(range(settings.embed_shards)),
-        "lease_owner": f"airflow:{dag_id}",
+        "lease_owner": owner,
         "started": dt.datetime.now(dt.UTC).isoformat(),
     }
 
@@ -160,13 +161,12 @@ def finish(plan: dict[str, Any], results: dict[str, dict[str, Any]]) -> dict[str
     """Write run.json (the mark of a finished run) and return the run's JSON summary.
 
     `results`: what gather (crawl, intake) and every later stage returned, by stage name."""
+    from pipeline.lease import release_owned
     from pipeline.stages import STAGES, finish_run
 
     gathered = results.get("gather", {})
     ordered = {stage.name: gathered[stage.name] if stage.name in gathered else results[stage.name] for stage in STAGES
                if stage.name in gathered or stage.name in results}  # fmt: skip
-    from pipeline.lease import release_owned
-
     ctx = context_for(plan, ordered)
     result = finish_run(ctx, ordered, source=plan["sites_file"], started=plan["started"])
     release_owned(ctx.warehouse, ctx.run_date, plan.get("lease_owner", ""))

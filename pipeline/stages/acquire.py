@@ -42,9 +42,8 @@ def crawl_company_part(ctx: RunContext, company: str) -> dict[str, Any]:
 
     sites, settings = _sites(ctx)
     warehouse = ctx.warehouse
-    warehouse.remove(
-        layout.crawl_folder(ctx.run_date, company), recursive=True
-    )  # an interrupted earlier attempt must not pass for this one
+    # An interrupted earlier attempt must not pass for this one.
+    warehouse.remove(layout.crawl_folder(ctx.run_date, company), recursive=True)
     result = crawl_company(sites.company(company), settings, warehouse, ctx.run_date)
     log = pd.DataFrame(result.log, columns=LOG_COLUMNS)
     warehouse.write_frame(layout.crawl_log(ctx.run_date, company), log)
@@ -57,7 +56,8 @@ def crawl_company_part(ctx: RunContext, company: str) -> dict[str, Any]:
 def collect_crawl(ctx: RunContext, companies: list[str] | None = None) -> dict[str, Any]:
     """Join the companies' crawl results into one manifest and the `crawl_log` table.
 
-    A company whose crawl did not finish gets a log row saying so; the others go on."""
+    A company whose crawl did not finish gets a log row saying so; the others go on. Every company of
+    the sites file is collected (`companies`, the registry's collect signature, is not needed here)."""
     import pandas as pd
 
     from pipeline.ingest.crawl import LOG_COLUMNS, MANIFEST_COLUMNS, manifest_csv
@@ -97,10 +97,6 @@ def crawl(ctx: RunContext) -> dict[str, Any]:
         except Exception:  # one broken site must not stop the others; collect records it
             logger.exception("crawl of %s failed", site.name)
     return collect_crawl(ctx)
-
-
-def crawl_companies(ctx: RunContext) -> list[str]:
-    return [site.name for site in _sites(ctx)[0].companies]
 
 
 # ------------------------------------------------------------------ intake
