@@ -26,6 +26,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet uv || echo "uv unavailable; using pip"
 	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install --python $(BIN)/python $(UV_ARGS) -e '.[test]'; then :; \
 	else $(BIN)/python -m pip install -e '.[test]'; fi
+	rm -rf *.egg-info  # a by-product of the editable build: the installed metadata is in .venv
 	touch $@
 
 # Airflow's embedded default: SQLite metadata DB and logs under var/demo/airflow (ignored by git).
@@ -68,6 +69,7 @@ DIST_STAMP := $(VENV)/.installed-distributed
 $(DIST_STAMP): $(STAMP)
 	if [ -x $(BIN)/uv ] && $(BIN)/uv pip install --python $(BIN)/python $(UV_ARGS) -e '.[test,distributed]'; then :; \
 	else $(BIN)/python -m pip install -e '.[test,distributed]'; fi
+	rm -rf *.egg-info
 	touch $@
 
 # Installing Debian's postgresql would start a cluster on port 5432: policy-rc.d forbids that.
