@@ -28,6 +28,24 @@ def corpus_pictures(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.suffix.lower() in PICTURE_SUFFIXES)
 
 
+# Calibration and report halves of the corpus, so a threshold is never judged on what fitted it:
+# whole folders, and for folders of several people or packs, alternate sitters and packs.
+_REPORT_FOLDERS = ("real_ffhq", "real_lab_london/lisa", "real_lab_london/zoom", "real_lab_london/composite")
+_REPORT_PACKS = ("corporate-headshots", "natural-headshots")
+
+
+def corpus_half(relative: str) -> str:
+    """ "calibrate" or "report" for a picture's path relative to the corpus root."""
+    parts = relative.split("/")
+    if relative.startswith(_REPORT_FOLDERS):
+        return "report"
+    if parts[0] == "ai_diffusion_packs":
+        return "report" if parts[1] in _REPORT_PACKS else "calibrate"
+    if parts[0] == "real_lab_london" and parts[1] in ("neutral_front", "smiling_front"):
+        return "report" if int(parts[2].split("_")[0]) % 2 == 0 else "calibrate"  # alternate sitters
+    return "calibrate"  # real_staff_18f, ai_stylegan2
+
+
 def _commit() -> str:
     try:
         head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()

@@ -105,14 +105,35 @@ class ThresholdsConfig(_Section):
         default_factory=lambda: {"clip": 0.90, "classic": 0.85},
         description="Pairs at or above this similarity join one style cluster (same template/look).",
     )
-    verify_min_inlier_ratio: float = Field(
-        0.60, gt=0, le=1, description="Geometric verification: share of ORB matches that fit one transform."
-    )
+    # Verification of near-duplicate candidates (pipeline/features/verify.py): chosen by
+    # bench/calibrate_verify.py on the calibration half of the corpus (docs/methodology.md).
+    verify_min_inlier_ratio: float = Field(0.20, gt=0, le=1, description="Verification: share of ORB matches that fit one transform.")
     verify_min_block_correlation: float = Field(
-        0.96, gt=-1, le=1, description="Geometric verification: median block correlation once aligned."
+        0.85, gt=-1, le=1, description="Verification: median block correlation once aligned, at the smaller picture's scale."
     )
     verify_min_face_correlation: float = Field(
-        0.90, ge=-1, le=1, description="Geometric verification: median correlation inside the face, where one was found."
+        0.85, ge=-1, le=1, description="Verification: median block correlation inside the face, where one was found."
+    )
+    verify_min_face_floor: float = Field(
+        0.6,
+        ge=-1,
+        le=1,
+        description="Verification: 10th percentile of the face's block correlations (a changed mouth or eye is a few blocks).",
+    )
+    verify_max_motion_share: float = Field(
+        0.004, gt=0, le=0.1, description="Verification: largest residual motion once aligned, as a share of the compared side."
+    )
+    verify_motion_floor_px: float = Field(
+        0.6, ge=0, le=10, description="Verification: motion allowed in any case, in pixels (what the optical flow cannot resolve)."
+    )
+    verify_detail_side: int = Field(
+        128, ge=0, description="Verification: below this compared side motion says too little, and the two `small` limits apply."
+    )
+    verify_min_small_correlation: float = Field(
+        0.985, gt=-1, le=1, description="Verification below the detail side: block and face correlation at least this."
+    )
+    verify_min_small_face_floor: float = Field(
+        0.9, ge=-1, le=1, description="Verification below the detail side: the face's 10th-percentile block correlation at least this."
     )
     max_candidates_per_image: int = Field(
         10, ge=1, le=200, description="Nearest neighbours per photo that are verified as near-duplicate candidates."

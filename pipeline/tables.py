@@ -50,6 +50,12 @@ def _pairs() -> list[str]:
     return list(PAIR_COLUMNS)
 
 
+def _groups() -> list[str]:
+    from pipeline.metrics.near_duplicates import GROUP_COLUMNS
+
+    return list(GROUP_COLUMNS)
+
+
 def _clusters() -> list[str]:
     from pipeline.metrics.near_duplicates import CLUSTER_COLUMNS
 
@@ -88,7 +94,9 @@ PAIR_MEANING = {
     "company_a": "`company` of `image_a`",
     "company_b": "`company` of `image_b`",
     "similarity": "embedder cosine of the two (1.0 for exact copies)",
-    "kind": "`exact` (same bytes, or the same decoded pixels) or `near_duplicate` (an edited copy that passed verification)",
+    "kind": "`exact` (same bytes, or the same decoded pixels) or `near_duplicate` (an edited copy)",
+    "link": "`direct` (the pair itself passed verification, or is exact) or `implied` (both rows are in one duplicate group)",
+    "group_id": "the duplicate group of both rows (`groups`)",
 }
 FACE_SIGNAL_MEANING = {
     "face_share": "share of the page's photos with a face found",
@@ -175,6 +183,13 @@ TABLES: tuple[Table, ...] = (
     }),
     Table("pairs", "near_duplicates", "an unordered pair of rows that are the same photograph (exact or verified)", _pairs, PAIR_MEANING,
           contract=True),
+    Table("groups", "near_duplicates", "an images row that is one of several copies of one photograph (a duplicate group)", _groups, {
+        "image": "as in `images`",
+        "company": "as in `images`",
+        "group_id": "the group: 0 is the largest; its pairs are in `pairs`",
+        "group_size": "rows in the group",
+        "anchor": "the row's photo is the group's anchor (verified against most of the others); exact copies share it",
+    }),
     Table("clusters", "near_duplicates", "an images row and its style cluster", _clusters, {
         "image": "as in `images`",
         "company": "as in `images`",

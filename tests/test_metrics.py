@@ -116,7 +116,7 @@ def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
     assert ("copperleaf-consulting/people_shared.jpg", "northwind-legal/staff_01.jpg", "exact") in as_set
     reposted = [kind for a, b, kind in as_set if "staff_00_reposted" in a + b]
     assert reposted and set(reposted) == {"near_duplicate"}  # cropped + recompressed copy found
-    assert list(pairs.columns) == ["image_a", "image_b", "company_a", "company_b", "similarity", "kind"]
+    assert list(pairs.columns) == ["image_a", "image_b", "company_a", "company_b", "similarity", "kind", "link", "group_id"]
 
 
 def test_companies_table(demo_run: dict) -> None:

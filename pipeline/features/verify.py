@@ -1,65 +1,116 @@
 """Verify: is a candidate pair the *same photograph* (edited), or two photos that merely look alike?
 
 Global embeddings put two photos of one sitter from one studio session as close as an edited copy.
-Local features tell them apart: an edited copy (re-encoded, resized, cropped, rotated, bordered,
-mirrored, captioned, recoloured) maps onto the original by one similarity transform, so most ORB
-matches agree with it (high inlier ratio), and once aligned, the pictures agree block by block (high
-median normalised cross-correlation). A different photo of the same person moved and changed
-expression: fewer matches agree, and the aligned blocks disagree.
+Local features and the pixels tell them apart. An edited copy (re-encoded, resized, cropped,
+rotated, bordered, mirrored, captioned, recoloured) maps onto the original by one similarity
+transform; once aligned, nothing *moved*: what differs is noise (compression, resampling), spread
+over the picture. A different photo of the same person moved: the mouth, the eyes, the head
+against the backdrop, by a few pixels each, in places.
 
-Where a face is found (OpenCV's Haar cascade, shipped in the wheel), the face region must agree on
-its own as well: one template with another person's face shares backdrop, suit and framing, which
-would otherwise outvote the face.
+So a pair is compared in three steps:
+1. ORB matches and a RANSAC similarity transform (tried against the mirror image too) align them;
+   the share of matches that fit it (inlier ratio) must show that the alignment is real.
+2. Both pictures go to the **smaller picture's scale** (at most `_SIDE`): a 48 px copy is compared
+   with the original shrunk to 48 px, not blown up to 400, so downscaling costs a copy nothing.
+   ECC refines the alignment there.
+3. At that scale: the median normalised correlation of textured blocks, and inside the face (where
+   OpenCV's Haar cascade finds one) on its own, since a template with another person's face shares
+   backdrop and suit; and the residual **motion**, the 95th percentile of the dense optical flow
+   over textured pixels. Compression noise lowers correlations but moves nothing, an expression
+   change moves a few pixels: the motion limit is a share of the picture (`max_motion_share`) but
+   never below the flow's own noise floor in pixels (`motion_floor_px`), which is what a 48 px
+   comparison can resolve.
 
-Calibrated on ../shared/data/headshots (bench/calibrate_verify.py): a pair is the same photograph
-when the inlier ratio is at least `min_inlier_ratio` (0.6), the median block correlation at least
-`min_block_correlation` (0.96) and the face correlation, if any, at least `min_face_correlation`
-(0.9): 98.1% of 520 generated edits accepted; 3 of 248 different photos of one sitter / person /
-AI pack accepted, all the same sitter neutral vs smiling, seconds apart.
+Thresholds are calibrated by `bench/calibrate_verify.py` on some folders of the development corpus
+and reported on the others (docs/methodology.md has the figures).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageOps
 
-_SIDE = 400  # longest side at which features are computed
-_BLOCK = 25
+if TYPE_CHECKING:
+    from pipeline.config import ThresholdsConfig
+
+_SIDE = 400  # longest side at which keypoints are found and pictures are compared at most
+_BLOCK = 25  # block side at _SIDE; scaled with the comparison, never below _MIN_BLOCK
 _FACE_BLOCK = 12
+_MIN_BLOCK, _MIN_FACE_BLOCK = 6, 4
 _N_FEATURES = 1000
+_FLOW_SIDE = 200
+_MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
 
-VERSION = 2  # change with the measurement, so cached verdicts (pipeline/analyze.py) are not reused
+VERSION = 3  # change with the measurement, so cached verdicts are not reused
 
 
 @dataclass(frozen=True)
 class VerifyParams:
-    min_inlier_ratio: float = 0.60
-    min_block_correlation: float = 0.96
-    min_face_correlation: float = 0.90
+    """The thresholds of a verdict; `thresholds.verify_*` in the settings, where their defaults are."""
 
-    def accepts(self, ratio: float, correlation: float, face: float | None) -> bool:
+    min_inlier_ratio: float
+    min_block_correlation: float
+    min_face_correlation: float
+    max_motion_share: float
+    motion_floor_px: float
+    # Below this comparison side an expression change moves less than the flow can resolve (a smile
+    # at 60 px is under a pixel): the pictures must then agree closely block by block instead.
+    detail_side: int
+    min_small_correlation: float
+    # The 10th percentile of the face's blocks: a changed mouth or eye is a few blocks, which the
+    # median does not see. Compression lowers every block, so the floor is lower at full size.
+    min_face_floor: float
+    min_small_face_floor: float
+
+    @classmethod
+    def from_thresholds(cls, thresholds: ThresholdsConfig | None = None) -> VerifyParams:
+        """From the settings' `thresholds.verify_*` (their defaults where none are given)."""
+        from pipeline.config import ThresholdsConfig
+
+        values = (thresholds or ThresholdsConfig()).model_dump()
+        return cls(**{field.name: values[f"verify_{field.name}"] for field in dataclasses.fields(cls)})
+
+    def motion_limit(self, side: int) -> float:
+        """Largest residual motion (pixels at a comparison of `side` px) that an edited copy shows."""
+        return max(self.motion_floor_px, self.max_motion_share * side)
+
+    def accepts(
+        self, ratio: float, correlation: float, face: float | None, motion: float, side: int, face_floor: float | None = None
+    ) -> bool:
+        block_min, face_min, floor_min = self.min_block_correlation, self.min_face_correlation, self.min_face_floor
+        if side < self.detail_side:
+            block_min, face_min = max(block_min, self.min_small_correlation), max(face_min, self.min_small_correlation)
+            floor_min = max(floor_min, self.min_small_face_floor)
         return (
             ratio >= self.min_inlier_ratio
-            and correlation >= self.min_block_correlation
-            and (face is None or face >= self.min_face_correlation)
+            and correlation >= block_min
+            and (face is None or face >= face_min)
+            and (face_floor is None or face_floor >= floor_min)
+            and motion <= self.motion_limit(side)
         )
 
     @property
     def cache_id(self) -> str:
-        return f"v{VERSION}-r{self.min_inlier_ratio:g}-b{self.min_block_correlation:g}-f{self.min_face_correlation:g}"
+        return (
+            f"v{VERSION}-r{self.min_inlier_ratio:g}-b{self.min_block_correlation:g}-f{self.min_face_correlation:g}"
+            f"-m{self.max_motion_share:g}-p{self.motion_floor_px:g}-d{self.detail_side}-s{self.min_small_correlation:g}-l{self.min_face_floor:g}-{self.min_small_face_floor:g}"
+        )
 
 
 @dataclass(frozen=True)
 class Features:
-    grey: np.ndarray  # not equalised: correlation is brightness-invariant anyway, and equalising
-    # would blow sensor grain in flat regions up into blocks of pure noise
-    keypoints: np.ndarray  # (n, 2) float32 positions
+    grey: np.ndarray  # at _SIDE; not equalised: correlation is brightness-invariant anyway, and
+    # equalising would blow sensor grain in flat regions up into blocks of pure noise
+    keypoints: np.ndarray  # (n, 2) float32 positions on `grey`
     descriptors: np.ndarray | None  # (n, 32) uint8 ORB descriptors
     face: tuple[int, int, int, int] | None = None  # largest face (x, y, w, h) on `grey`, if any
+    native_side: int = _SIDE  # the picture's own longest side: how much detail it really has
 
 
 @dataclass(frozen=True)
@@ -69,6 +120,9 @@ class Verdict:
     block_correlation: float
     n_inliers: int
     face_correlation: float | None = None  # None: no face found, the face rule did not apply
+    motion: float = float("inf")  # residual motion in pixels at `compared_side` (90th percentile over blocks)
+    compared_side: int = 0  # the longest side both pictures were compared at
+    face_floor: float | None = None  # 10th percentile of the face's block correlations
 
 
 _detectors = threading.local()
@@ -94,8 +148,11 @@ def features(rgb: Image.Image) -> tuple[Features, Features]:
     import cv2
 
     grey = np.asarray(ImageOps.grayscale(rgb))
-    scale = _SIDE / max(grey.shape)
-    grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))), interpolation=cv2.INTER_AREA)
+    native_side = max(grey.shape)
+    scale = _SIDE / native_side
+    # Area averaging to shrink; a smooth (not blocky) enlargement, whose pixel steps would be corners to ORB.
+    resample = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
+    grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))), interpolation=resample)
     orb = cv2.ORB_create(nfeatures=_N_FEATURES, fastThreshold=5)
     face = _largest_face(cv2.equalizeHist(grey))
 
@@ -103,7 +160,7 @@ def features(rgb: Image.Image) -> tuple[Features, Features]:
         # Keypoints on the equalised plane: brightness, contrast and greyscale edits stop mattering.
         keypoints, descriptors = orb.detectAndCompute(cv2.equalizeHist(plane), None)
         points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
-        return Features(plane, points, descriptors, face_box)
+        return Features(plane, points, descriptors, face_box, native_side)
 
     mirrored_face = None if face is None else (grey.shape[1] - face[0] - face[2], face[1], face[2], face[3])
     return describe(grey, face), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face)
@@ -132,16 +189,16 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if len(values) else 0.0
 
 
-def _compare(a: Features, b: Features) -> tuple[float, float, int, float | None]:
-    """(inlier ratio, median block correlation, inliers, median correlation inside a's face box)."""
+def _similarity_transform(a: Features, b: Features) -> tuple[np.ndarray | None, float, int]:
+    """(2x3 transform from a's to b's plane, inlier ratio, inliers) from ORB matches and RANSAC."""
     import cv2
 
     if a.descriptors is None or b.descriptors is None or len(a.keypoints) < 8 or len(b.keypoints) < 8:
-        return 0.0, 0.0, 0, None
+        return None, 0.0, 0
     matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
     good = [pair[0] for pair in matches if len(pair) == 2 and pair[0].distance < 0.8 * pair[1].distance]
     if len(good) < 6:
-        return 0.0, 0.0, len(good), None
+        return None, 0.0, len(good)
     points_a = a.keypoints[[m.queryIdx for m in good]]
     points_b = b.keypoints[[m.trainIdx for m in good]]
     cv2.setRNGSeed(0)  # RANSAC draws from a per-thread RNG: seed it, or verdicts depend on scheduling
@@ -149,32 +206,185 @@ def _compare(a: Features, b: Features) -> tuple[float, float, int, float | None]
         points_a, points_b, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.99
     )
     if transform is None:
-        return 0.0, 0.0, 0, None
+        return None, 0.0, 0
     n_inliers = int(inliers.sum())
+    return transform, n_inliers / len(good), n_inliers
+
+
+def _refine(a: np.ndarray, b: np.ndarray, valid: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """b (already roughly aligned to a) after an ECC affine refinement, and its valid mask, where that
+    raises the median block correlation; unchanged otherwise (ECC has no outlier rejection: a caption
+    or a logo can pull it off)."""
+    import cv2
+
+    warp = np.eye(2, 3, dtype=np.float32)
+    try:
+        _, warp = cv2.findTransformECC(
+            a.astype(np.float32), b.astype(np.float32), warp, cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-4), valid.astype(np.uint8), 3,
+        )  # fmt: skip
+    except cv2.error:
+        return b, valid
+    size = (a.shape[1], a.shape[0])
+    refined = cv2.warpAffine(b, warp, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
+    moved = cv2.warpAffine(valid.astype(np.uint8), warp, size, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+    refined_valid = valid & moved
+    before = _median(_block_correlations(a, b, valid, block))
+    after = _median(_block_correlations(a, refined, refined_valid, block))
+    return (refined, refined_valid) if after > before else (b, valid)
+
+
+def _matched_tones(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """b with its grey levels mapped onto a's (histogram matching over the overlap): optical flow
+    assumes constant brightness, and brightness, contrast and tone edits must not look like motion."""
+    if valid.sum() < 16:
+        return b
+    levels = np.arange(256)
+    cdf_a = np.cumsum(np.bincount(a[valid], minlength=256)) / valid.sum()
+    cdf_b = np.cumsum(np.bincount(b[valid], minlength=256)) / valid.sum()
+    return np.interp(np.interp(levels, levels, cdf_b)[b], cdf_a, levels).astype(np.uint8)
+
+
+def _local_correlation(a: np.ndarray, b: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-pixel correlation of a and b over a window, and each one's local standard deviation."""
+    import cv2
+
+    a, b = a.astype(np.float32), b.astype(np.float32)
+    mean = lambda plane: cv2.boxFilter(plane, -1, (window, window))  # noqa: E731
+    mean_a, mean_b = mean(a), mean(b)
+    var_a = np.maximum(mean(a * a) - mean_a**2, 0)
+    var_b = np.maximum(mean(b * b) - mean_b**2, 0)
+    covariance = mean(a * b) - mean_a * mean_b
+    return covariance / np.sqrt(var_a * var_b + 1e-6), np.sqrt(var_a), np.sqrt(var_b)
+
+
+def _painted_over(unrelated: np.ndarray, valid: np.ndarray, window: int) -> np.ndarray:
+    """The regions of `unrelated` pixels (b does not follow a there) that reach the edge of the
+    picture or of the overlap, where captions, banners and logos go: each one's bounding box where
+    that is at most `_MAX_OVERLAY` of the picture (a logo on a flat backdrop shows only its outline),
+    else the region itself; grown by a window. A moved mouth or eye lies inside the picture and stays,
+    so an expression change cannot hide there."""
+    import cv2
+
+    closed = cv2.morphologyEx(unrelated.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((window, window), np.uint8))
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(closed)
+    rim = cv2.dilate((~valid).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    rim[[0, -1], :] = rim[:, [0, -1]] = True
+    painted = np.zeros(unrelated.shape, np.uint8)
+    for label in np.unique(labels[rim]):
+        if label == 0:
+            continue
+        x, y, w, h = stats[label, :4]
+        if w * h <= _MAX_OVERLAY * unrelated.size:
+            painted[y : y + h, x : x + w] = 1
+        else:
+            painted[labels == label] = 1
+    # Grown by what the flow's coarsest level (a quarter of the resolution) sees of the region's edge.
+    return cv2.dilate(painted, np.ones((3 * window, 3 * window), np.uint8)) > 0
+
+
+def _motion(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
+    """How far parts of b moved against a, in pixels of a: dense optical flow, where both pictures show
+    the same textured content (not a flat backdrop, which "moves" at random, and not where an overlay
+    replaced the picture: there nothing moved, it was painted over).
+
+    Measured at most at _FLOW_SIDE (dense flow costs ~70 ms at 400 px, ~15 ms at 200 px) and scaled back."""
+    import cv2
+
+    shrink = min(1.0, _FLOW_SIDE / max(a.shape))
+    if shrink < 1.0:
+        size = (max(1, round(a.shape[1] * shrink)), max(1, round(a.shape[0] * shrink)))
+        a, b = cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+        valid = cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+    window = max(7, round(15 * max(a.shape) / _SIDE))
+    correlation, spread_a, spread_b = _local_correlation(a, b, window)
+    # Where b does not show a's content (outside the overlap, or painted over by a caption or a logo),
+    # b takes a's pixels: the flow's coarse levels would otherwise drag the edge of that region across
+    # its neighbours, and nothing there moved. Tones are matched on the rest only.
+    textured_a, textured_b = spread_a > 3, spread_b > 3
+    flat_a, flat_b = spread_a < 1.5, spread_b < 1.5
+    unrelated = valid & (((correlation < 0.3) & (textured_a | textured_b)) | (textured_a & flat_b) | (flat_a & textured_b))
+    replaced = _painted_over(unrelated, valid, window)
+    # Where b is clipped to pure white or black and a is not (a brightness edit), nothing can be measured.
+    clipped = textured_a & flat_b & ((b >= 250) | (b <= 5))
+    replaced |= cv2.dilate(clipped.astype(np.uint8), np.ones((window, window), np.uint8)) > 0
+    shows_a = valid & ~replaced
+    b = np.where(shows_a, _matched_tones(a, b, shows_a), a)
+    flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, window, 3, 5, 1.1, 0) / shrink
+    magnitude = np.hypot(flow[..., 0], flow[..., 1])
+    keep = shows_a & textured_a & textured_b
+    # Per block, the median motion of its measurable pixels; then the 90th percentile over blocks. A
+    # moved mouth or eye moves whole blocks; the flow's stray pixels (saturated highlights, the rim of
+    # a logo) do not.
+    rows, cols = a.shape[0] // window, a.shape[1] // window
+    if not rows or not cols:
+        return float("inf")
+
+    def blocks(plane: np.ndarray) -> np.ndarray:
+        return plane[: rows * window, : cols * window].reshape(rows, window, cols, window).swapaxes(1, 2).reshape(rows * cols, -1)
+
+    magnitudes, kept = blocks(magnitude), blocks(keep)
+    measurable = kept.mean(axis=1) >= 0.5
+    if measurable.sum() < 4:
+        return float("inf")
+    medians = [float(np.median(m[k])) for m, k in zip(magnitudes[measurable], kept[measurable])]
+    return float(np.percentile(medians, 90))
+
+
+def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
+    """Align b onto a and measure them at the smaller picture's scale; the motion (the costly
+    measure) only where the others pass `params` (always, where params is None: calibration)."""
+    import cv2
+
+    transform, ratio, n_inliers = _similarity_transform(a, b)
+    if transform is None:
+        return Verdict(False, ratio, 0.0, n_inliers)
+    side = min(_SIDE, a.native_side, b.native_side)
+    scale = side / max(a.grey.shape)
+    size = (max(1, round(a.grey.shape[1] * scale)), max(1, round(a.grey.shape[0] * scale)))
+    # b onto a's plane, then both down to the comparison scale by one and the same filter: a copy
+    # resampled differently from its original would look less alike than it is.
     back = cv2.invertAffineTransform(transform)
-    size = (a.grey.shape[1], a.grey.shape[0])
-    b_warped = cv2.warpAffine(b.grey, back, size, flags=cv2.INTER_LINEAR)
-    valid = cv2.warpAffine(np.full(b.grey.shape, 255, np.uint8), back, size, flags=cv2.INTER_NEAREST) > 0
-    correlation = _median(_block_correlations(a.grey, b_warped, valid))
-    face_correlation = None
+    plane = (a.grey.shape[1], a.grey.shape[0])
+    b_on_a = cv2.warpAffine(b.grey, back, plane, flags=cv2.INTER_LINEAR)
+    valid = cv2.warpAffine(np.full(b.grey.shape, 255, np.uint8), back, plane, flags=cv2.INTER_NEAREST)
+    a_small, b_small, valid = (cv2.resize(x, size, interpolation=cv2.INTER_AREA) for x in (a.grey, b_on_a, valid))
+    valid = cv2.erode((valid == 255).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # resampled edges are not the picture
+    block = max(_MIN_BLOCK, round(_BLOCK * scale))
+    b_small, valid = _refine(a_small, b_small, valid, block)
+    correlation = _median(_block_correlations(a_small, b_small, valid, block))
+    face_correlation = face_floor = None
     if a.face is not None:
         # Where two photos of one template differ is the face: it must agree on its own, in finer
         # blocks, or a shared backdrop and suit would outvote it.
-        x, y, w, h = a.face
-        in_face = _block_correlations(
-            a.grey[y : y + h, x : x + w], b_warped[y : y + h, x : x + w], valid[y : y + h, x : x + w], _FACE_BLOCK
-        )
-        face_correlation = _median(in_face) if len(in_face) >= 4 else None
-    return n_inliers / len(good), correlation, n_inliers, face_correlation
+        x, y, w, h = (round(v * scale) for v in a.face)
+        face_block = max(_MIN_FACE_BLOCK, round(_FACE_BLOCK * scale))
+        in_face = _block_correlations(a_small[y : y + h, x : x + w], b_small[y : y + h, x : x + w], valid[y : y + h, x : x + w], face_block)
+        if len(in_face) >= 4:
+            face_correlation, face_floor = _median(in_face), float(np.percentile(in_face, 10))
+    measures = (ratio, correlation, face_correlation)
+    if params is not None and not params.accepts(*measures, 0.0, side, face_floor):
+        return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor)
+    motion = _motion(a_small, b_small, valid)
+    same = params is not None and params.accepts(*measures, motion, side, face_floor)
+    return Verdict(same, ratio, correlation, n_inliers, face_correlation, motion, side, face_floor)
 
 
-def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams = VerifyParams()) -> Verdict:
-    """Compare picture a with b, then (if that fails) with b's mirror image."""
+def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams | None = None) -> Verdict:
+    """Compare picture a with b, then (if that fails) with b's mirror image (default thresholds where
+    `params` is None)."""
+    params = params or VerifyParams.from_thresholds()
     best = Verdict(False, 0.0, 0.0, 0)
     for b_view in b:
-        ratio, correlation, n_inliers, face = _compare(a[0], b_view)
-        if params.accepts(ratio, correlation, face):
-            return Verdict(True, ratio, correlation, n_inliers, face)
-        if ratio > best.inlier_ratio:
-            best = Verdict(False, ratio, correlation, n_inliers, face)
+        verdict = _compare(a[0], b_view, params)
+        if verdict.same_photo:
+            return verdict
+        if verdict.inlier_ratio > best.inlier_ratio:
+            best = verdict
     return best
+
+
+def measure_views(a: tuple[Features, Features], b: tuple[Features, Features]) -> list[Verdict]:
+    """The measures of a against b and against b's mirror image, judged by nothing: what a
+    calibration needs to try other thresholds (`VerifyParams.accepts` on either view)."""
+    return [_compare(a[0], b_view, None) for b_view in b]

@@ -8,6 +8,13 @@ Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix i
    of one photograph and drops different photos of one sitter or template. Bounding candidates per
    photo keeps a uniform studio page, where every pair looks "similar", from costing N^2 verifications.
 
+Duplicate groups ("these five pictures are one photograph") are the connected components of the
+verified pairs, with a guard against chaining unrelated photos through a series of small steps:
+each group is anchored on its best-connected photo, and holds that photo's verified neighbours and
+their verified neighbours whose embedding still reaches the *candidate* threshold against the anchor;
+what is left over forms groups of its own. `pairs` lists every pair within a group: `direct` where
+the pair itself was verified (or is an exact copy), `implied` where the group joins it.
+
 Style clusters are the connected components of the graph whose edges are exact and verified pairs
 plus nearest-neighbour pairs at or above the embedder's *style* threshold: deterministic,
 parameter-light and built from the same sparse neighbour search (HDBSCAN would need a dense or
@@ -17,7 +24,7 @@ tree index over 512-d vectors and gives run-to-run label changes for borderline 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,8 +39,9 @@ from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
 
-PAIR_COLUMNS = ["image_a", "image_b", "company_a", "company_b", "similarity", "kind"]
+PAIR_COLUMNS = ["image_a", "image_b", "company_a", "company_b", "similarity", "kind", "link", "group_id"]
 CLUSTER_COLUMNS = ["image", "company", "cluster_id"]
+GROUP_COLUMNS = ["image", "company", "group_id", "group_size", "anchor"]
 
 
 def embedder_family(embedder_id: str) -> str:
@@ -48,10 +56,6 @@ def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
         for content in contents:
             representative[content] = contents[0]
     return representative
-
-
-def verify_params(thresholds: ThresholdsConfig) -> VerifyParams:
-    return VerifyParams(thresholds.verify_min_inlier_ratio, thresholds.verify_min_block_correlation, thresholds.verify_min_face_correlation)
 
 
 def verified_content_pairs(
@@ -105,38 +109,73 @@ def verified_content_pairs(
     return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]]
 
 
-def _row_pairs(rows_a: pd.DataFrame, rows_b: pd.DataFrame | None, similarity: float, kind: str) -> list[dict]:
-    """All unordered row pairs within rows_a (rows_b None) or across rows_a x rows_b."""
-    a_records = rows_a.to_dict("records")
-    if rows_b is None:
-        combos = [(a_records[x], a_records[y]) for x in range(len(a_records)) for y in range(x + 1, len(a_records))]
-    else:
-        combos = [(a, b) for a in a_records for b in rows_b.to_dict("records")]
-    pairs = []
-    for first, second in combos:
-        first, second = sorted((first, second), key=lambda r: (r["company"], r["image"]))
-        pairs.append(
-            {"image_a": first["image"], "image_b": second["image"], "company_a": first["company"],
-             "company_b": second["company"], "similarity": similarity, "kind": kind}
-        )  # fmt: skip
-    return pairs
+def duplicate_groups(
+    nodes: list[str], links: set[tuple[str, str]], similarity: Callable[[str, str], float], guard: float
+) -> list[list[str]]:
+    """Groups of `nodes` (exact-copy representatives) joined by verified `links`, anchored so that no
+    chain of small steps joins unrelated photos (module docstring). Deterministic: anchors by degree,
+    then by the smallest hash; groups of one are dropped."""
+    neighbours: dict[str, set[str]] = {node: set() for node in nodes}
+    for a, b in links:
+        neighbours[a].add(b)
+        neighbours[b].add(a)
+    remaining = {node for node in nodes if neighbours[node]}
+    groups: list[list[str]] = []
+    while remaining:
+        anchor = min(remaining, key=lambda node: (-len(neighbours[node] & remaining), node))
+        members = {anchor} | (neighbours[anchor] & remaining)
+        two_steps = set().union(*(neighbours[m] & remaining for m in members)) - members
+        members |= {node for node in two_steps if similarity(node, anchor) >= guard}
+        remaining -= members
+        if len(members) > 1:
+            groups.append([anchor, *sorted(members - {anchor})])
+    return groups
 
 
-def pairs_table(ok: pd.DataFrame, representative: dict[str, str], near: list[tuple[str, str, float]]) -> pd.DataFrame:
-    by_group = dict(tuple(ok.groupby(ok["content_sha256"].map(representative), sort=True)))
-    records: list[dict] = []
-    for group in by_group.values():
-        if len(group) > 1:
-            records.extend(_row_pairs(group, None, 1.0, "exact"))
-    seen: set[tuple[str, str]] = set()
-    for a, b, similarity in near:
-        ga, gb = sorted((representative[a], representative[b]))
-        if ga == gb or (ga, gb) in seen:
-            continue  # already exact, or the same two groups reached through another encoding
-        seen.add((ga, gb))
-        records.extend(_row_pairs(by_group[ga], by_group[gb], round(float(similarity), 6), "near_duplicate"))
-    frame = pd.DataFrame(records, columns=PAIR_COLUMNS)
-    return frame.sort_values(["company_a", "image_a", "company_b", "image_b"], ignore_index=True)
+def _row_pair(first: dict, second: dict, similarity: float, kind: str, link: str, group_id: int) -> dict:
+    first, second = sorted((first, second), key=lambda r: (r["company"], r["image"]))
+    return {"image_a": first["image"], "image_b": second["image"], "company_a": first["company"], "company_b": second["company"],
+            "similarity": similarity, "kind": kind, "link": link, "group_id": group_id}  # fmt: skip
+
+
+def group_tables(
+    ok: pd.DataFrame,
+    representative: dict[str, str],
+    near: list[tuple[str, str, float]],
+    similarity: Callable[[str, str], float],
+    guard: float,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The `pairs` and `groups` tables: duplicate groups over exact copies and verified pairs."""
+    verified = {tuple(sorted((representative[a], representative[b]))): s for a, b, s in near}
+    verified = {pair: s for pair, s in verified.items() if pair[0] != pair[1]}
+    nodes = sorted(set(representative.values()))
+    groups = duplicate_groups(nodes, set(verified), similarity, guard)
+    exact_rows = {rep: rows.to_dict("records") for rep, rows in ok.groupby(ok["content_sha256"].map(representative), sort=True)}
+    # Exact copies of one photograph with no edited copy are groups too.
+    grouped = {node for group in groups for node in group}
+    groups += [[rep] for rep in nodes if rep not in grouped and len(exact_rows[rep]) > 1]
+    groups.sort(key=lambda group: (-sum(len(exact_rows[n]) for n in group), group[0]))
+
+    pairs: list[dict] = []
+    members: list[dict] = []
+    for group_id, group in enumerate(groups):
+        size = sum(len(exact_rows[node]) for node in group)
+        for position, node in enumerate(group):
+            rows = exact_rows[node]
+            members += [{"image": r["image"], "company": r["company"], "group_id": group_id, "group_size": size, "anchor": position == 0}
+                        for r in rows]  # fmt: skip
+            pairs += [
+                _row_pair(rows[x], rows[y], 1.0, "exact", "direct", group_id) for x in range(len(rows)) for y in range(x + 1, len(rows))
+            ]
+            for other in group[position + 1 :]:
+                key = (node, other) if node < other else (other, node)
+                link = "direct" if key in verified else "implied"
+                score = round(float(verified[key] if key in verified else similarity(node, other)), 6)
+                pairs += [_row_pair(a, b, score, "near_duplicate", link, group_id) for a in rows for b in exact_rows[other]]
+    pair_frame = pd.DataFrame(pairs, columns=PAIR_COLUMNS).sort_values(["company_a", "image_a", "company_b", "image_b"], ignore_index=True)
+    group_frame = pd.DataFrame(members, columns=GROUP_COLUMNS)
+    group_frame = group_frame.sort_values(["group_id", "company", "image"], ignore_index=True)
+    return pair_frame, group_frame
 
 
 # ------------------------------------------------------------------- clusters
@@ -167,7 +206,8 @@ def style_clusters(ok: pd.DataFrame, embeddings: Embeddings, edges: Iterable[tup
 
 @dataclass
 class NearDuplicates:
-    pairs: pd.DataFrame  # every exact and verified near-duplicate pair of rows
+    pairs: pd.DataFrame  # every pair of rows within a duplicate group
+    groups: pd.DataFrame  # every row that belongs to a duplicate group
     clusters: pd.DataFrame
     reuse: pd.DataFrame  # the pairs across companies
     n_candidates: int
@@ -190,13 +230,18 @@ def find_near_duplicates(
         for i, j, s in knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]
-    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, verify_params(thresholds))
+    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, VerifyParams.from_thresholds(thresholds))
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
-    pairs = pairs_table(ok, representative, near)
+    position = {content: i for i, content in enumerate(embeddings.content_sha256)}
+
+    def similarity(a: str, b: str) -> float:
+        return float(embeddings.vectors[position[a]].astype(np.float32) @ embeddings.vectors[position[b]].astype(np.float32))
+
+    pairs, groups = group_tables(ok, representative, near, similarity, candidate_threshold)
     edges = [(a, b) for a, b, _ in near]
     edges += [(embeddings.content_sha256[i], embeddings.content_sha256[j]) for i, j, s in candidates if s >= style_threshold]
     edges += [(content, rep) for content, rep in representative.items() if content != rep]
     clusters = style_clusters(ok, embeddings, edges, images)
     reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
-    return NearDuplicates(pairs, clusters, reuse, len(candidates), len(near))
+    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near))

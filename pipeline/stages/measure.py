@@ -113,9 +113,10 @@ def near_duplicates(ctx: RunContext) -> dict[str, Any]:
     embeddings = Embeddings(ctx.embedder_id, vector_index.ids, vectors, n_embedded=0)
     found = find_near_duplicates(_images(ctx), embeddings, vector_index, warehouse, ctx.settings.thresholds)
     return {
-        "outputs": {table: warehouse.write_table(table, ctx.run_date, getattr(found, table)) for table in ("pairs", "clusters", "reuse")},
+        "outputs": {table: warehouse.write_table(table, ctx.run_date, getattr(found, table)) for table in ("pairs", "groups", "clusters", "reuse")},
         "counts": {"near_duplicate_candidates": found.n_candidates, "near_duplicates_verified": found.n_verified,
-                   "pairs": len(found.pairs), "cross_company_pairs": len(found.reuse)},
+                   "pairs": len(found.pairs), "duplicate_groups": int(found.groups["group_id"].nunique()),
+                   "cross_company_pairs": len(found.reuse)},
     }  # fmt: skip
 
 
