@@ -116,8 +116,8 @@ def run_path(folder: Path, scratch: Path) -> tuple[dict[str, float], object, obj
     from pipeline import layout
     from pipeline.config import load_settings
     from pipeline.context import RunContext
-    from pipeline.ingest.sources import scan_folder
     from pipeline.features.verify import VerifyParams
+    from pipeline.ingest.sources import scan_folder
     from pipeline.stages import BY_NAME, advance, begin_run
 
     settings = load_settings(warehouse=str(scratch / "warehouse"), embedder="classic")
