@@ -98,6 +98,8 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
 
 
 def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a VerifyParams
+    from pipeline.features.verify import _ALIGNED
+
     """Which pairs `params` accepts on either view; views: (pairs, 2 views, 6 measures), no face = NaN
     (the same rule as VerifyParams.accepts, on arrays)."""
     ratio, block, face, motion, side, face_floor = (views[..., i] for i in range(6))
@@ -110,7 +112,9 @@ def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a Verif
         (ratio >= params.min_inlier_ratio) & (block >= block_min) & (np.isnan(face) | (face >= face_min))
         & (np.isnan(face_floor) | (face_floor >= floor_min)) & (motion <= limit)
     )  # fmt: skip
-    return views_ok.any(axis=1)
+    # verify() tries the mirror view only where the direct view did not align (verify._ALIGNED).
+    direct_aligned = ratio[:, 0] >= _ALIGNED
+    return views_ok[:, 0] | (views_ok[:, 1] & ~direct_aligned)
 
 
 def as_array(measured: list[tuple[str, str, list[tuple]]]) -> np.ndarray:

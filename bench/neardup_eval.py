@@ -19,7 +19,6 @@ pair reach verification at all); false positives per hard-negative kind; seconds
 from __future__ import annotations
 
 import argparse
-import hashlib
 import itertools
 import shutil
 import tempfile
@@ -44,9 +43,13 @@ class Truth:
     related: dict[frozenset[str], str] = field(default_factory=dict)  # two originals -> hard-negative kind
 
 
-def _originals(rng: np.random.Generator, per_folder: int) -> tuple[list[Path], dict[frozenset[str], str]]:
-    """Originals, and the hard-negative relation between some of them."""
+def _originals(rng: np.random.Generator, per_folder: int) -> tuple[list[Path], dict[frozenset[str], str], dict[str, str]]:
+    """Originals, the hard-negative relation between some of them, and originals that are the same
+    picture as an earlier one (-> that one)."""
+    from PIL import Image
+
     chosen: list[Path] = []
+    same_picture: dict[str, str] = {}
     related: dict[frozenset[str], str] = {}
     lab = CORPUS / "real_lab_london"
     for folder in sorted({p.parent for p in CORPUS.rglob("*.jpg")}):
@@ -71,15 +74,21 @@ def _originals(rng: np.random.Generator, per_folder: int) -> tuple[list[Path], d
         chosen += [neutral, *smiling]
         for other in smiling:
             related[frozenset((str(neutral), str(other)))] = "same_sitter_same_session"
-    # The corpus holds one StyleGAN face twice (its README): keep one of two identical pictures.
-    seen: set[str] = set()
-    distinct = []
+    # The corpus holds the same picture more than once (a StyleGAN face served twice, packs whose
+    # cover is a larger copy of a numbered photo): such originals are one photograph in the truth.
+    # Judged here independently of the pipeline: same aspect, and 32 px grey thumbnails that differ
+    # by under 2 grey levels on average.
+    thumbs: list[tuple[float, np.ndarray]] = []
     for path in chosen:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        if digest not in seen:
-            seen.add(digest)
-            distinct.append(path)
-    return distinct, related
+        with Image.open(path) as picture:
+            aspect = picture.width / picture.height
+            thumb = np.asarray(picture.convert("L").resize((32, 32), Image.Resampling.BOX), dtype=float)
+        twin = next((i for i, (a, t) in enumerate(thumbs) if abs(a - aspect) < 0.02 and np.abs(t - thumb).mean() < 2), None)
+        if twin is not None:
+            first = str(chosen[twin])
+            same_picture[str(path)] = same_picture.get(first, first)
+        thumbs.append((aspect, thumb))
+    return chosen, related, same_picture
 
 
 def build(out: Path, per_folder: int, copies: int, seed: int) -> Truth:
@@ -88,17 +97,20 @@ def build(out: Path, per_folder: int, copies: int, seed: int) -> Truth:
     from pipeline.features.calibration import EDIT_FORMATS, EDIT_KINDS, encoded
 
     rng = np.random.default_rng(seed)
-    originals, related = _originals(rng, per_folder)
+    originals, related, same_picture = _originals(rng, per_folder)
     truth = Truth(related=related)
     kinds = sorted(EDIT_KINDS)
     for number, path in enumerate(originals):
         truth.half[str(path)] = corpus_half(path.relative_to(CORPUS).as_posix())
+        if str(path) in same_picture:
+            print(f"  {path.relative_to(CORPUS)} is the same picture as {Path(same_picture[str(path)]).relative_to(CORPUS)}")
         picture = Image.open(path).convert("RGB")
         company = COMPANIES[int(rng.integers(len(COMPANIES)))]
         (out / company).mkdir(parents=True, exist_ok=True)
         name = f"{company}/p{number:04d}-original{path.suffix}"
         shutil.copyfile(path, out / name)
-        truth.family[name], truth.kind[name] = str(path), "original"
+        family = same_picture.get(str(path), str(path))
+        truth.family[name], truth.kind[name] = family, "original"
         for kind in rng.choice(kinds, size=copies, replace=False):
             edited = EDIT_KINDS[kind](picture, rng)
             company = COMPANIES[int(rng.integers(len(COMPANIES)))]
@@ -106,7 +118,7 @@ def build(out: Path, per_folder: int, copies: int, seed: int) -> Truth:
             fmt = EDIT_FORMATS.get(kind, "JPEG")
             name = f"{company}/p{number:04d}-{kind}.{fmt.lower().replace('jpeg', 'jpg')}"
             (out / name).write_bytes(encoded(edited, fmt, **({"quality": 95} if fmt == "JPEG" else {})))
-            truth.family[name], truth.kind[name] = str(path), kind
+            truth.family[name], truth.kind[name] = family, kind
     return truth
 
 
@@ -134,13 +146,15 @@ def run_path(folder: Path, scratch: Path) -> tuple[dict[str, float], object, obj
     candidates: set[frozenset[str]] = set()
     for table in ctx.warehouse.read_shards(layout.verifications_folder(VerifyParams.from_thresholds(settings.thresholds).cache_id)):
         candidates |= {frozenset(p) for p in zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist())}
+    print(f"{len(candidates)} candidate content pairs verified in {seconds['near_duplicates']:.1f} s")
     return seconds, pairs, images, candidates
 
 
 def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:  # noqa: ANN001 - pandas frames
     """Pair-level scores per half, per edit kind and per hard-negative kind."""
-    predicted = {frozenset((f"{r.company_a}/{r.image_a}", f"{r.company_b}/{r.image_b}")) for r in pairs.itertuples()}
-    content = {f"{r.company}/{r.image}": r.content_sha256 for r in images.itertuples() if r.status == "ok"}
+    # A folder source names each row's image by its path below the folder: "company/file", as `truth`.
+    predicted = {frozenset((r.image_a, r.image_b)) for r in pairs.itertuples()}
+    content = {r.image: r.content_sha256 for r in images.itertuples() if r.status == "ok"}
     files = sorted(truth.family)
     result: dict = {}
     for half in ("calibrate", "report"):
@@ -156,8 +170,9 @@ def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:
             if same:
                 n_true += 1
                 true_positive += found
-                kinds = sorted((truth.kind[a], truth.kind[b]))
-                label = kinds[1] if kinds[0] == "original" else "copy_to_copy"
+                kinds = {truth.kind[a], truth.kind[b]}
+                edits = kinds - {"original"}
+                label = "copy_to_copy" if "original" not in kinds else edits.pop() if edits else "corpus_duplicate"
                 by_kind[label].append(found)
                 contents = frozenset((content.get(a), content.get(b)))
                 reached[label].append(found or len(contents) == 1 or contents in candidates)

@@ -135,6 +135,10 @@ class ThresholdsConfig(_Section):
     verify_min_small_face_floor: float = Field(
         0.9, ge=-1, le=1, description="Verification below the detail side: the face's 10th-percentile block correlation at least this."
     )
+    face_window_candidate: float = Field(
+        0.85, gt=0, le=1,
+        description="Pairs whose aligned faces' coarse descriptors reach this cosine are near-duplicate candidates too (crops, overlays).",
+    )  # fmt: skip
     max_candidates_per_image: int = Field(
         10, ge=1, le=200, description="Nearest neighbours per photo that are verified as near-duplicate candidates."
     )

@@ -17,6 +17,11 @@ templated:
   blurred), and its mean colour; a page with one backdrop has a small `background_spread`.
 - colour grade: the picture's mean Lab a* and b* and mean saturation; `colour_spread` per page.
 
+Beside the signals, the cache keeps `face_window`: a coarse, mirror-symmetric descriptor of the
+aligned face (low frequencies of the levelled, equalised crop). A crop of the picture, a caption or a
+logo beside the face, a border, a mirror image or a new grade leave it where it was, so the
+near-duplicate stage uses it to find candidates that the whole-picture embedding misses.
+
 Photos without a face get only the whole-picture signals (colour); face signals are empty there.
 """
 
@@ -30,8 +35,10 @@ from PIL import Image
 
 from pipeline import layout
 
-VERSION = 1
+VERSION = 2  # 2: face_window kept
 CROP_SIDE = 128
+WINDOW_SIDE = 24  # the aligned crop is shrunk to this before the transform
+WINDOW_FREQUENCIES = 8  # low frequencies kept per axis (horizontal: the even, mirror-symmetric ones)
 SIGNAL_COLUMNS = [
     "n_faces", "face_score", "face_x", "face_y", "face_scale", "symmetry", "skin_detail",
     "background_std", "background_blur", "background_l", "background_a", "background_b",
@@ -64,6 +71,7 @@ class PhotoSignals:
     box_width: int = -1
     box_height: int = -1
     box_score_floor: float = math.nan
+    face_window: list[float] | None = None  # see the module docstring; None where no face was found
 
     def as_row(self) -> dict[str, float]:
         return asdict(self)
@@ -93,6 +101,17 @@ def aligned_face(
     matrix[1, 2] += CROP_SIDE / 2 - centre_y
     crop = cv2.warpAffine(grey, matrix, (CROP_SIDE, CROP_SIDE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return cv2.equalizeHist(crop)
+
+
+def face_window(crop: np.ndarray) -> list[float]:
+    """The aligned face's low-frequency cosine transform, mirror-symmetric (even horizontal
+    frequencies of the crop averaged with its mirror image), without the mean, unit length."""
+    import cv2
+
+    small = cv2.resize(crop, (WINDOW_SIDE, WINDOW_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    coefficients = cv2.dct((small + small[:, ::-1]) / 2)[:WINDOW_FREQUENCIES, :WINDOW_FREQUENCIES:2].ravel()[1:]
+    norm = float(np.linalg.norm(coefficients))
+    return (coefficients / norm if norm > 0 else coefficients).round(5).tolist()
 
 
 def symmetry(crop: np.ndarray) -> float:
@@ -179,6 +198,7 @@ def photo_signals(picture: Image.Image, score_floor: float = 0.9, working_side: 
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     crop = aligned_face(grey, box, face.keypoints["left_eye"], face.keypoints["right_eye"])
     signals.symmetry = symmetry(crop)
+    signals.face_window = face_window(crop)
     signals.skin_detail = skin_detail(crop)
     (signals.background_std, signals.background_blur, signals.background_l, signals.background_a, signals.background_b) = background_stats(
         rgb, lab, background_mask(picture.size, box)
@@ -265,6 +285,16 @@ def face_boxes(warehouse, score_floor: float) -> dict[str, tuple[int, int, int, 
             if row["box_x"] >= 0 and row["box_score_floor"] == score_floor:
                 boxes[row["content_sha256"]] = (row["box_x"], row["box_y"], row["box_width"], row["box_height"])
     return boxes
+
+
+def face_windows(warehouse, contents) -> dict[str, np.ndarray]:  # noqa: ANN001
+    """content hash -> face_window, for those of `contents` whose face was found (cached by the faces stage)."""
+    wanted, windows = set(contents), {}
+    for table in warehouse.read_shards(layout.face_signals_folder(VERSION)):
+        for content, window in zip(table.column("content_sha256").to_pylist(), table.column("face_window").to_pylist()):
+            if content in wanted and window is not None:
+                windows[content] = np.asarray(window, dtype=np.float32)
+    return windows
 
 
 def page_table(faces, companies: list[str]):  # noqa: ANN001, ANN201

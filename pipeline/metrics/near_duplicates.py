@@ -3,10 +3,13 @@
 Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix is ever built:
 1. exact: same bytes (`content_sha256`) or same pixels in another encoding (`pixel_sha256`);
 2. near: each photo's nearest neighbours in the FAISS index (at most
-   `thresholds.max_candidates_per_image`) above the embedder's generous *candidate* threshold, then
-   geometric verification of each candidate (pipeline/features/verify.py), which keeps edited copies
-   of one photograph and drops different photos of one sitter or template. Bounding candidates per
-   photo keeps a uniform studio page, where every pair looks "similar", from costing N^2 verifications.
+   `thresholds.max_candidates_per_image`) above the embedder's generous *candidate* threshold, and
+   its nearest neighbours by the aligned face's coarse descriptor (`face_window`, kept by the faces
+   stage: a crop of up to 30% or an overlay of a quarter of the picture moves the whole-picture
+   embedding, not the face), then verification of each candidate (pipeline/features/verify.py),
+   which keeps edited copies of one photograph and drops different photos of one sitter or
+   template. Bounding candidates per photo keeps a uniform studio page, where every pair looks
+   "similar", from costing N^2 verifications.
 
 Duplicate groups ("these five pictures are one photograph") are the connected components of the
 verified pairs, with a guard against chaining unrelated photos through a series of small steps:
@@ -46,6 +49,22 @@ GROUP_COLUMNS = ["image", "company", "group_id", "group_size", "anchor"]
 
 def embedder_family(embedder_id: str) -> str:
     return "clip" if embedder_id.startswith("clip") else "classic"
+
+
+def face_window_pairs(contents: list[str], warehouse: Warehouse, thresholds: ThresholdsConfig) -> list[tuple[int, int]]:
+    """Pairs (i < j, positions in `contents`) whose face windows are among each other's nearest
+    neighbours (at most `max_candidates_per_image`) at or above `face_window_candidate`."""
+    from pipeline.features.face_signals import face_windows
+    from pipeline.features.index import build_index
+
+    windows = face_windows(warehouse, contents)
+    with_face = [i for i, content in enumerate(contents) if content in windows]
+    if len(with_face) < 2:
+        return []
+    vectors = np.stack([windows[contents[i]] for i in with_face])
+    found = knn_pairs(build_index(vectors, [contents[i] for i in with_face]), vectors, thresholds.face_window_candidate,
+                      thresholds.max_candidates_per_image)  # fmt: skip
+    return [tuple(sorted((with_face[a], with_face[b]))) for a, b, _ in found]
 
 
 def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
@@ -225,18 +244,25 @@ def find_near_duplicates(
     representative = _exact_groups(ok)
     object_of = dict(zip(ok["content_sha256"], ok["raw_object"]))
 
-    candidates = [
-        (i, j, s)
-        for i, j, s in knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
-        if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
-    ]
-    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, VerifyParams.from_thresholds(thresholds))
-    logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
-
     position = {content: i for i, content in enumerate(embeddings.content_sha256)}
 
     def similarity(a: str, b: str) -> float:
         return float(embeddings.vectors[position[a]].astype(np.float32) @ embeddings.vectors[position[b]].astype(np.float32))
+
+    found = knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
+    by_embedding = {(i, j) for i, j, _ in found}
+    by_face = [
+        (i, j, similarity(embeddings.content_sha256[i], embeddings.content_sha256[j]))
+        for i, j in face_window_pairs(embeddings.content_sha256, warehouse, thresholds)
+        if (i, j) not in by_embedding
+    ]
+    candidates = [
+        (i, j, s) for i, j, s in found + by_face
+        if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
+    ]  # fmt: skip
+    logger.info("near-duplicate candidates: %d by the embedding, %d more by the face window", len(found), len(by_face))
+    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, VerifyParams.from_thresholds(thresholds))
+    logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
     pairs, groups = group_tables(ok, representative, near, similarity, candidate_threshold)
     edges = [(a, b) for a, b, _ in near]

@@ -71,7 +71,7 @@ STAGES: tuple[Stage, ...] = (
           shard_part=measure.embed_shard, combine=measure.combine_embed_parts, uses_embedder=True),
     Stage("zero_shot", measure.zero_shot, reads=("images", "embeddings"), writes=("zero_shot_prompts", "zero_shot"), uses_embedder=True),
     Stage("index", measure.index, reads=("images", "embeddings"), writes=("index",)),
-    Stage("near_duplicates", measure.near_duplicates, reads=("images", "embeddings", "index", "objects"),
+    Stage("near_duplicates", measure.near_duplicates, reads=("images", "embeddings", "index", "objects", "face_signals"),
           writes=("verifications", "pairs", "groups", "clusters", "reuse")),
     Stage("identity", measure.identity, reads=("images", "faces", "pairs", "objects"), writes=("face_descriptors", "face_pairs", "identities")),
     # Reads what its page metrics read (pipeline.metrics.pages.PAGE_METRICS; a test holds the two together).
