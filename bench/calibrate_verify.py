@@ -98,7 +98,7 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
 
 
 def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a VerifyParams
-    from pipeline.features.verify import _ALIGNED
+    from pipeline.features.verify import _ALIGNED, _REFINE_REACH
 
     """Which pairs `params` accepts on either view; views: (pairs, 2 views, 6 measures), no face = NaN
     (the same rule as VerifyParams.accepts, on arrays)."""
@@ -112,8 +112,8 @@ def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a Verif
         (ratio >= params.min_inlier_ratio) & (block >= block_min) & (np.isnan(face) | (face >= face_min))
         & (np.isnan(face_floor) | (face_floor >= floor_min)) & (motion <= limit)
     )  # fmt: skip
-    # verify() tries the mirror view only where the direct view did not align (verify._ALIGNED).
-    direct_aligned = ratio[:, 0] >= _ALIGNED
+    # verify() tries the mirror view only where the direct view did not align (verify.aligned).
+    direct_aligned = (ratio[:, 0] >= _ALIGNED) & (block[:, 0] >= params.min_block_correlation - _REFINE_REACH)
     return views_ok[:, 0] | (views_ok[:, 1] & ~direct_aligned)
 
 

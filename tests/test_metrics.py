@@ -208,3 +208,14 @@ def test_verification_is_deterministic_across_threads() -> None:
     with ThreadPoolExecutor(max_workers=4) as pool:
         verdicts = list(pool.map(lambda _: verify(a, b), range(12)))
     assert len(set(verdicts)) == 1
+
+
+def test_every_pair_lies_within_its_duplicate_group(demo_run: dict) -> None:
+    pairs, groups = demo_run["pairs"], demo_run["groups"]
+    assert len(groups) and set(pairs["link"]) <= {"direct", "implied"}
+    group_of = {(r.company, r.image): r.group_id for r in groups.itertuples()}
+    for pair in pairs.itertuples():
+        assert group_of[(pair.company_a, pair.image_a)] == group_of[(pair.company_b, pair.image_b)] == pair.group_id
+    sizes = groups.groupby("group_id").size()
+    assert (groups["group_size"] == groups["group_id"].map(sizes)).all()
+    assert (pairs.groupby("group_id").size() == sizes * (sizes - 1) // 2).all()  # every pair of a group is listed

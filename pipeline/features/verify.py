@@ -44,7 +44,7 @@ _FACE_BLOCK = 12
 _MIN_BLOCK, _MIN_FACE_BLOCK = 6, 4
 _N_FEATURES = 1000
 _FLOW_SIDE = 200
-_ALIGNED = 0.5  # inlier ratio of a real alignment: different photos of one sitter reach 0.3-0.9, mirror views < 0.45
+_ALIGNED = 0.5  # inlier ratio of a real alignment (different photos of one sitter reach 0.3-0.9)
 _REFINE_REACH = 0.1  # what an affine refinement adds to the median block correlation at most (measured: < 0.06)
 _MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
@@ -384,9 +384,16 @@ def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: V
             return verdict
         if verdict.inlier_ratio > best.inlier_ratio:
             best = verdict
-        if verdict.inlier_ratio >= _ALIGNED:
-            break  # the direct view aligned: a mirror image would not (a face is not that symmetric)
+        if aligned(verdict.inlier_ratio, verdict.block_correlation, params):
+            break  # the direct view is the right way round: a mirror image would not align better
     return best
+
+
+def aligned(ratio: float, correlation: float, params: VerifyParams) -> bool:
+    """Whether a view aligned for real: most matches fit, and the aligned pictures agree nearly as
+    much as a copy must (a mirrored copy of a symmetric face can fit half its matches the wrong way
+    round, but its blocks then disagree)."""
+    return ratio >= _ALIGNED and correlation >= params.min_block_correlation - _REFINE_REACH
 
 
 def measure_views(a: tuple[Features, Features], b: tuple[Features, Features]) -> list[Verdict]:

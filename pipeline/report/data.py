@@ -26,6 +26,7 @@ class RunData:
     images: pd.DataFrame
     companies: pd.DataFrame
     pairs: pd.DataFrame
+    groups: pd.DataFrame
     clusters: pd.DataFrame
     reuse: pd.DataFrame
     trends: pd.DataFrame
@@ -72,7 +73,7 @@ def load_run(ctx: RunContext) -> RunData:
     if len(trends):
         trends = trends[trends["embedder"] == embedder_id]  # never mix embedders
     index_reference = str(companies["index_reference"].iloc[0]) if "index_reference" in companies and len(companies) else ""
-    return RunData(run_date, embedder_id, ctx.embedder_fallback, images, companies, table("pairs"), table("clusters"),
+    return RunData(run_date, embedder_id, ctx.embedder_fallback, images, companies, table("pairs"), table("groups"), table("clusters"),
                    table("reuse"), trends, table("crawl_log"), vectors, keys,
                    _reference_centred(store, embedder_id, vectors, index_reference), index_reference)  # fmt: skip
 

@@ -53,6 +53,32 @@ def _reuse_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     return rows
 
 
+MAX_GROUPS_SHOWN = 40  # the report lists the largest groups; the groups table holds them all
+MAX_PHOTOS_PER_GROUP = 8
+
+
+def _group_rows(store: Warehouse, data: RunData, company: str | None = None) -> list[dict[str, Any]]:
+    """Duplicate groups as pages show them, largest first: several copies of one photograph, where
+    they are, and how many of their pairs were verified directly (the rest are implied by the group)."""
+    if data.groups.empty:
+        return []
+    ok = data.images[data.images["status"] == "ok"].drop_duplicates(["company", "image"]).set_index(["company", "image"])
+    rows = []
+    for group_id, members in data.groups.groupby("group_id", sort=True):
+        if company is not None and company not in set(members["company"]):
+            continue
+        pairs = data.pairs[data.pairs["group_id"] == group_id]
+        shown = members.sort_values(["anchor", "company", "image"], ascending=[False, True, True]).head(MAX_PHOTOS_PER_GROUP)
+        rows.append({
+            "id": int(group_id), "size": len(members), "companies": sorted(set(members["company"])),
+            "photos": [{**_photo(store, ok.loc[(r.company, r.image)]), "company": r.company} for r in shown.itertuples()],
+            "n_direct": int((pairs["link"] == "direct").sum()), "n_implied": int((pairs["link"] == "implied").sum()),
+        })  # fmt: skip
+        if len(rows) == MAX_GROUPS_SHOWN:
+            break
+    return rows
+
+
 def _trend_values(trends: pd.DataFrame, company: str) -> list[float | None]:
     if trends.empty:
         return []
@@ -215,6 +241,7 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
     index_uri = reports.write_bytes(layout.report_page(data.run_date), env.get_template("run_report.html.j2").render(
         **common, companies=companies, n_companies=len(companies), n_ok=n_ok, n_rows=len(data.images),
         overall_near_dup=overall_near_dup, n_pairs=len(data.pairs), reuse=_reuse_rows(store, data),
+        groups=_group_rows(store, data), n_groups=int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
         signal_columns=[(column, signal) for column, signal, *_ in TEMPLATE_SIGNALS],
     ).encode("utf-8"))  # fmt: skip
@@ -223,6 +250,7 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
     summary = {
         **common, "report": index_uri, "n_rows": len(data.images), "n_ok": n_ok, "near_dup_rate": overall_near_dup,
         "n_pairs": len(data.pairs), "n_cross_company_pairs": len(data.reuse),
+        "n_duplicate_groups": int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         "companies": [{k: v for k, v in c.items() if k not in ("spark",)} for c in companies],
         "failures": {"n_failed": failures["n_failed"]},
     }  # fmt: skip
@@ -269,6 +297,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         company=company, row={k: (finite(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in row.items()},
         reading=_reading(row, data.companies, n_reused, data.embedder, offline),
         gallery=gallery, sampled=sampled, n_ok=len(ok), generic=generic, distinctive=distinctive, reuse=reuse,
+        groups=_group_rows(store, data, company),
         population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
         signals=template_signals(row, data.companies), face_share=finite(row.get("face_share")),

@@ -1,0 +1,152 @@
+"""Near-duplicates: verification at the smaller picture's scale, residual motion, and duplicate groups
+(with the guard against chaining), on generated pictures and constructed graphs with known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.features.calibration import EDIT_KINDS, _badge, _caption, _jpeg, _long_side
+from pipeline.features.verify import VerifyParams, features, verify
+from pipeline.metrics.near_duplicates import duplicate_groups, group_tables
+from tests.conftest import photo_like
+
+
+@pytest.fixture(scope="module")
+def original() -> Image.Image:
+    return photo_like(320, 400, seed=4)
+
+
+@pytest.fixture(scope="module")
+def original_features(original: Image.Image) -> tuple:
+    return features(original)
+
+
+def expression_change(picture: Image.Image, amplitude: float, radius_x: float, radius_y: float) -> Image.Image:
+    """The same scene with one region moved smoothly by up to `amplitude` pixels, as a changed
+    expression or a turned head moves part of a photo taken seconds later."""
+    import cv2
+
+    pixels = np.asarray(picture)
+    height, width = pixels.shape[:2]
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    bump = np.exp(-(((xx - width / 2) / radius_x) ** 2 + ((yy - height / 2) / radius_y) ** 2)) * amplitude
+    return Image.fromarray(cv2.remap(pixels, xx - bump, yy + bump / 2, cv2.INTER_LINEAR))
+
+
+# ------------------------------------------------------------- verification
+@pytest.mark.parametrize("side", [48, 64, 120, 200])
+def test_small_copies_are_compared_at_their_own_scale(original: Image.Image, original_features: tuple, side: int) -> None:
+    verdict = verify(original_features, features(_long_side(original, side)))
+    assert verdict.same_photo and verdict.compared_side == side
+
+
+@pytest.mark.parametrize("quality", [5, 10, 30])
+def test_heavily_compressed_copies_verify(original: Image.Image, original_features: tuple, quality: int) -> None:
+    assert verify(original_features, features(_jpeg(original, quality))).same_photo
+
+
+def test_overlays_up_to_a_quarter_of_the_picture_verify(original: Image.Image, original_features: tuple) -> None:
+    assert verify(original_features, features(_caption(original, 0.25))).same_photo
+    for seed in range(4):  # logos in each corner, on whatever lies beneath
+        assert verify(original_features, features(_badge(original, 0.2, np.random.default_rng(seed)))).same_photo
+
+
+@pytest.mark.parametrize("kind", sorted(EDIT_KINDS))
+def test_every_edit_kind_at_a_drawn_strength_verifies(original: Image.Image, original_features: tuple, kind: str) -> None:
+    edited = EDIT_KINDS[kind](original, np.random.default_rng(3))
+    assert verify(original_features, features(edited)).same_photo, kind
+
+
+@pytest.mark.parametrize(("amplitude", "radius_x", "radius_y"), [(6, 60, 60), (4, 80, 90), (8, 70, 80)])
+def test_a_moved_region_is_another_photo_though_every_block_agrees(
+    original: Image.Image, original_features: tuple, amplitude: float, radius_x: float, radius_y: float
+) -> None:
+    verdict = verify(original_features, features(expression_change(original, amplitude, radius_x, radius_y)))
+    assert not verdict.same_photo
+    assert verdict.block_correlation > 0.98  # correlation alone would take it for a copy
+    assert verdict.motion > VerifyParams.from_thresholds().motion_limit(verdict.compared_side)
+
+
+def test_a_moved_region_of_a_small_copy_is_held_to_close_agreement(original: Image.Image) -> None:
+    """Below the detail side motion is under a pixel; agreement block by block must be close instead."""
+    moved_small = _long_side(expression_change(original, 10, 70, 80), 64)
+    verdict = verify(features(original), features(moved_small))
+    assert verdict.compared_side == 64
+    params = VerifyParams.from_thresholds()
+    assert verdict.same_photo == (verdict.block_correlation >= params.min_small_correlation and verdict.motion <= params.motion_limit(64))
+
+
+def test_thresholds_come_from_the_settings() -> None:
+    from pipeline.config import load_settings
+
+    settings = load_settings(thresholds={"verify_min_small_correlation": 0.99, "verify_max_motion_share": 0.01})
+    params = VerifyParams.from_thresholds(settings.thresholds)
+    assert params.min_small_correlation == 0.99 and params.motion_limit(400) == pytest.approx(4.0)
+    assert params.cache_id != VerifyParams.from_thresholds().cache_id  # other thresholds: other cached verdicts
+
+
+# ------------------------------------------------------------- groups
+def test_copies_of_one_photo_are_one_group_with_the_pairs_between_copies_implied() -> None:
+    links = {("copy1", "original"), ("copy2", "original"), ("copy3", "original")}
+    groups = duplicate_groups(["copy1", "copy2", "copy3", "original", "other"], links, lambda a, b: 0.95, guard=0.8)
+    assert groups == [["original", "copy1", "copy2", "copy3"]]
+
+
+def test_a_chain_of_small_steps_does_not_join_its_far_ends() -> None:
+    """a0 - a1 - ... - a7, each step verified, each photo a bit further from the first."""
+    nodes = [f"a{i}" for i in range(8)]
+    links = {(nodes[i], nodes[i + 1]) for i in range(7)}
+
+    def similarity(a: str, b: str) -> float:
+        return 1.0 - 0.06 * abs(int(a[1:]) - int(b[1:]))
+
+    groups = duplicate_groups(nodes, links, similarity, guard=0.85)
+    assert sorted(node for group in groups for node in group) == nodes  # nobody lost
+    for group in groups:
+        anchor, *members = group
+        assert all(similarity(anchor, member) >= 0.85 for member in members)
+        assert max(int(n[1:]) for n in group) - min(int(n[1:]) for n in group) <= 4  # at most two steps either side
+    assert not any({"a0", "a7"} <= set(group) for group in groups)
+
+
+def test_groups_are_deterministic_whatever_the_order() -> None:
+    links = {("b", "a"), ("c", "b"), ("d", "c"), ("x", "y")}
+    first = duplicate_groups(["a", "b", "c", "d", "x", "y"], links, lambda a, b: 0.9, guard=0.8)
+    second = duplicate_groups(["y", "x", "d", "c", "b", "a"], {tuple(reversed(link)) for link in links}, lambda a, b: 0.9, guard=0.8)
+    assert first == second
+
+
+def test_group_tables_hold_exact_copies_direct_and_implied_pairs() -> None:
+    ok = pd.DataFrame({
+        "company": ["acme", "acme", "beta", "beta", "gamma", "gamma"],
+        "image": ["o.jpg", "o_again.jpg", "crop.jpg", "small.jpg", "alone.jpg", "twin.png"],
+        "content_sha256": ["o", "o", "c", "s", "x", "x2"],
+    })  # fmt: skip
+    # o_again has o's bytes; twin.png has alone.jpg's pixels; crop and small were each verified against o.
+    representative = {"o": "o", "c": "c", "s": "s", "x": "x", "x2": "x"}
+    near = [("c", "o", 0.91), ("o", "s", 0.88)]
+    pairs, groups = group_tables(ok, representative, near, lambda a, b: 0.87, guard=0.8)
+
+    assert sorted(groups.groupby("group_id")["image"].apply(sorted).tolist()) == [
+        ["alone.jpg", "twin.png"], ["crop.jpg", "o.jpg", "o_again.jpg", "small.jpg"],
+    ]  # fmt: skip
+    big = groups[groups["group_size"] == 4]
+    assert set(big.loc[big["anchor"], "image"]) == {"o.jpg", "o_again.jpg"}  # exact copies share the anchor
+    assert len(pairs) == 6 + 1  # every pair within each group
+    by_rows = {frozenset((r.image_a, r.image_b)): r for r in pairs.itertuples()}
+    assert by_rows[frozenset(("o.jpg", "o_again.jpg"))].kind == "exact"
+    assert by_rows[frozenset(("crop.jpg", "o.jpg"))].link == "direct"
+    assert by_rows[frozenset(("crop.jpg", "o_again.jpg"))].link == "direct"  # o_again is o
+    implied = by_rows[frozenset(("crop.jpg", "small.jpg"))]
+    assert (implied.kind, implied.link, implied.similarity) == ("near_duplicate", "implied", 0.87)
+    assert set(pairs["group_id"]) == set(groups["group_id"])
+
+
+def test_no_verified_pair_no_group() -> None:
+    ok = pd.DataFrame({"company": ["a", "b"], "image": ["1.jpg", "2.jpg"], "content_sha256": ["h1", "h2"]})
+    pairs, groups = group_tables(ok, {"h1": "h1", "h2": "h2"}, [], lambda a, b: 0.0, guard=0.8)
+    assert pairs.empty and groups.empty
+    assert list(groups.columns) == ["image", "company", "group_id", "group_size", "anchor"]
