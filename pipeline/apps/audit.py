@@ -68,11 +68,11 @@ def _population(main: Warehouse, exclude: str) -> tuple[list[ManifestRow], str |
 def _cache_keys(cache: layout.ReusableCache, settings: Settings, embedder_id: str) -> tuple[list[str], list[str]]:
     """(shard folders, single files) of one reusable cache in the warehouse layout."""
     from pipeline.features import face_signals, identity
-    from pipeline.metrics.near_duplicates import verify_params
+    from pipeline.features.verify import VerifyParams
 
     folders = {
         "face_signals": [layout.face_signals_folder(face_signals.VERSION)],
-        "verifications": [layout.verifications_folder(verify_params(settings.thresholds).cache_id)],
+        "verifications": [layout.verifications_folder(VerifyParams.from_thresholds(settings.thresholds).cache_id)],
         "face_descriptors": [layout.face_descriptors_folder(identity.VERSION)],
         "embeddings": [layout.embeddings_folder(embedder_id)],
     }
