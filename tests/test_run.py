@@ -62,6 +62,10 @@ def test_run_follows_the_json_contract(demo: Path, tmp_path: Path) -> None:
     run_record = json.loads((tmp_path / "wh" / "runs" / f"run_date={RUN_DATE}" / "run.json").read_text())
     assert run_record["embedder_requested"] == "auto" and run_record["source"] == str(demo)
     assert set(run_record["stage_seconds"]) == set(result["stages_run"]) and min(run_record["stage_seconds"].values()) >= 0
+    costs = run_record["unit_costs"]  # a slow night explains itself: ms per unit each costly stage computed
+    assert set(costs) == {"faces_ms_per_photo", "embed_ms_per_photo", "near_duplicates_ms_per_verified_pair", "identity_ms_per_face"}
+    assert costs["faces_ms_per_photo"] > 0 and costs["embed_ms_per_photo"] > 0
+    assert (costs["near_duplicates_ms_per_verified_pair"] or 0) > 0 and result["counts"]["verifications_computed"] > 0
 
 
 def test_folder_input_gives_one_row_per_file(demo: Path, tmp_path: Path) -> None:
@@ -80,8 +84,10 @@ def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
     assert second["counts"]["embedding_cache_hits"] == first["counts"]["embedded"] > 0
     assert second["counts"]["faces_measured"] == 0  # face signals too
     assert second["counts"]["face_descriptors_computed"] == 0 < first["counts"]["face_descriptors_computed"]  # same faces: pairs reused
+    assert second["counts"]["verifications_computed"] == 0 < first["counts"]["verifications_computed"]  # verdicts from the cache
     for counts in (first["counts"], second["counts"]):
         del counts["embedded"], counts["embedding_cache_hits"], counts["faces_measured"], counts["face_descriptors_computed"]
+        del counts["verifications_computed"]
     assert first == second
     assert files_under(tmp_path / "wh") == before  # same files, byte for byte, none added
     assert Warehouse(str(tmp_path / "wh")).run_dates() == [RUN_DATE]

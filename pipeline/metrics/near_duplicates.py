@@ -84,8 +84,9 @@ def verified_content_pairs(
     warehouse: Warehouse,
     params: VerifyParams,
     workers: int = 2,
-) -> list[tuple[str, str, float]]:
-    """Keep the candidate pairs (rows of the index) that verify as the same photograph.
+) -> tuple[list[tuple[str, str, float]], int]:
+    """The candidate pairs (rows of the index) that verify as the same photograph, and how many
+    content pairs were verified now (the rest came from the cache).
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
@@ -125,7 +126,7 @@ def verified_content_pairs(
         warehouse.write_shard(folder, [f"{a}:{b}" for a, b in todo], table)
         known.update(zip(todo, (v.same_photo for v in verdicts)))
     logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
-    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]]
+    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]], len(todo)
 
 
 def duplicate_groups(
@@ -231,6 +232,7 @@ class NearDuplicates:
     reuse: pd.DataFrame  # the pairs across companies
     n_candidates: int
     n_verified: int
+    n_verifications_computed: int  # candidate content pairs verified by this run (not from the cache)
 
 
 def find_near_duplicates(
@@ -261,7 +263,7 @@ def find_near_duplicates(
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]  # fmt: skip
     logger.info("near-duplicate candidates: %d by the embedding, %d more by the face window", len(found), len(by_face))
-    near = verified_content_pairs(candidates, embeddings, object_of, warehouse, VerifyParams.from_thresholds(thresholds))
+    near, n_computed = verified_content_pairs(candidates, embeddings, object_of, warehouse, VerifyParams.from_thresholds(thresholds))
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
     pairs, groups = group_tables(ok, representative, near, similarity, candidate_threshold)
@@ -270,4 +272,4 @@ def find_near_duplicates(
     edges += [(content, rep) for content, rep in representative.items() if content != rep]
     clusters = style_clusters(ok, embeddings, edges, images)
     reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
-    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near))
+    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near), n_computed)

@@ -180,6 +180,26 @@ def run_pipeline(
         release_lease(ctx.warehouse, lease)
 
 
+# What each costly stage spends its time on: (name in run.json, stage, the count of units it worked on).
+UNIT_COSTS = (
+    ("faces_ms_per_photo", "faces", "faces_measured"),
+    ("embed_ms_per_photo", "embed", "embedded"),
+    ("near_duplicates_ms_per_verified_pair", "near_duplicates", "verifications_computed"),
+    ("identity_ms_per_face", "identity", "face_descriptors_computed"),
+)
+
+
+def unit_costs(results: dict[str, StageResult]) -> dict[str, float | None]:
+    """Milliseconds of each costly stage per unit it computed this run (cache hits cost nothing and
+    are not counted), so that a slow night explains itself; None where the stage computed nothing."""
+    costs: dict[str, float | None] = {}
+    for name, stage, count in UNIT_COSTS:
+        result = results.get(stage, {})
+        units = result.get("counts", {}).get(count, 0)
+        costs[name] = round(1000 * result["seconds"] / units, 2) if units and "seconds" in result else None
+    return costs
+
+
 def finish_run(ctx: RunContext, results: dict[str, StageResult], source: str = "", started: str = "") -> RunResult:
     """Drop the run's staging (no-raw-images mode) and write run.json, the mark of a finished run.
 
@@ -221,6 +241,7 @@ def finish_run(ctx: RunContext, results: dict[str, StageResult], source: str = "
             "started_at": started,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
             "stage_seconds": {name: stage["seconds"] for name, stage in results.items() if "seconds" in stage},
+            "unit_costs": unit_costs(results),
             "embedder_requested": settings.embedder,
             "index_kind": results["index"]["index_kind"],
             "settings": settings.model_dump(mode="json"),
