@@ -98,23 +98,12 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
 
 
 def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a VerifyParams
-    from pipeline.features.verify import _ALIGNED, _REFINE_REACH
+    """Which pairs `params` accepts, as verify() decides: views (pairs, 2 views, 6 measures, no face =
+    NaN); the mirror view counts only where the direct view did not align (verify.aligned)."""
+    from pipeline.features.verify import aligned
 
-    """Which pairs `params` accepts on either view; views: (pairs, 2 views, 6 measures), no face = NaN
-    (the same rule as VerifyParams.accepts, on arrays)."""
-    ratio, block, face, motion, side, face_floor = (views[..., i] for i in range(6))
-    small = side < params.detail_side
-    block_min = np.where(small, max(params.min_block_correlation, params.min_small_correlation), params.min_block_correlation)
-    face_min = np.where(small, max(params.min_face_correlation, params.min_small_correlation), params.min_face_correlation)
-    floor_min = np.where(small, max(params.min_face_floor, params.min_small_face_floor), params.min_face_floor)
-    limit = np.maximum(params.motion_floor_px, params.max_motion_share * side)
-    views_ok = (
-        (ratio >= params.min_inlier_ratio) & (block >= block_min) & (np.isnan(face) | (face >= face_min))
-        & (np.isnan(face_floor) | (face_floor >= floor_min)) & (motion <= limit)
-    )  # fmt: skip
-    # verify() tries the mirror view only where the direct view did not align (verify.aligned).
-    direct_aligned = (ratio[:, 0] >= _ALIGNED) & (block[:, 0] >= params.min_block_correlation - _REFINE_REACH)
-    return views_ok[:, 0] | (views_ok[:, 1] & ~direct_aligned)
+    views_ok = params.accepted(*(views[..., i] for i in range(6)))
+    return views_ok[:, 0] | (views_ok[:, 1] & ~aligned(views[:, 0, 0], views[:, 0, 1], params))
 
 
 def as_array(measured: list[tuple[str, str, list[tuple]]]) -> np.ndarray:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.apps.cli_common import ConfigOption, fail, os_errors_end_cleanly, setup_logging
+from pipeline.apps.cli_common import ConfigOption, WarehouseOption, fail, os_errors_end_cleanly, setup_logging
 from pipeline.apps.cli_models import models_app, reference_app
 from pipeline.config import ConfigError, EmbedderChoice, load_settings
 from pipeline.ingest.sources import SourceError, read_manifest, scan_folder
@@ -121,7 +121,7 @@ def _lease_target(config: Path | None, warehouse: str | None, run_date: str) -> 
 @os_errors_end_cleanly
 def lease_show(
     run_date: Annotated[str, typer.Option(help="Run date YYYY-MM-DD.")],
-    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    warehouse: WarehouseOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Which run holds the date's lease, if any."""
@@ -136,7 +136,7 @@ def lease_show(
 @os_errors_end_cleanly
 def lease_clear(
     run_date: Annotated[str, typer.Option(help="Run date YYYY-MM-DD.")],
-    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    warehouse: WarehouseOption = None,
     config: ConfigOption = None,
 ) -> None:
     """Remove a stale lease: only once the run that held it is known to be gone (a live run would then
@@ -150,7 +150,7 @@ def lease_clear(
 @app.command()
 @os_errors_end_cleanly
 def retention(
-    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    warehouse: WarehouseOption = None,
     today: Annotated[Optional[str], typer.Option(help="Date to measure ages from, YYYY-MM-DD (default: today).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Decide and log, delete nothing.")] = False,
     config: ConfigOption = None,
@@ -177,7 +177,7 @@ def retention(
 @os_errors_end_cleanly
 def report(
     run_date: Annotated[str, typer.Option(help="The run date whose report to (re)generate, YYYY-MM-DD.")],
-    warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")] = None,
+    warehouse: WarehouseOption = None,
     reports: Annotated[Optional[str], typer.Option(help="Reports root (default ./reports).")] = None,
     config: ConfigOption = None,
 ) -> None:

@@ -1,4 +1,4 @@
-"""What every `homog` command shares: the --config option, logging set-up and how a usage error ends."""
+"""What every `homog` command shares: the --config and --warehouse options, logging set-up and how a usage error ends."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ ConfigOption = Annotated[
     Optional[Path],
     typer.Option("--config", "-c", help="YAML settings file (also HOMOG_CONFIG). Flags and HOMOG_* env vars win."),
 ]
+
+# The commands that read an existing warehouse (run and audit say more about theirs).
+WarehouseOption = Annotated[Optional[str], typer.Option(help="Warehouse root (path or fsspec URL).")]
 
 
 def setup_logging(verbose: bool) -> None:

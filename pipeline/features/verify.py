@@ -78,24 +78,26 @@ class VerifyParams:
         values = (thresholds or ThresholdsConfig()).model_dump()
         return cls(**{field.name: values[f"verify_{field.name}"] for field in dataclasses.fields(cls)})
 
-    def motion_limit(self, side: int) -> float:
+    def motion_limit(self, side: float | np.ndarray) -> float | np.ndarray:
         """Largest residual motion (pixels at a comparison of `side` px) that an edited copy shows."""
-        return max(self.motion_floor_px, self.max_motion_share * side)
+        return np.maximum(self.motion_floor_px, self.max_motion_share * side)
 
     def accepts(
         self, ratio: float, correlation: float, face: float | None, motion: float, side: int, face_floor: float | None = None
     ) -> bool:
-        block_min, face_min, floor_min = self.min_block_correlation, self.min_face_correlation, self.min_face_floor
-        if side < self.detail_side:
-            block_min, face_min = max(block_min, self.min_small_correlation), max(face_min, self.min_small_correlation)
-            floor_min = max(floor_min, self.min_small_face_floor)
+        return bool(self.accepted(*(np.nan if value is None else value for value in (ratio, correlation, face, motion, side, face_floor))))
+
+    def accepted(self, ratio, correlation, face, motion, side, face_floor):  # noqa: ANN001, ANN201 - numbers or arrays alike
+        """The rule, on single measures or element-wise on arrays of them (a calibration tries it on
+        thousands of pairs at once); NaN face measures: no face found, the face rules do not apply."""
+        small = side < self.detail_side
+        block_min = np.where(small, max(self.min_block_correlation, self.min_small_correlation), self.min_block_correlation)
+        face_min = np.where(small, max(self.min_face_correlation, self.min_small_correlation), self.min_face_correlation)
+        floor_min = np.where(small, max(self.min_face_floor, self.min_small_face_floor), self.min_face_floor)
         return (
-            ratio >= self.min_inlier_ratio
-            and correlation >= block_min
-            and (face is None or face >= face_min)
-            and (face_floor is None or face_floor >= floor_min)
-            and motion <= self.motion_limit(side)
-        )
+            (ratio >= self.min_inlier_ratio) & (correlation >= block_min) & (np.isnan(face) | (face >= face_min))
+            & (np.isnan(face_floor) | (face_floor >= floor_min)) & (motion <= self.motion_limit(side))
+        )  # fmt: skip
 
     @property
     def cache_id(self) -> str:
@@ -389,11 +391,11 @@ def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: V
     return best
 
 
-def aligned(ratio: float, correlation: float, params: VerifyParams) -> bool:
+def aligned(ratio, correlation, params: VerifyParams):  # noqa: ANN001, ANN201 - numbers or arrays alike
     """Whether a view aligned for real: most matches fit, and the aligned pictures agree nearly as
     much as a copy must (a mirrored copy of a symmetric face can fit half its matches the wrong way
     round, but its blocks then disagree)."""
-    return ratio >= _ALIGNED and correlation >= params.min_block_correlation - _REFINE_REACH
+    return (ratio >= _ALIGNED) & (correlation >= params.min_block_correlation - _REFINE_REACH)
 
 
 def measure_views(a: tuple[Features, Features], b: tuple[Features, Features]) -> list[Verdict]:

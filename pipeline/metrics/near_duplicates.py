@@ -248,15 +248,16 @@ def find_near_duplicates(
 
     position = {content: i for i, content in enumerate(embeddings.content_sha256)}
 
+    def cosine(i: int, j: int) -> float:
+        return float(embeddings.vectors[i].astype(np.float32) @ embeddings.vectors[j].astype(np.float32))
+
     def similarity(a: str, b: str) -> float:
-        return float(embeddings.vectors[position[a]].astype(np.float32) @ embeddings.vectors[position[b]].astype(np.float32))
+        return cosine(position[a], position[b])
 
     found = knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
     by_embedding = {(i, j) for i, j, _ in found}
     by_face = [
-        (i, j, similarity(embeddings.content_sha256[i], embeddings.content_sha256[j]))
-        for i, j in face_window_pairs(embeddings.content_sha256, warehouse, thresholds)
-        if (i, j) not in by_embedding
+        (i, j, cosine(i, j)) for i, j in face_window_pairs(embeddings.content_sha256, warehouse, thresholds) if (i, j) not in by_embedding
     ]
     candidates = [
         (i, j, s) for i, j, s in found + by_face

@@ -35,19 +35,20 @@ def _photo(store: Warehouse, row: pd.Series, thumbnails: bool = True) -> dict[st
     }
 
 
+def _ok_by_row(data: RunData) -> pd.DataFrame:
+    """The run's ok rows by (company, image); a row listed twice counts once, as the first."""
+    return data.images[data.images["status"] == "ok"].drop_duplicates(["company", "image"]).set_index(["company", "image"])
+
+
 def _reuse_rows(store: Warehouse, data: RunData, company: str | None = None) -> list[dict[str, Any]]:
     if data.reuse.empty:
         return []
-    ok = data.images[data.images["status"] == "ok"].set_index(["company", "image"])
+    ok = _ok_by_row(data)
     rows = []
     for pair in data.reuse.itertuples():
         if company is not None and company not in (pair.company_a, pair.company_b):
             continue
         a, b = ok.loc[(pair.company_a, pair.image_a)], ok.loc[(pair.company_b, pair.image_b)]
-        if isinstance(a, pd.DataFrame):
-            a = a.iloc[0]
-        if isinstance(b, pd.DataFrame):
-            b = b.iloc[0]
         rows.append({"a": _photo(store, a), "b": _photo(store, b), "company_a": pair.company_a, "company_b": pair.company_b,
                      "similarity": float(pair.similarity), "kind": pair.kind})  # fmt: skip
     return rows
@@ -62,7 +63,7 @@ def _group_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     they are, and how many of their pairs were verified directly (the rest are implied by the group)."""
     if data.groups.empty:
         return []
-    ok = data.images[data.images["status"] == "ok"].drop_duplicates(["company", "image"]).set_index(["company", "image"])
+    ok = _ok_by_row(data)
     rows = []
     for group_id, members in data.groups.groupby("group_id", sort=True):
         if company is not None and company not in set(members["company"]):
