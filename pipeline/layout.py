@@ -196,6 +196,8 @@ def audit_root(company: str, run_date: str) -> tuple[str, str, str]:
 
 # ------------------------------------------------------------------ reports (under the reports root)
 COMPANY_PAGES = "companies"
+REPORTS_INDEX = "index.html"  # every run's report, listed
+REPORT_SUMMARIES = "*/summary.json"  # one per run report: what the list of runs is made of
 
 
 def report_page(run_date: str) -> str:

@@ -80,6 +80,18 @@ def _trends() -> list[str]:
     return list(TREND_COLUMNS)
 
 
+def _changes() -> list[str]:
+    from pipeline.metrics.trends import CHANGE_COLUMNS
+
+    return list(CHANGE_COLUMNS)
+
+
+def _newly_shared() -> list[str]:
+    from pipeline.metrics.trends import SHARED_COLUMNS
+
+    return list(SHARED_COLUMNS)
+
+
 # Written by the retention app (pipeline/apps/retention.py), which takes its columns from here.
 RETENTION_COLUMNS = ["object", "kind", "last_seen", "age_days", "limit_days", "action"]
 
@@ -244,6 +256,32 @@ TABLES: tuple[Table, ...] = (
         "z": "change / sqrt(se1^2 + se2^2), each se read off a 95% interval as (high - low) / 3.92",
         "significant": "|z| > 1.96",
         "direction": "`more homogeneous`, `less homogeneous`, or empty",
+    }),
+    Table("changes", "changes", "a company of this run: what changed on its page since the previous finished run", _changes, {
+        "company": "as in `images`",
+        "run_date": "this run",
+        "previous_run_date": "the latest finished run before it (empty on the first)",
+        "n_photos": "distinct ok photos on the page now",
+        "n_kept": "of them, also on the page then",
+        "n_replaced": "places on the page (the picture's URL) that show another photo now",
+        "n_added": "new places with a photo not on the page then",
+        "n_removed": "places gone, their photo with them",
+        "n_new_copies": "photos of the page in a `newly_shared` copy pair (either side)",
+        "n_new_faces": "photos new on the page this run in a `newly_shared` face pair",
+        "homogeneity_index": "the index now (empty: too few photos)",
+        "previous_index": "the index then, where the trends table joins the two runs (same embedder and reference)",
+        "change": "index minus previous index",
+        "significant": "as in `trends`",
+        "summary": "the change in words, as the report and `homog trends` say it",
+    }),
+    Table("newly_shared", "changes", "a photo or face two companies show, one of the two photos new on its page since the previous run",
+          _newly_shared, {
+        "company_a": "one company",
+        "image_a": "its row's `image`",
+        "company_b": "the other company",
+        "image_b": "its row's `image`",
+        "kind": "`copy` (the same photograph, as in `reuse`) or `face` (the same person in another photograph, as in `identities`)",
+        "first_seen": "this run's date",
     }),
     Table("retention", "homog retention", "a stored picture checked by the retention purge, and what was done", _retention, {
         "object": "warehouse key of the picture",

@@ -117,6 +117,11 @@ class Warehouse:
         if self.fs.exists(path):
             self.fs.rm(path, recursive=recursive)
 
+    def keys_matching(self, pattern: str) -> list[str]:
+        """The keys under the root that match a glob pattern (`*/summary.json`), relative to the root."""
+        prefix = self.root.rstrip("/") + "/"
+        return sorted(path[len(prefix) :] for path in self.fs.glob(self.path(pattern)) if path.startswith(prefix))
+
     def write_json(self, key: str, payload: dict[str, Any]) -> str:
         return self.write_bytes(key, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 

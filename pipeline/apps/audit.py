@@ -103,6 +103,22 @@ def copy_reusable_caches(
     return copied
 
 
+HISTORY_TABLES = ("companies", "changes")  # what the audit page's history is drawn from
+
+
+def copy_history(main: Warehouse, audit_store: Warehouse, run_date: str) -> int:
+    """Copy the nightly's page tables of the runs before the audit's date into the audit's warehouse,
+    so the audit page shows the company's own history and the population's beside the audited page
+    (the trends join them only where embedder and reference are the audit's); returns the runs copied."""
+    dates = [d for d in main.run_dates("companies") if d < run_date and main.exists(layout.run_record(d))]
+    for date in dates:
+        for table in HISTORY_TABLES:
+            key = layout.table_file(table, date)
+            if main.exists(key):
+                audit_store.write_bytes(key, main.read_bytes(key))
+    return len(dates)
+
+
 def audit(source: str, company: str, settings: Settings, run_date: str | None = None) -> dict[str, Any]:
     """Run the audit; returns the audit page's URI, the population's run date and the run's JSON."""
     from pipeline.context import today
@@ -118,6 +134,7 @@ def audit(source: str, company: str, settings: Settings, run_date: str | None = 
     own, sites_file = _company_source(source, company, audit_settings)
     population, population_date, population_embedder = _population(main, exclude=company)
     choice = resolve_embedder(audit_settings)
+    copy_history(main, Warehouse(audit_settings.warehouse), run_date)
     if population:
         copy_reusable_caches(main, Warehouse(audit_settings.warehouse), settings, population_embedder or "", choice.embedder.id)
         if population_embedder != choice.embedder.id:

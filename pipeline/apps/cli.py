@@ -30,6 +30,11 @@ app.add_typer(models_app, name="models")
 app.add_typer(reference_app, name="reference")
 
 
+def _printable(text: str, width: int) -> str:
+    """Scraped text for the terminal: no escape sequences, at most `width` characters."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:width]
+
+
 def _print_summary(result: RunResult) -> None:
     import pandas as pd
 
@@ -41,8 +46,9 @@ def _print_summary(result: RunResult) -> None:
     companies = pd.read_parquet(result.outputs["companies"]) if result.outputs.get("companies") else pd.DataFrame()
     for row in companies.sort_values("homogeneity_index", ascending=False, na_position="last").itertuples():
         index = f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.status == "ok" else row.status
-        name = "".join(ch if ch.isprintable() else "?" for ch in row.company)[:40]  # scraped: no terminal escapes
-        typer.echo(f"  {name:40s} {row.n_images:4d} photos  homogeneity {index}  near-dup rate {row.near_dup_rate:.2f}")
+        typer.echo(
+            f"  {_printable(row.company, 40):40s} {row.n_images:4d} photos  homogeneity {index}  near-dup rate {row.near_dup_rate:.2f}"
+        )
     for name, path in result.outputs.items():
         if path:
             typer.echo(f"  {name}: {path}")
@@ -202,6 +208,44 @@ def report(
 
 @app.command()
 @os_errors_end_cleanly
+def trends(
+    company: Annotated[Optional[str], typer.Option(help="Only this company.")] = None,
+    since: Annotated[Optional[str], typer.Option(help="Only runs on or after this date, YYYY-MM-DD.")] = None,
+    run_date: Annotated[Optional[str], typer.Option(help="Read the trends as of this run (default: the latest finished run).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line instead of the table.")] = False,
+    warehouse: WarehouseOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Each page's homogeneity index over runs, with its intervals and what changed, as the run report leads with it."""
+    from pipeline.layout import validate_run_date
+    from pipeline.report.data import NoRunError, trends_view
+    from pipeline.warehouse import Warehouse
+
+    try:
+        settings = load_settings(config, warehouse=warehouse)
+        run_date, since = (validate_run_date(d) if d else None for d in (run_date, since))
+        view = trends_view(Warehouse(settings.warehouse), run_date, company, since)
+    except (ConfigError, ValueError, NoRunError) as exc:
+        fail(str(exc))
+    if as_json:
+        for record in json.loads(view.to_json(orient="records")):
+            typer.echo(json.dumps(record))
+        return
+    if view.empty:
+        typer.echo("no run of " + (f"company {company!r}" if company else "any company") + (f" since {since}" if since else ""))
+        return
+    typer.echo(f"{'company':32s} {'run':10s} {'photos':>6s}  {'index [95% CI]':22s} {'change':>7s}  what changed")
+    for row in view.itertuples():
+        index = f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
+        change = f"{row.change:+.3f}" if row.change == row.change else ""
+        flag = "*" if row.significant else " "
+        typer.echo(f"{_printable(row.company, 32):32s} {row.run_date:10s} {row.n_images:6d}  {index:22s} {change:>7s}{flag} "
+                   f"{_printable(row.summary, 200)}")  # fmt: skip
+    typer.echo("* a change larger than the two runs' 95% intervals explain (|z| > 1.96)")
+
+
+@app.command()
+@os_errors_end_cleanly
 def audit(
     source: Annotated[str, typer.Argument(help="The company's team-page URL, or a folder of its photos.")],
     company: Annotated[str, typer.Option(help="Company name (as in sites.yaml, if it is crawled nightly).")],
@@ -278,7 +322,8 @@ def crawl(
 def demo(
     root: Annotated[Path, typer.Option(help="Folder for the demo site and sites.yaml.")] = Path("var/demo"),
     warehouse: Annotated[Path, typer.Option(help="Warehouse root for the demo run.")] = Path("var/demo/warehouse"),
-    run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today).")] = None,
+    run_date: Annotated[Optional[str], typer.Option(help="The last night's run date YYYY-MM-DD (default: today).")] = None,
+    nights: Annotated[int, typer.Option(min=1, help="Nights of the demo's story to run, one DAG run per date, ending on --run-date.")] = 6,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 for the demo site (a free one if taken).")] = 8765,
     as_json: Annotated[bool, typer.Option("--json", help="Print the DAG's task states and run.json as one JSON line.")] = False,
     log_file: Annotated[Optional[Path], typer.Option(help="Write the DAG run's task logs here instead of stdout.")] = None,
@@ -287,7 +332,8 @@ def demo(
     ] = False,
     dags_folder: Annotated[Optional[Path], typer.Option(help="The project's dags/ (default: Airflow's [core] dags_folder).")] = None,
 ) -> None:
-    """Serve the demo website on 127.0.0.1 and run the nightly Airflow DAG over it once (needs $AIRFLOW_HOME migrated)."""
+    """Serve the demo website on 127.0.0.1 and run the nightly Airflow DAG over it night after night while
+    the site changes (needs $AIRFLOW_HOME migrated)."""
     from pipeline.apps.demo.runner import DemoError, run_demo
     from pipeline.context import today
     from pipeline.layout import validate_run_date
@@ -298,15 +344,19 @@ def demo(
     except ValueError as exc:
         fail(str(exc))
     try:
-        outcome = run_demo(root, warehouse, run_date, port, log_file, use_executor, dags_folder)
+        outcome = run_demo(root, warehouse, run_date, port, log_file, use_executor, dags_folder, nights)
     except DemoError as exc:
         fail(str(exc))
     if as_json:
         typer.echo(json.dumps(outcome, default=str))
         return
+    for night in outcome["nights"][:-1]:
+        typer.echo(f"night {night['night']} ({night['run_date']}): nightly DAG run {night['run_id']}: {night['state']}")
     failed = [t for t in outcome["tasks"] if t["state"] != "success"]
+    last = outcome["nights"][-1]
     typer.echo(
-        f"nightly DAG run {outcome['run_id']}: {outcome['state']} ({len(outcome['tasks'])} task instances, {len(failed)} not successful)"
+        f"night {last['night']} ({last['run_date']}): nightly DAG run {outcome['run_id']}: {outcome['state']} "
+        f"({len(outcome['tasks'])} task instances, {len(failed)} not successful)"
     )
     for task in failed:
         typer.echo(f"  {task['task_id']}[{task['map_index']}]: {task['state']}")

@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
+from pipeline import layout
 from pipeline.context import RunContext
 from pipeline.ingest.intake import distinct_ok
 from pipeline.warehouse import Warehouse
@@ -30,6 +31,11 @@ class RunData:
     clusters: pd.DataFrame
     reuse: pd.DataFrame
     trends: pd.DataFrame
+    changes: pd.DataFrame
+    change_history: pd.DataFrame  # the changes rows of every run up to this one
+    newly_shared: pd.DataFrame
+    # Earlier runs whose indexes the trends do not join (another embedder or reference): run_date, embedder, index_reference.
+    not_joined: pd.DataFrame
     crawl_log: pd.DataFrame
     vectors: np.ndarray  # one row per distinct ok picture, in `keys` order
     keys: list[str]
@@ -74,8 +80,29 @@ def load_run(ctx: RunContext) -> RunData:
         trends = trends[trends["embedder"] == embedder_id]  # never mix embedders
     index_reference = str(companies["index_reference"].iloc[0]) if "index_reference" in companies and len(companies) else ""
     return RunData(run_date, embedder_id, ctx.embedder_fallback, images, companies, table("pairs"), table("groups"), table("clusters"),
-                   table("reuse"), trends, table("crawl_log"), vectors, keys,
+                   table("reuse"), trends, table("changes"), _change_history(store, run_date), table("newly_shared"),
+                   _not_joined(store, run_date, embedder_id, index_reference), table("crawl_log"), vectors, keys,
                    _reference_centred(store, embedder_id, vectors, index_reference), index_reference)  # fmt: skip
+
+
+def _change_history(store: Warehouse, run_date: str) -> pd.DataFrame:
+    history = store.read_table("changes")
+    return history[history["run_date"] <= run_date] if len(history) else history
+
+
+def _not_joined(store: Warehouse, run_date: str, embedder_id: str, index_reference: str) -> pd.DataFrame:
+    """The earlier runs measured with another embedder or reference: the report names them instead of drawing a line through them."""
+    runs = []
+    for date in store.run_dates("companies"):
+        if date >= run_date:
+            continue
+        measured = store.read_frame(layout.table_file("companies", date))
+        if {"embedder", "index_reference"} <= set(measured.columns) and len(measured):
+            runs.append(measured[["embedder", "index_reference"]].iloc[:1].assign(run_date=date))
+    if not runs:
+        return pd.DataFrame(columns=["run_date", "embedder", "index_reference"])
+    earlier = pd.concat(runs, ignore_index=True)[["run_date", "embedder", "index_reference"]]
+    return earlier[(earlier["embedder"] != embedder_id) | (earlier["index_reference"] != index_reference)].reset_index(drop=True)
 
 
 # ------------------------------------------------------------------ values as pages show them
@@ -111,3 +138,34 @@ def count(value: object) -> int | None:
 def plot_label(name: str, width: int = 40) -> str:
     # Scraped names may hold control or format characters that fonts cannot draw.
     return "".join(ch if ch.isprintable() else "?" for ch in str(name))[:width]
+
+
+# ------------------------------------------------------------------ the trends table as `homog trends` shows it
+TREND_VIEW_COLUMNS = ["company", "run_date", "n_images", "homogeneity_index", "ci_low", "ci_high", "change", "z", "significant", "summary"]
+
+
+class NoRunError(LookupError):
+    """The warehouse has no finished run to read trends from (the message says which)."""
+
+
+def trends_view(store: Warehouse, run_date: str | None = None, company: str | None = None, since: str | None = None) -> pd.DataFrame:
+    """Every comparable run of every company up to `run_date` (default: the latest finished run),
+    as that run's trends table joins them, with each run's change in words (the `changes` table)."""
+    finished = [date for date in store.run_dates("trends") if store.exists(layout.run_record(date))]
+    if run_date is not None:
+        finished = [date for date in finished if date <= run_date]
+    if not finished:
+        raise NoRunError(f"no finished run{' up to ' + run_date if run_date else ''} with a trends table in {store.uri()}")
+    latest = finished[-1]
+    trends = store.read_table("trends", latest)
+    changes = store.read_table("changes")
+    if len(changes):
+        trends = trends.merge(changes[["company", "run_date", "summary"]], on=["company", "run_date"], how="left")
+    else:
+        trends = trends.assign(summary=None)
+    if company is not None:
+        trends = trends[trends["company"] == company]
+    if since is not None:
+        trends = trends[trends["run_date"] >= since]
+    view = trends.sort_values(["company", "run_date"], ignore_index=True)[TREND_VIEW_COLUMNS]
+    return view.assign(summary=view["summary"].fillna(""), significant=view["significant"].fillna(False).astype(bool))

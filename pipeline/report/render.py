@@ -17,7 +17,16 @@ import pandas as pd
 from pipeline import layout
 from pipeline.context import RunContext
 from pipeline.report.data import RunData, count, finite, label, load_run, thumbnail
-from pipeline.report.plots import forest_plot, population_plot, similarity_histogram, sparkline, trend_plot
+from pipeline.report.plots import (
+    changed_plot,
+    forest_plot,
+    population_over_time,
+    population_plot,
+    similarity_histogram,
+    sparkline,
+    trend_grid,
+    trend_plot,
+)
 from pipeline.report.projection import umap_map
 from pipeline.warehouse import Warehouse
 
@@ -95,6 +104,66 @@ def _change(trends: pd.DataFrame, company: str, run_date: str) -> dict[str, Any]
         return None
     row = now.iloc[0]
     return {"direction": row["direction"], "change": float(row["change"]), "since": row["previous_run_date"]}
+
+
+MAX_NEW_FACE_PAIRS_SHOWN = 12  # the newly_shared table holds them all
+
+
+def _since_previous(store: Warehouse, data: RunData) -> dict[str, Any]:
+    """What changed since the previous run, as the report leads with it: the pages that changed (in
+    words, significant moves first), the ones that did not, and photos and faces newly shared."""
+    changes = data.changes
+    previous = str(changes["previous_run_date"].iloc[0]) if len(changes) else ""
+    if changes.empty or not previous:
+        return {"previous": "", "changed": [], "unchanged": [], "copies": [], "faces": [], "n_faces": 0}
+    moved = changes[["n_replaced", "n_added", "n_removed", "n_new_copies", "n_new_faces"]].sum(axis=1) > 0
+    changed = changes[moved | changes["significant"]].assign(_order=lambda t: -t["change"].abs().fillna(0))
+    changed = changed.sort_values(["significant", "_order", "company"], ascending=[False, True, True])
+    ok = _ok_by_row(data)
+    shared = [{"a": _photo(store, ok.loc[(r.company_a, r.image_a)]), "b": _photo(store, ok.loc[(r.company_b, r.image_b)]),
+               "company_a": r.company_a, "company_b": r.company_b, "kind": r.kind}
+              for r in data.newly_shared.itertuples() if (r.company_a, r.image_a) in ok.index and (r.company_b, r.image_b) in ok.index]  # fmt: skip
+    faces = [pair for pair in shared if pair["kind"] == "face"]
+    return {
+        "previous": previous,
+        "changed": [
+            {
+                "company": r.company,
+                "page": layout.company_page(r.company),
+                "summary": r.summary,
+                "significant": bool(r.significant),
+                "up": bool(r.significant) and float(r.change) > 0,
+            }
+            for r in changed.itertuples()
+        ],  # fmt: skip
+        "unchanged": sorted(changes.loc[~changes.index.isin(changed.index), "company"]),
+        "copies": [pair for pair in shared if pair["kind"] == "copy"],
+        "faces": faces[:MAX_NEW_FACE_PAIRS_SHOWN],
+        "n_faces": len(faces),
+    }
+
+
+def _significant_history(data: RunData) -> list[dict[str, Any]]:
+    """Every significant move of a page's index over the runs the trends join, newest first, in words."""
+    history = data.change_history
+    if history.empty or data.trends.empty:
+        return []
+    joined = set(data.trends["run_date"])
+    moved = history[history["significant"].fillna(False).astype(bool) & history["run_date"].isin(joined)]
+    return [{"run_date": r.run_date, "company": r.company, "summary": r.summary, "up": float(r.change) > 0}
+            for r in moved.sort_values(["run_date", "company"], ascending=[False, True]).itertuples()]  # fmt: skip
+
+
+MAX_HISTORY = 12  # runs told in words on an audit page, newest first (the chart shows them all)
+
+
+def _history(data: RunData, company: str) -> list[dict[str, str]]:
+    """The company's changes run by run, in words, newest first."""
+    history = data.change_history
+    if history.empty:
+        return []
+    mine = history[history["company"] == company].sort_values("run_date", ascending=False).head(MAX_HISTORY)
+    return [{"run_date": r.run_date, "summary": r.summary} for r in mine.itertuples()]
 
 
 def _failures(data: RunData) -> dict[str, Any]:
@@ -232,6 +301,7 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
     map_png, map_note = umap_map(store, data)
     companies = _company_table(data)
     failures = _failures(data)
+    since = _since_previous(store, data)
     index_reference = str(data.companies["index_reference"].iloc[0]) if "index_reference" in data.companies and len(data.companies) else ""
     common = {
         "run_date": data.run_date, "embedder": data.embedder, "embedder_fallback": data.embedder_fallback, "offline": offline,
@@ -245,6 +315,11 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         groups=_group_rows(store, data), n_groups=int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
         signal_columns=[(column, signal) for column, signal, *_ in TEMPLATE_SIGNALS],
+        since=since, significant_history=_significant_history(data), trend_grid=trend_grid(data.trends) if len(data.trends) else None,
+        changed_plot=changed_plot(data.trends) if len(data.trends) else None,
+        population_over_time=population_over_time(data.trends) if len(data.trends) else None,
+        n_runs_joined=int(data.trends["run_date"].nunique()) if len(data.trends) else 1,
+        not_joined=data.not_joined.to_dict("records"),
     ).encode("utf-8"))  # fmt: skip
     for row in data.companies.itertuples(index=False):
         render_audit_page(data, store, reports, pd.Series(row._asdict()), env)
@@ -254,11 +329,29 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         "n_duplicate_groups": int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         "companies": [{k: v for k, v in c.items() if k not in ("spark",)} for c in companies],
         "failures": {"n_failed": failures["n_failed"]},
+        "previous_run_date": since["previous"], "changes": [{k: c[k] for k in ("company", "summary", "significant")} for c in since["changed"]],
+        "n_significant_changes": sum(c["significant"] for c in since["changed"]), "n_newly_shared": len(data.newly_shared) if since["previous"] else 0,
+        "median_index": finite(data.companies.loc[data.companies["status"] == "ok", "homogeneity_index"].median()) if len(data.companies) else None,
     }  # fmt: skip
     summary_uri = reports.write_bytes(
         layout.report_summary(data.run_date), json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
     )
-    return {"report": index_uri, "summary": summary_uri}
+    return {"report": index_uri, "summary": summary_uri, "runs_index": render_runs_index(reports, env)}
+
+
+def render_runs_index(reports: Warehouse, env: Any = None) -> str:
+    """`index.html` at the reports' root: every run with a report, newest first, with its headline figures."""
+    env = env or _environment()
+    runs = []
+    for key in sorted(reports.keys_matching(layout.REPORT_SUMMARIES), reverse=True):
+        try:
+            summary = json.loads(reports.read_bytes(key))
+        except (OSError, ValueError):  # a summary written by hand or cut short: listed as such, not fatal
+            runs.append({"run_date": key.split("/", 1)[0], "broken": True})
+            continue
+        runs.append({**summary, "page": layout.report_page(summary["run_date"]), "broken": False})
+    page = env.get_template("runs_index.html.j2").render(runs=runs, run_date=runs[0]["run_date"] if runs else "", embedder="")
+    return reports.write_bytes(layout.REPORTS_INDEX, page.encode("utf-8"))
 
 
 def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: pd.Series, env: Any = None) -> str:
@@ -301,6 +394,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         groups=_group_rows(store, data, company),
         population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
         histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
+        history=_history(data, company),
         signals=template_signals(row, data.companies), face_share=finite(row.get("face_share")),
         face_repeated=count(row.get("n_face_repeated")), face_shared=count(row.get("n_face_shared")),
         zero_shot=_zero_shot(row),

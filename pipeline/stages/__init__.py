@@ -2,7 +2,7 @@
 
     crawl ─► intake ─► faces ───────────────────────────────┐
                    └─► embed ─► zero_shot ──────────────────┤
-                             └─► index ─► near_duplicates ─► identity ─► pages ─► report
+                             └─► index ─► near_duplicates ─► identity ─► pages ─► changes ─► report
 
 Each `Stage` declares what it reads and writes (run tables by name, and the warehouse areas of
 `pipeline.layout`); which stage waits for which follows from that (`needs`). A stage is a function
@@ -77,7 +77,10 @@ STAGES: tuple[Stage, ...] = (
     # Reads what its page metrics read (pipeline.metrics.pages.PAGE_METRICS; a test holds the two together).
     Stage("pages", measure.pages, reads=("images", "embeddings", "reference", "pairs", "clusters", "faces", "zero_shot", "identities"),
           writes=("reference", "companies", "trends")),
-    Stage("report", measure.report, reads=("images", "embeddings", "companies", "pairs", "clusters", "reuse", "trends", "crawl_log"),
+    # Also reads the previous finished run's images, reuse and identities.
+    Stage("changes", measure.changes, reads=("images", "reuse", "identities", "trends"), writes=("changes", "newly_shared")),
+    Stage("report", measure.report, reads=("images", "embeddings", "companies", "pairs", "clusters", "reuse", "trends", "crawl_log",
+                                           "changes", "newly_shared"),
           writes=("projection", "report")),
 )  # fmt: skip
 BY_NAME = {stage.name: stage for stage in STAGES}

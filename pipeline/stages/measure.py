@@ -1,5 +1,5 @@
 """The stages that measure what intake stored: faces, embed, zero-shot, index, near-duplicates,
-identity, pages (the companies table and trends) and report.
+identity, pages (the companies table and trends), changes (since the previous run) and report.
 
 Each reads what earlier stages stored for the run date, writes its own tables and returns only URIs
 and counts (`{"outputs": ..., "counts": ...}`), so Airflow tasks on different workers can run them.
@@ -184,6 +184,37 @@ def pages(ctx: RunContext) -> dict[str, Any]:
         "outputs": {"companies": warehouse.write_table("companies", ctx.run_date, companies),
                     "trends": warehouse.write_table("trends", ctx.run_date, trends)},
         "counts": {"significant_changes": int(trends.loc[trends["run_date"] == ctx.run_date, "significant"].sum())},
+    }  # fmt: skip
+
+
+def previous_run(ctx: RunContext) -> str:
+    """The latest finished run (one with run.json) before this run's date, or "" where there is none."""
+    from pipeline import layout
+
+    earlier = [date for date in ctx.warehouse.run_dates("images") if date < ctx.run_date]
+    return next((date for date in reversed(earlier) if ctx.warehouse.exists(layout.run_record(date))), "")
+
+
+def changes(ctx: RunContext) -> dict[str, Any]:
+    """What changed since the previous finished run: per company, photos kept, replaced, added and
+    removed, and the index's move in words (`changes`); photos and faces two companies share because
+    a photo is new (`newly_shared`)."""
+    from pipeline.metrics.trends import changes_table, newly_shared_table
+
+    warehouse = ctx.warehouse
+
+    def tables(run_date: str) -> dict[str, pd.DataFrame]:
+        return {name: warehouse.read_table(name, run_date) for name in ("images", "reuse", "identities")}
+
+    before = previous_run(ctx)
+    current, previous = tables(ctx.run_date), tables(before) if before else None
+    shared = newly_shared_table(current, previous, ctx.run_date)
+    table = changes_table(current, previous, before, warehouse.read_table("trends", ctx.run_date), shared, ctx.run_date)
+    return {
+        "outputs": {"changes": warehouse.write_table("changes", ctx.run_date, table),
+                    "newly_shared": warehouse.write_table("newly_shared", ctx.run_date, shared)},
+        "counts": {"pages_changed": int((table[["n_replaced", "n_added", "n_removed"]].sum(axis=1) > 0).sum()) if before else 0,
+                   "newly_shared": len(shared) if before else 0},
     }  # fmt: skip
 
 

@@ -170,10 +170,9 @@ def edited_copy(image: Image.Image) -> Image.Image:
     return image.crop((dx, dy, width - dx, height - dy)).resize((width - 40, int((width - 40) * height / width)))
 
 
-def generate_demo_images(out_dir: Path, seed: int = 7, per_company: int = 12) -> Path:
-    """Write `<out_dir>/<company>/*.jpg` and `<out_dir>/manifest.csv`; returns the manifest path."""
+def demo_pictures(seed: int = 7, per_company: int = 12) -> dict[str, dict[str, bytes]]:
+    """The demo companies' pictures as they are on the first night: company -> file name -> JPEG bytes."""
     rng = np.random.default_rng(seed)
-    out_dir = Path(out_dir)
     files: dict[str, dict[str, bytes]] = {}
 
     def sitter_picture(template: Template) -> Image.Image:
@@ -194,12 +193,26 @@ def generate_demo_images(out_dir: Path, seed: int = 7, per_company: int = 12) ->
     files["copperleaf-consulting"] = copperleaf
 
     files["tiny-startup"] = {f"founder_{i}.jpg": jpeg_bytes(sitter_picture(random_template(rng))) for i in range(2)}
+    return files
 
+
+def write_pictures(out_dir: Path, files: dict[str, dict[str, bytes]]) -> Path:
+    """Write `<out_dir>/<company>/<name>` and `<out_dir>/manifest.csv`; returns the manifest path. A file
+    whose bytes are already there is left alone (its modification time too: a web server serving the
+    folder answers conditional requests for it with 304), and a company's file that is no longer
+    in its list goes away, as a photo taken off a staff page does."""
+    out_dir = Path(out_dir)
     manifest_rows = []
     for company, pictures in files.items():
-        (out_dir / company).mkdir(parents=True, exist_ok=True)
+        folder = out_dir / company
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.jpg"):
+            if stale.name not in pictures:
+                stale.unlink()
         for name, data in sorted(pictures.items()):
-            (out_dir / company / name).write_bytes(data)
+            target = folder / name
+            if not target.is_file() or target.read_bytes() != data:
+                target.write_bytes(data)
             manifest_rows.append({"company": company, "image": f"{company}/{name}"})
     manifest = out_dir / "manifest.csv"
     with manifest.open("w", newline="") as handle:
@@ -210,3 +223,8 @@ def generate_demo_images(out_dir: Path, seed: int = 7, per_company: int = 12) ->
         "Synthetic drawings made by `homog demo-data` for the demo and the tests. They are not photographs of anyone.\n"
     )
     return manifest
+
+
+def generate_demo_images(out_dir: Path, seed: int = 7, per_company: int = 12) -> Path:
+    """Write the first night's demo companies to `<out_dir>/<company>/*.jpg` with `manifest.csv`; returns the manifest path."""
+    return write_pictures(out_dir, demo_pictures(seed, per_company))

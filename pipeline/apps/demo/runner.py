@@ -3,12 +3,15 @@
 The demo site is written under `<root>/site` and served on 127.0.0.1 only for as long as the DAG
 runs; `<root>/sites.yaml` points the crawler at it. The DAG runs in-process through `dag.test()`
 (Airflow's embedded default: the SQLite metadata DB in `$AIRFLOW_HOME`, which `make demo` keeps
-under `var/demo/airflow`). A second demo run replaces the same run date's outputs.
+under `var/demo/airflow`), once per night of the demo's story (`pipeline.apps.demo.story`): one DAG
+run per logical date, the site changing between them. A second demo run replaces the same run
+dates' outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -36,9 +39,15 @@ def configured_dags_folder() -> Path:
 
 
 def run_dag(
-    dag_id: str, conf: dict[str, Any], dags_folder: Path | None = None, use_executor: bool = False, log_file: Path | None = None
+    dag_id: str,
+    conf: dict[str, Any],
+    dags_folder: Path | None = None,
+    use_executor: bool = False,
+    log_file: Path | None = None,
+    logical_date: dt.datetime | None = None,
 ) -> dict[str, Any]:
-    """Run one DAG of the dags folder once with `conf` as its params; returns the states of its tasks.
+    """Run one DAG of the dags folder once with `conf` as its params (for `logical_date`, default now);
+    returns the states of its tasks.
 
     The DAG is loaded from its file (a DagBag), never redefined: executors ship `dag.fileloc` to
     their workers, which load the same file.
@@ -52,11 +61,9 @@ def run_dag(
     if dag_id not in bag.dags:
         raise DemoError(f"no DAG {dag_id} in {dags_folder}: point AIRFLOW__CORE__DAGS_FOLDER (or --dags-folder) at the project's dags/")
     dag = bag.dags[dag_id]
-    if log_file is None:
-        dag_run = dag.test(run_conf=conf, use_executor=use_executor)
-    else:
-        with _stdout_to(Path(log_file)):
-            dag_run = dag.test(run_conf=conf, use_executor=use_executor)
+    when = {"logical_date": logical_date} if logical_date is not None else {}
+    with _stdout_to(Path(log_file)) if log_file is not None else contextlib.nullcontext():
+        dag_run = dag.test(run_conf=conf, use_executor=use_executor, **when)
     results = _return_values(dag_id, dag_run.run_id)
     tasks = [
         {"task_id": ti.task_id, "map_index": ti.map_index, "state": _plain(ti.state), "hostname": ti.hostname,
@@ -105,28 +112,47 @@ def run_demo(
     log_file: Path | None = None,
     use_executor: bool = False,
     dags_folder: Path | None = None,
+    nights: int = 1,
 ) -> dict[str, Any]:
-    """Build and serve the demo site, run the nightly DAG over it; returns the DAG's states and run.json."""
+    """Build and serve the demo site, run the nightly DAG over it for `nights` consecutive run dates
+    ending on `run_date`, the site as it is on that night of the story each time.
+
+    Returns the last night's DAG states and run.json, and `nights`: each night's run date, DAG state
+    and run id. Stops at the first night whose DAG run fails (a later night would compare with a hole)."""
     from pipeline.apps.demo.site import build_demo_site, serve, write_sites_file
     from pipeline.layout import run_record
     from pipeline.warehouse import Warehouse
 
-    root = Path(root).resolve()
-    pages = build_demo_site(root / "site")
+    if nights < 1:
+        raise DemoError(f"--nights must be at least 1, not {nights}")
+    root, warehouse = Path(root).resolve(), Path(warehouse).resolve()
+    last = dt.date.fromisoformat(run_date)
+    dates = [last - dt.timedelta(days=nights - night) for night in range(1, nights + 1)]
+    done: list[dict[str, Any]] = []
     with contextlib.ExitStack() as stack:
         try:
             base = stack.enter_context(serve(root / "site", port))
         except OSError:  # the usual port is taken: a free one (the crawl state is per URL, so this run downloads again)
             logger.warning("port %d on 127.0.0.1 is in use; serving the demo site on a free port", port)
             base = stack.enter_context(serve(root / "site", 0))
-        sites_file = write_sites_file(pages, base, root / "sites.yaml")
-        conf = {
-            "sites_file": str(sites_file),
-            "warehouse": str(Path(warehouse).resolve()),
-            "run_date": run_date,
-            "reports": str(root / "reports"),
-        }
-        outcome = run_dag(NIGHTLY_DAG_ID, conf, dags_folder=dags_folder, log_file=log_file, use_executor=use_executor)
-    store = Warehouse(str(Path(warehouse).resolve()))
-    outcome["run"] = json.loads(store.read_bytes(run_record(run_date))) if store.exists(run_record(run_date)) else None
+        for night, date in enumerate(dates, start=1):
+            pages = build_demo_site(root / "site", night=night)
+            sites_file = write_sites_file(pages, base, root / "sites.yaml")
+            conf = {
+                "sites_file": str(sites_file),
+                "warehouse": str(warehouse),
+                "run_date": date.isoformat(),
+                "reports": str(root / "reports"),
+            }
+            logical = dt.datetime.combine(date, dt.time(2, 0), tzinfo=dt.UTC)  # the DAG's schedule: 02:00 UTC
+            outcome = run_dag(NIGHTLY_DAG_ID, conf, dags_folder=dags_folder, log_file=log_file, use_executor=use_executor,
+                              logical_date=logical)  # fmt: skip
+            done.append({"night": night, "run_date": date.isoformat(), "state": outcome["state"], "run_id": outcome["run_id"]})
+            logger.info("demo night %d of %d (%s): %s", night, nights, date, outcome["state"])
+            if outcome["state"] != "success":
+                break
+    store = Warehouse(str(warehouse))
+    record = run_record(done[-1]["run_date"])
+    outcome["run"] = json.loads(store.read_bytes(record)) if store.exists(record) else None
+    outcome["nights"] = done
     return outcome

@@ -17,6 +17,7 @@ import csv
 import functools
 import http.server
 import threading
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ import numpy as np
 import yaml
 from PIL import Image, ImageDraw
 
-from pipeline.apps.demo.data import generate_demo_images, jpeg_bytes
+from pipeline.apps.demo.data import jpeg_bytes, write_pictures
 
 FIRST_NAMES = [
     "Avery",
@@ -80,16 +81,11 @@ def _env():
     return jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
 
 
-def _people(company: str, files: list[str]) -> list[dict[str, str]]:
-    rng = np.random.default_rng(sum(company.encode()))
-    return [
-        {
-            "file": name,
-            "person": f"{FIRST_NAMES[int(rng.integers(len(FIRST_NAMES)))]} {LAST_NAMES[int(rng.integers(len(LAST_NAMES)))]}",
-            "role": ROLES[int(rng.integers(len(ROLES)))],
-        }
-        for name in files
-    ]
+def _person(company: str, file: str) -> dict[str, str]:
+    """A made-up name and role for a picture, drawn from its file name: the same person every night."""
+    rng = np.random.default_rng(zlib.crc32(f"{company}/{file}".encode()))
+    first, last = FIRST_NAMES[int(rng.integers(len(FIRST_NAMES)))], LAST_NAMES[int(rng.integers(len(LAST_NAMES)))]
+    return {"file": file, "person": f"{first} {last}", "role": ROLES[int(rng.integers(len(ROLES)))]}
 
 
 def _icons(img_dir: Path, companies: list[str]) -> None:
@@ -165,11 +161,14 @@ def _figures(people: list[dict[str, str]], company: str) -> str:
     )
 
 
-def build_demo_site(root: Path, seed: int = 7) -> dict[str, list[str]]:
-    """Write the site under `root`; returns company -> its team page paths (site-relative URLs)."""
+def build_demo_site(root: Path, seed: int = 7, night: int = 1) -> dict[str, list[str]]:
+    """Write the site as it is on `night` of the demo's story (`pipeline.apps.demo.story`) under `root`,
+    over the previous night's; returns company -> its team page paths (site-relative URLs)."""
+    from pipeline.apps.demo.story import night_pictures
+
     root = Path(root)
     img_dir = root / "img"
-    manifest = generate_demo_images(img_dir, seed=seed)
+    manifest = write_pictures(img_dir, night_pictures(night, seed))
     with manifest.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     files: dict[str, list[str]] = {}
@@ -190,9 +189,9 @@ def build_demo_site(root: Path, seed: int = 7) -> dict[str, list[str]]:
         )
 
     for company, names in files.items():
-        people = _people(company, names)
+        people = [_person(company, name) for name in names]
         title = company.replace("-", " ").title()
-        if company == "northwind-legal":
+        if company in ("northwind-legal", "alder-architects"):
             pages[company] = [f"/{company}/team.html"]
             write(company, pages[company][0], title, _cards(people, company))
         elif company == "bluebird-bakery":
