@@ -318,7 +318,7 @@ def test_homog_run_sites_crawls_the_demo_site_end_to_end(tmp_path) -> None:  # n
     gone = log[log["company"] == "gone-company"]
     assert gone[["kind", "status", "reason"]].values.tolist() == [["page", "error", "HTTP 404"]]
     images = pd.read_parquet(summary["outputs"]["images"])
-    assert set(images["company"]) == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup"}
+    assert set(images["company"]) == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup", "alder-architects"}
     assert (images["status"] == "ok").all() and images["image_url"].str.startswith(base).all()
     assert (images["person"] != "").sum() >= len(images) - 2  # names come from the markup
     assert summary["counts"]["cross_company_pairs"] >= 1  # the photo copperleaf shares with northwind

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,7 +98,7 @@ def _free_port() -> int:
 
 
 def _demo(env: dict[str, str], root: Path, port: int, **popen: object) -> subprocess.Popen:
-    command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", str(root / "wh"), "--run-date", RUN_DATE,
+    command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", str(root / "wh"), "--run-date", RUN_DATE, "--nights", "1",
                "--port", str(port), "--json", "--log-file", str(root / "dag.log")]  # fmt: skip
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)  # type: ignore[call-overload]
 
@@ -129,7 +130,7 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     outcome, root, _ = clean_run
     assert outcome["state"] == "success", outcome["tasks"]
     mapped = [t for t in outcome["tasks"] if t["task_id"] == "crawl_and_intake"]
-    assert len(mapped) == 4 and all(t["state"] == "success" for t in mapped)
+    assert len(mapped) == 5 and all(t["state"] == "success" for t in mapped)
     parts = [t for t in outcome["tasks"] if t["task_id"] == "embed_part"]
     assert len(parts) == 2 and all(t["state"] == "success" and t["result"]["counts"]["embedded"] > 0 for t in parts)
     run = outcome["run"]
@@ -139,7 +140,7 @@ def test_nightly_dag_runs_end_to_end_on_the_demo_site(clean_run: tuple[dict, Pat
     assert Path(run["outputs"]["report"]).is_file() and Path(run["outputs"]["summary"]).is_file()
     assert run["counts"]["crawl_kept"] == run["counts"]["rows"] == run["counts"]["ok"] > 30
     companies = pd.read_parquet(run["outputs"]["companies"])
-    assert set(companies["company"]) == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup"}
+    assert set(companies["company"]) == {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup", "alder-architects"}
     assert (root / "wh" / "runs" / f"run_date={RUN_DATE}" / "run.json").is_file()
 
 
@@ -172,7 +173,134 @@ def test_demo_finds_the_dags_where_airflow_does_and_says_so_when_they_are_not_th
     empty = tmp_path / "no-dags"
     empty.mkdir()
     command = [str(BIN / "homog"), "demo", "--root", str(tmp_path / "demo"), "--warehouse", str(tmp_path / "wh"),
-               "--run-date", RUN_DATE, "--port", str(_free_port()), "--dags-folder", str(empty)]  # fmt: skip
+               "--run-date", RUN_DATE, "--nights", "1", "--port", str(_free_port()), "--dags-folder", str(empty)]  # fmt: skip
     done = subprocess.run(command, env=airflow_env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     assert f"no DAG profile_homogenization_nightly in {empty}" in done.stderr
+
+
+STORY_END = "2026-11-21"  # the last night of the story; the first is five days earlier
+
+
+@pytest.fixture(scope="module")
+def story_run(airflow_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """`homog demo` as `make demo` runs it: the story's six nights, one DAG run per logical date, with
+    the offline embedder the demo uses (the story's figures are the classic embedder's)."""
+    root = tmp_path_factory.mktemp("story")
+    env = {key: value for key, value in airflow_env.items() if not key.startswith("HOMOG_")}
+    command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", str(root / "wh"), "--run-date", STORY_END,
+               "--port", str(_free_port()), "--json", "--log-file", str(root / "dag.log")]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), root
+
+
+def test_the_demo_tells_its_story_night_by_night(story_run: tuple[dict, Path]) -> None:
+    import datetime as dt
+
+    from pipeline.apps.demo.story import NIGHTS
+
+    outcome, root = story_run
+    end = dt.date.fromisoformat(STORY_END)
+    dates = [(end - dt.timedelta(days=NIGHTS - night)).isoformat() for night in range(1, NIGHTS + 1)]
+    assert [(n["run_date"], n["state"]) for n in outcome["nights"]] == [(d, "success") for d in dates]
+    assert len({n["run_id"] for n in outcome["nights"]}) == NIGHTS  # one DAG run per night
+    warehouse = root / "wh"
+    trends = pd.read_parquet(warehouse / "tables" / "trends" / f"run_date={STORY_END}" / "part-0.parquet").set_index(
+        ["company", "run_date"]
+    )
+    assert set(trends.index.get_level_values("run_date")) == set(dates)  # every night joined: one embedder, one reference
+
+    def moved(company: str, night: int) -> str:
+        row = trends.loc[(company, dates[night - 1])]
+        return row["direction"] if row["significant"] else ""
+
+    # alder-architects swaps to the generator's photos on night 3 and goes back on night 5.
+    assert [moved("alder-architects", night) for night in range(2, 7)] == ["", "more homogeneous", "", "less homogeneous", ""]
+    # bluebird-bakery, replaced step by step, ends significantly more homogeneous than it started.
+    bluebird = trends.loc["bluebird-bakery"]
+    assert bluebird.loc[dates[-1], "ci_low"] > bluebird.loc[dates[0], "ci_high"]
+    assert any(moved("bluebird-bakery", night) == "more homogeneous" for night in range(2, 7))
+    assert not any(moved("bluebird-bakery", night) == "less homogeneous" for night in range(2, 7))
+    assert all(moved("northwind-legal", night) == "" for night in range(2, 7))
+
+    def changes(night: int) -> pd.DataFrame:
+        return pd.read_parquet(warehouse / "tables" / "changes" / f"run_date={dates[night - 1]}" / "part-0.parquet").set_index("company")
+
+    def new_copies(night: int) -> set[frozenset]:
+        shared = pd.read_parquet(warehouse / "tables" / "newly_shared" / f"run_date={dates[night - 1]}" / "part-0.parquet")
+        copies = shared[shared["kind"] == "copy"]
+        return {frozenset((a, b)) for a, b in zip(copies["company_a"], copies["company_b"])}
+
+    # tiny-startup's re-post of copperleaf-consulting's photo is new cross-company reuse on night 4, not before or after.
+    assert [frozenset(("tiny-startup", "copperleaf-consulting")) in new_copies(night) for night in range(2, 7)] == [
+        False, False, True, False, False]  # fmt: skip
+    assert changes(4).loc["tiny-startup", "n_new_copies"] == 1 and changes(4).loc["copperleaf-consulting", "n_new_copies"] == 1
+    assert [changes(night).loc["copperleaf-consulting", "n_added"] for night in range(2, 7)] == [0, 3, 0, 2, 0]
+    assert [changes(night).loc["bluebird-bakery", "n_replaced"] for night in range(2, 7)] == [3, 3, 3, 3, 0]
+    assert changes(3).loc["alder-architects", "summary"].startswith("10 of 10 photos replaced")
+    assert changes(3).loc["alder-architects", "summary"].endswith("a significant rise")
+    assert set(changes(6)["summary"].str.split(";").str[0]) == {"no photo changed"}
+    assert changes(1)["summary"].str.startswith("first run").all()
+
+    # The reports: every run listed, each run's report leading with its change, charts and audit histories present.
+    reports = root / "reports"
+    listing = (reports / "index.html").read_text()
+    assert all(f'href="{date}/index.html"' in listing for date in dates)
+    night3 = (reports / dates[2] / "index.html").read_text()
+    assert night3.index(f"Since the previous run ({dates[1]})") < night3.index("Pages ranked by homogeneity")
+    assert 'alder-architects</a>: <span class="flag up">10 of 10 photos replaced' in night3
+    last = (reports / STORY_END / "index.html").read_text()
+    for alt in ("homogeneity index over runs of the pages that changed significantly", "homogeneity index over runs, one small chart per page",
+                "distribution of the pages' homogeneity index per run"):  # fmt: skip
+        assert f'alt="{alt}"' in last
+    assert f"{NIGHTS} runs joined" in last and "No page changed" in last
+    night4 = (reports / dates[3] / "index.html").read_text()
+    assert "Photos newly copied across companies" in night4
+    audit = next((reports / STORY_END / "companies").glob("bluebird-bakery*.html")).read_text()
+    assert "beside the median and middle half of every page" in audit and "a significant rise" in audit
+
+
+def test_homog_trends_prints_the_story(story_run: tuple[dict, Path]) -> None:
+    _, root = story_run
+    command = [str(BIN / "homog"), "trends", "--warehouse", str(root / "wh"), "--company", "alder-architects"]
+    table = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert len([line for line in lines if line.startswith("alder-architects")]) == 6
+    assert sum("*" in line and "a significant" in line for line in lines) == 2  # the rise and the fall
+    as_json = subprocess.run([*command, "--json", "--since", STORY_END], capture_output=True, text=True, timeout=120)
+    records = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert [(r["company"], r["run_date"]) for r in records] == [("alder-architects", STORY_END)]
+    assert records[0]["summary"].startswith("no photo changed")
+    missing = subprocess.run(
+        [str(BIN / "homog"), "trends", "--warehouse", str(root / "nowhere")], capture_output=True, text=True, timeout=120
+    )
+    assert missing.returncode == 2 and "no finished run" in missing.stderr
+    bad = subprocess.run([*command, "--since", "last tuesday"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "last tuesday" in bad.stderr
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by `make test`")
+def test_the_story_reports_are_script_free_and_self_contained(story_run: tuple[dict, Path]) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_report import watch
+
+    _, root = story_run
+    reports = root / "reports"
+    pages = [reports / "index.html", reports / STORY_END / "index.html", *sorted((reports / STORY_END / "companies").glob("*.html"))]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=["--headless", "--no-sandbox"])
+        try:
+            for page_path in pages:
+                page = browser.new_page()
+                problems = watch(page)
+                page.goto(page_path.as_uri())
+                page.wait_for_load_state("load")
+                assert problems == [] and page.evaluate("document.scripts.length") == 0, (page_path.name, problems)
+                images = page.evaluate("Array.from(document.images).map(i => i.complete && i.naturalWidth > 0)")
+                assert all(images), page_path.name
+                page.close()
+        finally:
+            browser.close()

@@ -329,8 +329,10 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         "n_duplicate_groups": int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         "companies": [{k: v for k, v in c.items() if k not in ("spark",)} for c in companies],
         "failures": {"n_failed": failures["n_failed"]},
-        "previous_run_date": since["previous"], "changes": [{k: c[k] for k in ("company", "summary", "significant")} for c in since["changed"]],
-        "n_significant_changes": sum(c["significant"] for c in since["changed"]), "n_newly_shared": len(data.newly_shared) if since["previous"] else 0,
+        "previous_run_date": since["previous"],
+        "changes": [{k: c[k] for k in ("company", "summary", "significant", "up")} for c in since["changed"]],
+        "n_significant_changes": sum(c["significant"] for c in since["changed"]),
+        "n_new_copies": len(since["copies"]), "n_new_faces": since["n_faces"],
         "median_index": finite(data.companies.loc[data.companies["status"] == "ok", "homogeneity_index"].median()) if len(data.companies) else None,
     }  # fmt: skip
     summary_uri = reports.write_bytes(

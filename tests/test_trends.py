@@ -1,0 +1,174 @@
+"""Change over time: the demo's story night by night, what changed on a page since the previous run
+(kept, replaced, added, removed photos; newly shared photos and faces; the index's move in words),
+and the trends view that `homog trends` prints."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.apps.demo import story
+from pipeline.metrics.trends import CHANGE_COLUMNS, SHARED_COLUMNS, changes_table, newly_shared_table
+
+PREVIOUS, NOW = "2026-11-27", "2026-11-28"
+
+
+# ------------------------------------------------------------------ the demo's story
+def _digests(files: dict[str, dict[str, bytes]]) -> dict[str, dict[str, str]]:
+    return {company: {name: hashlib.sha256(data).hexdigest() for name, data in pictures.items()} for company, pictures in files.items()}
+
+
+@pytest.fixture(scope="module")
+def nights() -> dict[int, dict[str, dict[str, str]]]:
+    return {night: _digests(story.night_pictures(night)) for night in range(1, story.NIGHTS + 1)}
+
+
+def test_the_story_is_the_same_every_time_and_keeps_the_bytes_of_photos_that_stay(nights: dict) -> None:
+    assert _digests(story.night_pictures(3)) == nights[3]
+    northwind = {night: files["northwind-legal"] for night, files in nights.items()}
+    assert all(northwind[night] == northwind[1] for night in nights)  # already templated: never changes
+    assert nights[6] == nights[5]  # the quiet night
+    with pytest.raises(ValueError, match="counted from 1"):
+        story.night_pictures(0)
+
+
+def test_each_night_changes_what_the_story_says(nights: dict) -> None:
+    def changed(company: str, night: int) -> set[str]:
+        before, after = nights[night - 1][company], nights[night][company]
+        return {name for name in after if before.get(name) != after[name]}
+
+    assert [len(changed("bluebird-bakery", night)) for night in range(2, 7)] == [3, 3, 3, 3, 0]
+    assert len(nights[6]["bluebird-bakery"]) == 12  # the same people, every photo now the generator's
+    assert [len(changed("alder-architects", night)) for night in range(2, 7)] == [0, 10, 0, 10, 0]
+    assert nights[5]["alder-architects"] == nights[1]["alder-architects"]  # it went back to its own photos
+    assert [len(nights[night]["copperleaf-consulting"]) for night in range(1, 7)] == [12, 12, 15, 15, 17, 17]
+    assert [("founder_2.jpg" in nights[night]["tiny-startup"]) for night in range(1, 7)] == [False] * 3 + [True] * 3
+    told = {(event.night, event.company) for event in story.events()}
+    assert told == {(2, "bluebird-bakery"), (3, "bluebird-bakery"), (4, "bluebird-bakery"), (5, "bluebird-bakery"),
+                    (3, "alder-architects"), (5, "alder-architects"), (3, "copperleaf-consulting"), (5, "copperleaf-consulting"),
+                    (4, "tiny-startup")}  # fmt: skip
+
+
+def test_the_site_follows_the_story_and_leaves_unchanged_files_alone(tmp_path) -> None:  # noqa: ANN001
+    from pipeline.apps.demo.site import build_demo_site
+
+    site = tmp_path / "site"
+    build_demo_site(site, night=4)
+    kept = site / "img" / "northwind-legal" / "staff_03.jpg"
+    replaced = site / "img" / "bluebird-bakery" / "team_09.jpg"
+    stamps = {path: path.stat().st_mtime_ns for path in (kept, replaced)}
+    pages = build_demo_site(site, night=5)
+    assert kept.stat().st_mtime_ns == stamps[kept]  # a server answers 304 for it
+    assert replaced.stat().st_mtime_ns != stamps[replaced]
+    assert (site / "img" / "tiny-startup" / "founder_2.jpg").is_file()
+    build_demo_site(site, night=1)
+    assert not (site / "img" / "tiny-startup" / "founder_2.jpg").exists()  # taken off the page: gone from the site
+    assert "alder-architects" in pages and (site / pages["alder-architects"][0].lstrip("/")).is_file()
+
+
+# ------------------------------------------------------------------ what changed since the previous run
+def _images(rows: list[tuple[str, str, str]], status: str = "ok") -> pd.DataFrame:
+    """(company, URL on the page, content) -> an images table as intake writes it."""
+    return pd.DataFrame(
+        [
+            {"company": c, "image": f"raw/{content}.jpg", "image_url": url, "content_sha256": content, "status": status}
+            for c, url, content in rows
+        ]
+    )
+
+
+def _run(images: pd.DataFrame, reuse: pd.DataFrame | None = None, identities: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    empty = pd.DataFrame(columns=["image_a", "image_b", "company_a", "company_b"])
+    return {"images": images, "reuse": empty if reuse is None else reuse, "identities": empty if identities is None else identities}
+
+
+def _pair(a: tuple[str, str], b: tuple[str, str]) -> dict[str, str]:
+    return {"company_a": a[0], "image_a": f"raw/{a[1]}.jpg", "company_b": b[0], "image_b": f"raw/{b[1]}.jpg"}
+
+
+def _trend(company: str, index: float, previous: float | None, significant: bool, previous_run: str = PREVIOUS) -> dict:
+    return {"company": company, "run_date": NOW, "homogeneity_index": index, "previous_index": np.nan if previous is None else previous,
+            "change": np.nan if previous is None else index - previous, "significant": significant,
+            "previous_run_date": previous_run if previous is not None else None}  # fmt: skip
+
+
+def test_kept_replaced_added_removed_are_told_apart() -> None:
+    before = _images([("acme", "u/1", "c1"), ("acme", "u/2", "c2"), ("acme", "u/3", "c3"), ("acme", "u/4", "c4")])
+    now = _images(
+        [
+            ("acme", "u/1", "c1"),  # kept
+            ("acme", "u/2", "c2-new"),  # replaced: same place, another photo
+            ("acme", "u/moved", "c3"),  # moved on the page: the same photo, kept
+            ("acme", "u/5", "c5"),  # added
+        ]
+    )  # fmt: skip  (u/4 removed)
+    trends = pd.DataFrame([_trend("acme", 0.62, 0.31, True)])
+    table = changes_table(_run(now), _run(before), PREVIOUS, trends, newly_shared_table(_run(now), _run(before), NOW), NOW)
+    assert list(table.columns) == CHANGE_COLUMNS
+    row = table.iloc[0]
+    assert (row.n_photos, row.n_kept, row.n_replaced, row.n_added, row.n_removed) == (4, 2, 1, 1, 1)
+    assert row.summary == "1 of 4 photos replaced, 1 photo added, 1 photo removed; index 0.31 to 0.62, a significant rise"
+
+
+@pytest.mark.parametrize(
+    ("trend", "words"),
+    [
+        (_trend("acme", 0.40, 0.38, False), "no photo changed; index 0.38 to 0.40, within its intervals"),
+        (_trend("acme", 0.40, 0.40, False), "no photo changed; index 0.40, unchanged"),
+        (_trend("acme", 0.20, 0.60, True), "no photo changed; index 0.60 to 0.20, a significant fall"),
+        (_trend("acme", 0.40, None, False), "no photo changed; index 0.40, none comparable the run before"),
+        # joined with an older run (the one before was measured otherwise): not this night's move
+        (_trend("acme", 0.40, 0.10, True, previous_run="2026-11-01"), "no photo changed; index 0.40, none comparable the run before"),
+        (None, "no photo changed; too few photos for an index"),
+    ],
+)
+def test_the_index_move_in_words(trend: dict | None, words: str) -> None:
+    images = _images([("acme", "u/1", "c1"), ("acme", "u/2", "c2")])
+    trends = pd.DataFrame([trend]) if trend else pd.DataFrame(columns=["company", "run_date"])
+    table = changes_table(_run(images), _run(images), PREVIOUS, trends, newly_shared_table(_run(images), _run(images), NOW), NOW)
+    assert table.iloc[0].summary == words
+
+
+def test_the_first_run_has_nothing_to_compare_with_and_an_empty_run_no_rows() -> None:
+    images = _images([("acme", "u/1", "c1"), ("acme", "u/2", "c2")])
+    first = changes_table(
+        _run(images), None, "", pd.DataFrame([_trend("acme", 0.4, None, False)]), pd.DataFrame(columns=SHARED_COLUMNS), NOW
+    )
+    assert first.iloc[0].previous_run_date == "" and first.iloc[0].summary == "first run: 2 photos"
+    empty = changes_table(_run(_images([])), _run(images), PREVIOUS, pd.DataFrame(), pd.DataFrame(columns=SHARED_COLUMNS), NOW)
+    assert empty.empty and list(empty.columns) == CHANGE_COLUMNS
+
+
+def test_refused_rows_are_not_photos_of_the_page() -> None:
+    before = _images([("acme", "u/1", "c1")])
+    now = pd.concat([_images([("acme", "u/1", "c1")]), _images([("acme", "u/2", "broken")], status="error")], ignore_index=True)
+    row = changes_table(_run(now), _run(before), PREVIOUS, pd.DataFrame(), pd.DataFrame(columns=SHARED_COLUMNS), NOW).iloc[0]
+    assert (row.n_photos, row.n_added, row.n_kept) == (1, 0, 1)
+
+
+def test_sharing_is_new_only_where_one_of_the_photos_is_new() -> None:
+    before = _images([("acme", "u/1", "a1"), ("acme", "u/2", "a2"), ("beta", "v/1", "b1")])
+    now = _images([("acme", "u/1", "a1"), ("acme", "u/2", "a2"), ("beta", "v/1", "b1"), ("beta", "v/2", "b2")])
+    reuse = pd.DataFrame([_pair(("acme", "a1"), ("beta", "b2"))])  # beta's new photo is a copy of acme's
+    # Two faces matched among photos both pages already showed (the matcher's neighbours moved): not new.
+    # A face of beta's new photo matched on acme's page: new.
+    faces = pd.DataFrame([_pair(("acme", "a2"), ("beta", "b1")), _pair(("acme", "a2"), ("beta", "b2"))])
+    same_page = pd.DataFrame([_pair(("beta", "b1"), ("beta", "b2"))])
+    current, previous = _run(now, reuse, pd.concat([faces, same_page])), _run(before)
+    shared = newly_shared_table(current, previous, NOW)
+    assert list(shared.columns) == SHARED_COLUMNS
+    assert sorted(map(tuple, shared[["image_a", "image_b", "kind"]].values)) == [
+        ("raw/a1.jpg", "raw/b2.jpg", "copy"), ("raw/a2.jpg", "raw/b2.jpg", "face")]  # fmt: skip
+    assert set(shared["first_seen"]) == {NOW}
+    table = changes_table(current, previous, PREVIOUS, pd.DataFrame(), shared, NOW).set_index("company")
+    # A copy concerns both pages; a face only the page whose photo is new.
+    assert (table.loc["acme", "n_new_copies"], table.loc["acme", "n_new_faces"]) == (1, 0)
+    assert (table.loc["beta", "n_new_copies"], table.loc["beta", "n_new_faces"]) == (1, 1)
+    assert "1 photo newly copied across companies" in table.loc["acme", "summary"]
+    # Nothing new the night after: the same pairs among the same photos.
+    assert newly_shared_table(current, current, "2026-11-29").empty
+    # No previous run: every pair across companies is new.
+    assert len(newly_shared_table(current, None, NOW)) == 3
