@@ -26,7 +26,7 @@ from pipeline.stages import STAGES
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUN_DATE = "2026-11-28"
-CONTRACT_TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log", "faces")
+CONTRACT_TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "changes", "newly_shared", "crawl_log", "faces")
 HEAVY_MODULES = (
     "torch",
     "open_clip",

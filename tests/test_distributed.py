@@ -31,7 +31,7 @@ pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RUN_DATE = "2026-11-28"
-TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "crawl_log", "faces")
+TABLES = ("images", "pairs", "companies", "clusters", "reuse", "trends", "changes", "newly_shared", "crawl_log", "faces")
 
 
 def _free_port() -> int:
@@ -166,7 +166,7 @@ def _airflow_env(services: Services, db: str, broker: str) -> dict[str, str]:
 
 def _demo(env: dict[str, str], root: Path, port: int) -> dict:
     command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", str(root / "wh"), "--run-date", RUN_DATE,
-               "--port", str(port), "--json", "--use-executor", "--log-file", str(root / "dag.log")]  # fmt: skip
+               "--nights", "1", "--port", str(port), "--json", "--use-executor", "--log-file", str(root / "dag.log")]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -206,7 +206,7 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
 
     assert celery["state"] == "success", celery["tasks"]
     mapped = [task for task in celery["tasks"] if task["task_id"] == "crawl_and_intake"]
-    assert len(mapped) == 4 and all(task["state"] == "success" for task in mapped)
+    assert len(mapped) == 5 and all(task["state"] == "success" for task in mapped)
     assert {task["result"]["worker"] for task in mapped} == {"worker-1", "worker-2"}
     parts = [task for task in celery["tasks"] if task["task_id"] == "embed_part"]
     assert len(parts) == 2 and all(task["state"] == "success" for task in parts)

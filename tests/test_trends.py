@@ -172,3 +172,48 @@ def test_sharing_is_new_only_where_one_of_the_photos_is_new() -> None:
     assert newly_shared_table(current, current, "2026-11-29").empty
     # No previous run: every pair across companies is new.
     assert len(newly_shared_table(current, None, NOW)) == 3
+
+
+# ------------------------------------------------------------------ history in the warehouse: the list of runs, the audit's copy
+@pytest.mark.parametrize("root", ["local", "memory"])
+def test_the_runs_index_lists_every_report_and_says_which_summary_is_broken(root: str, tmp_path) -> None:  # noqa: ANN001
+    import json
+    import uuid
+
+    from pipeline.report.render import render_runs_index
+    from pipeline.warehouse import Warehouse
+
+    reports = Warehouse(str(tmp_path / "reports") if root == "local" else f"memory://reports-{uuid.uuid4().hex}")
+    for date, significant in (
+        ("2026-11-27", []),
+        ("2026-11-28", [{"company": "acme <b>", "summary": "s", "significant": True, "up": True}]),
+    ):
+        summary = {"run_date": date, "embedder": "classic-v1", "companies": [{}, {}], "n_ok": 9, "n_rows": 10, "near_dup_rate": 0.1,
+                   "n_cross_company_pairs": 1, "n_new_copies": 1, "n_new_faces": 0, "median_index": 0.4, "changes": significant}  # fmt: skip
+        reports.write_bytes(f"{date}/summary.json", json.dumps(summary).encode())
+    reports.write_bytes("2026-11-29/summary.json", b"{cut short")
+    reports.write_bytes("2026-11-26/notes.json", b"{}")  # not a summary: not listed
+    assert reports.keys_matching("*/summary.json") == [f"2026-11-{day}/summary.json" for day in (27, 28, 29)]
+    render_runs_index(reports)
+    page = reports.read_bytes("index.html").decode()
+    assert page.index("2026-11-29") < page.index("2026-11-28") < page.index("2026-11-27")  # newest first
+    assert "its summary.json cannot be read" in page
+    assert 'href="2026-11-28/index.html"' in page and "acme &lt;b&gt; (rise)" in page  # scraped names are escaped
+    assert "2026-11-26" not in page
+
+
+def test_an_audit_copies_the_history_of_finished_runs_before_its_date(tmp_path) -> None:  # noqa: ANN001
+    from pipeline import layout
+    from pipeline.apps.audit import copy_history
+    from pipeline.warehouse import Warehouse
+
+    nightly, audit = Warehouse(str(tmp_path / "nightly")), Warehouse(str(tmp_path / "audit"))
+    frame = pd.DataFrame({"company": ["acme"], "homogeneity_index": [0.4]})
+    for date in ("2026-11-25", "2026-11-26", "2026-11-27", "2026-11-28"):
+        nightly.write_table("companies", date, frame)
+        nightly.write_table("changes", date, frame)
+        if date != "2026-11-26":  # killed half-way: no run.json
+            nightly.write_json(layout.run_record(date), {"run_date": date})
+    assert copy_history(nightly, audit, "2026-11-28") == 2  # the audit's own date is its own
+    assert audit.run_dates("companies") == ["2026-11-25", "2026-11-27"] and audit.run_dates("changes") == ["2026-11-25", "2026-11-27"]
+    assert copy_history(Warehouse(str(tmp_path / "empty")), audit, "2026-11-28") == 0
