@@ -192,12 +192,17 @@ def test_the_runs_index_lists_every_report_and_says_which_summary_is_broken(root
                    "n_cross_company_pairs": 1, "n_new_copies": 1, "n_new_faces": 0, "median_index": 0.4, "changes": significant}  # fmt: skip
         reports.write_bytes(f"{date}/summary.json", json.dumps(summary).encode())
     reports.write_bytes("2026-11-29/summary.json", b"{cut short")
+    reports.write_bytes(
+        "2026-11-24/summary.json", json.dumps({"run_date": "2026-11-24", "embedder": "classic-v1"}).encode()
+    )  # older, fewer fields
+    reports.write_bytes("2026-11-23/summary.json", b'["not", "a", "summary"]')
     reports.write_bytes("2026-11-26/notes.json", b"{}")  # not a summary: not listed
-    assert reports.keys_matching("*/summary.json") == [f"2026-11-{day}/summary.json" for day in (27, 28, 29)]
+    assert reports.keys_matching("*/summary.json") == [f"2026-11-{day}/summary.json" for day in (23, 24, 27, 28, 29)]
     render_runs_index(reports)
     page = reports.read_bytes("index.html").decode()
-    assert page.index("2026-11-29") < page.index("2026-11-28") < page.index("2026-11-27")  # newest first
-    assert "its summary.json cannot be read" in page
+    assert page.index("2026-11-29") < page.index("2026-11-28") < page.index("2026-11-27") < page.index("2026-11-24")  # newest first
+    assert page.count("its summary.json cannot be read") == 2  # the one cut short and the one that is not a summary
+    assert 'href="2026-11-24/index.html"' in page  # an older summary without the newer figures is still listed
     assert 'href="2026-11-28/index.html"' in page and "acme &lt;b&gt; (rise)" in page  # scraped names are escaped
     assert "2026-11-26" not in page
 
@@ -217,3 +222,28 @@ def test_an_audit_copies_the_history_of_finished_runs_before_its_date(tmp_path) 
     assert copy_history(nightly, audit, "2026-11-28") == 2  # the audit's own date is its own
     assert audit.run_dates("companies") == ["2026-11-25", "2026-11-27"] and audit.run_dates("changes") == ["2026-11-25", "2026-11-27"]
     assert copy_history(Warehouse(str(tmp_path / "empty")), audit, "2026-11-28") == 0
+
+
+def test_runs_measured_with_another_embedder_or_reference_are_named_not_joined(tmp_path) -> None:  # noqa: ANN001
+    from pipeline.metrics.trends import trends_table
+    from pipeline.report.data import _not_joined
+    from pipeline.warehouse import Warehouse
+
+    store = Warehouse(str(tmp_path / "wh"))
+
+    def page(index: float, embedder: str, reference: str) -> pd.DataFrame:
+        return pd.DataFrame([{"company": "acme", "n_images": 12, "homogeneity_index": index, "ci_low": index - 0.05, "ci_high": index + 0.05,
+                              "near_dup_rate": 0.0, "embedder": embedder, "index_reference": reference, "status": "ok"}])  # fmt: skip
+
+    store.write_table("companies", "2026-11-25", page(0.30, "clip-ViT-B-32", "400@aaaa"))
+    store.write_table("companies", "2026-11-26", page(0.31, "classic-v1", "184@old"))
+    store.write_table("companies", "2026-11-27", page(0.32, "classic-v1", "184@new"))
+    now = page(0.70, "classic-v1", "184@new")
+    trends = trends_table(store.read_table("companies"), now, "2026-11-28")
+    assert list(trends["run_date"]) == ["2026-11-27", "2026-11-28"]  # no line through other scales
+    assert bool(trends.iloc[-1]["significant"]) and trends.iloc[-1]["previous_run_date"] == "2026-11-27"
+    named = _not_joined(store, "2026-11-28", "classic-v1", "184@new")
+    assert named.to_dict("records") == [
+        {"run_date": "2026-11-25", "embedder": "clip-ViT-B-32", "index_reference": "400@aaaa"},
+        {"run_date": "2026-11-26", "embedder": "classic-v1", "index_reference": "184@old"},
+    ]

@@ -341,6 +341,22 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
     return {"report": index_uri, "summary": summary_uri, "runs_index": render_runs_index(reports, env)}
 
 
+def _run_listing(key: str, summary: Any) -> dict[str, Any]:
+    """One run of the runs index from its summary.json, which an older version may have written with
+    fewer fields: what is missing is shown empty, never fatal."""
+    if not isinstance(summary, dict) or not isinstance(summary.get("run_date"), str):
+        return {"run_date": key.split("/", 1)[0], "broken": True}
+    changes = summary.get("changes") if isinstance(summary.get("changes"), list) else []
+    return {
+        "run_date": summary["run_date"], "page": layout.report_page(summary["run_date"]), "broken": False,
+        "embedder": summary.get("embedder", ""), "n_pages": len(summary.get("companies") or []),
+        "n_ok": summary.get("n_ok"), "n_rows": summary.get("n_rows"), "median_index": finite(summary.get("median_index")),
+        "near_dup_rate": finite(summary.get("near_dup_rate")), "n_cross_company_pairs": summary.get("n_cross_company_pairs"),
+        "n_new_copies": summary.get("n_new_copies"), "n_new_faces": summary.get("n_new_faces"),
+        "moved": [{"company": str(c.get("company", "")), "up": bool(c.get("up"))} for c in changes if isinstance(c, dict) and c.get("significant")],
+    }  # fmt: skip
+
+
 def render_runs_index(reports: Warehouse, env: Any = None) -> str:
     """`index.html` at the reports' root: every run with a report, newest first, with its headline figures."""
     env = env or _environment()
@@ -348,11 +364,10 @@ def render_runs_index(reports: Warehouse, env: Any = None) -> str:
     for key in sorted(reports.keys_matching(layout.REPORT_SUMMARIES), reverse=True):
         try:
             summary = json.loads(reports.read_bytes(key))
-        except (OSError, ValueError):  # a summary written by hand or cut short: listed as such, not fatal
-            runs.append({"run_date": key.split("/", 1)[0], "broken": True})
-            continue
-        runs.append({**summary, "page": layout.report_page(summary["run_date"]), "broken": False})
-    page = env.get_template("runs_index.html.j2").render(runs=runs, run_date=runs[0]["run_date"] if runs else "", embedder="")
+        except (OSError, ValueError):  # a summary cut short or written by hand: listed as such
+            summary = None
+        runs.append(_run_listing(key, summary))
+    page = env.get_template("runs_index.html.j2").render(runs=runs)
     return reports.write_bytes(layout.REPORTS_INDEX, page.encode("utf-8"))
 
 
