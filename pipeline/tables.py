@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -293,3 +297,33 @@ TABLES: tuple[Table, ...] = (
     }),
 )  # fmt: skip
 BY_NAME = {table.name: table for table in TABLES}
+
+
+def read_dataset(
+    warehouse: str, table: str, columns: list[str] | None = None, filters: list[tuple[str, str, object]] | None = None
+) -> pd.DataFrame:
+    """Every run of `table` as one frame, `run_date` a column read off the Hive partition folders,
+    locally or on any fsspec store (s3://...): what analysts query the warehouse with.
+
+    `columns` selects columns (run_date is always added); `filters` are pandas-style
+    `[("run_date", ">=", "2026-11-01"), ...]`, applied by pyarrow before anything is read. Partitions
+    written by different versions of the pipeline may hold different columns: the schemas are unified,
+    and a column a partition lacks reads as null there."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    import pyarrow.parquet as pq
+
+    from pipeline import layout
+    from pipeline.warehouse import Warehouse
+
+    store = Warehouse(warehouse)
+    folder = store.path(layout.tables_folder(table))
+    if not store.fs.exists(folder):
+        raise FileNotFoundError(f"no table {table!r} in {store.uri()} (no folder {folder})")
+    partitioning = ds.partitioning(pa.schema([("run_date", pa.string())]), flavor="hive")
+    found = ds.dataset(folder, format="parquet", partitioning=partitioning, filesystem=store.fs)
+    schema = pa.unify_schemas([fragment.physical_schema for fragment in found.get_fragments()] + [partitioning.schema])
+    dataset = ds.dataset(folder, format="parquet", partitioning=partitioning, filesystem=store.fs, schema=schema)
+    selected = None if columns is None else [c for c in columns if c != "run_date"] + ["run_date"]
+    expression = pq.filters_to_expression(filters) if filters else None
+    return dataset.to_table(columns=selected, filter=expression).to_pandas()

@@ -111,6 +111,29 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A real S3-compatible server on 127.0.0.1 for the whole session (tests/s3_server.py); each test
+    takes a bucket of its own with `s3.bucket()`."""
+    from tests.s3_server import S3Server
+
+    with S3Server(tmp_path_factory.mktemp("s3")).running() as server:
+        yield server
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
+def warehouse_root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One warehouse root of each kind the project supports: a local folder, fsspec's in-memory
+    filesystem, and a bucket on the S3 server."""
+    import uuid
+
+    if request.param == "local":
+        return str(tmp_path / "wh")
+    if request.param == "memory":
+        return f"memory://wh-{uuid.uuid4().hex}"
+    return request.getfixturevalue("s3").bucket() + "/wh"
+
+
 # What the suite must leave as it found it: the checkout (it may be read-only) and the shared corpus.
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 NOT_OURS = {".venv", ".git", "__pycache__", ".pytest_cache", ".ruff_cache", "var"}

@@ -73,15 +73,25 @@ def test_stale_temp_files_are_swept_fresh_ones_kept(tmp_path: Path) -> None:
     assert not stale.exists() and fresh.exists()
 
 
-def test_non_local_warehouse_root() -> None:
-    warehouse = Warehouse("memory://wh-test")
+def test_every_kind_of_warehouse_root(warehouse_root: str) -> None:
+    warehouse = Warehouse(warehouse_root)
     uri = warehouse.write_table("images", "2026-01-01", pd.DataFrame({"company": ["a"]}))
-    assert uri.startswith("memory://") and uri.endswith("wh-test/tables/images/run_date=2026-01-01/part-0.parquet")
+    assert uri.endswith(warehouse_root.split("://")[-1] + "/tables/images/run_date=2026-01-01/part-0.parquet")
+    assert uri.split("://")[0] == warehouse_root.split("://")[0] if "://" in warehouse_root else "://" not in uri
     with fsspec.open(uri, "rb") as handle:  # the URI handed to other tools opens as it is
         assert list(pd.read_parquet(handle)["company"]) == ["a"]
     assert list(warehouse.read_table("images")["company"]) == ["a"]
     warehouse.write_json("runs/run_date=2026-01-01/run.json", {"ok": True})
     assert warehouse.read_json("runs/run_date=2026-01-01/run.json") == {"ok": True}
+    warehouse.write_table("images", "2026-01-02", pd.DataFrame({"company": ["b"]}))
+    warehouse.write_table("images", "2026-01-01", pd.DataFrame({"company": ["z"]}))  # a rerun replaces its partition
+    assert warehouse.run_dates("images") == ["2026-01-01", "2026-01-02"]
+    assert list(zip(*warehouse.read_table("images")[["run_date", "company"]].T.values)) == [("2026-01-01", "z"), ("2026-01-02", "b")]
+    assert warehouse.put_object("objects/raw/ab/ab.jpg", b"first") and not warehouse.put_object("objects/raw/ab/ab.jpg", b"second")
+    assert warehouse.read_bytes("objects/raw/ab/ab.jpg") == b"first"
+    assert warehouse.keys_matching("runs/*/run.json") == ["runs/run_date=2026-01-01/run.json"]
+    warehouse.remove("tables/images/run_date=2026-01-02", recursive=True)
+    assert warehouse.run_dates("images") == ["2026-01-01"]
 
 
 def test_cache_shards_copy_between_warehouses_once(tmp_path: Path) -> None:
@@ -96,9 +106,8 @@ def test_cache_shards_copy_between_warehouses_once(tmp_path: Path) -> None:
     assert target.copy_shards(source, "cache/absent") == 0
 
 
-@pytest.mark.parametrize("root", ["local", "memory://wh-exclusive"])
-def test_exclusive_create_lets_exactly_one_writer_in(root: str, tmp_path: Path) -> None:
-    warehouse = Warehouse(str(tmp_path / "wh") if root == "local" else root)
+def test_exclusive_create_lets_exactly_one_writer_in(warehouse_root: str) -> None:
+    warehouse = Warehouse(warehouse_root)
     assert warehouse.create_exclusive("runs/run_date=2026-01-01/lease.json", b"first")
     assert not warehouse.create_exclusive("runs/run_date=2026-01-01/lease.json", b"second")
     assert warehouse.read_bytes("runs/run_date=2026-01-01/lease.json") == b"first"
