@@ -133,3 +133,28 @@ def test_retention_purges_expired_pictures_from_the_bucket(bucket_runs: dict) ->
     code, out, err = homog("retention", "--warehouse", bucket_runs["warehouse"], "--today", "2031-01-01")
     assert code == 0 and "deleted" in out, err
     assert store.keys_matching("objects/raw/*/*") == []
+
+
+def test_the_s3_server_is_stopped_when_the_tests_are_interrupted(tmp_path: Path) -> None:
+    """SIGTERM (what a CI timeout sends) to a test process with the S3 server up: the server goes too."""
+    import signal
+    import socket
+
+    root = Path(__file__).resolve().parents[1]
+    script = (
+        f"import sys, time\nsys.path.insert(0, {str(root)!r})\nfrom pathlib import Path\nfrom tests.s3_server import S3Server\n"
+        f"with S3Server(Path({str(tmp_path)!r})).running() as server:\n"
+        "    print(server.port, server.process.pid, flush=True)\n"
+        "    time.sleep(600)\n"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        port, server_pid = (int(value) for value in process.stdout.readline().split())
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0, "the S3 server still listens"
+    assert subprocess.run(["ps", "-p", str(server_pid)], capture_output=True).returncode != 0, "the S3 server process is still there"
