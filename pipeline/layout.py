@@ -47,6 +47,7 @@ from typing import Literal
 ObjectKind = Literal["raw", "thumbs"]
 TMP_DIR = ".tmp"
 AUDIT_SITES_FILE = "audit-sites.yaml"
+DEMO_SITES_FILE = "demo-sites.yaml"  # `homog demo` on a remote warehouse: where every worker reads the sites file
 
 
 def validate_run_date(run_date: str | dt.date) -> str:

@@ -1,8 +1,13 @@
-"""Beyond one worker: the nightly DAG through the CeleryExecutor, on PostgreSQL and Redis.
+"""Beyond one machine: the nightly DAG through the CeleryExecutor, two workers that share nothing
+but PostgreSQL, Redis and an S3 bucket.
 
-Run by `make test-distributed` (which installs Debian's postgresql and redis-server and the
-`distributed` extra), not by `make test`. Everything it starts listens on 127.0.0.1 only and is
-stopped at the end; the test then checks that no process and no port is left behind.
+Each worker has a private scratch directory (its working directory, TMPDIR, HOME and AIRFLOW_HOME,
+with its own logs); the warehouse, the reports and the sites file are on a bucket of a real
+S3-compatible server (moto's, tests/s3_server.py); the embedding tasks go to their own Celery queue,
+which only one worker serves (as a GPU pool would). Run by `make test-distributed` (which installs
+Debian's postgresql and redis-server and the `distributed` extra), not by `make test`. Everything it
+starts listens on 127.0.0.1 only and is stopped at the end; the test then checks that no process and
+no port is left behind.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from pipeline.warehouse import Warehouse
 
 pytestmark = pytest.mark.distributed
 
@@ -116,9 +123,9 @@ class Services:
             signal.signal(signal.SIGTERM, previous)
             self.stop()
 
-    def spawn(self, command: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    def spawn(self, command: list[str], name: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.Popen:
         log = open(self.base / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
 
@@ -164,26 +171,40 @@ def _airflow_env(services: Services, db: str, broker: str) -> dict[str, str]:
     }
 
 
-def _demo(env: dict[str, str], root: Path, port: int) -> dict:
-    command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", str(root / "wh"), "--run-date", RUN_DATE,
+def _demo(env: dict[str, str], root: Path, port: int, warehouse: str, reports: str) -> dict:
+    command = [str(BIN / "homog"), "demo", "--root", str(root), "--warehouse", warehouse, "--reports", reports, "--run-date", RUN_DATE,
                "--nights", "1", "--port", str(port), "--json", "--use-executor", "--log-file", str(root / "dag.log")]  # fmt: skip
     out = subprocess.run(command, env=env, capture_output=True, text=True, timeout=420)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _tables(warehouse: Path) -> dict[str, pd.DataFrame]:
+def _tables(root: str) -> dict[str, pd.DataFrame]:
+    """The run's tables, wherever the warehouse is, with its root spelled W (it differs between the two runs)."""
+    import re
+
+    from pipeline.warehouse import Warehouse
+
+    store = Warehouse(root)
+    roots = "|".join(re.escape(spelling) for spelling in sorted({store.uri(), store.root}, key=len, reverse=True))
     tables = {}
     for table in TABLES:
-        frame = pd.read_parquet(warehouse / "tables" / table / f"run_date={RUN_DATE}" / "part-0.parquet")
-        frame = frame.drop(columns=[c for c in ("source_fingerprint",) if c in frame]).replace(str(warehouse), "W", regex=True)
+        frame = store.read_table(table, RUN_DATE)
+        assert len(frame.columns), f"no {table} table in {root}"
+        frame = frame.drop(columns=[c for c in ("source_fingerprint",) if c in frame]).replace(roots, "W", regex=True)
         tables[table] = frame.sort_values(list(frame.columns[:3])).reset_index(drop=True)
     return tables
 
 
+WORKERS = {"worker-1": "default,embedding", "worker-2": "default"}  # only worker-1 serves the embedding queue
+
+
 def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) -> None:
-    with Services(tmp_path).running() as services:
-        env = _airflow_env(services, services.start_postgres(), services.start_redis())
+    from tests.s3_server import S3Server
+
+    with Services(tmp_path).running() as services, S3Server(tmp_path).running() as s3:
+        # Built after the S3 server is up: the credentials and its endpoint are in the environment.
+        env = {**_airflow_env(services, services.start_postgres(), services.start_redis()), "HOMOG_EMBED_QUEUE": "embedding"}
         subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True, capture_output=True, timeout=300)
         for pool, slots in (("crawler", "4"), ("embedding", "2")):
             subprocess.run([str(BIN / "airflow"), "pools", "set", pool, slots, pool], env=env, check=True, capture_output=True, timeout=120)
@@ -197,12 +218,24 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
             ),
             "api-server",
         )
-        for name in ("worker-1", "worker-2"):  # one host, so they are told apart by name and by HOMOG_WORKER_ID
-            services.spawn([str(BIN / "airflow"), "celery", "worker", "--skip-serve-logs", "--concurrency", "1",
-                            "--celery-hostname", f"{name}@127.0.0.1", "--without-gossip"], name, {**env, "HOMOG_WORKER_ID": name})  # fmt: skip
+        for name, queues in WORKERS.items():
+            scratch = tmp_path / name  # everything the worker keeps locally, and nothing the other one sees
+            (scratch / "tmp").mkdir(parents=True)
+            private = {
+                "HOMOG_WORKER_ID": name,
+                "AIRFLOW_HOME": str(scratch / "airflow"),
+                "TMPDIR": str(scratch / "tmp"),
+                "HOME": str(scratch),
+            }
+            services.spawn([str(BIN / "airflow"), "celery", "worker", "--skip-serve-logs", "--concurrency", "1", "--queues", queues,
+                            "--celery-hostname", f"{name}@127.0.0.1", "--without-gossip"], name, {**env, **private}, cwd=scratch)  # fmt: skip
         site_port = _free_port()
-        celery = _demo(env, tmp_path / "celery", site_port)
-        local = _demo({**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}, tmp_path / "local", site_port)
+        bucket = s3.bucket()
+        celery = _demo(env, tmp_path / "celery", site_port, f"{bucket}/warehouse", f"{bucket}/reports")
+        local_env = {**env, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor"}
+        local = _demo(local_env, tmp_path / "local", site_port, str(tmp_path / "local" / "wh"), str(tmp_path / "local" / "reports"))
+        distributed_tables = _tables(f"{bucket}/warehouse")
+        reports_on_bucket = Warehouse(f"{bucket}/reports").keys_matching(f"{RUN_DATE}/*")
 
     assert celery["state"] == "success", celery["tasks"]
     mapped = [task for task in celery["tasks"] if task["task_id"] == "crawl_and_intake"]
@@ -210,15 +243,19 @@ def test_nightly_dag_on_two_celery_workers_equals_a_local_run(tmp_path: Path) ->
     assert {task["result"]["worker"] for task in mapped} == {"worker-1", "worker-2"}
     parts = [task for task in celery["tasks"] if task["task_id"] == "embed_part"]
     assert len(parts) == 2 and all(task["state"] == "success" for task in parts)
+    assert {task["result"]["worker"] for task in parts} == {"worker-1"}  # the embedding queue's only worker
     assert sum(task["result"]["counts"]["embedded"] for task in parts) == celery["run"]["counts"]["distinct_images"]
+    assert celery["run"]["outputs"]["images"].startswith(f"{bucket}/warehouse/")
+    assert {f"{RUN_DATE}/index.html", f"{RUN_DATE}/summary.json"} <= set(reports_on_bucket)
+    assert not (tmp_path / "celery" / "wh").exists()  # nothing of the distributed run on a local disk
     assert local["state"] == "success"
-    clean, distributed = _tables(tmp_path / "local" / "wh"), _tables(tmp_path / "celery" / "wh")
+    clean = _tables(str(tmp_path / "local" / "wh"))
     for table in TABLES:
-        pd.testing.assert_frame_equal(clean[table], distributed[table], check_like=True, obj=table)
+        pd.testing.assert_frame_equal(clean[table], distributed_tables[table], check_like=True, obj=table)
 
-    for name, port in services.ports.items():
+    for name, port in {**services.ports, "s3": s3.port}.items():
         assert not _listening(port), f"{name} still listens on {port}"
-    assert all(process.poll() is not None for process in services.processes)
+    assert all(process.poll() is not None for process in services.processes) and s3.process.poll() is not None
     leftovers = subprocess.run(["pgrep", "-f", str(tmp_path)], capture_output=True, text=True).stdout.split()
     assert leftovers == [], leftovers
 

@@ -13,7 +13,6 @@ report stage with the population as its comparison.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -36,10 +35,9 @@ def _company_source(source: str, company: str, settings: Settings) -> tuple[list
     from pipeline.ingest.sources import SourceError, scan_company_folder
 
     if source.startswith(("http://", "https://")):
-        sites_file = Path(Warehouse(settings.warehouse).path(layout.AUDIT_SITES_FILE))
-        sites_file.parent.mkdir(parents=True, exist_ok=True)
-        sites_file.write_text(yaml.safe_dump({"companies": [{"name": company, "urls": [source]}]}))
-        return [], str(sites_file)
+        store = Warehouse(settings.warehouse)
+        store.write_bytes(layout.AUDIT_SITES_FILE, yaml.safe_dump({"companies": [{"name": company, "urls": [source]}]}).encode())
+        return [], store.uri(layout.AUDIT_SITES_FILE)
     try:
         return scan_company_folder(source, company), ""
     except SourceError as exc:

@@ -321,7 +321,10 @@ def crawl(
 @os_errors_end_cleanly
 def demo(
     root: Annotated[Path, typer.Option(help="Folder for the demo site and sites.yaml.")] = Path("var/demo"),
-    warehouse: Annotated[Path, typer.Option(help="Warehouse root for the demo run.")] = Path("var/demo/warehouse"),
+    warehouse: Annotated[str, typer.Option(help="Warehouse root for the demo run (a path or an fsspec URL such as s3://...).")] = (
+        "var/demo/warehouse"
+    ),
+    reports: Annotated[Optional[str], typer.Option(help="Reports root (default: <root>/reports; a path or an fsspec URL).")] = None,
     run_date: Annotated[Optional[str], typer.Option(help="The last night's run date YYYY-MM-DD (default: today).")] = None,
     nights: Annotated[int, typer.Option(min=1, help="Nights of the demo's story to run, one DAG run per date, ending on --run-date.")] = 6,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1 for the demo site (a free one if taken).")] = 8765,
@@ -344,7 +347,7 @@ def demo(
     except ValueError as exc:
         fail(str(exc))
     try:
-        outcome = run_demo(root, warehouse, run_date, port, log_file, use_executor, dags_folder, nights)
+        outcome = run_demo(root, warehouse, run_date, port, log_file, use_executor, dags_folder, nights, reports)
     except DemoError as exc:
         fail(str(exc))
     if as_json:

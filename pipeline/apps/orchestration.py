@@ -64,7 +64,9 @@ def plan_run(params: dict[str, Any], logical_date: dt.datetime | None, dag_id: s
     from pipeline.lease import take_lease
     from pipeline.stages import begin_run
 
-    sites_file = str(Path(params.get("sites_file") or os.environ.get("HOMOG_SITES", "sites.yaml")).resolve())
+    sites_file = str(params.get("sites_file") or os.environ.get("HOMOG_SITES", "sites.yaml"))
+    if "://" not in sites_file:  # a local path is resolved where the plan runs; a URL is read by every worker as it is
+        sites_file = str(Path(sites_file).resolve())
     when = params.get("run_date") or (logical_date or dt.datetime.now(dt.UTC)).date().isoformat()
     sites = load_sites(sites_file)
     settings = settings_for(params)

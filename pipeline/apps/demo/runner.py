@@ -104,28 +104,37 @@ def _plain(state: object) -> str:
     return str(getattr(state, "value", state))
 
 
+def _location(where: str | Path) -> str:
+    """A local path made absolute (tasks may run in another directory), or an fsspec URL as it is."""
+    return str(where) if "://" in str(where) else str(Path(where).resolve())
+
+
 def run_demo(
     root: Path,
-    warehouse: Path,
+    warehouse: str | Path,
     run_date: str,
     port: int = 8765,
     log_file: Path | None = None,
     use_executor: bool = False,
     dags_folder: Path | None = None,
     nights: int = 1,
+    reports: str | Path | None = None,
 ) -> dict[str, Any]:
     """Build and serve the demo site, run the nightly DAG over it for `nights` consecutive run dates
     ending on `run_date`, the site as it is on that night of the story each time.
 
     Returns the last night's DAG states and run.json, and `nights`: each night's run date, DAG state
-    and run id. Stops at the first night whose DAG run fails (a later night would compare with a hole)."""
+    and run id. Stops at the first night whose DAG run fails (a later night would compare with a hole).
+    With a remote warehouse the sites file goes into it, so that workers without a shared disk read it."""
+    from pipeline import layout
     from pipeline.apps.demo.site import build_demo_site, serve, write_sites_file
-    from pipeline.layout import run_record
     from pipeline.warehouse import Warehouse
 
     if nights < 1:
         raise DemoError(f"--nights must be at least 1, not {nights}")
-    root, warehouse = Path(root).resolve(), Path(warehouse).resolve()
+    root, warehouse = Path(root).resolve(), _location(warehouse)
+    reports = _location(reports if reports is not None else root / "reports")
+    store = Warehouse(warehouse)
     last = dt.date.fromisoformat(run_date)
     dates = [last - dt.timedelta(days=nights - night) for night in range(1, nights + 1)]
     done: list[dict[str, Any]] = []
@@ -137,13 +146,11 @@ def run_demo(
             base = stack.enter_context(serve(root / "site", 0))
         for night, date in enumerate(dates, start=1):
             pages = build_demo_site(root / "site", night=night)
-            sites_file = write_sites_file(pages, base, root / "sites.yaml")
-            conf = {
-                "sites_file": str(sites_file),
-                "warehouse": str(warehouse),
-                "run_date": date.isoformat(),
-                "reports": str(root / "reports"),
-            }
+            sites_file = str(write_sites_file(pages, base, root / "sites.yaml"))
+            if not store.is_local:
+                store.write_bytes(layout.DEMO_SITES_FILE, (root / "sites.yaml").read_bytes())
+                sites_file = store.uri(layout.DEMO_SITES_FILE)
+            conf = {"sites_file": sites_file, "warehouse": warehouse, "run_date": date.isoformat(), "reports": reports}
             logical = dt.datetime.combine(date, dt.time(2, 0), tzinfo=dt.UTC)  # the DAG's schedule: 02:00 UTC
             outcome = run_dag(NIGHTLY_DAG_ID, conf, dags_folder=dags_folder, log_file=log_file, use_executor=use_executor,
                               logical_date=logical)  # fmt: skip
@@ -151,8 +158,7 @@ def run_demo(
             logger.info("demo night %d of %d (%s): %s", night, nights, date, outcome["state"])
             if outcome["state"] != "success":
                 break
-    store = Warehouse(str(warehouse))
-    record = run_record(done[-1]["run_date"])
+    record = layout.run_record(done[-1]["run_date"])
     outcome["run"] = json.loads(store.read_bytes(record)) if store.exists(record) else None
     outcome["nights"] = done
     return outcome

@@ -51,9 +51,14 @@ class SitesFile(BaseModel):
 
 
 def load_sites(path: str | Path) -> SitesFile:
-    path = Path(path)
+    """Read and validate a sites file: a local path or any fsspec URL (a worker of a nightly without a
+    shared disk reads it from the object store)."""
+    import fsspec
+
+    path = str(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with fsspec.open(path, "r", encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
     except FileNotFoundError:
         raise SitesError(f"sites file not found: {path}") from None
     except yaml.YAMLError as exc:
