@@ -158,3 +158,30 @@ def test_the_s3_server_is_stopped_when_the_tests_are_interrupted(tmp_path: Path)
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", port)) != 0, "the S3 server still listens"
     assert subprocess.run(["ps", "-p", str(server_pid)], capture_output=True).returncode != 0, "the S3 server process is still there"
+
+
+def test_a_run_that_dies_midway_on_the_bucket_takes_its_finished_mark_away(s3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import pipeline.features.index
+    from pipeline.config import load_settings
+    from pipeline.ingest.sources import read_manifest
+    from pipeline.lease import read_lease
+    from pipeline.stages import run_pipeline
+
+    manifest = generate_demo_images(tmp_path / "demo", per_company=3)
+    warehouse = s3.bucket() + "/warehouse"
+    settings = load_settings(warehouse=warehouse, reports=str(tmp_path / "reports"), embedder="classic")
+    run_pipeline(read_manifest(str(manifest)), settings, run_date=FIRST, progress=False)
+    store = Warehouse(warehouse)
+    assert store.exists(f"runs/run_date={FIRST}/run.json")
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("killed half-way")
+
+    monkeypatch.setattr(pipeline.features.index, "build_index", dies)
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        run_pipeline(read_manifest(str(manifest)), settings, run_date=FIRST, progress=False)
+    assert not store.exists(f"runs/run_date={FIRST}/run.json")  # its tables are half new: no mark vouches for them
+    assert read_lease(store, FIRST) is None  # a failed run leaves no lease either
+    monkeypatch.undo()
+    run_pipeline(read_manifest(str(manifest)), settings, run_date=FIRST, progress=False)
+    assert store.exists(f"runs/run_date={FIRST}/run.json")
