@@ -15,9 +15,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
 
-CONFIG_ENV_VAR = "HOMOG_CONFIG"
+from pipeline.choices import EmbedderChoice
 
-EmbedderChoice = Literal["auto", "clip", "classic"]
+CONFIG_ENV_VAR = "HOMOG_CONFIG"
 
 
 class _Section(BaseModel):

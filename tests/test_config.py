@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +78,19 @@ def test_invalid_settings_name_the_field_and_its_env_var(tmp_path: Path, yaml_te
 def test_missing_config_file_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "nope.yaml")
+
+
+def test_the_command_line_starts_without_loading_anything_heavy() -> None:
+    """`homog --help` (and every command's start) imports the CLI modules only: the settings (pydantic),
+    pandas, numpy and the models are imported by the commands that use them."""
+    probe = (
+        "import sys, json\nfrom typer.testing import CliRunner\nfrom pipeline.apps.cli import app\n"
+        "out = CliRunner().invoke(app, ['--help'])\n"
+        "heavy = ['pandas', 'numpy', 'pydantic', 'pyarrow', 'fsspec', 'torch', 'open_clip', 'umap', 'numba', 'cv2', 'faiss']\n"
+        "print(json.dumps({'code': out.exit_code, 'loaded': [m for m in heavy if m in sys.modules], 'help': out.stdout}))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["code"] == 0 and "trends" in result["help"] and "demo" in result["help"]
+    assert result["loaded"] == []

@@ -10,8 +10,7 @@ import typer
 
 from pipeline.apps.cli_common import ConfigOption, WarehouseOption, fail, os_errors_end_cleanly, setup_logging
 from pipeline.apps.cli_models import models_app, reference_app
-from pipeline.config import ConfigError, EmbedderChoice, load_settings
-from pipeline.ingest.sources import SourceError, read_manifest, scan_folder
+from pipeline.choices import EmbedderChoice
 
 if TYPE_CHECKING:
     from pipeline.stages import RunResult
@@ -77,9 +76,11 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ingest a manifest, a folder or crawled team pages into the warehouse and compute the run's tables."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.context import today
     from pipeline.features.embedders.clip import UnknownModel, WeightsNotFound
     from pipeline.ingest.crawl import SitesError, load_sites, with_site_overrides
+    from pipeline.ingest.sources import SourceError, read_manifest, scan_folder
     from pipeline.layout import validate_run_date
     from pipeline.lease import LeaseHeld
     from pipeline.stages import run_pipeline
@@ -114,6 +115,7 @@ app.add_typer(lease_app, name="lease")
 
 def _lease_target(config: Path | None, warehouse: str | None, run_date: str) -> tuple[Warehouse, str]:
     """The warehouse and validated run date a `homog lease` command is about (exit 2 on bad input)."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.layout import validate_run_date
     from pipeline.warehouse import Warehouse
 
@@ -163,6 +165,7 @@ def retention(
 ) -> None:
     """Purge originals and thumbnails not seen by any run for longer than the configured retention."""
     from pipeline.apps.retention import purge_expired
+    from pipeline.config import ConfigError, load_settings
     from pipeline.context import today as current_date
     from pipeline.warehouse import Warehouse
 
@@ -188,6 +191,7 @@ def report(
     config: ConfigOption = None,
 ) -> None:
     """Regenerate a run's HTML report, audit pages and summary.json from the warehouse (no metric is recomputed)."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.context import RunContext
     from pipeline.layout import run_record, validate_run_date
     from pipeline.report.render import render_report
@@ -217,6 +221,7 @@ def trends(
     config: ConfigOption = None,
 ) -> None:
     """Each page's homogeneity index over runs, with its intervals and what changed, as the run report leads with it."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.layout import validate_run_date
     from pipeline.report.data import NoRunError, trends_view
     from pipeline.warehouse import Warehouse
@@ -257,7 +262,9 @@ def audit(
     """One-off brand audit of a page or folder against the latest nightly population; prints the page's path."""
     from pipeline.apps.audit import AuditError
     from pipeline.apps.audit import audit as run_audit
+    from pipeline.config import ConfigError, load_settings
     from pipeline.ingest.crawl import SitesError
+    from pipeline.ingest.sources import SourceError
     from pipeline.lease import LeaseHeld
 
     setup_logging(False)
@@ -291,6 +298,7 @@ def crawl(
     """Crawl team pages politely into the warehouse and write a manifest for `homog run --manifest`."""
     import pandas as pd
 
+    from pipeline.config import ConfigError, load_settings
     from pipeline.context import RunContext, today
     from pipeline.ingest.crawl import SitesError, load_sites, log_csv, log_path_for, with_site_overrides
     from pipeline.layout import crawl_manifest, validate_run_date
@@ -394,6 +402,8 @@ def demo_data(
 def show_config(config: ConfigOption = None) -> None:
     """Print the effective settings (defaults, YAML file and HOMOG_* env vars merged) as YAML."""
     import yaml
+
+    from pipeline.config import ConfigError, load_settings
 
     try:
         settings = load_settings(config)

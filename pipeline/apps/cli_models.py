@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from pipeline.apps.cli_common import ConfigOption, fail, os_errors_end_cleanly, setup_logging
-from pipeline.config import ConfigError, EmbedderChoice, load_settings
-from pipeline.ingest.sources import SourceError
+from pipeline.choices import EmbedderChoice
 
 models_app = typer.Typer(help="CLIP weights: fetch them on a connected machine, list what this machine has.", no_args_is_help=True)
 
@@ -22,6 +21,7 @@ def models_pull(
     config: ConfigOption = None,
 ) -> None:
     """Download CLIP weights into the Hugging Face cache (needs access to the Hub)."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.features.embedders.clip import ClipEmbedder, UnknownModel, WeightsNotFound
 
     setup_logging(False)
@@ -45,6 +45,7 @@ def models_list(
     config: ConfigOption = None,
 ) -> None:
     """Show which open_clip model/tag weights this machine has (HF cache, ~/.cache/clip, clip.checkpoint)."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.features.embedders.clip import find_local_weights, known_pretrained
 
     try:
@@ -86,9 +87,11 @@ def reference_fit(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Fit the embedder's index reference on chosen headshots; later runs measure against it."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.features.embed import resolve_embedder
     from pipeline.features.embedders.clip import UnknownModel, WeightsNotFound
     from pipeline.features.reference import ReferenceError, fit_from_folders, save_reference, to_bytes
+    from pipeline.ingest.sources import SourceError
     from pipeline.layout import reference_file as reference_key
     from pipeline.warehouse import Warehouse
 
@@ -124,6 +127,7 @@ def reference_show(
     config: ConfigOption = None,
 ) -> None:
     """Which reference the next run's index will be measured against."""
+    from pipeline.config import ConfigError, load_settings
     from pipeline.features.embed import resolve_embedder
     from pipeline.features.reference import ReferenceError, stored_reference
     from pipeline.warehouse import Warehouse
