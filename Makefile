@@ -10,9 +10,12 @@ DEMO := var/demo
 
 # Where pip is configured with local wheel folders, extra indexes and a constraints file (as on this
 # project's machines), uv gets the very same ones: the same packages in ~20 s instead of ~4 min.
-# Where uv is unavailable or fails, plain pip installs the same thing.
+# Where uv is unavailable or fails, plain pip installs the same thing. Both write the installed
+# packages' bytecode (uv only when asked): where PYTHONDONTWRITEBYTECODE is set, as on these
+# machines, nothing is cached at import time, and every process would compile pandas, Airflow and
+# the rest from source again (`import pandas` 1.8 s instead of 0.5 s; `homog --help` 0.4 s instead of 0.1 s).
 pip_cfg = $(shell $(PYTHON) -m pip config get global.$(1) 2>/dev/null)
-UV_ARGS := --index-strategy unsafe-best-match \
+UV_ARGS := --index-strategy unsafe-best-match --compile-bytecode \
 	$(foreach d,$(call pip_cfg,find-links),--find-links $(d)) \
 	$(foreach u,$(call pip_cfg,extra-index-url),--extra-index-url $(u)) \
 	$(foreach c,$(call pip_cfg,constraint),--constraint $(c))

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from pipeline.apps.cli_common import ConfigOption, WarehouseOption, fail, os_errors_end_cleanly, setup_logging
+from pipeline.apps.cli_common import ConfigOption, WarehouseOption, command_group, fail, os_errors_end_cleanly, setup_logging
 from pipeline.apps.cli_models import models_app, reference_app
 from pipeline.choices import EmbedderChoice
 
@@ -16,14 +16,10 @@ if TYPE_CHECKING:
     from pipeline.stages import RunResult
     from pipeline.warehouse import Warehouse
 
-app = typer.Typer(
-    help=(
-        "Profile homogenization analytics: measure how indistinguishable companies' staff headshots "
-        "are becoming (near-duplicates, style clusters, a homogeneity index, cross-company reuse, trends)."
-    ),
-    no_args_is_help=True,
+app = command_group(
+    "Profile homogenization analytics: measure how indistinguishable companies' staff headshots "
+    "are becoming (near-duplicates, style clusters, a homogeneity index, cross-company reuse, trends).",
     add_completion=False,
-    pretty_exceptions_enable=False,
 )
 app.add_typer(models_app, name="models")
 app.add_typer(reference_app, name="reference")
@@ -109,7 +105,7 @@ def run(
         _print_summary(result)
 
 
-lease_app = typer.Typer(help="Who is writing a run date: show or clear a run's lease.", no_args_is_help=True)
+lease_app = command_group("Who is writing a run date: show or clear a run's lease.")
 app.add_typer(lease_app, name="lease")
 
 

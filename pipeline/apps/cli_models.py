@@ -7,10 +7,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from pipeline.apps.cli_common import ConfigOption, fail, os_errors_end_cleanly, setup_logging
+from pipeline.apps.cli_common import ConfigOption, command_group, fail, os_errors_end_cleanly, setup_logging
 from pipeline.choices import EmbedderChoice
 
-models_app = typer.Typer(help="CLIP weights: fetch them on a connected machine, list what this machine has.", no_args_is_help=True)
+models_app = command_group("CLIP weights: fetch them on a connected machine, list what this machine has.")
 
 
 @models_app.command("pull")
@@ -65,10 +65,7 @@ def models_list(
         typer.echo("no open_clip weights in the caches of this machine (see `homog models pull`)", err=True)
 
 
-reference_app = typer.Typer(
-    help="The index reference of an embedder: the mean of diverse headshots, taken out before the homogeneity index.",
-    no_args_is_help=True,
-)
+reference_app = command_group("The index reference of an embedder: the mean of diverse headshots, taken out before the homogeneity index.")
 
 
 @reference_app.command("fit")

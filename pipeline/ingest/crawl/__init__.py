@@ -12,11 +12,25 @@ learnt from it (size, faces) is reused from the crawl state, so no picture is ke
 re-checked. Rejected pictures are never stored.
 """
 
-from pipeline.ingest.crawl.company import CompanyCrawl, crawl_company
-from pipeline.ingest.crawl.files import LOG_COLUMNS, MANIFEST_COLUMNS, log_csv, log_path_for, manifest_csv
-from pipeline.ingest.crawl.sites import SiteEntry, SitesError, SitesFile, crawl_settings, load_sites, with_site_overrides
+from __future__ import annotations
 
-__all__ = [
-    "LOG_COLUMNS", "MANIFEST_COLUMNS", "CompanyCrawl", "SiteEntry", "SitesError", "SitesFile", "crawl_company",
-    "crawl_settings", "load_sites", "log_csv", "log_path_for", "manifest_csv", "with_site_overrides",
-]  # fmt: skip
+import importlib
+from typing import Any
+
+# What the package exports, and the module each comes from. Imported on first use (PEP 562): every
+# `homog run` imports the package for its sites-file errors, and only a crawl needs the HTML parser
+# and the HTTP client that `company` brings in (~0.3 s of start-up otherwise).
+_EXPORTS = {
+    "CompanyCrawl": "company", "crawl_company": "company",
+    "LOG_COLUMNS": "files", "MANIFEST_COLUMNS": "files", "log_csv": "files", "log_path_for": "files", "manifest_csv": "files",
+    "SiteEntry": "sites", "SitesError": "sites", "SitesFile": "sites", "crawl_settings": "sites", "load_sites": "sites",
+    "with_site_overrides": "sites",
+}  # fmt: skip
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
