@@ -377,7 +377,19 @@ def demo(
             run["run_date"], run["embedder"], run["outputs"], run["counts"], run["stages_run"], run["warnings"], run["embedder_fallback"]
         )
     )
+    from pipeline import layout
+    from pipeline.report.data import trends_view
+    from pipeline.warehouse import Warehouse
+
+    moved = trends_view(Warehouse(str(warehouse)))
+    moved = moved[moved["significant"]]
+    if len(moved):
+        typer.echo(f"\nSignificant changes over the {len(outcome['nights'])} nights:")
+        for row in moved.sort_values(["run_date", "company"]).itertuples():
+            typer.echo(f"  {row.run_date}  {_printable(row.company, 40)}: {_printable(row.summary, 200)}")
+    every_run = Warehouse(str(reports or root / "reports"))
     typer.secho(f"\nThe run report: {run['outputs']['report']}", bold=True)
+    typer.secho(f"Every night's report: {every_run.uri(layout.REPORTS_INDEX)}", bold=True)
 
 
 @app.command("demo-data")

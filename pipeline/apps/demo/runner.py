@@ -104,11 +104,6 @@ def _plain(state: object) -> str:
     return str(getattr(state, "value", state))
 
 
-def _location(where: str | Path) -> str:
-    """A local path made absolute (tasks may run in another directory), or an fsspec URL as it is."""
-    return str(where) if "://" in str(where) else str(Path(where).resolve())
-
-
 def run_demo(
     root: Path,
     warehouse: str | Path,
@@ -132,9 +127,10 @@ def run_demo(
 
     if nights < 1:
         raise DemoError(f"--nights must be at least 1, not {nights}")
-    root, warehouse = Path(root).resolve(), _location(warehouse)
-    reports = _location(reports if reports is not None else root / "reports")
-    store = Warehouse(warehouse)
+    root = Path(root).resolve()
+    # Absolute local paths (tasks may run in another directory), URLs as they are.
+    store = Warehouse(str(warehouse))
+    warehouse, reports = store.uri(), Warehouse(str(reports if reports is not None else root / "reports")).uri()
     last = dt.date.fromisoformat(run_date)
     dates = [last - dt.timedelta(days=nights - night) for night in range(1, nights + 1)]
     done: list[dict[str, Any]] = []
