@@ -247,3 +247,29 @@ def test_runs_measured_with_another_embedder_or_reference_are_named_not_joined(t
         {"run_date": "2026-11-25", "embedder": "clip-ViT-B-32", "index_reference": "400@aaaa"},
         {"run_date": "2026-11-26", "embedder": "classic-v1", "index_reference": "184@old"},
     ]
+
+
+def test_a_report_names_the_runs_it_does_not_join_instead_of_drawing_through_them(tmp_path) -> None:  # noqa: ANN001
+    """Where the index reference changed between runs (a refit), the later report says which earlier
+    run is on another scale, and its charts and 'since' section do not join the two."""
+    from pipeline.apps.demo.data import generate_demo_images
+    from pipeline.config import load_settings
+    from pipeline.features.reference import fit_reference, save_reference
+    from pipeline.ingest.sources import read_manifest
+    from pipeline.stages import run_pipeline
+    from pipeline.warehouse import Warehouse
+
+    rows = read_manifest(str(generate_demo_images(tmp_path / "demo", per_company=4)))
+    settings = load_settings(warehouse=str(tmp_path / "wh"), reports=str(tmp_path / "reports"), embedder="classic")
+    run_pipeline(rows, settings, run_date="2026-11-27", progress=False)
+    refit = fit_reference(np.random.default_rng(0).normal(size=(3, 785)), "classic-v1", "a refit")
+    save_reference(Warehouse(str(tmp_path / "wh")), refit)
+    run_pipeline(rows, settings, run_date="2026-11-28", progress=False)
+    page = (tmp_path / "reports" / "2026-11-28" / "index.html").read_text()
+    assert "Not joined: 1 earlier run(s)" in page and "2026-11-27: <code>classic-v1</code>" in page
+    assert "Homogeneity over time" not in page  # one run on this scale: no line to draw
+    trends = pd.read_parquet(tmp_path / "wh" / "tables" / "trends" / "run_date=2026-11-28" / "part-0.parquet")
+    assert set(trends["run_date"]) == {"2026-11-28"}
+    changes = pd.read_parquet(tmp_path / "wh" / "tables" / "changes" / "run_date=2026-11-28" / "part-0.parquet")
+    rated = changes[changes["homogeneity_index"].notna()]
+    assert len(rated) and rated["summary"].str.endswith("none comparable the run before").all()
