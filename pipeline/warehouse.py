@@ -210,6 +210,10 @@ class Warehouse:
                 dates.append(date)
         return sorted(dates)
 
+    def finished_run_dates(self, table: str = "images") -> list[str]:
+        """The run dates with a `table` partition whose run finished (its run.json, written last, is there)."""
+        return [date for date in self.run_dates(table) if self.exists(layout.run_record(date))]
+
     # ------------------------------------------------------------- hygiene
     def drop_staging(self, run_date: str) -> None:
         self.remove(layout.staging_folder(run_date), recursive=True)

@@ -46,7 +46,7 @@ def _company_source(source: str, company: str, settings: Settings) -> tuple[list
 
 def _population(main: Warehouse, exclude: str) -> tuple[list[ManifestRow], str | None, str | None]:
     """Rows of the latest finished nightly run (its originals), and its run date and embedder."""
-    dates = [d for d in main.run_dates("images") if main.exists(layout.run_record(d))]
+    dates = main.finished_run_dates()
     if not dates:
         return [], None, None
     latest = dates[-1]
@@ -108,7 +108,7 @@ def copy_history(main: Warehouse, audit_store: Warehouse, run_date: str) -> int:
     """Copy the nightly's page tables of the runs before the audit's date into the audit's warehouse,
     so the audit page shows the company's own history and the population's beside the audited page
     (the trends join them only where embedder and reference are the audit's); returns the runs copied."""
-    dates = [d for d in main.run_dates("companies") if d < run_date and main.exists(layout.run_record(d))]
+    dates = [d for d in main.finished_run_dates("companies") if d < run_date]
     for date in dates:
         for table in HISTORY_TABLES:
             key = layout.table_file(table, date)

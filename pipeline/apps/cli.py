@@ -11,6 +11,7 @@ import typer
 from pipeline.apps.cli_common import ConfigOption, WarehouseOption, command_group, fail, os_errors_end_cleanly, setup_logging
 from pipeline.apps.cli_models import models_app, reference_app
 from pipeline.choices import EmbedderChoice
+from pipeline.ingest.text import printable
 
 if TYPE_CHECKING:
     from pipeline.stages import RunResult
@@ -25,11 +26,6 @@ app.add_typer(models_app, name="models")
 app.add_typer(reference_app, name="reference")
 
 
-def _printable(text: str, width: int) -> str:
-    """Scraped text for the terminal: no escape sequences, at most `width` characters."""
-    return "".join(ch if ch.isprintable() else "?" for ch in str(text))[:width]
-
-
 def _print_summary(result: RunResult) -> None:
     import pandas as pd
 
@@ -42,7 +38,7 @@ def _print_summary(result: RunResult) -> None:
     for row in companies.sort_values("homogeneity_index", ascending=False, na_position="last").itertuples():
         index = f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.status == "ok" else row.status
         typer.echo(
-            f"  {_printable(row.company, 40):40s} {row.n_images:4d} photos  homogeneity {index}  near-dup rate {row.near_dup_rate:.2f}"
+            f"  {printable(row.company, 40):40s} {row.n_images:4d} photos  homogeneity {index}  near-dup rate {row.near_dup_rate:.2f}"
         )
     for name, path in result.outputs.items():
         if path:
@@ -240,8 +236,8 @@ def trends(
         index = f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
         change = f"{row.change:+.3f}" if row.change == row.change else ""
         flag = "*" if row.significant else " "
-        typer.echo(f"{_printable(row.company, 32):32s} {row.run_date:10s} {row.n_images:6d}  {index:22s} {change:>7s}{flag} "
-                   f"{_printable(row.summary, 200)}")  # fmt: skip
+        typer.echo(f"{printable(row.company, 32):32s} {row.run_date:10s} {row.n_images:6d}  {index:22s} {change:>7s}{flag} "
+                   f"{printable(row.summary, 200)}")  # fmt: skip
     typer.echo("* a change larger than the two runs' 95% intervals explain (|z| > 1.96)")
 
 
@@ -386,7 +382,7 @@ def demo(
     if len(moved):
         typer.echo(f"\nSignificant changes over the {len(outcome['nights'])} nights:")
         for row in moved.sort_values(["run_date", "company"]).itertuples():
-            typer.echo(f"  {row.run_date}  {_printable(row.company, 40)}: {_printable(row.summary, 200)}")
+            typer.echo(f"  {row.run_date}  {printable(row.company, 40)}: {printable(row.summary, 200)}")
     every_run = Warehouse(str(reports or root / "reports"))
     typer.secho(f"\nThe run report: {run['outputs']['report']}", bold=True)
     typer.secho(f"Every night's report: {every_run.uri(layout.REPORTS_INDEX)}", bold=True)

@@ -237,6 +237,12 @@ def distinct_ok(images: pd.DataFrame) -> pd.DataFrame:
     return images[images["status"] == "ok"].drop_duplicates("content_sha256")
 
 
+def content_by_row(images: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(company, image) -> content hash of an images table's rows: how pair tables, which name rows,
+    are taken back to the photographs they show."""
+    return dict(zip(zip(images["company"], images["image"]), images["content_sha256"])) if len(images) else {}
+
+
 def store_original(warehouse: Warehouse, privacy: PrivacyConfig, run_date: str, sha256: str, extension: str, data: bytes) -> str:
     """Store a picture's original bytes where the privacy mode says; returns the object's key.
 

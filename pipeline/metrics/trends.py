@@ -66,9 +66,9 @@ def _photos(images: pd.DataFrame) -> dict[str, dict[str, str]]:
 def _cross_company(images: pd.DataFrame, reuse: pd.DataFrame, identities: pd.DataFrame) -> dict[frozenset, dict]:
     """The run's photos and faces shown by two companies, keyed by what they are (the two companies'
     contents), so that the same sharing is recognised in another run whatever the rows are called."""
-    if images.empty:
-        return {}
-    content = dict(zip(zip(images["company"], images["image"]), images["content_sha256"]))
+    from pipeline.ingest.intake import content_by_row
+
+    content = content_by_row(images)
     found: dict[frozenset, dict] = {}
     for kind, pairs in (("copy", reuse), ("face", identities)):
         if pairs.empty:
@@ -133,12 +133,13 @@ def changes_table(
     """Per company of this run: its photos kept, replaced (same place on the page, another photo),
     added and removed since the previous run, photos newly shared with other companies, and the
     index's move as the trends table measured it, in words."""
+    from pipeline.ingest.intake import content_by_row
+
     now, before = _photos(current["images"]), _photos(previous["images"]) if previous else {}
     index_now = trends[trends["run_date"] == run_date].set_index("company") if len(trends) else pd.DataFrame()
     sides = [newly_shared[[f"company_{s}", f"image_{s}", "kind"]].set_axis(["company", "image", "kind"], axis=1) for s in "ab"]
     shared = pd.concat(sides, ignore_index=True)
-    images = current["images"]
-    content_of = dict(zip(zip(images["company"], images["image"]), images["content_sha256"])) if len(images) else {}
+    content_of = content_by_row(current["images"])
     shared["content"] = [content_of.get(key, "") for key in zip(shared["company"], shared["image"])]
     companies = sorted(set(current["images"]["company"])) if len(current["images"]) else []
     rows = []

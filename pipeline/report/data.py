@@ -11,7 +11,6 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from pipeline import layout
 from pipeline.context import RunContext
 from pipeline.ingest.intake import distinct_ok
 from pipeline.warehouse import Warehouse
@@ -96,7 +95,7 @@ def _not_joined(store: Warehouse, run_date: str, embedder_id: str, index_referen
     for date in store.run_dates("companies"):
         if date >= run_date:
             continue
-        measured = store.read_frame(layout.table_file("companies", date))
+        measured = store.read_table("companies", date)
         if {"embedder", "index_reference"} <= set(measured.columns) and len(measured):
             runs.append(measured[["embedder", "index_reference"]].iloc[:1].assign(run_date=date))
     if not runs:
@@ -135,11 +134,6 @@ def count(value: object) -> int | None:
     return None if number is None else int(number)
 
 
-def plot_label(name: str, width: int = 40) -> str:
-    # Scraped names may hold control or format characters that fonts cannot draw.
-    return "".join(ch if ch.isprintable() else "?" for ch in str(name))[:width]
-
-
 # ------------------------------------------------------------------ the trends table as `homog trends` shows it
 TREND_VIEW_COLUMNS = ["company", "run_date", "n_images", "homogeneity_index", "ci_low", "ci_high", "change", "z", "significant", "summary"]
 
@@ -151,7 +145,7 @@ class NoRunError(LookupError):
 def trends_view(store: Warehouse, run_date: str | None = None, company: str | None = None, since: str | None = None) -> pd.DataFrame:
     """Every comparable run of every company up to `run_date` (default: the latest finished run),
     as that run's trends table joins them, with each run's change in words (the `changes` table)."""
-    finished = [date for date in store.run_dates("trends") if store.exists(layout.run_record(date))]
+    finished = store.finished_run_dates("trends")
     if run_date is not None:
         finished = [date for date in finished if date <= run_date]
     if not finished:

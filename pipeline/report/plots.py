@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.ingest.intake import distinct_ok
-from pipeline.report.data import RunData, plot_label
+from pipeline.ingest.text import printable
+from pipeline.report.data import RunData
 
 
 def figure_and_axes(width: float = 7.0, height: float = 3.2, rows: int = 1, columns: int = 1, **options: Any):  # noqa: ANN202
@@ -40,7 +41,7 @@ def forest_plot(companies: pd.DataFrame) -> str | None:
     y = np.arange(len(rated))
     axes.errorbar(rated["homogeneity_index"], y, xerr=[rated["homogeneity_index"] - rated["ci_low"], rated["ci_high"] - rated["homogeneity_index"]],
                   fmt="o", color="#1f4e79", ecolor="#8fb3d9", capsize=3)  # fmt: skip
-    axes.set_yticks(y, [plot_label(name) for name in rated["company"]])
+    axes.set_yticks(y, [printable(name) for name in rated["company"]])
     axes.set_xlim(0, 1)
     axes.set_xlabel("homogeneity index (95% bootstrap CI)")
     axes.grid(axis="x", alpha=0.3)
@@ -120,7 +121,7 @@ def trend_grid(trends: pd.DataFrame) -> str | None:
         axes.fill_between(dates, history["ci_low"], history["ci_high"], color="#8fb3d9", alpha=0.5)
         axes.plot(dates, history["homogeneity_index"], marker=".", color="#1f4e79")
         _mark_significant(axes, history)
-        axes.set_title(plot_label(company, 28), fontsize=8)
+        axes.set_title(printable(company, 28), fontsize=8)
         axes.set_ylim(0, 1)
         axes.grid(axis="y", alpha=0.3)
     for axes in list(grid.flat)[len(companies) :]:
@@ -138,7 +139,7 @@ def changed_plot(trends: pd.DataFrame) -> str | None:
     figure, axes = figure_and_axes(7, 3.0)
     for company in moved:
         history = rated[rated["company"] == company].sort_values("run_date")
-        axes.plot(pd.to_datetime(history["run_date"]), history["homogeneity_index"], marker="o", label=plot_label(company, 30))
+        axes.plot(pd.to_datetime(history["run_date"]), history["homogeneity_index"], marker="o", label=printable(company, 30))
         _mark_significant(axes, history)
     axes.set_ylim(0, 1)
     axes.set_ylabel("homogeneity index")

@@ -16,7 +16,8 @@ import numpy as np
 
 from pipeline import layout
 from pipeline.ingest.intake import distinct_ok
-from pipeline.report.data import RunData, plot_label
+from pipeline.ingest.text import printable
+from pipeline.report.data import RunData
 from pipeline.report.plots import figure_and_axes, png
 from pipeline.warehouse import Warehouse
 
@@ -98,7 +99,7 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
     colours = __import__("matplotlib").colormaps["tab20"]
     for index, company in enumerate(companies):
         mask = np.array([company_of[k] == company for k in data.keys])
-        axes.scatter(points[mask, 0], points[mask, 1], s=14, color=colours(index % 20), label=plot_label(company, 30), alpha=0.8)
+        axes.scatter(points[mask, 0], points[mask, 1], s=14, color=colours(index % 20), label=printable(company, 30), alpha=0.8)
     axes.set_xticks([])
     axes.set_yticks([])
     if len(companies) <= 20:

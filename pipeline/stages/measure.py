@@ -137,7 +137,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
         remember_pairs,
         reused_pairs,
     )
-    from pipeline.ingest.intake import distinct_ok
+    from pipeline.ingest.intake import content_by_row, distinct_ok
 
     warehouse, settings = ctx.warehouse, ctx.settings
     images, faces_table = _images(ctx), warehouse.read_table("faces", ctx.run_date)
@@ -158,7 +158,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
             same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])
             remember_pairs(warehouse, key, same_faces)
         pairs = warehouse.read_table("pairs", ctx.run_date)
-        content_of = dict(zip(zip(ok["company"], ok["image"]), ok["content_sha256"]))
+        content_of = content_by_row(ok)
         same_photo = {frozenset((content_of[(r.company_a, r.image_a)], content_of[(r.company_b, r.image_b)])) for r in pairs.itertuples()}
         identities = identity_table(images, same_faces, same_photo)
     return {
@@ -189,10 +189,8 @@ def pages(ctx: RunContext) -> dict[str, Any]:
 
 def previous_run(ctx: RunContext) -> str:
     """The latest finished run (one with run.json) before this run's date, or "" where there is none."""
-    from pipeline import layout
-
-    earlier = [date for date in ctx.warehouse.run_dates("images") if date < ctx.run_date]
-    return next((date for date in reversed(earlier) if ctx.warehouse.exists(layout.run_record(date))), "")
+    earlier = [date for date in ctx.warehouse.finished_run_dates() if date < ctx.run_date]
+    return earlier[-1] if earlier else ""
 
 
 def changes(ctx: RunContext) -> dict[str, Any]:
