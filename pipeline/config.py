@@ -190,6 +190,16 @@ class CrawlConfig(_Section):
     max_pages_per_site: int = Field(20, ge=1, description="Team page plus pagination / load-more pages.")
     follow_pagination: bool = Field(True, description="Follow rel=next and next/load-more links on the same host.")
     max_images_per_page: int = Field(2000, ge=1, description="Pictures fetched per page at most; the rest are logged as skipped.")
+    max_discovery_pages: int = Field(
+        12, ge=1, le=200, description="Pages fetched (home page included) to find a company's staff pages when only its domain is given."
+    )
+    render: Literal["never", "auto", "always"] = Field(
+        "auto",
+        description="Render pages in headless Chromium: `auto` only where the server's HTML has no candidate picture but looks like "
+        "an application shell; without Chromium, `auto` renders nothing (warning) and `always` is an error.",
+    )
+    render_deadline_s: float = Field(30.0, gt=0, le=600, description="Deadline for rendering one page, requests included.")
+    chromium: str = Field("", description="Chromium executable for rendering; empty: `chromium` (or `chromium-browser`) on PATH.")
     preferred_width: int = Field(800, ge=64, description="From a srcset, the smallest size at least this wide.")
     min_side: int = Field(64, ge=1, description="Smaller pictures are icons, not headshots.")
     min_aspect: float = Field(0.5, gt=0, description="width/height below this: a vertical strip, not a headshot.")

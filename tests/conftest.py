@@ -68,31 +68,11 @@ def http_server() -> Iterator[tuple[str, _Routes]]:
 
 @pytest.fixture(scope="module")
 def fixture_site():
-    """The crawler's fixture website: public on 127.0.0.1, an "internal" service on 127.0.0.2."""
-    from tests.fixture_site import Site, build_site, handler_for
+    """The crawler's fixture website (tests/fixture_site.py), served while the module's tests run."""
+    from tests.fixture_site import served
 
-    running = []
-
-    def start(host: str, site: Site, name: str) -> http.server.ThreadingHTTPServer:
-        server = http.server.ThreadingHTTPServer((host, 0), handler_for(site, name))
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        running.append(server)
-        return server
-
-    try:
-        site = Site()
-        internal = start("127.0.0.2", site, "internal")
-        built = build_site(internal.server_address[1])
-        site.routes, site.base = built.routes, ""
-        public = start("127.0.0.1", site, "public")
-        site.base = f"http://127.0.0.1:{public.server_address[1]}"
-        site.internal_base = f"http://127.0.0.2:{internal.server_address[1]}"
+    with served() as site:
         yield site
-    finally:
-        for server in running:
-            server.shutdown()
-            server.server_close()
 
 
 @pytest.fixture(scope="session")

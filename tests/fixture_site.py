@@ -9,12 +9,13 @@ internal service: the crawler must never reach it. Both servers log every reques
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import io
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,7 @@ class Request:
     server: str
     path: str
     headers: dict[str, str]
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -76,6 +78,9 @@ class Site:
     counters: dict[str, int] = field(default_factory=dict)
     bytes_served: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Companies known only by their domain: one server (origin) each on 127.0.0.1, named like a company.
+    domains: dict[str, dict[str, Callable]] = field(default_factory=dict)
+    domain_bases: dict[str, str] = field(default_factory=dict)
 
     def hits(self, path: str, server: str = "public") -> int:
         return sum(1 for r in self.requests if r.path == path and r.server == server)
@@ -105,6 +110,16 @@ def _static(body: bytes, content_type: str, extra: dict[str, str] | None = None)
         request.wfile.write(body)
         with site.lock:
             site.bytes_served[request.path] = site.bytes_served.get(request.path, 0) + len(body)
+
+    return handle
+
+
+def _made_per_request(make: Callable[[str, Site], bytes], content_type: str) -> Callable:
+    """A body made when asked, from the origin the request was sent to (sitemaps hold absolute URLs)
+    and the running site (scripts that name another server's port)."""
+
+    def handle(request: http.server.BaseHTTPRequestHandler, site: Site) -> None:
+        _static(make(f"http://{request.headers.get('Host', '')}", site), content_type)(request, site)
 
     return handle
 
@@ -333,7 +348,142 @@ def build_site(internal_port: int) -> Site:
     routes["/thousand.html"] = _static(_page('<div class="grid">' + many + "</div>"), html_type)
     for i in range(1000):
         routes[f"/img/many/{i}.jpg"] = _static(faces[i % len(faces)], jpeg)
+    build_app_pages(routes)
+    site.domains = build_domains(faces)
     return site
+
+
+DISCOVERED = {  # domain -> the staff pages discovery should choose there, and nothing else
+    "cedar-finch": ["/company/who-we-are"],
+    "harbor-labs": ["/about/the-people", "/leadership"],
+    "quiet-co": [],
+}
+
+
+def _sitemap(paths: list[str], index: bool = False) -> Callable[[str, Site], bytes]:
+    tag, item = ("sitemapindex", "sitemap") if index else ("urlset", "url")
+
+    def make(origin: str, site: Site) -> bytes:
+        entries = "".join(f"<{item}><loc>{origin}{path}</loc></{item}>" for path in paths)
+        return (
+            f'<?xml version="1.0" encoding="UTF-8"?><{tag} xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">{entries}</{tag}>'.encode()
+        )
+
+    return make
+
+
+def _site_page(nav: str, body: str, footer: str) -> bytes:
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Company</title></head><body>"
+        f"<header><nav>{nav}</nav></header><main>{body}</main><footer>{footer}</footer></body></html>"
+    ).encode()
+
+
+def build_domains(faces: list[bytes]) -> dict[str, dict[str, Callable]]:
+    """Companies given by their domain only. cedar-finch: the team page is linked from the footer's
+    "About us" and listed in a gzipped sitemap behind a sitemap index named in robots.txt; a blog post
+    with a grid of named portraits and a services grid must not be chosen. harbor-labs: no sitemap;
+    "About" leads to a page that links the team, "Leadership" in the navigation is a second staff page.
+    quiet-co: nothing anywhere (discovery must say what it tried)."""
+    import gzip
+
+    jpeg, html_type = "image/jpeg", "text/html; charset=utf-8"
+    pictures = {f"/img/p{index}.jpg": _static(picture, jpeg) for index, picture in enumerate(faces)}
+    people = [(f"/img/p{index}.jpg", f"Person {index}", "") for index in range(len(faces))]
+    services = "".join(f'<div class="service"><img src="/img/s{i}.png"><h3>Service {i}</h3></div>' for i in range(3))
+    cedar = {
+        **pictures,
+        "/robots.txt": _made_per_request(
+            lambda origin, site: f"User-agent: *\nDisallow: /admin/\nSitemap: {origin}/sitemap_index.xml\n".encode(), "text/plain"
+        ),
+        "/sitemap_index.xml": _made_per_request(_sitemap(["/sitemaps/pages.xml.gz"], index=True), "application/xml"),
+        "/sitemaps/pages.xml.gz": _made_per_request(
+            lambda origin, site: gzip.compress(
+                _sitemap(["/", "/company/who-we-are", "/services", "/blog/meet-our-new-partners", "/contact", "/admin/team"])(origin, site)
+            ),
+            "application/gzip",
+        ),
+        "/": _static(
+            _site_page(
+                '<a href="/services">Services</a><a href="/insights">Insights</a><a href="/contact">Contact</a>',
+                "<h1>Cedar &amp; Finch</h1><p>Advisors since 1990.</p>" + services,
+                '<a href="/company/who-we-are">About us</a><a href="/privacy">Privacy</a><a href="/careers">Careers</a>',
+            ),
+            html_type,
+        ),
+        "/company/who-we-are": _static(_site_page("", '<section class="team">' + _cards(people[:6]) + "</section>", ""), html_type),
+        "/blog/meet-our-new-partners": _static(
+            _site_page("", "<article>" + _cards(people[6:8] + people[:1]) + "</article>", ""), html_type
+        ),
+        "/services": _static(_site_page("", services, ""), html_type),
+        **{f"/img/s{i}.png": _static(logo(10 + i), "image/png") for i in range(3)},
+    }
+    harbor = {
+        **pictures,
+        "/": _static(
+            _site_page(
+                '<a href="/about">About</a><a href="/leadership">Leadership</a><a href="/blog">Blog</a>', "<h1>Harbor Labs</h1>", ""
+            ),
+            html_type,
+        ),
+        "/about": _static(_site_page("", '<p>We build harbours.</p><a href="/about/the-people">Meet the team</a>', ""), html_type),
+        "/about/the-people": _static(_site_page("", '<div class="grid">' + _cards(people[:5]) + "</div>", ""), html_type),
+        "/leadership": _static(_site_page("", '<div class="grid">' + _cards(people[5:8]) + "</div>", ""), html_type),
+    }
+    quiet = {"/": _static(_site_page('<a href="/products">Products</a>', "<h1>Quiet Co</h1><p>We make things.</p>", ""), html_type)}
+    return {"cedar-finch": cedar, "harbor-labs": harbor, "quiet-co": quiet}
+
+
+APP_SHELL = (
+    "<!doctype html><html><head><meta charset='utf-8'><title>Our team</title></head>"
+    '<body><div id="root">Loading…</div><script src="/app/{script}.js"></script></body></html>'
+)
+BUILD_CARDS = (
+    "fetch('/api/team.json').then(r => r.json()).then(people => { for (const p of people) {"
+    " const card = document.createElement('div'); card.className = 'member';"
+    " card.innerHTML = '<img src=\"' + p.photo + '\" alt=\"\"><h3 class=\"name\">' + p.name + '</h3>';"
+    " document.getElementById('root').appendChild(card); } });"
+)
+APP_PEOPLE = [("/img/face0.jpg", "Spa Ada"), ("/img/face2.jpg", "Spa Bo"), ("/img/face4.jpg", "Spa Dee"), ("/img/face5.jpg", "Spa Eve")]
+
+
+def _hostile_script(origin: str, site: Site) -> bytes:
+    """Builds the cards, and tries what a page's script must never get through us."""
+    other_port = site.domain_bases["cedar-finch"]
+    return (
+        BUILD_CARDS
+        + f"fetch('{site.internal_base}/secret').catch(() => 0);"
+        + f"fetch('{other_port}/admin/team').catch(() => 0);"
+        + "fetch('file:///etc/passwd').catch(() => 0);"
+        + "try { new WebSocket('ws://127.0.0.1:9/'); } catch (e) {}"
+        + "fetch('/api/team.json', {method: 'POST', body: 'x'}).catch(() => 0);"
+    ).encode()
+
+
+def build_app_pages(routes: dict[str, Callable]) -> None:
+    """Single-page applications on the public server: cards built from a JSON endpoint; the same with
+    a script that tries other hosts, ports and schemes; one that polls forever; one that hangs."""
+    import json
+
+    html_type, js = "text/html; charset=utf-8", "application/javascript"
+    routes["/api/team.json"] = _static(
+        json.dumps([{"photo": photo, "name": name} for photo, name in APP_PEOPLE]).encode(), "application/json"
+    )
+    for name in ("team", "hostile", "never", "hang", "big"):
+        routes[f"/app/{name}.html"] = _static(APP_SHELL.format(script=name).encode(), html_type)
+    # A script where robots.txt disallows it, and one over the crawler's byte cap per response.
+    routes["/app/robots.html"] = _static(APP_SHELL.replace("/app/{script}.js", "/private/team.js").encode(), html_type)
+    routes["/private/team.js"] = _static(BUILD_CARDS.encode(), js)
+    routes["/app/big.js"] = _static(BUILD_CARDS.encode() + b"//" + b"x" * 1_500_000, js)
+    routes["/app/team.js"] = _static(BUILD_CARDS.encode(), js)
+    # The same team served as HTML: what rendering costs over reading a page (bench/render_cost.py).
+    routes["/app/team-plain.html"] = _static(
+        _page('<div id="root">' + _cards([(photo, name, "") for photo, name in APP_PEOPLE]) + "</div>"), html_type
+    )
+    routes["/app/hostile.js"] = _made_per_request(_hostile_script, js)
+    routes["/app/never.js"] = _static((BUILD_CARDS + "setInterval(() => fetch('/api/poll').catch(() => 0), 100);").encode(), js)
+    routes["/app/hang.js"] = _static((BUILD_CARDS + "setTimeout(() => { while (true) {} }, 300);").encode(), js)
+    routes["/api/poll"] = _static(b"{}", "application/json")
 
 
 def _webp(jpeg_bytes: bytes) -> bytes:
@@ -349,7 +499,7 @@ def handler_for(site: Site, server: str) -> type[http.server.BaseHTTPRequestHand
         def do_GET(self) -> None:  # noqa: N802
             with site.lock:
                 site.requests.append(Request(server, self.path, dict(self.headers.items())))
-            route = site.routes.get(self.path) if server == "public" else None
+            route = (site.routes if server == "public" else site.domains.get(server, {})).get(self.path)
             if route is None:
                 _status(404)(self, site)
                 return
@@ -362,3 +512,33 @@ def handler_for(site: Site, server: str) -> type[http.server.BaseHTTPRequestHand
             pass
 
     return Handler
+
+
+@contextlib.contextmanager
+def served() -> Iterator[Site]:
+    """The fixture website, running: public on 127.0.0.1, an "internal" service on 127.0.0.2, and one
+    server on 127.0.0.1 per company known only by its domain; all stopped on leaving."""
+    running: list[http.server.ThreadingHTTPServer] = []
+
+    def start(host: str, site: Site, name: str) -> http.server.ThreadingHTTPServer:
+        server = http.server.ThreadingHTTPServer((host, 0), handler_for(site, name))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        running.append(server)
+        return server
+
+    try:
+        site = Site()
+        internal = start("127.0.0.2", site, "internal")
+        built = build_site(internal.server_address[1])
+        site.routes, site.domains = built.routes, built.domains
+        public = start("127.0.0.1", site, "public")
+        site.base = f"http://127.0.0.1:{public.server_address[1]}"
+        site.internal_base = f"http://127.0.0.2:{internal.server_address[1]}"
+        for name in site.domains:  # each company known by its domain is its own origin
+            site.domain_bases[name] = f"http://127.0.0.1:{start('127.0.0.1', site, name).server_address[1]}"
+        yield site
+    finally:
+        for server in running:
+            server.shutdown()
+            server.server_close()

@@ -32,9 +32,11 @@ FAST = {
 }  # fmt: skip
 
 
-def crawl(site, paths: list[str], warehouse_dir: Path, name: str = "acme", **overrides) -> tuple[CompanyCrawl, dict[str, dict]]:  # noqa: ANN001
+def crawl(
+    site, paths: list[str], warehouse_dir: Path, name: str = "acme", domain: str | None = None, **overrides
+) -> tuple[CompanyCrawl, dict[str, dict]]:  # noqa: ANN001
     settings = load_settings(None, warehouse=str(warehouse_dir), crawl=CrawlConfig.model_validate({**FAST, **overrides}))
-    entry = SiteEntry(name=name, urls=[site.base + path if path.startswith("/") else path for path in paths])
+    entry = SiteEntry(name=name, urls=[site.base + path if path.startswith("/") else path for path in paths], domain=domain)
     result = crawl_company(entry, settings, Warehouse(str(warehouse_dir)), RUN_DATE)
     by_url = {}
     for row in result.log:

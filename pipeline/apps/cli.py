@@ -280,14 +280,14 @@ def audit(
 @app.command()
 @os_errors_end_cleanly
 def crawl(
-    sites: Annotated[Path, typer.Option(help="sites.yaml: companies and their team-page URLs, optional crawl overrides.")],
+    sites: Annotated[Path, typer.Option(help="sites.yaml: companies with their team-page URLs or domains, optional crawl overrides.")],
     out: Annotated[Path, typer.Option(help="Manifest CSV to write; the crawl log is written beside it (*.crawl-log.csv).")],
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse root where the pictures are downloaded to.")] = None,
     run_date: Annotated[Optional[str], typer.Option(help="Run date YYYY-MM-DD (default: today).")] = None,
     config: ConfigOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Crawl team pages politely into the warehouse and write a manifest for `homog run --manifest`."""
+    """Crawl team pages (found from a domain where asked) politely into the warehouse; write a manifest for `homog run --manifest`."""
     import pandas as pd
 
     from pipeline.config import ConfigError, load_settings

@@ -71,7 +71,7 @@ def collect_crawl(ctx: RunContext, companies: list[str] | None = None) -> dict[s
             logs.append(pd.DataFrame([{
                 "company": site.name, "kind": "page", "url": url, "source_url": "", "status": "error",
                 "reason": "the crawl of this company did not finish (see its task log)", "image": "", "n_bytes": 0,
-            } for url in site.urls], columns=LOG_COLUMNS))  # fmt: skip
+            } for url in site.where], columns=LOG_COLUMNS))  # fmt: skip
             continue
         raw = warehouse.read_bytes(layout.crawl_manifest(ctx.run_date, site.name))
         manifests.append(pd.read_csv(io.BytesIO(raw), dtype=str, keep_default_na=False))

@@ -10,8 +10,10 @@ from typing import Any
 from pipeline import layout
 from pipeline.config import CrawlConfig, Settings
 from pipeline.ingest.crawl.classify import Facts, FactsCache, n_faces, pre_fetch_refusal, shape_problem, verdict
-from pipeline.ingest.crawl.extract import Candidate, parse_page
-from pipeline.ingest.crawl.http import CrawlRefused, Fetcher, FetchFailed, Response
+from pipeline.ingest.crawl.discover import discover
+from pipeline.ingest.crawl.extract import Candidate
+from pipeline.ingest.crawl.http import CrawlRefused, Fetcher, FetchFailed
+from pipeline.ingest.crawl.pages import PageLoader, PageUnusable
 from pipeline.ingest.crawl.robots import RobotsBook, blocking, directives
 from pipeline.ingest.crawl.sites import SiteEntry
 from pipeline.warehouse import Warehouse
@@ -19,7 +21,6 @@ from pipeline.warehouse import Warehouse
 logger = logging.getLogger(__name__)
 
 STATE_VERSION = 1
-HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 
 @dataclass
@@ -66,7 +67,7 @@ def crawl_company(site: SiteEntry, settings: Settings, warehouse: Warehouse, run
         )
 
     if any(site.name.casefold() == name.casefold() for name in cfg.opt_out.companies):
-        for url in site.urls:  # nothing is requested, not even the page
+        for url in site.where:  # nothing is requested, not even the page
             log("page", url, "", "skipped", "opt-out: company (crawl.opt_out.companies)")
         return result
 
@@ -74,9 +75,16 @@ def crawl_company(site: SiteEntry, settings: Settings, warehouse: Warehouse, run
     known: dict[str, dict] = previous.get("images", {}) if previous.get("version") == STATE_VERSION else {}
     pending: list[_Pending] = []
 
-    with Fetcher(cfg) as fetcher:
-        fetcher.robots_check = RobotsBook(fetcher).check
-        _collect_candidates(site, cfg, fetcher, pending, log)
+    with Fetcher(cfg) as fetcher, PageLoader(cfg, fetcher) as loader:
+        robots = RobotsBook(fetcher)
+        fetcher.robots_check = robots.check
+        urls = list(site.urls)
+        if site.domain:
+            discovery = discover(site, cfg, loader, robots)
+            for row in discovery.log:
+                log(*row)
+            urls += [url for url in discovery.chosen if url not in urls]
+        _collect_candidates(urls, cfg, loader, pending, log)
         todo = [item for item in pending if not item.status]
         import cv2  # noqa: F401 - first import here, not in the pool: cv2's loader is not safe to run from several threads at once
 
@@ -131,41 +139,27 @@ def crawl_company(site: SiteEntry, settings: Settings, warehouse: Warehouse, run
     return result
 
 
-def _collect_candidates(site: SiteEntry, cfg: CrawlConfig, fetcher: Fetcher, pending: list[_Pending], log) -> None:  # noqa: ANN001
-    queue, visited, seen_images = list(site.urls), set(), set()
+def _collect_candidates(urls: list[str], cfg: CrawlConfig, loader: PageLoader, pending: list[_Pending], log) -> None:  # noqa: ANN001
+    queue, visited, seen_images = list(urls), set(), set()
     while queue and len(visited) < cfg.max_pages_per_site:
         page_url = queue.pop(0)
         if page_url in visited:
             continue
         visited.add(page_url)
         try:
-            response = fetcher.get(page_url)
-        except CrawlRefused as exc:
-            log("page", page_url, "", "skipped", f"{exc.rule}: {exc}")
+            page = loader.load(page_url)
+        except PageUnusable as exc:
+            log("page", page_url, "", exc.status, exc.reason)
             continue
-        except FetchFailed as exc:
-            log("page", page_url, "", "error", f"{exc.kind}: {exc}")
-            continue
-        problem = _page_problem(response)
-        if problem:
-            log("page", page_url, "", "error", problem)
-            continue
-        header_rules = directives(response.headers.get_list("x-robots-tag"), cfg.robots_token)
-        if blocking(header_rules):
-            log("page", page_url, "", "skipped", f"X-Robots-Tag: {blocking(header_rules)}")
-            continue
-        parsed = parse_page(response.body, response.url, cfg.preferred_width)
-        meta_rules = directives(parsed.robots_meta, cfg.robots_token)
-        if blocking(meta_rules):
-            log("page", page_url, "", "skipped", f"<meta name=robots>: {blocking(meta_rules)}")
-            continue
-        log("page", page_url, "", "crawled", f"{len(parsed.candidates)} candidate pictures")
+        log("page", page_url, "", "crawled", page.summary)
+        for url, reason in page.rendered.refused if page.rendered else []:
+            log("render", url, page.url, "skipped", reason)
         to_fetch = 0
-        for candidate in parsed.candidates:
+        for candidate in page.parsed.candidates:
             if candidate.url in seen_images:
                 continue  # the same picture on page 1 and page 2 is one candidate
             seen_images.add(candidate.url)
-            item = _Pending(candidate, response.url)
+            item = _Pending(candidate, page.url)
             if refusal := pre_fetch_refusal(candidate, cfg):
                 item.status, item.reason = refusal
             elif to_fetch >= cfg.max_images_per_page:
@@ -176,18 +170,8 @@ def _collect_candidates(site: SiteEntry, cfg: CrawlConfig, fetcher: Fetcher, pen
             else:
                 to_fetch += 1
             pending.append(item)
-        if cfg.follow_pagination and not ({"nofollow", "none"} & (header_rules | meta_rules)):
-            queue.extend(url for url in parsed.next_pages if url not in visited)
-
-
-def _page_problem(response: Response) -> str | None:
-    if response.status >= 400:
-        return f"HTTP {response.status}"
-    if response.status >= 300:
-        return f"HTTP {response.status} without a usable Location"
-    if response.content_type and response.content_type not in HTML_TYPES:
-        return f"not an HTML page (Content-Type {response.content_type})"
-    return None
+        if cfg.follow_pagination and not ({"nofollow", "none"} & page.rules):
+            queue.extend(url for url in page.parsed.next_pages if url not in visited)
 
 
 def _download(item: _Pending, fetcher: Fetcher, settings: Settings, facts_cache: FactsCache, earlier: dict | None) -> None:

@@ -50,11 +50,21 @@ class Candidate:
         return self.urls[0]
 
 
+@dataclass(frozen=True)
+class Link:
+    url: str  # absolute, without its fragment
+    text: str  # the link's words (its text, else aria-label or title), cleaned
+    place: str  # "header", "nav", "footer" or "body": where on the page it sits
+
+
 @dataclass
 class ParsedPage:
     candidates: list[Candidate] = field(default_factory=list)
     next_pages: list[str] = field(default_factory=list)
     robots_meta: list[str] = field(default_factory=list)
+    links: list[Link] = field(default_factory=list)
+    # Scripts and almost no words outside site chrome: the page is built in the browser.
+    app_shell: bool = False
 
 
 # ------------------------------------------------------------------ srcset
@@ -279,7 +289,38 @@ def parse_page(html: bytes | str, page_url: str, preferred_width: int = 800) -> 
             page.robots_meta.append(str(meta["content"]))
 
     page.next_pages = _next_pages(soup, base, page_url)
+    page.links = _links(soup, base)
+    page.app_shell = _looks_like_app_shell(soup)
     return page
+
+
+def _links(soup: BeautifulSoup, base: str) -> list[Link]:
+    links: dict[str, Link] = {}
+    for tag in soup.find_all("a", href=True):
+        url = urljoin(base, str(tag["href"]).strip()).split("#", 1)[0]
+        if urlsplit(url).scheme not in ("http", "https") or url in links:
+            continue
+        text = clean_text(tag.get_text(" ") or tag.get("aria-label") or tag.get("title"))
+        place = next((parent.name for parent in tag.parents if parent.name in CHROME_TAGS), "body")
+        links[url] = Link(url, text, place)
+    return list(links.values())
+
+
+_SCRIPT_TYPES = frozenset({"text/javascript", "application/javascript", "module", "text/ecmascript"})
+APP_SHELL_MAX_WORDS = 40  # a server-rendered team page has names and roles; a shell has a title and a "loading"
+
+
+def _looks_like_app_shell(soup: BeautifulSoup) -> bool:
+    """A page whose content the browser builds: it has scripts, and under APP_SHELL_MAX_WORDS words
+    outside scripts, styles, noscript fallbacks and site chrome. Measured on the parsed tree, so it
+    must run last: it removes those elements from it."""
+    scripts = [script for script in soup.find_all("script") if str(script.get("type") or "text/javascript").lower() in _SCRIPT_TYPES]
+    if not any(script.get("src") or (script.string or "").strip() for script in scripts):
+        return False
+    for tag in soup.find_all(["script", "style", "noscript", "template", *CHROME_TAGS]):
+        tag.decompose()
+    body = soup.body or soup
+    return len(body.get_text(" ").split()) < APP_SHELL_MAX_WORDS
 
 
 def _json_ld_people(data: object) -> list[dict]:

@@ -73,13 +73,21 @@ class RobotsBook:
             gate.delay = max(gate.delay, min(float(delay), self.fetcher.cfg.max_crawl_delay_s))
         return rules
 
-    def check(self, url: str) -> None:
+    def _rules_for(self, url: str) -> tuple[str, Protego | str]:
         parts = urlsplit(url)
         origin = f"{parts.scheme}://{parts.netloc}"
         with self._lock:  # one robots.txt request per origin, even with parallel downloads
             if origin not in self._rules:
                 self._rules[origin] = self._load(origin)
-            rules = self._rules[origin]
+            return origin, self._rules[origin]
+
+    def sitemaps(self, url: str) -> list[str]:
+        """The sitemaps that the robots.txt of `url`'s origin names (none where it could not be read)."""
+        _, rules = self._rules_for(url)
+        return [] if isinstance(rules, str) else list(rules.sitemaps)
+
+    def check(self, url: str) -> None:
+        origin, rules = self._rules_for(url)
         if isinstance(rules, str):
             raise CrawlRefused("robots_txt", rules)
         if not rules.can_fetch(url, self.token):
