@@ -453,6 +453,7 @@ def _hostile_script(origin: str, site: Site) -> bytes:
     return (
         BUILD_CARDS
         + f"fetch('{site.internal_base}/secret').catch(() => 0);"
+        + f"document.head.appendChild(Object.assign(document.createElement('script'), {{src: '{site.internal_base}/evil.js'}}));"
         + f"fetch('{other_port}/admin/team').catch(() => 0);"
         + "fetch('file:///etc/passwd').catch(() => 0);"
         + "try { new WebSocket('ws://127.0.0.1:9/'); } catch (e) {}"

@@ -61,12 +61,16 @@ def test_a_page_script_reaches_no_other_host_port_or_scheme(fixture_site, tmp_pa
     refused = {row["url"]: row["reason"] for row in rows_of(result, "render")}
     assert all(row["status"] == "skipped" for row in rows_of(result, "render"))
     assert refused[f"{fixture_site.internal_base}/secret"].startswith("render_cross_origin")
+    # A script may come from another host, through the address guard: not from an internal one.
+    assert refused[f"{fixture_site.internal_base}/evil.js"].startswith(
+        "private_address: 127.0.0.2 resolves to 127.0.0.2, which is loopback"
+    )
     assert refused[f"{fixture_site.domain_bases['cedar-finch']}/admin/team"].startswith("render_cross_origin")
     assert refused["file:///etc/passwd"].startswith("scheme: only http and https")
     assert refused["ws://127.0.0.1:9/"].startswith("render_websocket")
     assert any(url.endswith("/api/team.json") and reason.startswith("render_method") for url, reason in refused.items())
     assert not [r for r in fixture_site.requests[before:] if r.server != "public"]  # nothing reached another server
-    assert len(rows_of(result, "render")) == 5
+    assert len(rows_of(result, "render")) == 6
 
 
 @needs_chromium
@@ -130,3 +134,15 @@ def test_without_chromium_auto_renders_nothing_and_says_so_and_always_is_an_erro
     )
     with pytest.raises(SitesError, match="crawl.render=always, but crawl.chromium=.* is not an executable file"):
         with_site_overrides(load_settings(None, warehouse=str(tmp_path)), sites)
+
+
+@needs_chromium
+def test_rendering_works_where_an_asyncio_loop_is_running(fixture_site, tmp_path: Path) -> None:  # noqa: ANN001
+    """Playwright's sync API refuses a thread with a running event loop: the browser has a thread of its own."""
+    import asyncio
+
+    async def crawl_from_a_coroutine():  # noqa: ANN202
+        return crawl(fixture_site, ["/app/team.html"], tmp_path, name="spa-async")
+
+    result, _ = asyncio.run(crawl_from_a_coroutine())
+    assert kept_people(result) == sorted(name for _, name in APP_PEOPLE)

@@ -95,15 +95,21 @@ def _origin(url: str) -> tuple[str, str, int | None]:
 
 class Renderer:
     """One headless Chromium for one company's crawl, started on first use; use as a context manager.
-    Every call happens on the thread that created it (Playwright's sync API is bound to one thread)."""
+
+    Playwright's sync API is bound to the thread that starts it and refuses to run where an asyncio
+    loop is running, so the browser lives on a thread of its own: callers may be anywhere (an Airflow
+    task, a thread pool), and the interception handlers run there too (the fetcher is thread-safe)."""
 
     def __init__(self, cfg: CrawlConfig, fetcher: Fetcher) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.cfg = cfg
         self.fetcher = fetcher
         self.executable = chromium_executable(cfg)
         self._playwright = None
         self._browser = None
         self._browser_pid: int | None = None
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="renderer")
 
     def __enter__(self) -> Renderer:
         return self
@@ -112,6 +118,10 @@ class Renderer:
         self.close()
 
     def close(self) -> None:
+        self._thread.submit(self._close).result()
+        self._thread.shutdown()
+
+    def _close(self) -> None:
         for closing in (self._browser, self._playwright):
             if closing is None:
                 continue
@@ -147,6 +157,9 @@ class Renderer:
 
     def render(self, url: str, html: bytes, content_type: str) -> Rendered:
         """The DOM of `url` (whose server HTML is `html`) after its scripts ran; RenderFailed if none."""
+        return self._thread.submit(self._render, url, html, content_type).result()
+
+    def _render(self, url: str, html: bytes, content_type: str) -> Rendered:
         from playwright.sync_api import Error as PlaywrightError
         from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -160,6 +173,16 @@ class Renderer:
             route.abort("blockedbyclient")
 
         def handle(route, request) -> None:  # noqa: ANN001
+            try:
+                intercept(route, request)
+            except Exception as exc:  # noqa: BLE001 - e.g. the browser stopped meanwhile: the request must not hang
+                result.refused.append((request.url, f"render_error: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"))
+                try:
+                    route.abort("failed")
+                except PlaywrightError:
+                    pass
+
+        def intercept(route, request) -> None:  # noqa: ANN001
             request_url, kind = request.url, request.resource_type
             if time.monotonic() > deadline:
                 return refuse(route, request_url, "render_deadline: the page's deadline had passed")
