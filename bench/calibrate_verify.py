@@ -8,8 +8,9 @@ one sitter, also with the smiling one downscaled or recompressed (low resolution
 photos one); every pair of one person's several photos (lisa, zoom); pairs within an AI pack.
 
 The thresholds chosen are the ones, on a small grid, that accept the most calibration edits while
-accepting no calibration hard negative; then recall per edit kind and false positives per negative
-kind are printed for both halves at the chosen and at the configured thresholds.
+accepting no calibration hard negative (with a margin): first the rule for clean copies, then beside
+it the spread-noise rule for degraded ones (verify.VerifyParams); then recall per edit kind and false
+positives per negative kind are printed for both halves at the chosen and at the configured thresholds.
 
     .venv/bin/python -m bench.calibrate_verify [--per-folder 10] [--seed 0]
 """
@@ -21,6 +22,7 @@ import dataclasses
 import itertools
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -39,6 +41,13 @@ GRID = {
     "min_small_correlation": (0.96, 0.97, 0.98, 0.985, 0.99),
     "min_face_floor": (-1.0, 0.3, 0.5, 0.6, 0.7),
     "min_small_face_floor": (0.8, 0.85, 0.9, 0.93),
+}
+# The spread-noise rule (verify.VerifyParams), chosen beside the rule above once that is chosen.
+SPREAD_GRID = {
+    "max_face_residual_ratio": (1.4, 1.6, 1.8, 2.0),
+    "min_noisy_correlation": (0.84, 0.86, 0.88, 0.9, 0.92),
+    "min_noisy_face_floor": (0.3, 0.5, 0.6, 0.7),
+    "noisy_motion_floor_px": (0.8, 1.0, 1.2, 1.4),
 }
 
 
@@ -61,7 +70,10 @@ def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, list
         if degrade:
             other = EDIT_KINDS[degrade](other, rng)
     views = measure_views(features(original), features(other))
-    return half, kind, [(v.inlier_ratio, v.block_correlation, v.face_correlation, v.motion, v.compared_side, v.face_floor) for v in views]
+    measures = [
+        (v.inlier_ratio, v.block_correlation, v.face_correlation, v.motion, v.compared_side, v.face_floor, v.residual_ratio) for v in views
+    ]
+    return half, kind, measures
 
 
 def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, int]]:
@@ -98,11 +110,11 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
 
 
 def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a VerifyParams
-    """Which pairs `params` accepts, as verify() decides: views (pairs, 2 views, 6 measures, no face =
+    """Which pairs `params` accepts, as verify() decides: views (pairs, 2 views, 7 measures, no face =
     NaN); the mirror view counts only where the direct view did not align (verify.aligned)."""
     from pipeline.features.verify import aligned
 
-    views_ok = params.accepted(*(views[..., i] for i in range(6)))
+    views_ok = params.accepted(*(views[..., i] for i in range(views.shape[-1])))
     return views_ok[:, 0] | (views_ok[:, 1] & ~aligned(views[:, 0, 0], views[:, 0, 1], params))
 
 
@@ -150,34 +162,49 @@ def main() -> None:
     views = as_array(measured)
     calibration = np.array([half == "calibrate" for half, _, _ in measured])
     negative = np.array([kind.startswith("neg:") for _, kind, _ in measured])
-    scored: list[tuple[float, VerifyParams]] = []
-    for values in itertools.product(*GRID.values()):
-        params = VerifyParams(**dict(zip(GRID, values)))
-        # A margin: no calibration hard negative may pass even with looser thresholds than these,
-        # or the choice sits on the edge of what these few negatives happen to be.
-        looser = dataclasses.replace(
+
+    def loosened(params: VerifyParams) -> VerifyParams:
+        """A margin: no calibration hard negative may pass even with looser thresholds than these, or
+        the choice sits on the edge of what these few negatives happen to be."""
+        return dataclasses.replace(
             params, max_motion_share=params.max_motion_share * 1.1, motion_floor_px=params.motion_floor_px * 1.1,
             min_block_correlation=params.min_block_correlation - 0.005, min_face_correlation=params.min_face_correlation - 0.005,
             min_small_correlation=params.min_small_correlation - 0.005, min_face_floor=params.min_face_floor - 0.05,
-            min_small_face_floor=params.min_small_face_floor - 0.05,
+            min_small_face_floor=params.min_small_face_floor - 0.05, max_face_residual_ratio=params.max_face_residual_ratio * 1.1,
+            min_noisy_correlation=params.min_noisy_correlation - 0.01, min_noisy_face_floor=params.min_noisy_face_floor - 0.05,
+            noisy_motion_floor_px=params.noisy_motion_floor_px * 1.1,
         )  # fmt: skip
-        if accepted(looser, views[calibration & negative]).any():
-            continue
-        scored.append((float(accepted(params, views)[calibration & ~negative].mean()), params))
-    if not scored:
-        raise SystemExit("no threshold on the grid accepts no calibration hard negative")
-    # Of the thresholds within half a point of the best recall, the strictest: recall that close is
-    # noise on this many pairs, and a stricter rule is further from the negatives not seen here.
-    top = max(recall for recall, _ in scored)
-    best = max(
-        (item for item in scored if item[0] >= top - 0.005),
-        key=lambda item: (
-            item[1].min_face_floor, item[1].min_small_face_floor, -item[1].max_motion_share, -item[1].motion_floor_px,
-            item[1].min_small_correlation, item[1].min_block_correlation, item[1].min_face_correlation, item[1].min_inlier_ratio,
+
+    def choose(candidates: Iterable[VerifyParams], strictness) -> tuple[float, float, VerifyParams]:  # noqa: ANN001
+        """Of the thresholds that accept no calibration hard negative (with the margin), those within
+        half a point of the best recall, the strictest: recall that close is noise on this many pairs,
+        and a stricter rule is further from the negatives not seen here."""
+        scored = [
+            (float(accepted(params, views)[calibration & ~negative].mean()), params)
+            for params in candidates
+            if not accepted(loosened(params), views[calibration & negative]).any()
+        ]
+        if not scored:
+            raise SystemExit("no threshold on the grid accepts no calibration hard negative")
+        top = max(recall for recall, _ in scored)
+        recall, params = max((item for item in scored if item[0] >= top - 0.005), key=lambda item: strictness(item[1]))
+        return recall, top, params
+
+    # First the rule for clean copies, with the spread-noise rule off; then the spread-noise rule beside it.
+    off = dict.fromkeys(SPREAD_GRID, 0.0) | {"min_noisy_correlation": 2.0}
+    _, _, clean = choose(
+        (VerifyParams(**dict(zip(GRID, values)), **off) for values in itertools.product(*GRID.values())),
+        lambda p: (
+            p.min_face_floor, p.min_small_face_floor, -p.max_motion_share, -p.motion_floor_px,
+            p.min_small_correlation, p.min_block_correlation, p.min_face_correlation, p.min_inlier_ratio,
         ),
     )  # fmt: skip
-    chosen, configured = best[1], VerifyParams.from_thresholds()
-    print(f"chosen on the calibration half (edits accepted {best[0]:.3f}, best {top:.3f}; no hard negative, with a margin): {chosen}")
+    recall, top, chosen = choose(
+        (dataclasses.replace(clean, **dict(zip(SPREAD_GRID, values))) for values in itertools.product(*SPREAD_GRID.values())),
+        lambda p: (-p.max_face_residual_ratio, p.min_noisy_face_floor, p.min_noisy_correlation, -p.noisy_motion_floor_px),
+    )
+    configured = VerifyParams.from_thresholds()
+    print(f"chosen on the calibration half (edits accepted {recall:.3f}, best {top:.3f}; no hard negative, with a margin): {chosen}")
     figures: dict = {"pairs": len(measured), "seconds": round(seconds, 1), "chosen": str(chosen), "configured": str(configured)}
     for label, params in (("chosen", chosen), ("configured", configured)):
         for half in ("calibrate", "report"):

@@ -135,6 +135,21 @@ class ThresholdsConfig(_Section):
     verify_min_small_face_floor: float = Field(
         0.9, ge=-1, le=1, description="Verification below the detail side: the face's 10th-percentile block correlation at least this."
     )
+    # A degraded copy (small, heavily compressed, or both) differs from its original by noise spread
+    # over the whole picture; another photo of the sitter differs in the face. Where the difference is
+    # spread evenly, lower correlations are accepted.
+    verify_max_face_residual_ratio: float = Field(
+        1.8, gt=0, le=100, description="Verification, spread-noise rule: the face's residual against the whole picture's at most this."
+    )
+    verify_min_noisy_correlation: float = Field(
+        0.88, gt=-1, le=1, description="Verification, spread-noise rule: median block correlation at least this."
+    )
+    verify_min_noisy_face_floor: float = Field(
+        0.3, ge=-1, le=1, description="Verification, spread-noise rule: the face's 10th-percentile block correlation at least this."
+    )
+    verify_noisy_motion_floor_px: float = Field(
+        1.2, ge=0, le=10, description="Verification, spread-noise rule: motion allowed in any case, in pixels (compression moves edges)."
+    )
     face_window_candidate: float = Field(
         0.85, gt=0, le=1,
         description="Pairs whose aligned faces' coarse descriptors reach this cosine are near-duplicate candidates too (crops, overlays).",

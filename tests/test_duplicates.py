@@ -79,6 +79,37 @@ def test_a_moved_region_of_a_small_copy_is_held_to_close_agreement(original: Ima
     assert verdict.same_photo == (verdict.block_correlation >= params.min_small_correlation and verdict.motion <= params.motion_limit(64))
 
 
+def test_a_residual_spread_over_the_picture_is_noise_and_one_in_the_face_is_not(original: Image.Image) -> None:
+    from pipeline.features.verify import _face_residual_ratio
+
+    grey = np.asarray(original.convert("L")).astype(np.float32)
+    valid = np.ones(grey.shape, bool)
+    face = (100, 120, 120, 150)  # x, y, w, h
+    rng = np.random.default_rng(0)
+    noisy = np.clip(grey + rng.normal(0, 6, grey.shape), 0, 255).astype(np.uint8)  # compression-like noise everywhere
+    assert _face_residual_ratio(grey.astype(np.uint8), noisy, valid, face) < 1.3
+    changed = grey.copy()
+    x, y, w, h = face
+    changed[y : y + h, x : x + w] += rng.normal(0, 12, (h, w))  # only the face differs
+    assert _face_residual_ratio(grey.astype(np.uint8), np.clip(changed, 0, 255).astype(np.uint8), valid, face) > 5
+    assert _face_residual_ratio(grey.astype(np.uint8), noisy, np.zeros(grey.shape, bool), face) is None  # nothing measurable
+
+
+@pytest.mark.parametrize(
+    ("measures", "same"),
+    [
+        ((0.5, 0.99, 0.99, 0.2, 300, 0.95, None), True),  # a clean copy: the first rule
+        ((0.5, 0.90, 0.85, 0.9, 150, 0.5, 1.2), True),  # degraded evenly: the spread-noise rule
+        ((0.5, 0.90, 0.85, 0.9, 150, 0.5, 3.0), False),  # as degraded, but the face differs more than the rest
+        ((0.5, 0.90, 0.85, 0.9, 150, 0.5, None), False),  # no face: the spread-noise rule does not apply
+        ((0.5, 0.90, 0.85, 2.5, 400, 0.5, 1.2), False),  # something moved
+        ((0.1, 0.90, 0.85, 0.9, 150, 0.5, 1.2), False),  # no real alignment
+    ],
+)
+def test_the_two_rules_of_a_verdict(measures: tuple, same: bool) -> None:
+    assert VerifyParams.from_thresholds().accepts(*measures) == same
+
+
 def test_thresholds_come_from_the_settings() -> None:
     from pipeline.config import load_settings
 

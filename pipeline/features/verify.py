@@ -49,7 +49,7 @@ _REFINE_REACH = 0.1  # what an affine refinement adds to the median block correl
 _MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
 
-VERSION = 3  # change with the measurement, so cached verdicts are not reused
+VERSION = 4  # change with the measurement, so cached verdicts are not reused
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,15 @@ class VerifyParams:
     # median does not see. Compression lowers every block, so the floor is lower at full size.
     min_face_floor: float
     min_small_face_floor: float
+    # The spread-noise rule, an alternative to the rule above: a copy degraded by downscaling or
+    # compression (or both) loses correlation everywhere alike, another photo of the sitter in the
+    # face. Where the face's residual is at most `max_face_residual_ratio` times the whole picture's,
+    # lower correlations pass; the motion limit keeps its share but a floor that compression noise
+    # needs, and the face's worst blocks must still agree.
+    max_face_residual_ratio: float
+    min_noisy_correlation: float
+    min_noisy_face_floor: float
+    noisy_motion_floor_px: float
 
     @classmethod
     def from_thresholds(cls, thresholds: ThresholdsConfig | None = None) -> VerifyParams:
@@ -83,27 +92,44 @@ class VerifyParams:
         return np.maximum(self.motion_floor_px, self.max_motion_share * side)
 
     def accepts(
-        self, ratio: float, correlation: float, face: float | None, motion: float, side: int, face_floor: float | None = None
+        self,
+        ratio: float,
+        correlation: float,
+        face: float | None,
+        motion: float,
+        side: int,
+        face_floor: float | None = None,
+        residual_ratio: float | None = None,
     ) -> bool:
-        return bool(self.accepted(*(np.nan if value is None else value for value in (ratio, correlation, face, motion, side, face_floor))))
+        measures = (ratio, correlation, face, motion, side, face_floor, residual_ratio)
+        return bool(self.accepted(*(np.nan if value is None else value for value in measures)))
 
-    def accepted(self, ratio, correlation, face, motion, side, face_floor):  # noqa: ANN001, ANN201 - numbers or arrays alike
-        """The rule, on single measures or element-wise on arrays of them (a calibration tries it on
-        thousands of pairs at once); NaN face measures: no face found, the face rules do not apply."""
+    def accepted(self, ratio, correlation, face, motion, side, face_floor, residual_ratio):  # noqa: ANN001, ANN201 - numbers or arrays alike
+        """The rules, on single measures or element-wise on arrays of them (a calibration tries them on
+        thousands of pairs at once); NaN face measures: no face found, the face rules do not apply
+        (and the spread-noise rule, which needs a face, does not either)."""
         small = side < self.detail_side
         block_min = np.where(small, max(self.min_block_correlation, self.min_small_correlation), self.min_block_correlation)
         face_min = np.where(small, max(self.min_face_correlation, self.min_small_correlation), self.min_face_correlation)
         floor_min = np.where(small, max(self.min_face_floor, self.min_small_face_floor), self.min_face_floor)
-        return (
+        clean = (
             (ratio >= self.min_inlier_ratio) & (correlation >= block_min) & (np.isnan(face) | (face >= face_min))
             & (np.isnan(face_floor) | (face_floor >= floor_min)) & (motion <= self.motion_limit(side))
         )  # fmt: skip
+        with np.errstate(invalid="ignore"):
+            spread = (
+                (ratio >= self.min_inlier_ratio) & (residual_ratio <= self.max_face_residual_ratio)
+                & (correlation >= self.min_noisy_correlation) & (face_floor >= self.min_noisy_face_floor)
+                & (motion <= np.maximum(self.noisy_motion_floor_px, self.max_motion_share * side))
+            )  # fmt: skip
+        return clean | spread
 
     @property
     def cache_id(self) -> str:
         return (
             f"v{VERSION}-r{self.min_inlier_ratio:g}-b{self.min_block_correlation:g}-f{self.min_face_correlation:g}"
             f"-m{self.max_motion_share:g}-p{self.motion_floor_px:g}-d{self.detail_side}-s{self.min_small_correlation:g}-l{self.min_face_floor:g}-{self.min_small_face_floor:g}"
+            f"-n{self.max_face_residual_ratio:g}-{self.min_noisy_correlation:g}-{self.min_noisy_face_floor:g}-{self.noisy_motion_floor_px:g}"
         )
 
 
@@ -127,6 +153,7 @@ class Verdict:
     motion: float = float("inf")  # residual motion in pixels at `compared_side` (90th percentile over blocks)
     compared_side: int = 0  # the longest side both pictures were compared at
     face_floor: float | None = None  # 10th percentile of the face's block correlations
+    residual_ratio: float | None = None  # the face's residual against the whole picture's (None: no face)
 
 
 _detectors = threading.local()
@@ -367,12 +394,38 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
         in_face = _block_correlations(a_small[y : y + h, x : x + w], b_small[y : y + h, x : x + w], valid[y : y + h, x : x + w], face_block)
         if len(in_face) >= 4:
             face_correlation, face_floor = _median(in_face), float(np.percentile(in_face, 10))
+    residual_ratio = None if face_correlation is None else _face_residual_ratio(a_small, b_small, valid, (x, y, w, h))
     measures = (ratio, correlation, face_correlation)
-    if params is not None and not params.accepts(*measures, 0.0, side, face_floor):
-        return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor)
+    if params is not None and not params.accepts(*measures, 0.0, side, face_floor, residual_ratio):
+        return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor, residual_ratio)
     motion = _motion(a_small, b_small, valid)
-    same = params is not None and params.accepts(*measures, motion, side, face_floor)
-    return Verdict(same, ratio, correlation, n_inliers, face_correlation, motion, side, face_floor)
+    same = params is not None and params.accepts(*measures, motion, side, face_floor, residual_ratio)
+    return Verdict(same, ratio, correlation, n_inliers, face_correlation, motion, side, face_floor, residual_ratio)
+
+
+_RESIDUAL_FLOOR = 0.3  # grey levels: a residual below this is no residual (an exact re-encoding)
+
+
+def _face_residual_ratio(a: np.ndarray, b: np.ndarray, valid: np.ndarray, face: tuple[int, int, int, int]) -> float | None:
+    """How much more a and b (aligned, at the comparison scale) differ inside the face than over the
+    whole picture: the typical (median) local RMS residual after tone matching, face over all.
+    Downscaling and compression spread their error over the picture (about 1); a different photo of
+    the sitter differs in the face (2 and more on the corpus). None where too little is measurable."""
+    import cv2
+
+    window = max(3, round(max(a.shape) / 24))
+    inside = cv2.erode(valid.astype(np.uint8), np.ones((window, window), np.uint8)) > 0
+    x, y, w, h = face
+    in_face = np.zeros_like(inside)
+    in_face[y : y + h, x : x + w] = True
+    in_face &= inside
+    if in_face.sum() < 9:
+        return None
+    difference = a.astype(np.float32) - _matched_tones(a, b, valid).astype(np.float32)
+    difference[~valid] = 0
+    energy = cv2.boxFilter(difference * difference, -1, (window, window))
+    level = lambda region: float(np.sqrt(np.median(energy[region])))  # noqa: E731
+    return level(in_face) / max(level(inside), _RESIDUAL_FLOOR)
 
 
 def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams | None = None) -> Verdict:
