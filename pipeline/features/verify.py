@@ -44,12 +44,13 @@ _FACE_BLOCK = 12
 _MIN_BLOCK, _MIN_FACE_BLOCK = 6, 4
 _N_FEATURES = 1000
 _FLOW_SIDE = 200
+_ECC_SIDE = 200
 _ALIGNED = 0.5  # inlier ratio of a real alignment (different photos of one sitter reach 0.3-0.9)
 _REFINE_REACH = 0.1  # what an affine refinement adds to the median block correlation at most (measured: < 0.06)
 _MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
 
-VERSION = 4  # change with the measurement, so cached verdicts are not reused
+VERSION = 5  # change with the measurement, so cached verdicts are not reused
 
 
 @dataclass(frozen=True)
@@ -248,14 +249,23 @@ def _refine(a: np.ndarray, b: np.ndarray, valid: np.ndarray, block: int, correla
     (ECC has no outlier rejection: a caption or a logo can pull it off)."""
     import cv2
 
+    # The refinement is estimated at most at _ECC_SIDE (ECC is sub-pixel there too, at a quarter of
+    # the cost at 400 px), and its translation scaled back to the comparison scale.
+    shrink = min(1.0, _ECC_SIDE / max(a.shape))
+    small_a, small_b, small_valid = a, b, valid.astype(np.uint8)
+    if shrink < 1.0:
+        size = (max(1, round(a.shape[1] * shrink)), max(1, round(a.shape[0] * shrink)))
+        small_a, small_b = cv2.resize(a, size, interpolation=cv2.INTER_AREA), cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+        small_valid = cv2.resize(small_valid, size, interpolation=cv2.INTER_NEAREST)
     warp = np.eye(2, 3, dtype=np.float32)
     try:
         _, warp = cv2.findTransformECC(
-            a.astype(np.float32), b.astype(np.float32), warp, cv2.MOTION_AFFINE,
-            (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-4), valid.astype(np.uint8), 3,
+            small_a.astype(np.float32), small_b.astype(np.float32), warp, cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-4), small_valid, 3,
         )  # fmt: skip
     except cv2.error:
         return b, valid, correlation
+    warp[:, 2] /= shrink
     size = (a.shape[1], a.shape[0])
     refined = cv2.warpAffine(b, warp, size, flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
     moved = cv2.warpAffine(valid.astype(np.uint8), warp, size, flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
@@ -272,7 +282,8 @@ def _matched_tones(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> np.ndarra
     levels = np.arange(256)
     cdf_a = np.cumsum(np.bincount(a[valid], minlength=256)) / valid.sum()
     cdf_b = np.cumsum(np.bincount(b[valid], minlength=256)) / valid.sum()
-    return np.interp(np.interp(levels, levels, cdf_b)[b], cdf_a, levels).astype(np.uint8)
+    # One table of 256 grey levels, then a lookup: the same mapping as interpolating every pixel.
+    return np.interp(cdf_b, cdf_a, levels).astype(np.uint8)[b]
 
 
 def _local_correlation(a: np.ndarray, b: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -357,7 +368,7 @@ def _motion(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
     measurable = kept.mean(axis=1) >= 0.5
     if measurable.sum() < 4:
         return float("inf")
-    medians = [float(np.median(m[k])) for m, k in zip(magnitudes[measurable], kept[measurable])]
+    medians = np.nanmedian(np.where(kept[measurable], magnitudes[measurable], np.nan), axis=1)
     return float(np.percentile(medians, 90))
 
 
@@ -367,7 +378,9 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
     import cv2
 
     transform, ratio, n_inliers = _similarity_transform(a, b)
-    if transform is None:
+    # Both rules need a real alignment: without one, nothing else is measured (most candidates of a
+    # uniform studio page end here, before the warps, the refinement and the flow).
+    if transform is None or (params is not None and ratio < params.min_inlier_ratio):
         return Verdict(False, ratio, 0.0, n_inliers)
     side = min(_SIDE, a.native_side, b.native_side)
     scale = side / max(a.grey.shape)
@@ -394,7 +407,12 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
         in_face = _block_correlations(a_small[y : y + h, x : x + w], b_small[y : y + h, x : x + w], valid[y : y + h, x : x + w], face_block)
         if len(in_face) >= 4:
             face_correlation, face_floor = _median(in_face), float(np.percentile(in_face, 10))
-    residual_ratio = None if face_correlation is None else _face_residual_ratio(a_small, b_small, valid, (x, y, w, h))
+    # The residual ratio matters only where the spread-noise rule could still pass (always measured
+    # for a calibration, where params is None).
+    could_spread = params is None or (
+        correlation >= params.min_noisy_correlation and face_floor is not None and face_floor >= params.min_noisy_face_floor
+    )
+    residual_ratio = None if face_correlation is None or not could_spread else _face_residual_ratio(a_small, b_small, valid, (x, y, w, h))
     measures = (ratio, correlation, face_correlation)
     if params is not None and not params.accepts(*measures, 0.0, side, face_floor, residual_ratio):
         return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor, residual_ratio)
