@@ -202,3 +202,23 @@ def test_homog_crawl_finds_pages_from_domains_and_logs_why(fixture_site, tmp_pat
     assert pages.groupby("company")["url"].nunique().to_dict() == {"cedar-finch": 1, "harbor-labs": 2}
     nothing = log[(log["company"] == "quiet-co") & log["reason"].str.startswith("no staff page found")]
     assert len(nothing) == 1
+
+
+def test_a_brand_audit_may_start_from_a_domain(tmp_path: Path) -> None:
+    from pipeline.apps.audit import AuditError, _company_source
+    from pipeline.config import load_settings
+    from pipeline.ingest.crawl import load_sites
+    from tests.conftest import encode, photo_like
+
+    settings = load_settings(None, warehouse=str(tmp_path / "wh"))
+    rows, sites_file = _company_source("acme.example", "acme", settings)
+    assert rows == [] and [(c.name, c.domain, c.urls) for c in load_sites(sites_file).companies] == [("acme", "acme.example", [])]
+    _, sites_file = _company_source("https://acme.example/team", "acme", settings)
+    assert load_sites(sites_file).companies[0].urls == ["https://acme.example/team"]
+    folder = tmp_path / "acme.photos"  # a folder whose name looks like a domain is still the folder
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(encode(photo_like()))
+    rows, sites_file = _company_source(str(folder), "acme", settings)
+    assert sites_file == "" and len(rows) == 1
+    with pytest.raises(AuditError, match="neither an http\\(s\\) URL, a domain nor a usable folder"):
+        _company_source(str(tmp_path / "missing"), "acme", settings)

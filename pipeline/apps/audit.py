@@ -13,6 +13,7 @@ report stage with the population as its comparison.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -31,17 +32,29 @@ class AuditError(ValueError):
 
 
 def _company_source(source: str, company: str, settings: Settings) -> tuple[list[ManifestRow], str]:
-    """The audited company's pictures: a sites file to crawl (a URL), or the rows of its folder."""
+    """The audited company's pictures: a sites file to crawl (a team page's URL, or a domain whose
+    staff pages are found by discovery), or the rows of its folder."""
+    from pydantic import ValidationError
+
+    from pipeline.ingest.crawl.sites import SiteEntry
     from pipeline.ingest.sources import SourceError, scan_company_folder
 
+    entry: dict | None = None
     if source.startswith(("http://", "https://")):
+        entry = {"name": company, "urls": [source]}
+    elif "." in source and not Path(source).exists():  # "acme.example": a domain, unless such a folder exists
+        try:
+            entry = SiteEntry(name=company, domain=source).model_dump(exclude={"urls"})
+        except ValidationError:
+            entry = None
+    if entry is not None:
         store = Warehouse(settings.warehouse)
-        store.write_bytes(layout.AUDIT_SITES_FILE, yaml.safe_dump({"companies": [{"name": company, "urls": [source]}]}).encode())
+        store.write_bytes(layout.AUDIT_SITES_FILE, yaml.safe_dump({"companies": [entry]}).encode())
         return [], store.uri(layout.AUDIT_SITES_FILE)
     try:
         return scan_company_folder(source, company), ""
     except SourceError as exc:
-        raise AuditError(f"{source} is neither an http(s) URL nor a usable folder: {exc}") from None
+        raise AuditError(f"{source} is neither an http(s) URL, a domain nor a usable folder: {exc}") from None
 
 
 def _population(main: Warehouse, exclude: str) -> tuple[list[ManifestRow], str | None, str | None]:

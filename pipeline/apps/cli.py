@@ -244,7 +244,7 @@ def trends(
 @app.command()
 @os_errors_end_cleanly
 def audit(
-    source: Annotated[str, typer.Argument(help="The company's team-page URL, or a folder of its photos.")],
+    source: Annotated[str, typer.Argument(help="The company's team-page URL, its domain (acme.example), or a folder of its photos.")],
     company: Annotated[str, typer.Option(help="Company name (as in sites.yaml, if it is crawled nightly).")],
     warehouse: Annotated[Optional[str], typer.Option(help="Warehouse with the nightly runs to compare against.")] = None,
     reports: Annotated[Optional[str], typer.Option(help="Reports root; the page goes under audits/.")] = None,
