@@ -232,4 +232,4 @@ def test_audit_of_an_uploaded_folder_against_the_nightly_population(hostile_run:
     assert result["run"]["counts"]["faces_measured"] == 5  # and its face signals
     pd.testing.assert_frame_equal(pd.read_parquet(hostile_run["result"].outputs["images"]), before)  # the nightly is untouched
     missing = CliRunner().invoke(app, ["audit", str(tmp_path / "nope"), "--company", "X", "--warehouse", str(root / "wh")])
-    assert missing.exit_code == 2 and "neither an http(s) URL nor a usable folder" in missing.output
+    assert missing.exit_code == 2 and "neither an http(s) URL, a domain nor a usable folder" in missing.output
