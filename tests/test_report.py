@@ -233,3 +233,25 @@ def test_audit_of_an_uploaded_folder_against_the_nightly_population(hostile_run:
     pd.testing.assert_frame_equal(pd.read_parquet(hostile_run["result"].outputs["images"]), before)  # the nightly is untouched
     missing = CliRunner().invoke(app, ["audit", str(tmp_path / "nope"), "--company", "X", "--warehouse", str(root / "wh")])
     assert missing.exit_code == 2 and "neither an http(s) URL, a domain nor a usable folder" in missing.output
+
+
+def test_failures_count_photos_and_list_pages_and_empty_discoveries_apart() -> None:
+    """`n_failed` counts unusable photos, never crawl-log rows; page errors and a discovery that found
+    nothing are listed per company."""
+    from types import SimpleNamespace
+
+    from pipeline.report.render import _failures
+
+    images = pd.DataFrame({"company": ["a", "a", "b"], "image": ["1", "2", "3"], "status": ["ok", "error", "ok"],
+                           "error_kind": ["", "decode", ""], "error": ["", "truncated", ""]})  # fmt: skip
+    crawl = pd.DataFrame({
+        "company": ["a", "a", "b", "c", "c"], "kind": ["image", "page", "page", "discovery", "discovery"],
+        "url": ["u1", "p1", "p2", "https://c.example/sitemap.xml", "https://c.example"],
+        "status": ["kept", "error", "crawled", "not found", "error"],
+        "reason": ["face found", "HTTP 500", "3 candidate pictures", "sitemap: HTTP 404", "no staff page found on c.example: tried ..."],
+    })  # fmt: skip
+    failures = _failures(SimpleNamespace(images=images, crawl_log=crawl))
+    assert failures["n_failed"] == 1
+    assert [row["page_error"] for row in failures["crawl"] if "page_error" in row] == [
+        "p1: HTTP 500", "https://c.example: no staff page found on c.example: tried ...",
+    ]  # fmt: skip

@@ -179,10 +179,10 @@ def _failures(data: RunData) -> dict[str, Any]:
         crawl_counts = [{"company": c, **{s: int((g["status"] == s).sum()) for s in ("kept", "skipped", "rejected", "error")}}
                         for c, g in images.groupby("company", sort=False)]  # fmt: skip
         # Pages that failed, and companies known by their domain where discovery found no staff page.
-        failed = ((crawl["kind"] == "page") & (crawl["status"] == "error")) | (
+        unusable = ((crawl["kind"] == "page") & (crawl["status"] == "error")) | (
             (crawl["kind"] == "discovery") & crawl["reason"].fillna("").str.startswith("no staff page found")
         )
-        crawl_counts += [{"company": r.company, "page_error": f"{r.url}: {r.reason}"} for r in crawl[failed].itertuples()]
+        crawl_counts += [{"company": r.company, "page_error": f"{r.url}: {r.reason}"} for r in crawl[unusable].itertuples()]
     return {
         "n_failed": len(failed),
         "by_kind": [{"company": r.company, "kind": r.error_kind, "n": int(r.n)} for r in by_kind.itertuples()] if len(by_kind) else [],
