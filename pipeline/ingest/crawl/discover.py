@@ -167,8 +167,7 @@ def discover(site: SiteEntry, cfg: CrawlConfig, loader: PageLoader, robots: Robo
 
     home: Page | None = None
     tried: list[str] = []
-    origin = site.origins[0]
-    for origin in site.origins:
+    for origin in site.origins:  # never empty: discovery runs for a company with a domain
         try:
             home = loader.load(origin + "/")
             break
@@ -177,7 +176,7 @@ def discover(site: SiteEntry, cfg: CrawlConfig, loader: PageLoader, robots: Robo
             tried.append(f"home page {origin}/ ({exc.reason})")
             if not exc.reason.startswith("network"):
                 break  # the server answered: the other scheme would not answer differently
-    fetched: dict[str, Page] = {}
+    fetched: dict[str, Page | None] = {}  # None: tried, unusable
     if home is not None:
         origin = f"{urlsplit(home.url).scheme}://{urlsplit(home.url).netloc}"
         lead(home.url, 0, "home page")
@@ -209,8 +208,8 @@ def discover(site: SiteEntry, cfg: CrawlConfig, loader: PageLoader, robots: Robo
         try:
             page = loader.load(entry.url)
         except PageUnusable as exc:
-            fetched[entry.url] = None  # type: ignore[assignment] - tried, unusable
-            note(entry.url, _status_of(exc), f"found: {'; '.join(entry.found)}; {exc.reason}")
+            fetched[entry.url] = None
+            note(entry.url, _status_of(exc.reason, exc.status), f"found: {'; '.join(entry.found)}; {exc.reason}")
             continue
         fetched[entry.url] = page
         if page.url != entry.url:
@@ -233,12 +232,9 @@ def discover(site: SiteEntry, cfg: CrawlConfig, loader: PageLoader, robots: Robo
     return result
 
 
-def _status_of(failure: PageUnusable | FetchFailed) -> str:
+def _status_of(reason: str, status: str) -> str:
     """A guessed or listed URL that is not there is what discovery expects to meet: `not found`, not an error."""
-    reason = failure.reason if isinstance(failure, PageUnusable) else str(failure)
-    if reason in ("HTTP 404", "HTTP 410"):
-        return "not found"
-    return failure.status if isinstance(failure, PageUnusable) else "error"
+    return "not found" if reason in ("HTTP 404", "HTTP 410") else status
 
 
 def _qualifies(page: Page | None) -> bool:
@@ -304,7 +300,7 @@ def _read_sitemaps(origin: str, cfg: CrawlConfig, loader: PageLoader, robots: Ro
             note(url, "skipped", f"sitemap: {exc.rule}: {exc}")
             continue
         except FetchFailed as exc:
-            note(url, _status_of(exc), f"sitemap: {exc}")
+            note(url, _status_of(str(exc), "error"), f"sitemap: {exc}")
             continue
         except (ValueError, SyntaxError) as exc:  # lxml's XMLSyntaxError is a SyntaxError
             note(url, "error", f"sitemap unreadable: {exc}")
