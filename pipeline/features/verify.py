@@ -407,13 +407,11 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
         in_face = _block_correlations(a_small[y : y + h, x : x + w], b_small[y : y + h, x : x + w], valid[y : y + h, x : x + w], face_block)
         if len(in_face) >= 4:
             face_correlation, face_floor = _median(in_face), float(np.percentile(in_face, 10))
-    # The residual ratio matters only where the spread-noise rule could still pass (always measured
-    # for a calibration, where params is None).
-    could_spread = params is None or (
-        correlation >= params.min_noisy_correlation and face_floor is not None and face_floor >= params.min_noisy_face_floor
-    )
-    residual_ratio = None if face_correlation is None or not could_spread else _face_residual_ratio(a_small, b_small, valid, (x, y, w, h))
     measures = (ratio, correlation, face_correlation)
+    # The residual ratio is measured only where a rule could still pass with no motion and an evenly
+    # spread residual (always for a calibration, where params is None): the rules decide, not a copy of them.
+    could_pass = params is None or params.accepts(*measures, 0.0, side, face_floor, 0.0)
+    residual_ratio = None if face_correlation is None or not could_pass else _face_residual_ratio(a_small, b_small, valid, (x, y, w, h))
     if params is not None and not params.accepts(*measures, 0.0, side, face_floor, residual_ratio):
         return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor, residual_ratio)
     motion = _motion(a_small, b_small, valid)
