@@ -239,6 +239,14 @@ TABLES: tuple[Table, ...] = (
         "n_partner_companies": "how many other companies",
         "index_reference": "the reference the index was measured against (`<photos>@<digest>`, or `none`); trends join only equal ones",
         **FACE_SIGNAL_MEANING,
+        "template_index": "0..1: how likely two different photos on the page are to share one template (framing, backdrop, "
+                          "grade, skin finish) even when every face differs; see docs/methodology.md",
+        "template_ci_low": "95% bootstrap interval of the template index, low end",
+        "template_ci_high": "95% bootstrap interval of the template index, high end",
+        **{f"template_from_{component}": f"what the {component} part adds to the template index: mean log-odds over the page's "
+           "pairs above a typical unrelated pair (the five add up; > 0 raises the index)"
+           for component in ("whole", "framing", "backdrop", "grade", "skin")},
+        "template_model": "the template model the index was measured with (`<embedder>@<digest>`), or `none` where the embedder has none",
         **{column: f"zero-shot: as `{column}` in the `zero_shot` table" for column in (
             "zero_shot_status", "backdrop_top", "backdrop_share", "attire_top", "attire_share", "framing_top", "framing_share",
             "ai_share", "ai_ci_low", "ai_ci_high")},

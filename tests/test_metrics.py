@@ -17,6 +17,7 @@ from pipeline.features.verify import features, verify
 from pipeline.features.zero_shot import PAGE_COLUMNS as ZERO_SHOT_COLUMNS
 from pipeline.ingest.sources import read_manifest
 from pipeline.metrics.homogeneity import COMPANY_COLUMNS, homogeneity, pair_kernel, vendi_score
+from pipeline.metrics.template_index import PAGE_COLUMNS as TEMPLATE_COLUMNS
 from pipeline.stages import run_pipeline
 from tests.conftest import photo_like
 
@@ -121,13 +122,22 @@ def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
 
 def test_companies_table(demo_run: dict) -> None:
     companies = demo_run["companies"].set_index("company")
-    assert list(demo_run["companies"].columns) == [*COMPANY_COLUMNS, *PAGE_COLUMNS, *ZERO_SHOT_COLUMNS, "n_face_repeated", "n_face_shared"]
+    assert list(demo_run["companies"].columns) == [
+        *COMPANY_COLUMNS, *PAGE_COLUMNS, *TEMPLATE_COLUMNS, *ZERO_SHOT_COLUMNS, "n_face_repeated", "n_face_shared"
+    ]  # fmt: skip
     assert companies.loc["tiny-startup", "status"] == "too_few_images"
     assert np.isnan(companies.loc["tiny-startup", "homogeneity_index"])
     templated, varied = companies.loc["northwind-legal"], companies.loc["bluebird-bakery"]
     assert templated["homogeneity_index"] > varied["homogeneity_index"]
     assert templated["ci_low"] > varied["ci_high"]  # clearly apart, not just by chance
     assert templated["near_dup_rate"] > 0 and varied["near_dup_rate"] == 0
+    # The template index beside it, from the shipped classic model, its parts adding up to it.
+    assert templated["template_index"] > varied["template_index"]
+    assert templated["template_ci_low"] <= templated["template_index"] <= templated["template_ci_high"]
+    parts = [f"template_from_{part}" for part in ("whole", "framing", "backdrop", "grade", "skin")]
+    assert templated[parts].sum() == pytest.approx(templated["template_index"])
+    assert templated["template_model"].startswith("classic-v1@")
+    assert np.isnan(companies.loc["tiny-startup", "template_index"]) and companies.loc["tiny-startup", "template_model"] == "none"
     assert companies.loc["copperleaf-consulting", "n_reused_images"] == 1
     assert companies.loc["copperleaf-consulting", "n_partner_companies"] == 1
     assert (companies["embedder"] == "classic-v1").all()

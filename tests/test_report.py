@@ -62,6 +62,10 @@ def test_reports_are_written_with_summary_and_audit_pages(hostile_run: dict) -> 
     html = report.read_text()
     assert "<script>" not in html and "&lt;script&gt;window.__pwned" in html  # escaped, not dropped
     assert "Offline embedder" in html and "missing.jpg" in html  # banner; data quality lists the failure
+    assert "template index (95% CI)" in html
+    audit = " ".join(page.read_text() for page in pages)
+    # Each audit page gives the template index and its parts, or says why it has none.
+    assert audit.count("Template index") == 2 and "share of the index" in audit and "colour grade" in audit
 
 
 def test_report_regenerates_from_the_warehouse_alone(hostile_run: dict) -> None:

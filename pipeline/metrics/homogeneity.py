@@ -35,8 +35,27 @@ COMPANY_COLUMNS = [
 ]  # fmt: skip
 
 
-def _seed(*parts: str) -> int:
-    return int.from_bytes(hashlib.sha256("\x1f".join(parts).encode()).digest()[:8], "little")
+def page_seed(company: str) -> int:
+    """The seed of a page's sample and bootstrap: reruns give identical numbers."""
+    return int.from_bytes(hashlib.sha256(company.encode()).digest()[:8], "little")
+
+
+def page_sample(rows: pd.DataFrame, company: str, thresholds: ThresholdsConfig) -> pd.DataFrame:
+    """The page's ok photos, or a seeded sample of `max_page_sample` of them on larger pages."""
+    ok = rows[rows["status"] == "ok"]
+    if len(ok) > thresholds.max_page_sample:
+        ok = ok.sample(thresholds.max_page_sample, random_state=page_seed(company) % 2**32)
+    return ok
+
+
+def duplicate_matrix(images: pd.Series, pairs: pd.DataFrame) -> np.ndarray:
+    """(n, n) True where two of `images` are an exact/near-duplicate pair of `pairs` (image_a, image_b)."""
+    position = {image: i for i, image in enumerate(images)}
+    duplicate = np.zeros((len(position), len(position)), dtype=bool)
+    for a, b in zip(pairs["image_a"], pairs["image_b"]):
+        if a in position and b in position:
+            duplicate[position[a], position[b]] = duplicate[position[b], position[a]] = True
+    return duplicate
 
 
 def pair_kernel(similarities: np.ndarray, duplicate: np.ndarray) -> np.ndarray:
@@ -91,9 +110,7 @@ def company_metrics(
     across = pairs[pairs["company_a"] != pairs["company_b"]]
     records = []
     for company, rows in images.groupby("company", sort=True):
-        ok = rows[rows["status"] == "ok"]
-        if len(ok) > thresholds.max_page_sample:
-            ok = ok.sample(thresholds.max_page_sample, random_state=_seed(company) % 2**32)
+        ok = page_sample(rows, company, thresholds)
         n = len(ok)
         record = {
             "company": company, "n_images": n, "embedder": embeddings.embedder_id, "n_rows": len(rows),
@@ -116,16 +133,12 @@ def company_metrics(
             records.append(record)
             continue
         vectors = embeddings.vectors[[position[c] for c in ok["content_sha256"]]]
-        image_index = {image: i for i, image in enumerate(ok["image"])}
-        duplicate = np.zeros((n, n), dtype=bool)
-        for a, b in zip(dup_here["image_a"], dup_here["image_b"]):
-            if a in image_index and b in image_index:
-                duplicate[image_index[a], image_index[b]] = duplicate[image_index[b], image_index[a]] = True
+        duplicate = duplicate_matrix(ok["image"], dup_here)
         raw = vectors @ vectors.T
         record["mean_pairwise_similarity"] = float((raw.sum() - np.trace(raw)) / (n * (n - 1)))
         centred = reference.centre(vectors)
         record["vendi_score"] = vendi_score(centred)
-        index, low, high = page_index(centred, duplicate, thresholds.bootstrap_samples, _seed(company))
+        index, low, high = page_index(centred, duplicate, thresholds.bootstrap_samples, page_seed(company))
         record.update(homogeneity_index=index, ci_low=low, ci_high=high)
         records.append(record)
     return pd.DataFrame(records, columns=COMPANY_COLUMNS)

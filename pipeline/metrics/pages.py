@@ -18,6 +18,7 @@ from pipeline.config import Settings
 from pipeline.features import face_signals, zero_shot
 from pipeline.features.embed import Embeddings
 from pipeline.features.reference import Reference
+from pipeline.metrics import template_index
 from pipeline.metrics.homogeneity import COMPANY_COLUMNS, company_metrics
 
 FACE_COUNT_COLUMNS = ("n_face_repeated", "n_face_shared")
@@ -49,6 +50,14 @@ def _template_signals(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
     return face_signals.page_table(inputs.read("faces"), companies)
 
 
+def _template_index(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
+    from pipeline.metrics.template_index import page_table
+
+    centred = dict(zip(inputs.embeddings.content_sha256, inputs.reference.centre(inputs.embeddings.vectors)))
+    return page_table(companies, inputs.images, inputs.read("faces"), centred, inputs.read("pairs"),
+                      inputs.embeddings.embedder_id, inputs.settings.thresholds)  # fmt: skip
+
+
 def _zero_shot(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
     styles = inputs.read("zero_shot")
     return styles if len(styles) else pd.DataFrame({"company": companies, **{c: np.nan for c in zero_shot.PAGE_COLUMNS}})
@@ -66,6 +75,7 @@ def _face_identity(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
 PAGE_METRICS: tuple[PageMetric, ...] = (
     PageMetric("homogeneity", ("pairs", "clusters"), tuple(COMPANY_COLUMNS[1:]), _homogeneity),
     PageMetric("template_signals", ("faces",), tuple(face_signals.PAGE_COLUMNS), _template_signals),
+    PageMetric("template_index", ("faces", "pairs"), tuple(template_index.PAGE_COLUMNS), _template_index),
     PageMetric("zero_shot", ("zero_shot",), tuple(zero_shot.PAGE_COLUMNS), _zero_shot),
     PageMetric("face_identity", ("identities",), FACE_COUNT_COLUMNS, _face_identity),
 )

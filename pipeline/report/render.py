@@ -16,6 +16,7 @@ import pandas as pd
 
 from pipeline import layout
 from pipeline.context import RunContext
+from pipeline.metrics.template_index import drivers
 from pipeline.report.data import RunData, count, finite, label, load_run, thumbnail
 from pipeline.report.plots import (
     changed_plot,
@@ -238,6 +239,35 @@ def template_signals(row: pd.Series, companies: pd.DataFrame) -> list[dict[str, 
     return signals
 
 
+TEMPLATE_PARTS = [  # component, label, what it means when the part holds much of the index
+    ("whole", "whole picture", "the pictures look alike as a whole (layout, colour, texture)"),
+    ("framing", "framing", "the faces sit at one position and size"),
+    ("backdrop", "backdrop", "one backdrop colour, plainness and blur"),
+    ("grade", "colour grade", "one colour grade"),
+    ("skin", "skin finish", "alike, smooth skin and face symmetry"),
+]
+
+
+def template_index_view(row: pd.Series) -> dict[str, Any]:
+    """The page's template index, its interval and the parts that move it, or why there is none."""
+    index = finite(row.get("template_index"))
+    components = {part: finite(row.get(f"template_from_{part}")) or 0.0 for part, _, _ in TEMPLATE_PARTS}
+    if index is None:
+        reason = (
+            "too few photos for an index"
+            if row.get("status") != "ok"
+            else f"no template model ships for the embedder {row.get('embedder')}"
+        )
+        return {"index": None, "reason": reason, "drivers": "", "components": []}
+    return {
+        "index": index, "ci_low": finite(row.get("template_ci_low")), "ci_high": finite(row.get("template_ci_high")),
+        "model": row.get("template_model"),
+        "drivers": ", ".join(drivers(components)),
+        "components": [{"label": label, "value": components[part], "reading": meaning if part in drivers(components, len(components)) else ""}
+                       for part, label, meaning in TEMPLATE_PARTS],
+    }  # fmt: skip
+
+
 def _zero_shot(row: pd.Series) -> dict[str, Any]:
     """The page's zero-shot style and AI-likely share (clip only), or why there is none."""
     status = row.get("zero_shot_status")
@@ -283,7 +313,7 @@ def _company_table(data: RunData) -> list[dict[str, Any]]:
             "signals": {column: finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
             "face_share": finite(getattr(row, "face_share", None)),
             "face_repeated": count(getattr(row, "n_face_repeated", None)), "face_shared": count(getattr(row, "n_face_shared", None)),
-            "zero_shot": _zero_shot(pd.Series(row._asdict())),
+            "zero_shot": _zero_shot(pd.Series(row._asdict())), "template": template_index_view(pd.Series(row._asdict())),
         })  # fmt: skip
     return rows
 
@@ -415,7 +445,7 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         history=_history(data, company),
         signals=template_signals(row, data.companies), face_share=finite(row.get("face_share")),
         face_repeated=count(row.get("n_face_repeated")), face_shared=count(row.get("n_face_shared")),
-        zero_shot=_zero_shot(row),
+        zero_shot=_zero_shot(row), template=template_index_view(row),
         thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
         back_link="../index.html",
     )  # fmt: skip

@@ -1,0 +1,385 @@
+"""Fit the template index's model and validate both page indexes on templated pages of different people.
+
+Photos (../shared/data/headshots): the five AI packs, the London studio set (neutral and smiling), the
+real 18F staff photos (placeholders left out) split by alternate file into a *fit* half and a
+*validation* half, and templated copies of real staff photos (bench/templating.py: one backdrop, one
+framing, one grade, mild skin smoothing; the people unchanged) made with templates drawn at random.
+
+Fitting (`pipeline.metrics.template_index.fit_model`): pairs within one pack, within the studio set and
+within one templated page of the fit half (full templates and the subtler ones: only a grade and a
+framing, only a backdrop) are "one template"; pairs of unrelated fit-half staff photos and pairs
+across templates are not. Every folder's pairs weigh the same. The L2 penalty is chosen by
+leave-one-folder-out: each folder held out in turn, the model fitted on the others and scored (log
+loss) on the held-out folder's pairs with everything else.
+
+Validation, over `--draws` random draws, on the validation half only (never fitted on):
+- ladders of 0/25/50/75/100% of a page replaced: by templated photos of the same people (full,
+  grade + framing, backdrop only; 24 photos), by each AI pack (24 photos, 12 where the pack is
+  smaller), by studio photos (24): how often each rises strictly. A pack's ladder uses the model
+  fitted without that pack (leave-one-folder-out), as does the studio's;
+- separation: three disjoint real pages of 24 against each pack, the studio page and each fully
+  templated page: how often all of them are above every real page;
+- the bootstrap interval's width at 12, 24 and 48 photos (real, fully templated);
+- rarefaction: real and templated subsets of 10, 20 and 40 photos whose intervals overlap.
+Each figure for the homogeneity index (without near-duplicate pairs, which the bench does not look
+for) and for the template index.
+
+    .venv/bin/python -m bench.template_index [--draws 20] [--embedder classic|clip] [--write] [--cache FILE]
+
+`--write` stores the fitted model as pipeline/metrics/template_models/<embedder id>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pickle
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bench.common import default_corpus, write_result
+
+CORPUS = default_corpus()
+SHARES = (0, 25, 50, 75, 100)
+VARIANTS = {"full": None, "grade+framing": ("grade", "framing"), "backdrop": ("backdrop",)}
+FIT_TEMPLATES = 8
+BOOTSTRAP = 1000
+
+
+@dataclass
+class Photos:
+    """Per photo: its signals (faces-table columns) and its reference-centred unit vector."""
+
+    keys: list[str]
+    signals: pd.DataFrame
+    centred: np.ndarray
+
+    def take(self, keys: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
+        position = {key: i for i, key in enumerate(self.keys)}
+        rows = [position[key] for key in keys]
+        return self.signals.iloc[rows].reset_index(drop=True), self.centred[rows]
+
+
+def _embedder_and_reference(name: str):  # noqa: ANN202
+    from pipeline.config import load_settings
+    from pipeline.features.embed import resolve_embedder
+    from pipeline.features.reference import PACKAGED, fit_from_folders, from_bytes
+
+    settings = load_settings(embedder=name)
+    embedder = resolve_embedder(settings).embedder
+    packaged = PACKAGED / f"{embedder.id}.npz"
+    if packaged.is_file():
+        return embedder, from_bytes(packaged.read_bytes(), embedder.id, embedder.dim, str(packaged))
+    reference, _ = fit_from_folders([str(CORPUS / "real_ffhq"), str(CORPUS / "ai_stylegan2")], embedder, settings.intake)
+    return embedder, reference
+
+
+def measure(pictures: dict[str, object], embedder, reference) -> Photos:  # noqa: ANN001
+    """Signals and centred vectors of every picture (key -> PIL image)."""
+    from pipeline.features.face_signals import photo_signals
+    from pipeline.metrics.template_index import PHOTO_COLUMNS
+
+    keys = list(pictures)
+    with ThreadPoolExecutor(2) as pool:
+        signals = list(pool.map(lambda key: photo_signals(pictures[key]).as_row(), keys))
+    vectors = np.concatenate([embedder.embed_images([pictures[k] for k in keys[i : i + 64]]) for i in range(0, len(keys), 64)])
+    return Photos(keys, pd.DataFrame(signals)[PHOTO_COLUMNS], reference.centre(vectors))
+
+
+def build(draws: int, seed: int) -> tuple[dict[str, object], dict]:
+    """Every picture the bench needs (key -> image) and the plan: folders, halves, templated pages."""
+    from PIL import Image
+
+    from bench.templating import random_template, templated
+
+    with (CORPUS / "manifest.csv").open() as handle:
+        manifest = list(csv.DictReader(handle))
+    staff = sorted(r["path"] for r in manifest if r["path"].startswith("real_staff_18f/") and r["category"] != "real_other_fixture")
+    folders: dict[str, list[str]] = {}
+    for row in manifest:
+        parts = row["path"].split("/")
+        if parts[0] == "ai_diffusion_packs":
+            folders.setdefault(f"pack:{parts[1]}", []).append(row["path"])
+        elif parts[0] == "real_lab_london" and parts[1] in ("neutral_front", "smiling_front"):
+            folders.setdefault("studio:london", []).append(row["path"])
+    pictures: dict[str, object] = {}
+
+    def load(path: str):  # noqa: ANN202
+        if path not in pictures:
+            pictures[path] = Image.open(CORPUS / path).convert("RGB")
+        return pictures[path]
+
+    for path in staff + [p for paths in folders.values() for p in paths]:
+        load(path)
+    fit_half, validation_half = staff[0::2], staff[1::2]
+    rng = np.random.default_rng(seed)
+    jobs = []  # (key, source path, template)
+    fit_pages: dict[str, list[str]] = {}
+    for t in range(FIT_TEMPLATES):
+        template = random_template(rng)
+        for variant, parts in VARIANTS.items():
+            chosen = rng.choice(fit_half, 20, replace=False)
+            page = f"fit-template-{t}-{variant}"
+            fit_pages[page] = [f"{page}/{p}" for p in chosen]
+            jobs += [(f"{page}/{p}", p, template if parts is None else template.only(*parts)) for p in chosen]
+    plan_draws = []
+    for d in range(draws):
+        template = random_template(rng)
+        people = list(rng.choice(validation_half, 48, replace=False))
+        draw = {"people": people, "templated": {}}
+        for variant, parts in VARIANTS.items():
+            count = 48 if variant == "full" else 24
+            keys = [f"draw-{d}-{variant}/{p}" for p in people[:count]]
+            draw["templated"][variant] = keys
+            jobs += [(k, p, template if parts is None else template.only(*parts)) for k, p in zip(keys, people)]
+        plan_draws.append(draw)
+
+    def make(job):  # noqa: ANN001, ANN202
+        key, path, template = job
+        return key, templated(pictures[path], template)
+
+    failed = 0
+    with ThreadPoolExecutor(2) as pool:
+        for key, picture in pool.map(make, jobs):
+            if picture is None:  # no face found: the person is left out of that templated page
+                failed += 1
+            else:
+                pictures[key] = picture
+    print(f"{len(jobs)} templated photos made ({failed} without a face left out)", file=sys.stderr)
+    plan = {"folders": folders, "fit_half": fit_half, "validation_half": validation_half, "fit_pages": fit_pages, "draws": plan_draws}
+    return pictures, plan
+
+
+# ------------------------------------------------------------------ fitting
+REAL_PAGES = 200  # random real pages of 24 from the fit half: the spread of a real page's index
+QUANTILES = (0.9, 0.95, 0.98)  # sharper breaks rarefaction: at 0.995 real pages' intervals collapse onto 0 (10/20 overlap)
+
+
+@dataclass
+class GroupFigures:
+    """Per component (columns in COMPONENTS order): the mean kernel within a group, across it and the
+    real fit-half photos, and the index of random real fit-half pages (rows)."""
+
+    within: dict[str, np.ndarray]
+    across: dict[str, np.ndarray]
+    real_pages: np.ndarray  # (REAL_PAGES, components)
+
+
+def _mean_kernels(model, photos: Photos, left: list[str], right: list[str] | None = None) -> np.ndarray:  # noqa: ANN001
+    from pipeline.metrics.template_index import COMPONENTS, component_kernels
+
+    keys = left + (right or [])
+    signals, centred = photos.take(keys)
+    kernels = component_kernels(model, signals, centred)
+    if right is None:
+        mask = ~np.eye(len(left), dtype=bool)
+        return np.array([kernels[c][mask].mean() for c in COMPONENTS])
+    return np.array([kernels[c][: len(left), len(left) :].mean() for c in COMPONENTS])
+
+
+def group_figures(photos: Photos, plan: dict, model) -> GroupFigures:  # noqa: ANN001
+    groups = {name: keys for name, keys in {**plan["folders"], **plan["fit_pages"]}.items()}
+    available = set(photos.keys)
+    groups = {name: [k for k in keys if k in available] for name, keys in groups.items()}
+    rng = np.random.default_rng(11)
+    real = plan["fit_half"]
+    real_pages = []
+    for _ in range(REAL_PAGES):
+        real_pages.append(_mean_kernels(model, photos, list(rng.choice(real, 24, replace=False))))
+    within = {name: _mean_kernels(model, photos, keys) for name, keys in groups.items()}
+    across = {name: _mean_kernels(model, photos, keys, list(rng.choice(real, 40, replace=False))) for name, keys in groups.items()}
+    return GroupFigures(within, across, np.array(real_pages))
+
+
+def folder_of(group: str) -> str:
+    """Groups held out together: a pack, the studio set, or one fit template with its subtler variants."""
+    return group.rsplit("-", 1)[0] if group.startswith("fit-template-") else group
+
+
+def choose_weights(figures: GroupFigures, exclude: str | None = None) -> tuple[np.ndarray, float]:
+    """The weighting with the largest worst-case margin over the groups kept (folder `exclude` left
+    out), in real pages' spreads: how far the group's page is above a real page, lowered eightfold by
+    how far mixing the group into a real page would lower the index (its photos less alike to real
+    ones than real ones are to each other: the first step of a ladder would go down)."""
+    from pipeline.metrics.template_index import weight_grid
+
+    grid = weight_grid()
+    real_mean = figures.real_pages.mean(axis=0)
+    spread = np.sqrt(np.einsum("gi,ij,gj->g", grid, np.cov(figures.real_pages.T), grid))
+    worst = np.full(len(grid), np.inf)
+    for name in figures.within:
+        if exclude is not None and folder_of(name) == exclude:
+            continue
+        worst = np.minimum(worst, _margin(grid, figures, name, real_mean, spread))
+    best = int(np.argmax(worst))
+    return grid[best], float(worst[best])
+
+
+def _margin(weights: np.ndarray, figures: GroupFigures, name: str, real_mean: np.ndarray, spread: np.ndarray) -> np.ndarray:
+    above = weights @ (figures.within[name] - real_mean) / spread
+    dip = weights @ (figures.across[name] - real_mean) / spread
+    return above + 8 * np.minimum(dip, 0.0)
+
+
+def fit(photos: Photos, plan: dict, embedder_id: str, quantile: float | None = None, exclude: str | None = None):  # noqa: ANN201
+    """The template model: the signal reference from the fit half, then the bandwidth and weights
+    chosen by leave-one-folder-out (each folder's margin judged by weights chosen without it)."""
+    from pipeline.metrics.template_index import COMPONENTS, TemplateModel, signal_reference
+
+    fit_signals, fit_centred = photos.take(plan["fit_half"])
+
+    def model_for(quantile: float, weights: np.ndarray | None = None) -> TemplateModel:
+        mean, std, thresholds = signal_reference(fit_signals, fit_centred, quantile)
+        chosen = weights if weights is not None else np.full(len(COMPONENTS), 1 / len(COMPONENTS))
+        source = (f"bench.template_index: signal reference of {len(fit_signals)} 18F staff photos (the fit half); weights chosen on "
+                  f"{len(plan['folders'])} corpus folders and {len(plan['fit_pages'])} templated pages of the fit half"
+                  + (f", without {exclude}" if exclude else ""))  # fmt: skip
+        return TemplateModel(embedder_id, dict(zip(COMPONENTS, (float(w) for w in chosen))), mean, std, quantile, thresholds, source)
+
+    folders = sorted({folder_of(name) for name in {**plan["folders"], **plan["fit_pages"]}})
+    if quantile is None:
+        report = {}
+        for level in QUANTILES:
+            figures = group_figures(photos, plan, model_for(level))
+            held_out = []
+            for folder in folders:
+                weights, _ = choose_weights(figures, exclude=folder)
+                names = [n for n in figures.within if folder_of(n) == folder]
+                real_mean = figures.real_pages.mean(axis=0)
+                spread = np.sqrt(weights @ np.cov(figures.real_pages.T) @ weights)
+                held_out.append(min(float(_margin(weights, figures, n, real_mean, spread)) for n in names))
+            report[level] = (float(np.min(held_out)), float(np.median(held_out)))
+        quantile = max(report, key=lambda level: report[level])
+        print(f"leave-one-folder-out worst / median margin by quantile: {report}; chosen {quantile}", file=sys.stderr)
+    figures = group_figures(photos, plan, model_for(quantile))
+    weights, _ = choose_weights(figures, exclude=exclude)
+    return model_for(quantile, weights), quantile
+
+
+# ------------------------------------------------------------------ validation
+def indexes(photos: Photos, keys: list[str], model, seed: int) -> dict[str, tuple[float, float, float]]:  # noqa: ANN001
+    from pipeline.metrics.homogeneity import page_index
+    from pipeline.metrics.template_index import page_template_index
+
+    signals, centred = photos.take(keys)
+    duplicate = np.zeros((len(keys), len(keys)), bool)
+    template = page_template_index(model, signals, centred, duplicate, BOOTSTRAP, seed)
+    return {"homogeneity": page_index(centred, duplicate, BOOTSTRAP, seed), "template": (template.index, template.ci_low, template.ci_high)}
+
+
+def validate(photos: Photos, plan: dict, model, held_out_models: dict) -> dict:  # noqa: ANN001
+    """The figures of the module doc, counted over the plan's draws, for both indexes."""
+    which_all = ("homogeneity", "template")
+    tally: dict = {"ladders": {}, "above_all_real": {}, "all_above_all_real": dict.fromkeys(which_all, 0), "rarefaction": {}, "widths": {}}
+
+    def count(table: str, name: str, which: str, hit: bool) -> None:
+        tally[table].setdefault(name, dict.fromkeys(which_all, 0))[which] += int(hit)
+
+    widths: dict = {}
+    available = set(photos.keys)
+    for d, draw in enumerate(plan["draws"]):
+        rng = np.random.default_rng(5000 + d)
+        people = list(draw["people"])
+        real_pages = [people[0:24], people[24:48], [p for p in plan["validation_half"] if p not in people][:24]]
+        ladders = {}
+        for variant, keys in draw["templated"].items():  # the same people, progressively templated
+            kept = [(p, k) for p, k in zip(people, keys) if k in available][:24]
+            ladders[f"templated:{variant}"] = ([p for p, _ in kept], [k for _, k in kept], model)
+        for folder, keys in plan["folders"].items():
+            size = 24 if len(keys) >= 24 else 12
+            ladders[folder] = (people[:size], list(rng.choice(keys, size, replace=False)), held_out_models[folder])
+        top_real = {}  # model id -> which -> the highest of the real pages, by that model
+        for ladder_model in {m.id: m for _, _, m in ladders.values()}.values():
+            scores = [indexes(photos, page, ladder_model, d) for page in real_pages]
+            top_real[ladder_model.id] = {which: max(s[which][0] for s in scores) for which in which_all}
+        all_above = dict.fromkeys(which_all, True)
+        for name, (base, replacements, ladder_model) in ladders.items():
+            size = len(base)
+            curves: dict = {which: [] for which in which_all}
+            for share in SHARES:
+                k = size * share // 100
+                scores = indexes(photos, base[k:] + replacements[:k], ladder_model, d)  # the replaced people leave
+                for which in which_all:
+                    curves[which].append(scores[which])
+            for which, curve in curves.items():
+                values = [index for index, _, _ in curve]
+                count("ladders", name, which, all(b > a for a, b in zip(values, values[1:])))
+                above = values[-1] > top_real[ladder_model.id][which]
+                count("above_all_real", name, which, above)
+                if name != "templated:grade+framing" and name != "templated:backdrop":
+                    all_above[which] &= above
+                widths.setdefault((which, name, size), []).append(curve[-1])
+        for which in which_all:
+            tally["all_above_all_real"][which] += int(all_above[which])
+        for size in (12, 24, 48):
+            templated_full = [k for k in draw["templated"]["full"] if k in available]
+            for name, page in (("real", people[:size]), ("templated:full", templated_full[:size])):
+                for which, interval in indexes(photos, page, model, d).items():
+                    widths.setdefault((which, name, len(page)), []).append(interval)
+        for name, pool in (("real", plan["validation_half"]), ("templated:full", [k for k in draw["templated"]["full"] if k in available])):
+            spans: dict = {which: [] for which in which_all}
+            for size in (10, 20, 40):
+                scores = indexes(photos, list(rng.choice(pool, min(size, len(pool)), replace=False)), model, d)
+                for which in which_all:
+                    spans[which].append(scores[which][1:])
+            for which, intervals in spans.items():
+                count("rarefaction", name, which, max(low for low, _ in intervals) <= min(high for _, high in intervals))
+    for (which, name, size), values in sorted(widths.items()):
+        tally["widths"].setdefault(f"{name}/{size}", {})[which] = round(float(np.median([high - low for _, low, high in values])), 3)
+        tally.setdefault("median_index", {}).setdefault(f"{name}/{size}", {})[which] = round(float(np.median([v for v, _, _ in values])), 3)
+    return tally
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embedder", default="classic", choices=["classic", "clip"])
+    parser.add_argument("--draws", type=int, default=20)
+    parser.add_argument("--quantile", type=float, default=None, help="fix the kernel's quantile instead of choosing it")
+    parser.add_argument("--write", action="store_true", help="store the fitted model in pipeline/metrics/template_models/")
+    parser.add_argument("--cache", default=None, help="keep the measured photos in this file between runs (bench only)")
+    args = parser.parse_args()
+    if not CORPUS.is_dir():
+        print(f"corpus not found at {CORPUS}; nothing to validate", file=sys.stderr)
+        return
+    from pipeline.metrics.template_index import MODELS
+
+    embedder, reference = _embedder_and_reference(args.embedder)
+    cache = Path(args.cache) if args.cache else None
+    if cache and cache.is_file():
+        photos, plan = pickle.loads(cache.read_bytes())
+    else:
+        pictures, plan = build(args.draws, seed=0)
+        photos = measure(pictures, embedder, reference)
+        if cache:
+            cache.write_bytes(pickle.dumps((photos, plan)))
+    model, quantile = fit(photos, plan, embedder.id, args.quantile)
+    held_out = {folder: fit(photos, plan, embedder.id, quantile, exclude=folder)[0] for folder in plan["folders"]}
+    print("weights:", model.weights, "held out:", {f: m.weights for f, m in held_out.items()}, file=sys.stderr)
+    tally = validate(photos, plan, model, held_out)
+    draws = len(plan["draws"])
+    print(f"\n{embedder.id}, {draws} draws: homogeneity index | template index")
+    for which in ("homogeneity", "template"):
+        print(f"all packs, the studio and the full template above every real page ({which}): {tally['all_above_all_real'][which]}/{draws}")
+    for table in ("ladders", "above_all_real", "rarefaction"):
+        print(f"{table}:")
+        for name, hits in tally[table].items():
+            print(f"  {name:34s} {hits['homogeneity']:3d}/{draws} | {hits['template']:3d}/{draws}")
+    print("median index, median 95% interval width:")
+    for name, width in tally["widths"].items():
+        level = tally["median_index"][name]
+        print(f"  {name:34s} {level['homogeneity']:.3f} {width['homogeneity']:.3f} | {level['template']:.3f} {width['template']:.3f}")
+    if args.write:
+        MODELS.mkdir(exist_ok=True)
+        model.save(MODELS / f"{embedder.id}.json")
+        print(f"model written to {MODELS / f'{embedder.id}.json'} ({model.id})")
+    write_result(f"template_index-{embedder.id}", {"embedder": embedder.id, "reference": reference.id, "model": model.id, "quantile": quantile,
+                                                   "weights": model.weights, "draws": draws, **tally})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
