@@ -157,7 +157,9 @@ def build(draws: int, seed: int) -> tuple[dict[str, object], dict]:
 
 # ------------------------------------------------------------------ fitting
 REAL_PAGES = 200  # random real pages of 24 from the fit half: the spread of a real page's index
-QUANTILES = (0.9, 0.95, 0.98)  # sharper breaks rarefaction: at 0.995 real pages' intervals collapse onto 0 (10/20 overlap)
+GROUP_PAGES = 20  # random pages of each group (24, or three quarters of a smaller group): its page's spread
+# The kernels' widths (signals, in reference spreads; whole picture, in cosine): sharp to smooth.
+SHARPNESS = ((0.35, 0.05), (0.5, 0.1), (0.75, 0.2))
 
 
 @dataclass
@@ -168,6 +170,7 @@ class GroupFigures:
     within: dict[str, np.ndarray]
     across: dict[str, np.ndarray]
     real_pages: np.ndarray  # (REAL_PAGES, components)
+    group_pages: dict[str, np.ndarray]  # per group, (GROUP_PAGES, components): random pages of it
 
 
 def _mean_kernels(model, photos: Photos, left: list[str], right: list[str] | None = None) -> np.ndarray:  # noqa: ANN001
@@ -192,8 +195,14 @@ def group_figures(photos: Photos, plan: dict, model) -> GroupFigures:  # noqa: A
     for _ in range(REAL_PAGES):
         real_pages.append(_mean_kernels(model, photos, list(rng.choice(real, 24, replace=False))))
     within = {name: _mean_kernels(model, photos, keys) for name, keys in groups.items()}
+    group_pages = {
+        name: np.array(
+            [_mean_kernels(model, photos, list(rng.choice(keys, min(24, len(keys) * 3 // 4), replace=False))) for _ in range(GROUP_PAGES)]
+        )
+        for name, keys in groups.items()
+    }
     across = {name: _mean_kernels(model, photos, keys, list(rng.choice(real, 40, replace=False))) for name, keys in groups.items()}
-    return GroupFigures(within, across, np.array(real_pages))
+    return GroupFigures(within, across, np.array(real_pages), group_pages)
 
 
 def folder_of(group: str) -> str:
@@ -202,63 +211,65 @@ def folder_of(group: str) -> str:
 
 
 def choose_weights(figures: GroupFigures, exclude: str | None = None) -> tuple[np.ndarray, float]:
-    """The weighting with the largest worst-case margin over the groups kept (folder `exclude` left
-    out), in real pages' spreads: how far the group's page is above a real page, lowered eightfold by
-    how far mixing the group into a real page would lower the index (its photos less alike to real
-    ones than real ones are to each other: the first step of a ladder would go down)."""
+    """The weighting with the largest worst-case margin (`_margin`) over the groups kept (folder
+    `exclude` left out)."""
     from pipeline.metrics.template_index import weight_grid
 
     grid = weight_grid()
-    real_mean = figures.real_pages.mean(axis=0)
-    spread = np.sqrt(np.einsum("gi,ij,gj->g", grid, np.cov(figures.real_pages.T), grid))
     worst = np.full(len(grid), np.inf)
     for name in figures.within:
         if exclude is not None and folder_of(name) == exclude:
             continue
-        worst = np.minimum(worst, _margin(grid, figures, name, real_mean, spread))
+        worst = np.minimum(worst, _margin(grid, figures, name))
     best = int(np.argmax(worst))
     return grid[best], float(worst[best])
 
 
-def _margin(weights: np.ndarray, figures: GroupFigures, name: str, real_mean: np.ndarray, spread: np.ndarray) -> np.ndarray:
+def _margin(weights: np.ndarray, figures: GroupFigures, name: str) -> np.ndarray:
+    """In the pooled spread of a real page's and the group's page's index: how far the group's page
+    is above a real page, less eightfold how far its photos are less alike to real photos than
+    real photos are to each other (where a ladder's first step would go down)."""
+    weights = np.atleast_2d(weights)
+    real_mean = figures.real_pages.mean(axis=0)
+    variance = np.cov(figures.real_pages.T) + np.cov(figures.group_pages[name].T)
+    spread = np.sqrt(np.einsum("gi,ij,gj->g", weights, variance, weights)) + 1e-12
     above = weights @ (figures.within[name] - real_mean) / spread
     dip = weights @ (figures.across[name] - real_mean) / spread
     return above + 8 * np.minimum(dip, 0.0)
 
 
-def fit(photos: Photos, plan: dict, embedder_id: str, quantile: float | None = None, exclude: str | None = None):  # noqa: ANN201
-    """The template model: the signal reference from the fit half, then the bandwidth and weights
-    chosen by leave-one-folder-out (each folder's margin judged by weights chosen without it)."""
-    from pipeline.metrics.template_index import COMPONENTS, TemplateModel, signal_reference
+def fit(photos: Photos, plan: dict, embedder_id: str, sharpness: tuple | None = None, exclude: str | None = None):  # noqa: ANN201
+    """The template model: the reference photos are the fit half; the kernels' sharpness and the
+    weights are chosen by leave-one-folder-out (each folder's margin judged by weights chosen without it)."""
+    from pipeline.metrics.template_index import COMPONENTS, PHOTO_COLUMNS, TemplateModel, signal_reference
 
     fit_signals, fit_centred = photos.take(plan["fit_half"])
+    mean, std = signal_reference(fit_signals)
 
-    def model_for(quantile: float, weights: np.ndarray | None = None) -> TemplateModel:
-        mean, std, thresholds = signal_reference(fit_signals, fit_centred, quantile)
+    def model_for(widths: tuple, weights: np.ndarray | None = None) -> TemplateModel:
         chosen = weights if weights is not None else np.full(len(COMPONENTS), 1 / len(COMPONENTS))
         source = (f"bench.template_index: signal reference of {len(fit_signals)} 18F staff photos (the fit half); weights chosen on "
                   f"{len(plan['folders'])} corpus folders and {len(plan['fit_pages'])} templated pages of the fit half"
                   + (f", without {exclude}" if exclude else ""))  # fmt: skip
-        return TemplateModel(embedder_id, dict(zip(COMPONENTS, (float(w) for w in chosen))), mean, std, quantile, thresholds, source)
+        return TemplateModel(embedder_id, dict(zip(COMPONENTS, (float(w) for w in chosen))), mean, std, widths[0], widths[1], source,
+                             fit_centred.astype(np.float32), fit_signals[PHOTO_COLUMNS].to_numpy(np.float64))  # fmt: skip
 
     folders = sorted({folder_of(name) for name in {**plan["folders"], **plan["fit_pages"]}})
-    if quantile is None:
+    if sharpness is None:
         report = {}
-        for level in QUANTILES:
+        for level in SHARPNESS:
             figures = group_figures(photos, plan, model_for(level))
             held_out = []
             for folder in folders:
                 weights, _ = choose_weights(figures, exclude=folder)
                 names = [n for n in figures.within if folder_of(n) == folder]
-                real_mean = figures.real_pages.mean(axis=0)
-                spread = np.sqrt(weights @ np.cov(figures.real_pages.T) @ weights)
-                held_out.append(min(float(_margin(weights, figures, n, real_mean, spread)) for n in names))
+                held_out.append(min(float(_margin(weights, figures, n)[0]) for n in names))
             report[level] = (float(np.min(held_out)), float(np.median(held_out)))
-        quantile = max(report, key=lambda level: report[level])
-        print(f"leave-one-folder-out worst / median margin by quantile: {report}; chosen {quantile}", file=sys.stderr)
-    figures = group_figures(photos, plan, model_for(quantile))
+        sharpness = max(report, key=lambda level: report[level])
+        print(f"leave-one-folder-out worst / median margin by kernel widths: {report}; chosen {sharpness}", file=sys.stderr)
+    figures = group_figures(photos, plan, model_for(sharpness))
     weights, _ = choose_weights(figures, exclude=exclude)
-    return model_for(quantile, weights), quantile
+    return model_for(sharpness, weights), sharpness
 
 
 # ------------------------------------------------------------------ validation
@@ -339,7 +350,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="classic", choices=["classic", "clip"])
     parser.add_argument("--draws", type=int, default=20)
-    parser.add_argument("--quantile", type=float, default=None, help="fix the kernel's quantile instead of choosing it")
+    parser.add_argument(
+        "--widths", type=float, nargs=2, default=None, help="fix the kernels' widths (signals, whole) instead of choosing them"
+    )
     parser.add_argument("--write", action="store_true", help="store the fitted model in pipeline/metrics/template_models/")
     parser.add_argument("--cache", default=None, help="keep the measured photos in this file between runs (bench only)")
     args = parser.parse_args()
@@ -357,8 +370,8 @@ def main() -> None:
         photos = measure(pictures, embedder, reference)
         if cache:
             cache.write_bytes(pickle.dumps((photos, plan)))
-    model, quantile = fit(photos, plan, embedder.id, args.quantile)
-    held_out = {folder: fit(photos, plan, embedder.id, quantile, exclude=folder)[0] for folder in plan["folders"]}
+    model, sharpness = fit(photos, plan, embedder.id, tuple(args.widths) if args.widths else None)
+    held_out = {folder: fit(photos, plan, embedder.id, sharpness, exclude=folder)[0] for folder in plan["folders"]}
     print("weights:", model.weights, "held out:", {f: m.weights for f, m in held_out.items()}, file=sys.stderr)
     tally = validate(photos, plan, model, held_out)
     draws = len(plan["draws"])
@@ -375,10 +388,11 @@ def main() -> None:
         print(f"  {name:34s} {level['homogeneity']:.3f} {width['homogeneity']:.3f} | {level['template']:.3f} {width['template']:.3f}")
     if args.write:
         MODELS.mkdir(exist_ok=True)
-        model.save(MODELS / f"{embedder.id}.json")
+        model.save(MODELS)
         print(f"model written to {MODELS / f'{embedder.id}.json'} ({model.id})")
-    write_result(f"template_index-{embedder.id}", {"embedder": embedder.id, "reference": reference.id, "model": model.id, "quantile": quantile,
-                                                   "weights": model.weights, "draws": draws, **tally})  # fmt: skip
+    write_result(f"template_index-{embedder.id}", {"embedder": embedder.id, "reference": reference.id, "model": model.id, "kernel_widths": list(sharpness),
+                                                   "weights": model.weights, "weights_with_folder_held_out": {f: m.weights for f, m in held_out.items()},
+                                                   "draws": draws, **tally})  # fmt: skip
 
 
 if __name__ == "__main__":

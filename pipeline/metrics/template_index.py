@@ -1,41 +1,49 @@
-"""The template index of a page: how often two different photos on it agree, part by part, more closely
-than unrelated photos do.
+"""The template index of a page: how far its photos, part by part, gather somewhere that diverse real
+staff photos do not.
 
 The homogeneity index (pipeline/metrics/homogeneity.py) compares whole pictures. A studio or generator
-template fixes the framing, the backdrop and the colour grade while every face and outfit differs,
-and a whole-picture comparison of different people through one template moves little. The template
-index compares each pair of photos on those parts separately:
+template fixes the framing, the backdrop, the colour grade and the skin finish while every face and
+outfit differs. The template index compares photos on those parts separately, each against a fixed
+set of reference photos (diverse, unrelated real staff photos):
 
-    T = mean over unordered pairs {i, j} of k(i, j),  k = 1 for exact/near-duplicate pairs,
-        k(i, j) = sum over components c of w_c * k_c(i, j) otherwise,
-        k_c(i, j) = how far the pair is beyond the level that only a few unrelated reference pairs reach,
-                    0..1 (0 at or short of that level, 1 for equal photos)
+    T = mean over unordered pairs {i, j} of k(i, j),   k = 1 for exact/near-duplicate pairs, else
+    k(i, j) = sum over components c of w_c * [g_c(i, j) - m_c(i) - m_c(j) + m_c]
 
-(the model's `quantile`: 0.98 for classic-v1, so 2% of them), with the components: whole (cosine of the reference-centred embeddings, as in the homogeneity
-index), framing (face position and size), backdrop (colour, busyness and blur beside the head),
-grade (the picture's a*, b* and saturation) and skin (skin detail and face symmetry), the last four
-from the per-photo template signals of pipeline/features/face_signals.py, standardised by their
-spread over reference photos and compared by root mean square distance. A photo without a face (or
-without a measurable backdrop) adds 0 on the parts it lacks.
+with g_c a positive-definite kernel that is 1 for equal photos (a Gaussian of the distance of the
+reference-centred embeddings for "whole", of the standardised template signals of
+pipeline/features/face_signals.py for "framing" (face position and size), "backdrop" (colour,
+busyness, blur beside the head), "grade" (the picture's a*, b*, saturation) and "skin" (skin detail,
+face symmetry)), m_c(i) the mean of g_c between photo i and the reference photos and m_c its mean
+over reference pairs. A photo without a face, or without a measurable backdrop, adds 0 on the parts
+it lacks.
 
-Why a threshold: an index whose unrelated pairs are ~0 on average but spread around it (as the
-homogeneity index's are) dips when a template's photos first join a real page, because they agree
-with real photos less than real photos agree with each other; counting only agreement beyond what
-unrelated photos reach puts real pairs, and pairs of a real and a templated photo, at ~0 alike, so
-the index rises as a template spreads over a page. It is the same U-statistic as the homogeneity
-index, with the same bootstrap interval, so its expectation does not depend on the page's size.
-Its scale: real staff pages ~0.00-0.01, AI packs 0.01-0.07, a templated page 0.06, one studio 0.5.
+What that is: the U-statistic of this kernel is an unbiased estimate of the squared maximum mean
+discrepancy (MMD^2, Gretton et al. 2012) between the page's photos and the reference photos, per
+component, weighted. Hence its properties, which the homogeneity index lacks:
+- a page of photos like the reference set scores ~0 (either sign, by chance); a page whose photos
+  share what a template fixes (one framing, one backdrop, smooth skin) scores up to ~1;
+- a page where a share p of real photos is replaced by a template's scores p^2 times the fully
+  templated page, in expectation: it rises at every step as a template spreads, because a
+  templated photo and a real one count 0 on average, as two real ones do. (The homogeneity index
+  dips at the first step when a template's photos are less alike to real photos than real photos
+  are to each other, which is the usual case.)
+- it is a U-statistic like the homogeneity index, with the same bootstrap interval, so its
+  expectation does not depend on the page's size.
+It measures departure *together*: a page of photos that are each unusual in a different way scores
+little, a page of photos that agree on something the reference photos do not agree on scores high.
+The reference decides what counts as ordinary; the shipped one is real staff photos.
 
-The model (the reference's signal means and spreads, the levels, the weights) is fixed per embedder,
-shipped as `template_models/<embedder id>.json`, and never fitted on the run being measured:
-bench/template_index.py fits the reference and levels on half of the corpus's real staff photos and
-chooses the weights and the quantile by leave-one-folder-out over the AI packs, the studio set and
-templated pages made from the same half; the other half is left for validation. An embedder without
-a shipped model gets no template index (`template_model` = "none").
+The model (the reference photos as the kernels see them, the signals' means and spreads, the
+kernels' widths, the weights) is fixed per embedder, shipped as `template_models/<embedder id>.json`
+and `.npz`, and never fitted on the run being measured: bench/template_index.py takes half of the
+corpus's real staff photos as the reference and chooses the widths and the weights by
+leave-one-folder-out over the AI packs, the studio set and templated pages made from that half; the
+other half is kept for validation. An embedder without a shipped model gets no template index
+(`template_model` = "none").
 
-Explainable by construction: T is a weighted sum of one U-statistic per component, so a page's
-index splits exactly into one share per component (`template_from_whole`, `_framing`, `_backdrop`,
-`_grade`, `_skin`; they add up to the index), which the audit page shows.
+Explainable by construction: T is a weighted sum of one U-statistic per component, so a page's index
+splits exactly into one share per component (`template_from_whole`, `_framing`, `_backdrop`,
+`_grade`, `_skin`; they add up to it), which the audit page shows.
 """
 
 from __future__ import annotations
@@ -43,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -73,20 +81,29 @@ _BLOCK = 512  # rows of the pair matrix computed at once: memory stays ~ _BLOCK 
 class TemplateModel:
     embedder_id: str
     weights: dict[str, float]  # component -> weight; they add up to 1
-    signal_mean: dict[str, float]  # the signal reference: each photo column's mean and spread over
-    signal_std: dict[str, float]  # diverse real staff photos (log scale where _LOG_SCALE says)
-    quantile: float  # a pair counts only where it is more alike than this share of unrelated reference pairs are
-    thresholds: dict[str, float]  # per component, that level: whole a cosine, the others a distance
+    signal_mean: dict[str, float]  # each photo column's mean and spread over the reference photos
+    signal_std: dict[str, float]  # (log scale where _LOG_SCALE says): the signals are standardised by them
+    width: float  # the signal components' Gaussian kernel width, in reference spreads
+    whole_scale: float  # the whole picture's kernel: exp((cosine - 1) / whole_scale)
     source: str  # what it was fitted on, in words
+    # The reference photos (diverse, unrelated real staff photos), as the kernels see them: their
+    # reference-centred embeddings and raw signals. Kept in <embedder>.npz beside the JSON.
+    reference_whole: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False, compare=False)
+    reference_signals: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PHOTO_COLUMNS))), repr=False, compare=False)
 
     @property
     def id(self) -> str:
-        digest = hashlib.sha256(json.dumps([self.embedder_id, self.weights, self.signal_mean, self.signal_std, self.quantile,
-                                            self.thresholds], sort_keys=True).encode()).hexdigest()  # fmt: skip
-        return f"{self.embedder_id}@{digest[:10]}"
+        digest = hashlib.sha256(json.dumps([self.embedder_id, self.weights, self.signal_mean, self.signal_std, self.width,
+                                            self.whole_scale], sort_keys=True).encode())  # fmt: skip
+        digest.update(np.ascontiguousarray(self.reference_whole, np.float32).tobytes())
+        digest.update(np.ascontiguousarray(self.reference_signals, np.float64).tobytes())
+        return f"{self.embedder_id}@{digest.hexdigest()[:10]}"
 
-    def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+    def save(self, folder: Path) -> None:
+        fields = {key: value for key, value in asdict(self).items() if not key.startswith("reference_")}
+        (folder / f"{self.embedder_id}.json").write_text(json.dumps(fields, indent=1, sort_keys=True) + "\n")
+        with (folder / f"{self.embedder_id}.npz").open("wb") as handle:
+            np.savez_compressed(handle, whole=self.reference_whole.astype(np.float32), signals=self.reference_signals.astype(np.float64))
 
 
 def load_model(embedder_id: str, folder: Path = MODELS) -> TemplateModel | None:
@@ -96,11 +113,15 @@ def load_model(embedder_id: str, folder: Path = MODELS) -> TemplateModel | None:
     if not path.is_file():
         return None
     try:
-        model = TemplateModel(**json.loads(path.read_text()))
-    except (TypeError, ValueError) as error:
+        with np.load(folder / f"{embedder_id}.npz") as arrays:
+            whole, signals = arrays["whole"], arrays["signals"]
+        model = TemplateModel(**json.loads(path.read_text()), reference_whole=whole, reference_signals=signals)
+    except (TypeError, ValueError, KeyError, OSError) as error:
         raise ValueError(f"{path}: not a template model of this version ({error}); refit it") from error
     if set(model.weights) != set(COMPONENTS) or set(model.signal_mean) != set(PHOTO_COLUMNS) or model.embedder_id != embedder_id:
         raise ValueError(f"{path}: a template model for other components or another embedder ({model.embedder_id}); refit it")
+    if signals.shape[1] != len(PHOTO_COLUMNS) or len(whole) != len(signals):
+        raise ValueError(f"{path}: its reference photos do not match its signals; refit it")
     return model
 
 
@@ -123,23 +144,46 @@ def standardised(photos: pd.DataFrame, mean: dict[str, float], std: dict[str, fl
     return blocks
 
 
-def signal_distance(left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Root mean square difference of standardised signals (reference spreads); NaN where either
-    photo lacks the signal."""
-    return np.sqrt(((left[:, None, :] - right[None, :, :]) ** 2).mean(axis=-1))
+def _kernel(model: TemplateModel, component: str, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """The component's positive-definite kernel, 1 for equal photos: a Gaussian of the distance of
+    unit embeddings (whole) or of standardised signals."""
+    if component == "whole":
+        return np.exp((left @ right.T - 1.0) / model.whole_scale)
+    squared = ((left[:, None, :] - right[None, :, :]) ** 2).mean(axis=-1)
+    return np.exp(-squared / (2 * model.width**2))
+
+
+def _descriptors(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray) -> dict[str, np.ndarray]:
+    return {"whole": np.asarray(centred, np.float64), **standardised(photos, model.signal_mean, model.signal_std)}
+
+
+def _reference(model: TemplateModel) -> dict[str, tuple[np.ndarray, float]]:
+    """Per component: the reference photos that have it, and the kernel's mean over their pairs."""
+    signals = pd.DataFrame(model.reference_signals, columns=PHOTO_COLUMNS)
+    found = {}
+    for component, block in _descriptors(model, signals, model.reference_whole).items():
+        block = block[~np.isnan(block).any(axis=1)]
+        kernel = _kernel(model, component, block, block)
+        found[component] = (block, float(kernel[~np.eye(len(block), dtype=bool)].mean()))
+    return found
 
 
 def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray, rows: slice | None = None) -> dict[str, np.ndarray]:
-    """Per component, the (rows, n) kernel of the pairs (row photo, any photo): how much more alike
-    the two are than all but the model's `1 - quantile` share of unrelated reference pairs, 0..1
-    (1 for equal photos, 0 at or beyond that level and where a photo lacks the signal). whole: on the
-    cosine of the reference-centred embeddings; the others: on the distance of the standardised signals."""
+    """Per component, the (rows, n) kernel of the pairs (row photo, any photo), centred on the
+    reference photos: k(i, j) - m(i) - m(j) + m, m(i) the kernel's mean between photo i and the
+    reference photos, m its mean over reference pairs. Its mean is 0 over pairs of reference-like
+    photos and over pairs of one reference-like and any other photo; 0 where a photo lacks the signal."""
     rows = rows or slice(0, len(photos))
-    level = model.thresholds["whole"]
-    kernels = {"whole": np.clip((centred[rows] @ centred.T - level) / (1.0 - level), 0.0, 1.0)}
-    for component, block in standardised(photos, model.signal_mean, model.signal_std).items():
-        closeness = 1.0 - signal_distance(block[rows], block) / model.thresholds[component]
-        kernels[component] = np.clip(np.nan_to_num(closeness, nan=0.0), 0.0, 1.0)
+    kernels = {}
+    for component, (reference, reference_mean) in _reference(model).items():
+        block = _descriptors(model, photos, centred)[component]
+        missing = np.isnan(block).any(axis=1)
+        block = np.nan_to_num(block)
+        typical = _kernel(model, component, block, reference).mean(axis=1)
+        kernel = _kernel(model, component, block[rows], block) - typical[rows, None] - typical[None, :] + reference_mean
+        kernel[missing[rows]] = 0.0
+        kernel[:, missing] = 0.0
+        kernels[component] = kernel
     return kernels
 
 
@@ -185,21 +229,15 @@ def empty_row() -> dict[str, float | str]:
 
 
 # ------------------------------------------------------------------ fitting
-def signal_reference(photos: pd.DataFrame, centred: np.ndarray, quantile: float) -> tuple[dict, dict, dict]:
-    """(mean, spread, thresholds) over a reference set of unrelated real photos: the signals' mean and
-    spread, and per component the level that only `1 - quantile` of the set's pairs pass."""
+def signal_reference(photos: pd.DataFrame) -> tuple[dict[str, float], dict[str, float]]:
+    """(mean, spread) of each signal over the reference photos (log scale where _LOG_SCALE says)."""
     mean, std = {}, {}
     for column in PHOTO_COLUMNS:
         raw = photos[column].to_numpy(np.float64)
         raw = np.log1p(np.maximum(raw, 0)) if column in _LOG_SCALE else raw
         mean[column] = float(np.nanmean(raw))
         std[column] = float(np.nanstd(raw)) or 1.0
-    upper = np.triu_indices(len(photos), 1)
-    thresholds = {"whole": float(np.quantile((centred @ centred.T)[upper], quantile))}
-    for component, block in standardised(photos, mean, std).items():
-        distances = signal_distance(block, block)[upper]
-        thresholds[component] = float(np.nanquantile(distances, 1.0 - quantile))
-    return mean, std, thresholds
+    return mean, std
 
 
 def weight_grid(step: float = 0.1) -> np.ndarray:
