@@ -68,10 +68,14 @@ class Photos:
 def _embedder_and_reference(name: str):  # noqa: ANN202
     from pipeline.config import load_settings
     from pipeline.features.embed import resolve_embedder
+    from pipeline.features.embedders.clip import WeightsNotFound
     from pipeline.features.reference import PACKAGED, fit_from_folders, from_bytes
 
     settings = load_settings(embedder=name)
-    embedder = resolve_embedder(settings).embedder
+    try:
+        embedder = resolve_embedder(settings).embedder
+    except WeightsNotFound as error:
+        raise SystemExit(f"{error}\nThe template model for clip can only be fitted where its weights are.") from error
     packaged = PACKAGED / f"{embedder.id}.npz"
     if packaged.is_file():
         return embedder, from_bytes(packaged.read_bytes(), embedder.id, embedder.dim, str(packaged))

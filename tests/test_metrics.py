@@ -65,6 +65,17 @@ def test_index_does_not_depend_on_page_size_and_ci_narrows() -> None:
     assert widths[0] > widths[1] > widths[2]
 
 
+def test_a_page_listing_one_image_name_twice_keeps_one_row_per_photo() -> None:
+    """Crawled pages can list one file name under two rows (a picture on two pages): the duplicate
+    matrix follows the rows, so both indexes see a square matrix of the page's size."""
+    from pipeline.metrics.homogeneity import duplicate_matrix
+
+    pairs = pd.DataFrame({"image_a": ["a", "b"], "image_b": ["b", "z"]})
+    matrix = duplicate_matrix(pd.Series(["a", "b", "a"]), pairs)
+    assert matrix.shape == (3, 3) and matrix.sum() == 2  # a-b counted once (on a's last row), b-z not on the page
+    assert matrix[1, 2] and matrix[2, 1] and not matrix[0].any()
+
+
 def test_vendi_counts_groups() -> None:
     vectors = np.concatenate([np.repeat(unit_rows(3)[[i]], 4, axis=0) for i in range(3)])
     assert vendi_score(vectors) == pytest.approx(3.0)

@@ -50,8 +50,8 @@ def page_sample(rows: pd.DataFrame, company: str, thresholds: ThresholdsConfig) 
 
 def duplicate_matrix(images: pd.Series, pairs: pd.DataFrame) -> np.ndarray:
     """(n, n) True where two of `images` are an exact/near-duplicate pair of `pairs` (image_a, image_b)."""
-    position = {image: i for i, image in enumerate(images)}
-    duplicate = np.zeros((len(position), len(position)), dtype=bool)
+    position = {image: i for i, image in enumerate(images)}  # a name listed twice: its last row carries its pairs
+    duplicate = np.zeros((len(images), len(images)), dtype=bool)
     for a, b in zip(pairs["image_a"], pairs["image_b"]):
         if a in position and b in position:
             duplicate[position[a], position[b]] = duplicate[position[b], position[a]] = True

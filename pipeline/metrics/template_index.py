@@ -175,8 +175,9 @@ def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.nd
     photos and over pairs of one reference-like and any other photo; 0 where a photo lacks the signal."""
     rows = rows or slice(0, len(photos))
     kernels = {}
+    descriptors = _descriptors(model, photos, centred)
     for component, (reference, reference_mean) in _reference(model).items():
-        block = _descriptors(model, photos, centred)[component]
+        block = descriptors[component]
         missing = np.isnan(block).any(axis=1)
         block = np.nan_to_num(block)
         typical = _kernel(model, component, block, reference).mean(axis=1)
