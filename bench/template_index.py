@@ -5,12 +5,16 @@ real 18F staff photos (placeholders left out) split by alternate file into a *fi
 *validation* half, and templated copies of real staff photos (bench/templating.py: one backdrop, one
 framing, one grade, mild skin smoothing; the people unchanged) made with templates drawn at random.
 
-Fitting (`pipeline.metrics.template_index.fit_model`): pairs within one pack, within the studio set and
-within one templated page of the fit half (full templates and the subtler ones: only a grade and a
-framing, only a backdrop) are "one template"; pairs of unrelated fit-half staff photos and pairs
-across templates are not. Every folder's pairs weigh the same. The L2 penalty is chosen by
-leave-one-folder-out: each folder held out in turn, the model fitted on the others and scored (log
-loss) on the held-out folder's pairs with everything else.
+Fitting: the fit half is split again into the *reference* (every other fit-half photo, 38: the photos
+the model centres on, shipped with it) and the *fit bases* (37). On the fit bases the validation's
+checks are simulated (`FIT_DRAWS` draws): ladders of a real page replaced by each pack's photos, by
+studio photos and by each of 8 random templates (full, only a grade and a framing, only a backdrop)
+applied to fit-base people, and each fully replaced page against three real pages. A page's index
+is linear in the weights, so every weighting on a 0.1 grid is scored at once: a group's pass rate is
+the share of draws whose ladder rises at every step, averaged with the share whose full page is
+above all three real pages. The weights are those whose worst group passes most often; the kernels'
+widths (three pairs, sharp to smooth) are chosen by leave-one-folder-out: each folder's pass rate
+judged by weights chosen without it, the widths with the best mean.
 
 Validation, over `--draws` random draws, on the validation half only (never fitted on):
 - ladders of 0/25/50/75/100% of a page replaced: by templated photos of the same people (full,
@@ -26,7 +30,7 @@ for) and for the template index.
 
     .venv/bin/python -m bench.template_index [--draws 20] [--embedder classic|clip] [--write] [--cache FILE]
 
-`--write` stores the fitted model as pipeline/metrics/template_models/<embedder id>.json.
+`--write` stores the fitted model as pipeline/metrics/template_models/<embedder id>.json and .npz.
 """
 
 from __future__ import annotations
@@ -121,13 +125,16 @@ def build(draws: int, seed: int) -> tuple[dict[str, object], dict]:
     for path in staff + [p for paths in folders.values() for p in paths]:
         load(path)
     fit_half, validation_half = staff[0::2], staff[1::2]
+    # The fit half is split again: the reference photos the model centres on, and the real photos
+    # the fitting builds its pages from (a page of reference photos is centred on itself: too clean).
+    reference, fit_bases = fit_half[0::2], fit_half[1::2]
     rng = np.random.default_rng(seed)
     jobs = []  # (key, source path, template)
     fit_pages: dict[str, list[str]] = {}
     for t in range(FIT_TEMPLATES):
         template = random_template(rng)
         for variant, parts in VARIANTS.items():
-            chosen = rng.choice(fit_half, 20, replace=False)
+            chosen = rng.choice(fit_bases, 20, replace=False)
             page = f"fit-template-{t}-{variant}"
             fit_pages[page] = [f"{page}/{p}" for p in chosen]
             jobs += [(f"{page}/{p}", p, template if parts is None else template.only(*parts)) for p in chosen]
@@ -155,58 +162,35 @@ def build(draws: int, seed: int) -> tuple[dict[str, object], dict]:
             else:
                 pictures[key] = picture
     print(f"{len(jobs)} templated photos made ({failed} without a face left out)", file=sys.stderr)
-    plan = {"folders": folders, "fit_half": fit_half, "validation_half": validation_half, "fit_pages": fit_pages, "draws": plan_draws}
+    plan = {"folders": folders, "reference": reference, "fit_bases": fit_bases, "validation_half": validation_half, "fit_pages": fit_pages,
+            "draws": plan_draws}  # fmt: skip
     return pictures, plan
 
 
 # ------------------------------------------------------------------ fitting
-REAL_PAGES = 200  # random real pages of 24 from the fit half: the spread of a real page's index
-GROUP_PAGES = 20  # random pages of each group (24, or three quarters of a smaller group): its page's spread
+FIT_DRAWS = 20  # simulated ladders per group on the fit half
 # The kernels' widths (signals, in reference spreads; whole picture, in cosine): sharp to smooth.
 SHARPNESS = ((0.35, 0.05), (0.5, 0.1), (0.75, 0.2))
 
 
 @dataclass
-class GroupFigures:
-    """Per component (columns in COMPONENTS order): the mean kernel within a group, across it and the
-    real fit-half photos, and the index of random real fit-half pages (rows)."""
+class FitFigures:
+    """Per-component page indexes (last axis: COMPONENTS) of simulated pages on the fit half: an
+    index is linear in the weights, so any weighting's pages follow from these without recomputing.
+    ladders[group]: (draws, 5 steps of 0/25/50/75/100% of a real page replaced by the group's photos);
+    real[draw]: three disjoint real pages of 24."""
 
-    within: dict[str, np.ndarray]
-    across: dict[str, np.ndarray]
-    real_pages: np.ndarray  # (REAL_PAGES, components)
-    group_pages: dict[str, np.ndarray]  # per group, (GROUP_PAGES, components): random pages of it
+    ladders: dict[str, np.ndarray]
+    real: np.ndarray  # (draws, 3, components)
 
 
-def _mean_kernels(model, photos: Photos, left: list[str], right: list[str] | None = None) -> np.ndarray:  # noqa: ANN001
+def _page_components(model, photos: Photos, keys: list[str]) -> np.ndarray:  # noqa: ANN001
     from pipeline.metrics.template_index import COMPONENTS, component_kernels
 
-    keys = left + (right or [])
     signals, centred = photos.take(keys)
     kernels = component_kernels(model, signals, centred)
-    if right is None:
-        mask = ~np.eye(len(left), dtype=bool)
-        return np.array([kernels[c][mask].mean() for c in COMPONENTS])
-    return np.array([kernels[c][: len(left), len(left) :].mean() for c in COMPONENTS])
-
-
-def group_figures(photos: Photos, plan: dict, model) -> GroupFigures:  # noqa: ANN001
-    groups = {name: keys for name, keys in {**plan["folders"], **plan["fit_pages"]}.items()}
-    available = set(photos.keys)
-    groups = {name: [k for k in keys if k in available] for name, keys in groups.items()}
-    rng = np.random.default_rng(11)
-    real = plan["fit_half"]
-    real_pages = []
-    for _ in range(REAL_PAGES):
-        real_pages.append(_mean_kernels(model, photos, list(rng.choice(real, 24, replace=False))))
-    within = {name: _mean_kernels(model, photos, keys) for name, keys in groups.items()}
-    group_pages = {
-        name: np.array(
-            [_mean_kernels(model, photos, list(rng.choice(keys, min(24, len(keys) * 3 // 4), replace=False))) for _ in range(GROUP_PAGES)]
-        )
-        for name, keys in groups.items()
-    }
-    across = {name: _mean_kernels(model, photos, keys, list(rng.choice(real, 40, replace=False))) for name, keys in groups.items()}
-    return GroupFigures(within, across, np.array(real_pages), group_pages)
+    off_diagonal = ~np.eye(len(keys), dtype=bool)
+    return np.array([kernels[c][off_diagonal].mean() for c in COMPONENTS])
 
 
 def folder_of(group: str) -> str:
@@ -214,46 +198,64 @@ def folder_of(group: str) -> str:
     return group.rsplit("-", 1)[0] if group.startswith("fit-template-") else group
 
 
-def choose_weights(figures: GroupFigures, exclude: str | None = None) -> tuple[np.ndarray, float]:
-    """The weighting with the largest worst-case margin (`_margin`) over the groups kept (folder
-    `exclude` left out)."""
+def fit_figures(photos: Photos, plan: dict, model) -> FitFigures:  # noqa: ANN001
+    """The validation's ladders and real pages, simulated on the fit half (module doc: Fitting)."""
+    available = set(photos.keys)
+    groups = {name: [k for k in keys if k in available] for name, keys in {**plan["folders"], **plan["fit_pages"]}.items()}
+    staff = plan["fit_bases"]
+    rng = np.random.default_rng(17)
+    ladders, real = {}, []
+    for _ in range(FIT_DRAWS):  # three real pages of 24 (overlapping: the fit bases are 37 photos)
+        real.append([_page_components(model, photos, list(rng.choice(staff, 24, replace=False))) for _ in range(3)])
+    for name, keys in groups.items():
+        size = 24 if len(keys) >= 24 else 12
+        steps = []
+        for _ in range(FIT_DRAWS):
+            replacements = list(rng.choice(keys, size, replace=False))
+            if name.startswith("fit-template-"):  # the same people, templated
+                base = [key.split("/", 1)[1] for key in replacements]
+            else:
+                base = list(rng.choice(staff, size, replace=False))
+            steps.append([_page_components(model, photos, base[size * s // 100 :] + replacements[: size * s // 100]) for s in SHARES])
+        ladders[name] = np.array(steps)
+    return FitFigures(ladders, np.array(real))
+
+
+def pass_rates(figures: FitFigures, name: str, weights: np.ndarray) -> np.ndarray:
+    """Per weighting (rows of `weights`), the share of simulated draws in which the group's ladder
+    rises at every step and its fully replaced page is above all three real pages, averaged."""
+    steps = np.einsum("dsc,wc->wds", figures.ladders[name], weights)
+    rising = (np.diff(steps, axis=2) > 0).all(axis=2).mean(axis=1)
+    real_top = np.einsum("drc,wc->wdr", figures.real, weights).max(axis=2)
+    above = (steps[:, :, -1] > real_top).mean(axis=1)
+    return (rising + above) / 2
+
+
+def choose_weights(figures: FitFigures, exclude: str | None = None) -> tuple[np.ndarray, float]:
+    """The weighting whose worst group (folder `exclude` left out) passes most often; ties broken by
+    the mean over groups."""
     from pipeline.metrics.template_index import weight_grid
 
     grid = weight_grid()
-    worst = np.full(len(grid), np.inf)
-    for name in figures.within:
-        if exclude is not None and folder_of(name) == exclude:
-            continue
-        worst = np.minimum(worst, _margin(grid, figures, name))
-    best = int(np.argmax(worst))
-    return grid[best], float(worst[best])
-
-
-def _margin(weights: np.ndarray, figures: GroupFigures, name: str) -> np.ndarray:
-    """In the pooled spread of a real page's and the group's page's index: how far the group's page
-    is above a real page, less eightfold how far its photos are less alike to real photos than
-    real photos are to each other (where a ladder's first step would go down)."""
-    weights = np.atleast_2d(weights)
-    real_mean = figures.real_pages.mean(axis=0)
-    variance = np.cov(figures.real_pages.T) + np.cov(figures.group_pages[name].T)
-    spread = np.sqrt(np.einsum("gi,ij,gj->g", weights, variance, weights)) + 1e-12
-    above = weights @ (figures.within[name] - real_mean) / spread
-    dip = weights @ (figures.across[name] - real_mean) / spread
-    return above + 8 * np.minimum(dip, 0.0)
+    rates = np.array([pass_rates(figures, name, grid) for name in figures.ladders if exclude is None or folder_of(name) != exclude])
+    score = rates.min(axis=0) + 0.01 * rates.mean(axis=0)
+    best = int(np.argmax(score))
+    return grid[best], float(score[best])
 
 
 def fit(photos: Photos, plan: dict, embedder_id: str, sharpness: tuple | None = None, exclude: str | None = None):  # noqa: ANN201
     """The template model: the reference photos are the fit half; the kernels' sharpness and the
-    weights are chosen by leave-one-folder-out (each folder's margin judged by weights chosen without it)."""
+    weights are chosen by leave-one-folder-out (each folder's pass rate judged by weights chosen
+    without it; the sharpness whose held-out folders pass most often on average)."""
     from pipeline.metrics.template_index import COMPONENTS, PHOTO_COLUMNS, TemplateModel, signal_reference
 
-    fit_signals, fit_centred = photos.take(plan["fit_half"])
+    fit_signals, fit_centred = photos.take(plan["reference"])
     mean, std = signal_reference(fit_signals)
 
     def model_for(widths: tuple, weights: np.ndarray | None = None) -> TemplateModel:
         chosen = weights if weights is not None else np.full(len(COMPONENTS), 1 / len(COMPONENTS))
-        source = (f"bench.template_index: signal reference of {len(fit_signals)} 18F staff photos (the fit half); weights chosen on "
-                  f"{len(plan['folders'])} corpus folders and {len(plan['fit_pages'])} templated pages of the fit half"
+        source = (f"bench.template_index: {len(fit_signals)} reference photos (18F staff, every fourth); widths and weights chosen on "
+                  f"{len(plan['folders'])} corpus folders and {len(plan['fit_pages'])} templated pages of {len(plan['fit_bases'])} other 18F staff"
                   + (f", without {exclude}" if exclude else ""))  # fmt: skip
         return TemplateModel(embedder_id, dict(zip(COMPONENTS, (float(w) for w in chosen))), mean, std, widths[0], widths[1], source,
                              fit_centred.astype(np.float32), fit_signals[PHOTO_COLUMNS].to_numpy(np.float64))  # fmt: skip
@@ -262,16 +264,16 @@ def fit(photos: Photos, plan: dict, embedder_id: str, sharpness: tuple | None = 
     if sharpness is None:
         report = {}
         for level in SHARPNESS:
-            figures = group_figures(photos, plan, model_for(level))
+            figures = fit_figures(photos, plan, model_for(level))
             held_out = []
             for folder in folders:
                 weights, _ = choose_weights(figures, exclude=folder)
-                names = [n for n in figures.within if folder_of(n) == folder]
-                held_out.append(min(float(_margin(weights, figures, n)[0]) for n in names))
-            report[level] = (float(np.min(held_out)), float(np.median(held_out)))
+                names = [n for n in figures.ladders if folder_of(n) == folder]
+                held_out.append(min(float(pass_rates(figures, n, weights[None])[0]) for n in names))
+            report[level] = (round(float(np.mean(held_out)), 3), round(float(np.min(held_out)), 3))
         sharpness = max(report, key=lambda level: report[level])
-        print(f"leave-one-folder-out worst / median margin by kernel widths: {report}; chosen {sharpness}", file=sys.stderr)
-    figures = group_figures(photos, plan, model_for(sharpness))
+        print(f"leave-one-folder-out mean / worst pass rate by kernel widths: {report}; chosen {sharpness}", file=sys.stderr)
+    figures = fit_figures(photos, plan, model_for(sharpness))
     weights, _ = choose_weights(figures, exclude=exclude)
     return model_for(sharpness, weights), sharpness
 

@@ -268,6 +268,10 @@ TABLES: tuple[Table, ...] = (
         "z": "change / sqrt(se1^2 + se2^2), each se read off a 95% interval as (high - low) / 3.92",
         "significant": "|z| > 1.96",
         "direction": "`more homogeneous`, `less homogeneous`, or empty",
+        "template_index": "the template index then (empty for runs before it, or without a template model)",
+        "template_change": "template index minus the previous run's, where both used one template model",
+        "template_z": "as `z`, for the template index",
+        "template_significant": "|template_z| > 1.96",
     }),
     Table("changes", "changes", "a company of this run: what changed on its page since the previous finished run", _changes, {
         "company": "as in `images`",

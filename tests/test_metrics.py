@@ -195,6 +195,26 @@ def test_trends_flag_only_changes_beyond_the_intervals() -> None:
     assert not trends.loc[("c", "2026-01-03")]["significant"]  # no previous run
 
 
+def test_trends_follow_the_template_index_only_between_runs_of_one_template_model() -> None:
+    from pipeline.metrics.trends import trends_table
+
+    def run(date: str, index: float, model: str | None) -> dict:
+        template = {} if model is None else {"template_index": index, "template_ci_low": index - 0.01, "template_ci_high": index + 0.01,
+                                             "template_model": model}  # fmt: skip
+        return {**company_row("a", 0.5, 0.05), "run_date": date, **template}
+
+    history = pd.DataFrame(
+        [run("2026-01-01", 0.0, None), run("2026-01-02", 0.02, "classic-v1@old"), run("2026-01-03", 0.03, "classic-v1@new")]
+    )
+    trends = trends_table(history, pd.DataFrame([run("x", 0.10, "classic-v1@new")]).drop(columns="run_date"), "2026-01-04")
+    trends = trends.set_index("run_date")
+    assert np.isnan(trends.loc["2026-01-01", "template_index"])  # written before the template index existed
+    assert np.isnan(trends.loc["2026-01-03", "template_change"])  # another model before it: not joined
+    assert trends.loc["2026-01-04", "template_change"] == pytest.approx(0.07)
+    assert trends.loc["2026-01-04", "template_significant"]  # 0.07 against intervals of +-0.01
+    assert not trends.loc["2026-01-03", "template_significant"]
+
+
 def test_trends_skip_pages_with_too_few_images() -> None:
     from pipeline.metrics.trends import trends_table
 

@@ -227,6 +227,7 @@ def test_plain_output_ranks_companies_and_neutralises_control_characters(tmp_pat
     assert code == 0, err
     ranking = [line for line in out.splitlines() if "photos  homogeneity" in line]
     assert ranking[0].lstrip().startswith("northwind-legal")  # the templated page is the most homogeneous
+    assert "template 0." in ranking[0]  # the template index beside it
     assert any("too_few_images" in line for line in ranking)
     assert "\x1b" not in out and "evil[31m" in out  # the escape left with the manifest; nothing reaches the terminal
 

@@ -35,10 +35,11 @@ The reference decides what counts as ordinary; the shipped one is real staff pho
 
 The model (the reference photos as the kernels see them, the signals' means and spreads, the
 kernels' widths, the weights) is fixed per embedder, shipped as `template_models/<embedder id>.json`
-and `.npz`, and never fitted on the run being measured: bench/template_index.py takes half of the
-corpus's real staff photos as the reference and chooses the widths and the weights by
-leave-one-folder-out over the AI packs, the studio set and templated pages made from that half; the
-other half is kept for validation. An embedder without a shipped model gets no template index
+and `.npz`, and never fitted on the run being measured: bench/template_index.py takes a quarter of
+the corpus's real staff photos as the reference and chooses the widths and the weights on another
+quarter, by simulating the validation's checks (ladders of a real page progressively replaced by AI
+packs, a studio set and templated photos; separation from real pages) with leave-one-folder-out;
+the other half is kept for validation. An embedder without a shipped model gets no template index
 (`template_model` = "none").
 
 Explainable by construction: T is a weighted sum of one U-statistic per component, so a page's index
@@ -171,8 +172,9 @@ def _reference(model: TemplateModel) -> dict[str, tuple[np.ndarray, float]]:
 def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray, rows: slice | None = None) -> dict[str, np.ndarray]:
     """Per component, the (rows, n) kernel of the pairs (row photo, any photo), centred on the
     reference photos: k(i, j) - m(i) - m(j) + m, m(i) the kernel's mean between photo i and the
-    reference photos, m its mean over reference pairs. Its mean is 0 over pairs of reference-like
-    photos and over pairs of one reference-like and any other photo; 0 where a photo lacks the signal."""
+    reference photos (other than itself, where it is one), m its mean over reference pairs. Its mean
+    is 0 over pairs of reference-like photos and over pairs of one reference-like and any other
+    photo; 0 where a photo lacks the signal."""
     rows = rows or slice(0, len(photos))
     kernels = {}
     descriptors = _descriptors(model, photos, centred)
@@ -180,7 +182,11 @@ def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.nd
         block = descriptors[component]
         missing = np.isnan(block).any(axis=1)
         block = np.nan_to_num(block)
-        typical = _kernel(model, component, block, reference).mean(axis=1)
+        to_reference = _kernel(model, component, block, reference)
+        # A photo that is itself one of the reference photos (the same descriptor) is not compared
+        # with itself: m(i) is then over the other reference photos, as m is over distinct pairs.
+        itself = to_reference > 1.0 - 1e-9
+        typical = (to_reference.sum(axis=1) - (to_reference * itself).sum(axis=1)) / np.maximum(1, len(reference) - itself.sum(axis=1))
         kernel = _kernel(model, component, block[rows], block) - typical[rows, None] - typical[None, :] + reference_mean
         kernel[missing[rows]] = 0.0
         kernel[:, missing] = 0.0

@@ -8,6 +8,7 @@ import pandas as pd
 TREND_COLUMNS = [
     "company", "embedder", "run_date", "n_images", "homogeneity_index", "ci_low", "ci_high", "near_dup_rate",
     "previous_run_date", "previous_index", "change", "z", "significant", "direction",
+    "template_index", "template_change", "template_z", "template_significant",
 ]  # fmt: skip
 
 
@@ -33,7 +34,23 @@ def trends_table(history: pd.DataFrame, current: pd.DataFrame, run_date: str) ->
     runs["z"] = runs["change"] / combined.replace(0, np.nan)
     runs["significant"] = runs["z"].abs() > 1.96
     runs["direction"] = np.where(~runs["significant"], "", np.where(runs["change"] > 0, "more homogeneous", "less homogeneous"))
+    _template_change(runs)
     return runs[TREND_COLUMNS].reset_index(drop=True)
+
+
+def _template_change(runs: pd.DataFrame) -> None:
+    """The template index's change since the previous run and its z, where both runs measured it with
+    one template model (rows written before the template index, or with no model, have none)."""
+    for column in ("template_index", "template_ci_low", "template_ci_high"):
+        runs[column] = runs[column].astype(float) if column in runs else np.nan
+    runs["template_model"] = runs["template_model"].fillna("none") if "template_model" in runs else "none"
+    grouped = runs.groupby("company", sort=False)
+    comparable = (runs["template_model"] != "none") & (runs["template_model"] == grouped["template_model"].shift(1))
+    se = (runs["template_ci_high"] - runs["template_ci_low"]) / (2 * 1.96)
+    runs["template_change"] = (runs["template_index"] - grouped["template_index"].shift(1)).where(comparable)
+    combined = np.sqrt(se**2 + se.groupby(runs["company"], sort=False).shift(1) ** 2)
+    runs["template_z"] = runs["template_change"] / combined.replace(0, np.nan)
+    runs["template_significant"] = runs["template_z"].abs() > 1.96
 
 
 # ------------------------------------------------------------------ what changed since the previous run
