@@ -53,6 +53,7 @@ SHARES = (0, 25, 50, 75, 100)
 VARIANTS = {"full": None, "grade+framing": ("grade", "framing"), "backdrop": ("backdrop",)}
 FIT_TEMPLATES = 8
 BOOTSTRAP = 1000
+CACHE_VERSION = 2  # of what --cache holds: a cache of another version, embedder or draw count is rebuilt
 
 
 @dataclass
@@ -369,13 +370,14 @@ def main() -> None:
 
     embedder, reference = _embedder_and_reference(args.embedder)
     cache = Path(args.cache) if args.cache else None
-    if cache and cache.is_file():
-        photos, plan = pickle.loads(cache.read_bytes())
+    cached = pickle.loads(cache.read_bytes()) if cache and cache.is_file() else None  # bench-only file, written below
+    if cached and cached[0] == (CACHE_VERSION, embedder.id, args.draws):
+        _, photos, plan = cached
     else:
         pictures, plan = build(args.draws, seed=0)
         photos = measure(pictures, embedder, reference)
         if cache:
-            cache.write_bytes(pickle.dumps((photos, plan)))
+            cache.write_bytes(pickle.dumps(((CACHE_VERSION, embedder.id, args.draws), photos, plan)))
     model, sharpness = fit(photos, plan, embedder.id, tuple(args.widths) if args.widths else None)
     held_out = {folder: fit(photos, plan, embedder.id, sharpness, exclude=folder)[0] for folder in plan["folders"]}
     print("weights:", model.weights, "held out:", {f: m.weights for f, m in held_out.items()}, file=sys.stderr)

@@ -127,6 +127,12 @@ def load_model(embedder_id: str, folder: Path = MODELS) -> TemplateModel | None:
 
 
 # ------------------------------------------------------------------ per-photo descriptors and pair kernels
+def _signal(photos: pd.DataFrame, column: str) -> np.ndarray:
+    """One signal of every photo, on the scale it is compared on (NaN where not measured)."""
+    values = photos[column].to_numpy(np.float64) if column in photos else np.full(len(photos), np.nan)
+    return np.log1p(np.maximum(values, 0)) if column in _LOG_SCALE else values
+
+
 def standardised(photos: pd.DataFrame, mean: dict[str, float], std: dict[str, float]) -> dict[str, np.ndarray]:
     """Per signal component, (n, d) signals in reference spreads from the reference mean; NaN rows
     where a photo lacks the signal (no face, or no backdrop to measure)."""
@@ -136,9 +142,7 @@ def standardised(photos: pd.DataFrame, mean: dict[str, float], std: dict[str, fl
             continue
         values = []
         for column in columns:
-            raw = photos[column].to_numpy(np.float64) if column in photos else np.full(len(photos), np.nan)
-            raw = np.log1p(np.maximum(raw, 0)) if column in _LOG_SCALE else raw
-            values.append((raw - mean[column]) / std[column])
+            values.append((_signal(photos, column) - mean[column]) / std[column])
         block = np.stack(values, axis=1)
         block[np.isnan(block).any(axis=1)] = np.nan
         blocks[component] = block
@@ -240,10 +244,9 @@ def signal_reference(photos: pd.DataFrame) -> tuple[dict[str, float], dict[str, 
     """(mean, spread) of each signal over the reference photos (log scale where _LOG_SCALE says)."""
     mean, std = {}, {}
     for column in PHOTO_COLUMNS:
-        raw = photos[column].to_numpy(np.float64)
-        raw = np.log1p(np.maximum(raw, 0)) if column in _LOG_SCALE else raw
-        mean[column] = float(np.nanmean(raw))
-        std[column] = float(np.nanstd(raw)) or 1.0
+        values = _signal(photos, column)
+        mean[column] = float(np.nanmean(values))
+        std[column] = float(np.nanstd(values)) or 1.0
     return mean, std
 
 
