@@ -273,3 +273,40 @@ def test_a_report_names_the_runs_it_does_not_join_instead_of_drawing_through_the
     changes = pd.read_parquet(tmp_path / "wh" / "tables" / "changes" / "run_date=2026-11-28" / "part-0.parquet")
     rated = changes[changes["homogeneity_index"].notna()]
     assert len(rated) and rated["summary"].str.endswith("none comparable the run before").all()
+
+
+def test_homog_trends_reads_trends_written_before_the_template_index(tmp_path) -> None:  # noqa: ANN001
+    """A warehouse whose last trends table predates the template index: the view has the template
+    columns empty, the table prints, and a newer table's template change is shown with its flag."""
+    from typer.testing import CliRunner
+
+    from pipeline import layout
+    from pipeline.apps.cli import app
+    from pipeline.metrics.trends import TREND_COLUMNS
+    from pipeline.report.data import trends_view
+    from pipeline.warehouse import Warehouse
+
+    store = Warehouse(str(tmp_path / "wh"))
+    old = {"company": "acme", "embedder": "classic-v1", "run_date": "2026-11-27", "n_images": 12, "homogeneity_index": 0.3,
+           "ci_low": 0.25, "ci_high": 0.35, "near_dup_rate": 0.0, "previous_run_date": None, "previous_index": float("nan"),
+           "change": float("nan"), "z": float("nan"), "significant": False, "direction": ""}  # fmt: skip
+    store.write_table("trends", "2026-11-27", pd.DataFrame([old]))
+    store.write_json(layout.run_record("2026-11-27"), {"run_date": "2026-11-27"})
+    view = trends_view(store)
+    assert view["template_index"].isna().all() and not view["template_significant"].any()
+    out = CliRunner().invoke(app, ["trends", "--warehouse", str(tmp_path / "wh")])
+    assert out.exit_code == 0, out.output
+    assert "acme" in out.output and "template (change)" in out.output
+
+    new = {
+        **old,
+        "run_date": "2026-11-28",
+        "template_index": 0.12,
+        "template_change": 0.08,
+        "template_z": 4.0,
+        "template_significant": True,
+    }
+    store.write_table("trends", "2026-11-28", pd.DataFrame([{**old, "template_index": 0.04}, new], columns=TREND_COLUMNS))
+    store.write_json(layout.run_record("2026-11-28"), {"run_date": "2026-11-28"})
+    out = CliRunner().invoke(app, ["trends", "--warehouse", str(tmp_path / "wh")])
+    assert "0.120 (+0.080*)" in out.output and "0.040" in out.output

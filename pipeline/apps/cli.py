@@ -214,7 +214,9 @@ def trends(
     warehouse: WarehouseOption = None,
     config: ConfigOption = None,
 ) -> None:
-    """Each page's homogeneity index over runs, with its intervals and what changed, as the run report leads with it."""
+    """Each page's homogeneity index (and template index) over runs, with its intervals and what changed, as the run report leads with it."""
+    import pandas as pd
+
     from pipeline.config import ConfigError, load_settings
     from pipeline.layout import validate_run_date
     from pipeline.report.data import NoRunError, trends_view
@@ -233,13 +235,16 @@ def trends(
     if view.empty:
         typer.echo("no run of " + (f"company {company!r}" if company else "any company") + (f" since {since}" if since else ""))
         return
-    typer.echo(f"{'company':32s} {'run':10s} {'photos':>6s}  {'index [95% CI]':22s} {'change':>7s}  what changed")
+    typer.echo(f"{'company':32s} {'run':10s} {'photos':>6s}  {'index [95% CI]':22s} {'change':>7s}  {'template (change)':18s} what changed")
     for row in view.itertuples():
         index = f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]"
-        change = f"{row.change:+.3f}" if row.change == row.change else ""
+        change = f"{row.change:+.3f}" if pd.notna(row.change) else ""
         flag = "*" if row.significant else " "
+        template = f"{row.template_index:.3f}" if pd.notna(row.template_index) else ""
+        if pd.notna(row.template_change):
+            template += f" ({row.template_change:+.3f}{'*' if row.template_significant else ''})"
         typer.echo(f"{printable(row.company, 32):32s} {row.run_date:10s} {row.n_images:6d}  {index:22s} {change:>7s}{flag} "
-                   f"{printable(row.summary, 200)}")  # fmt: skip
+                   f"{template:18s} {printable(row.summary, 200)}")  # fmt: skip
     typer.echo("* a change larger than the two runs' 95% intervals explain (|z| > 1.96)")
 
 

@@ -135,7 +135,10 @@ def count(value: object) -> int | None:
 
 
 # ------------------------------------------------------------------ the trends table as `homog trends` shows it
-TREND_VIEW_COLUMNS = ["company", "run_date", "n_images", "homogeneity_index", "ci_low", "ci_high", "change", "z", "significant", "summary"]
+TREND_VIEW_COLUMNS = [
+    "company", "run_date", "n_images", "homogeneity_index", "ci_low", "ci_high", "change", "z", "significant",
+    "template_index", "template_change", "template_significant", "summary",
+]  # fmt: skip
 
 
 class NoRunError(LookupError):
@@ -161,5 +164,7 @@ def trends_view(store: Warehouse, run_date: str | None = None, company: str | No
         trends = trends[trends["company"] == company]
     if since is not None:
         trends = trends[trends["run_date"] >= since]
-    view = trends.sort_values(["company", "run_date"], ignore_index=True)[TREND_VIEW_COLUMNS]
-    return view.assign(summary=view["summary"].fillna(""), significant=view["significant"].fillna(False).astype(bool))
+    # Trends written before the template index have no template columns: empty there, not an error.
+    view = trends.sort_values(["company", "run_date"], ignore_index=True).reindex(columns=TREND_VIEW_COLUMNS)
+    return view.assign(summary=view["summary"].fillna(""), significant=view["significant"].fillna(False).astype(bool),
+                       template_significant=view["template_significant"].eq(True))  # fmt: skip
