@@ -37,8 +37,11 @@ def _print_summary(result: RunResult) -> None:
     companies = pd.read_parquet(result.outputs["companies"]) if result.outputs.get("companies") else pd.DataFrame()
     for row in companies.sort_values("homogeneity_index", ascending=False, na_position="last").itertuples():
         index = f"{row.homogeneity_index:.3f} [{row.ci_low:.3f}, {row.ci_high:.3f}]" if row.status == "ok" else row.status
-        template = getattr(row, "template_index", float("nan"))
-        template = f"  template {template:.3f} [{row.template_ci_low:.3f}, {row.template_ci_high:.3f}]" if template == template else ""
+        template = (
+            f"  template {row.template_index:.3f} [{row.template_ci_low:.3f}, {row.template_ci_high:.3f}]"
+            if pd.notna(row.template_index)
+            else ""
+        )
         typer.echo(
             f"  {printable(row.company, 40):40s} {row.n_images:4d} photos  homogeneity {index}{template}  near-dup rate {row.near_dup_rate:.2f}"
         )

@@ -51,10 +51,8 @@ def _template_signals(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
 
 
 def _template_index(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
-    from pipeline.metrics.template_index import page_table
-
     centred = dict(zip(inputs.embeddings.content_sha256, inputs.reference.centre(inputs.embeddings.vectors)))
-    return page_table(companies, inputs.images, inputs.read("faces"), centred, inputs.read("pairs"),
+    return template_index.page_table(companies, inputs.images, inputs.read("faces"), centred, inputs.read("pairs"),
                       inputs.embeddings.embedder_id, inputs.settings.thresholds)  # fmt: skip
 
 

@@ -173,15 +173,19 @@ def _reference(model: TemplateModel) -> dict[str, tuple[np.ndarray, float]]:
     return found
 
 
-def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray, rows: slice | None = None) -> dict[str, np.ndarray]:
-    """Per component, the (rows, n) kernel of the pairs (row photo, any photo), centred on the
-    reference photos: k(i, j) - m(i) - m(j) + m, m(i) the kernel's mean between photo i and the
-    reference photos (other than itself, where it is one), m its mean over reference pairs. Its mean
-    is 0 over pairs of reference-like photos and over pairs of one reference-like and any other
-    photo; 0 where a photo lacks the signal."""
-    rows = rows or slice(0, len(photos))
-    kernels = {}
+@dataclass(frozen=True)
+class _Part:
+    """One component of a page's photos, ready for its centred kernel."""
+
+    block: np.ndarray  # (n, d) descriptors, 0 where missing
+    missing: np.ndarray  # (n,) the photo lacks the signal
+    typical: np.ndarray  # (n,) m(i): the kernel's mean between photo i and the reference photos
+    reference: float  # m: the kernel's mean over pairs of reference photos
+
+
+def _parts(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray) -> dict[str, _Part]:
     descriptors = _descriptors(model, photos, centred)
+    parts = {}
     for component, (reference, reference_mean) in _reference(model).items():
         block = descriptors[component]
         missing = np.isnan(block).any(axis=1)
@@ -191,11 +195,25 @@ def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.nd
         # with itself: m(i) is then over the other reference photos, as m is over distinct pairs.
         itself = to_reference > 1.0 - 1e-9
         typical = (to_reference.sum(axis=1) - (to_reference * itself).sum(axis=1)) / np.maximum(1, len(reference) - itself.sum(axis=1))
-        kernel = _kernel(model, component, block[rows], block) - typical[rows, None] - typical[None, :] + reference_mean
-        kernel[missing[rows]] = 0.0
-        kernel[:, missing] = 0.0
-        kernels[component] = kernel
-    return kernels
+        parts[component] = _Part(block, missing, typical, reference_mean)
+    return parts
+
+
+def _centred_kernel(model: TemplateModel, component: str, part: _Part, rows: slice) -> np.ndarray:
+    kernel = _kernel(model, component, part.block[rows], part.block) - part.typical[rows, None] - part.typical[None, :] + part.reference
+    kernel[part.missing[rows]] = 0.0
+    kernel[:, part.missing] = 0.0
+    return kernel
+
+
+def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray, rows: slice | None = None) -> dict[str, np.ndarray]:
+    """Per component, the (rows, n) kernel of the pairs (row photo, any photo), centred on the
+    reference photos: k(i, j) - m(i) - m(j) + m, m(i) the kernel's mean between photo i and the
+    reference photos (other than itself, where it is one), m its mean over reference pairs. Its mean
+    is 0 over pairs of reference-like photos and over pairs of one reference-like and any other
+    photo; 0 where a photo lacks the signal."""
+    rows = rows or slice(0, len(photos))
+    return {component: _centred_kernel(model, component, part, rows) for component, part in _parts(model, photos, centred).items()}
 
 
 # ------------------------------------------------------------------ one page
@@ -217,10 +235,11 @@ def page_template_index(
     kernel = np.zeros((n, n))
     shares = dict.fromkeys(COMPONENTS, 0.0)
     off_diagonal = ~np.eye(n, dtype=bool)
+    parts = _parts(model, photos, centred)  # once per page; the blocks only bound the memory of the pair matrix
     for start in range(0, n, _BLOCK):
         rows = slice(start, min(n, start + _BLOCK))
-        for component, part in component_kernels(model, photos, centred, rows).items():
-            part = np.where(duplicate[rows], 1.0, part)  # a copy is one template on every part
+        for component, prepared in parts.items():
+            part = np.where(duplicate[rows], 1.0, _centred_kernel(model, component, prepared, rows))  # a copy is one template on every part
             kernel[rows] += model.weights[component] * part
             shares[component] += model.weights[component] * float(part[off_diagonal[rows]].sum())
     index, low, high = homogeneity(kernel, samples, seed)

@@ -25,13 +25,10 @@ def trends_table(history: pd.DataFrame, current: pd.DataFrame, run_date: str) ->
         frames.insert(0, earlier)
     runs = pd.concat(frames, ignore_index=True)
     runs = runs[runs["status"] == "ok"].sort_values(["company", "run_date"], ignore_index=True)
-    runs["se"] = (runs["ci_high"] - runs["ci_low"]).astype(float) / (2 * 1.96)
     grouped = runs.groupby("company", sort=False)
     runs["previous_run_date"] = grouped["run_date"].shift(1)
     runs["previous_index"] = grouped["homogeneity_index"].shift(1)
-    runs["change"] = runs["homogeneity_index"] - runs["previous_index"]
-    combined = np.sqrt(runs["se"] ** 2 + grouped["se"].shift(1) ** 2)
-    runs["z"] = runs["change"] / combined.replace(0, np.nan)
+    runs["change"], runs["z"] = _change_and_z(runs, "homogeneity_index", "ci_low", "ci_high")
     runs["significant"] = runs["z"].abs() > 1.96
     runs["direction"] = np.where(~runs["significant"], "", np.where(runs["change"] > 0, "more homogeneous", "less homogeneous"))
     _template_change(runs)
@@ -44,13 +41,22 @@ def _template_change(runs: pd.DataFrame) -> None:
     for column in ("template_index", "template_ci_low", "template_ci_high"):
         runs[column] = runs[column].astype(float) if column in runs else np.nan
     runs["template_model"] = runs["template_model"].fillna("none") if "template_model" in runs else "none"
-    grouped = runs.groupby("company", sort=False)
-    comparable = (runs["template_model"] != "none") & (runs["template_model"] == grouped["template_model"].shift(1))
-    se = (runs["template_ci_high"] - runs["template_ci_low"]) / (2 * 1.96)
-    runs["template_change"] = (runs["template_index"] - grouped["template_index"].shift(1)).where(comparable)
-    combined = np.sqrt(se**2 + se.groupby(runs["company"], sort=False).shift(1) ** 2)
-    runs["template_z"] = runs["template_change"] / combined.replace(0, np.nan)
+    comparable = (runs["template_model"] != "none") & (
+        runs["template_model"] == runs.groupby("company", sort=False)["template_model"].shift(1)
+    )
+    change, z = _change_and_z(runs, "template_index", "template_ci_low", "template_ci_high")
+    runs["template_change"], runs["template_z"] = change.where(comparable), z.where(comparable)
     runs["template_significant"] = runs["template_z"].abs() > 1.96
+
+
+def _change_and_z(runs: pd.DataFrame, index: str, low: str, high: str) -> tuple[pd.Series, pd.Series]:
+    """Each run's change of `index` since the company's previous run, and z = change / sqrt(se1^2 +
+    se2^2), each se read off the 95% bootstrap interval (`low`, `high`) as (high - low) / (2 * 1.96)."""
+    grouped = runs.groupby("company", sort=False)
+    se = (runs[high] - runs[low]).astype(float) / (2 * 1.96)
+    change = runs[index].astype(float) - grouped[index].shift(1).astype(float)
+    combined = np.sqrt(se**2 + se.groupby(runs["company"], sort=False).shift(1) ** 2)
+    return change, change / combined.replace(0, np.nan)
 
 
 # ------------------------------------------------------------------ what changed since the previous run

@@ -259,11 +259,12 @@ def template_index_view(row: pd.Series) -> dict[str, Any]:
             else f"no template model ships for the embedder {row.get('embedder')}"
         )
         return {"index": None, "reason": reason, "drivers": "", "components": []}
+    driving = drivers(components, len(components))
     return {
         "index": index, "ci_low": finite(row.get("template_ci_low")), "ci_high": finite(row.get("template_ci_high")),
         "model": row.get("template_model"),
-        "drivers": ", ".join(drivers(components)),
-        "components": [{"label": label, "value": components[part], "reading": meaning if part in drivers(components, len(components)) else ""}
+        "drivers": ", ".join(driving[:2]),
+        "components": [{"label": label, "value": components[part], "reading": meaning if part in driving else ""}
                        for part, label, meaning in TEMPLATE_PARTS],
     }  # fmt: skip
 
