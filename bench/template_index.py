@@ -50,6 +50,19 @@ from bench.common import default_corpus, write_result
 
 CORPUS = default_corpus()
 SHARES = (0, 25, 50, 75, 100)
+
+
+def page_size(photos: list[str]) -> int:
+    """A group's pages hold 24 photos, 12 where the group has fewer than 24."""
+    return 24 if len(photos) >= 24 else 12
+
+
+def ladder(base: list[str], replacements: list[str]) -> list[list[str]]:
+    """The pages of a ladder: `base` with 0, 25, 50, 75, 100% of it replaced (the replaced people leave)."""
+    size = len(base)
+    return [base[size * share // 100 :] + replacements[: size * share // 100] for share in SHARES]
+
+
 VARIANTS = {"full": None, "grade+framing": ("grade", "framing"), "backdrop": ("backdrop",)}
 FIT_TEMPLATES = 8
 BOOTSTRAP = 1000
@@ -179,7 +192,7 @@ class FitFigures:
     """Per-component page indexes (last axis: COMPONENTS) of simulated pages on the fit half: an
     index is linear in the weights, so any weighting's pages follow from these without recomputing.
     ladders[group]: (draws, 5 steps of 0/25/50/75/100% of a real page replaced by the group's photos);
-    real[draw]: three disjoint real pages of 24."""
+    real[draw]: three real pages of 24 (overlapping: the fit bases are 37 photos)."""
 
     ladders: dict[str, np.ndarray]
     real: np.ndarray  # (draws, 3, components)
@@ -200,16 +213,16 @@ def folder_of(group: str) -> str:
 
 
 def fit_figures(photos: Photos, plan: dict, model) -> FitFigures:  # noqa: ANN001
-    """The validation's ladders and real pages, simulated on the fit half (module doc: Fitting)."""
+    """The validation's ladders and real pages, simulated on the fit bases (module doc: Fitting)."""
     available = set(photos.keys)
     groups = {name: [k for k in keys if k in available] for name, keys in {**plan["folders"], **plan["fit_pages"]}.items()}
     staff = plan["fit_bases"]
     rng = np.random.default_rng(17)
     ladders, real = {}, []
-    for _ in range(FIT_DRAWS):  # three real pages of 24 (overlapping: the fit bases are 37 photos)
+    for _ in range(FIT_DRAWS):
         real.append([_page_components(model, photos, list(rng.choice(staff, 24, replace=False))) for _ in range(3)])
     for name, keys in groups.items():
-        size = 24 if len(keys) >= 24 else 12
+        size = page_size(keys)
         steps = []
         for _ in range(FIT_DRAWS):
             replacements = list(rng.choice(keys, size, replace=False))
@@ -217,7 +230,7 @@ def fit_figures(photos: Photos, plan: dict, model) -> FitFigures:  # noqa: ANN00
                 base = [key.split("/", 1)[1] for key in replacements]
             else:
                 base = list(rng.choice(staff, size, replace=False))
-            steps.append([_page_components(model, photos, base[size * s // 100 :] + replacements[: size * s // 100]) for s in SHARES])
+            steps.append([_page_components(model, photos, page) for page in ladder(base, replacements)])
         ladders[name] = np.array(steps)
     return FitFigures(ladders, np.array(real))
 
@@ -245,7 +258,7 @@ def choose_weights(figures: FitFigures, exclude: str | None = None) -> tuple[np.
 
 
 def fit(photos: Photos, plan: dict, embedder_id: str, sharpness: tuple | None = None, exclude: str | None = None):  # noqa: ANN201
-    """The template model: the reference photos are the fit half; the kernels' sharpness and the
+    """The template model: the reference photos are plan["reference"]; the kernels' sharpness and the
     weights are chosen by leave-one-folder-out (each folder's pass rate judged by weights chosen
     without it; the sharpness whose held-out folders pass most often on average)."""
     from pipeline.metrics.template_index import COMPONENTS, PHOTO_COLUMNS, TemplateModel, signal_reference
@@ -309,7 +322,7 @@ def validate(photos: Photos, plan: dict, model, held_out_models: dict) -> dict: 
             kept = [(p, k) for p, k in zip(people, keys) if k in available][:24]
             ladders[f"templated:{variant}"] = ([p for p, _ in kept], [k for _, k in kept], model)
         for folder, keys in plan["folders"].items():
-            size = 24 if len(keys) >= 24 else 12
+            size = page_size(keys)
             ladders[folder] = (people[:size], list(rng.choice(keys, size, replace=False)), held_out_models[folder])
         top_real = {}  # model id -> which -> the highest of the real pages, by that model
         for ladder_model in {m.id: m for _, _, m in ladders.values()}.values():
@@ -319,9 +332,8 @@ def validate(photos: Photos, plan: dict, model, held_out_models: dict) -> dict: 
         for name, (base, replacements, ladder_model) in ladders.items():
             size = len(base)
             curves: dict = {which: [] for which in which_all}
-            for share in SHARES:
-                k = size * share // 100
-                scores = indexes(photos, base[k:] + replacements[:k], ladder_model, d)  # the replaced people leave
+            for page in ladder(base, replacements):
+                scores = indexes(photos, page, ladder_model, d)
                 for which in which_all:
                     curves[which].append(scores[which])
             for which, curve in curves.items():
