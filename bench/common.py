@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,21 @@ def write_result(name: str, figures: dict[str, Any], out: Path | None = None) ->
     path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
     print(f"results: {path}")
     return path
+
+
+def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS MB of the process tree's largest process, stdout) of one fresh run."""
+    wrapper = textwrap.dedent("""
+        import json, resource, subprocess, sys, time
+        started = time.perf_counter()
+        done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        sys.stderr.write(done.stderr[-3000:])
+        print(json.dumps({"wall": wall, "rss": rss, "rc": done.returncode, "stdout": done.stdout}))
+    """)
+    done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, env=env)
+    result = json.loads(done.stdout)
+    if result["rc"] != 0:
+        raise RuntimeError(f"{command[0]} failed (exit {result['rc']}): {done.stderr[-1500:]}")
+    return result["wall"], result["rss"], result["stdout"]

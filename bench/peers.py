@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.common import REPO, write_result
+from bench.common import REPO, measured, write_result
 from bench.neardup_eval import CORPUS, Truth, build
 
 PEER_PACKAGES = ("imagededup", "cleanvision", "fastdup")
@@ -69,24 +69,6 @@ DRIVERS = {
         print(json.dumps(sorted(p for p in pairs if p[0] != p[1])))
     """,
 }
-
-
-def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB of the process tree's largest process, stdout) of one fresh run."""
-    wrapper = textwrap.dedent("""
-        import json, resource, subprocess, sys, time
-        started = time.perf_counter()
-        done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        sys.stderr.write(done.stderr[-3000:])
-        print(json.dumps({"wall": wall, "rss": rss, "rc": done.returncode, "stdout": done.stdout}))
-    """)
-    done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, env=env)
-    result = json.loads(done.stdout)
-    if result["rc"] != 0:
-        raise RuntimeError(f"{command[0]} failed (exit {result['rc']}): {done.stderr[-1500:]}")
-    return result["wall"], result["rss"], result["stdout"]
 
 
 def ensure_venv(venv: Path) -> Path:

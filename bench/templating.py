@@ -99,7 +99,7 @@ def _backdrop(template: Template, width: int, height: int) -> np.ndarray:
     return np.clip(colour[None, None, :] * (gradient * vignette)[..., None], 0, 255)
 
 
-def _reframe(rgb: np.ndarray, box: tuple[int, int, int, int], template: Template) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def reframe(rgb: np.ndarray, box: tuple[int, int, int, int], template: Template) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     import cv2
 
     x, y, w, h = box
@@ -112,7 +112,7 @@ def _reframe(rgb: np.ndarray, box: tuple[int, int, int, int], template: Template
     return framed, new_box
 
 
-def _grade(rgb: np.ndarray, template: Template) -> np.ndarray:
+def grade(rgb: np.ndarray, template: Template) -> np.ndarray:
     import cv2
 
     lab = cv2.cvtColor(rgb.astype(np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
@@ -144,12 +144,12 @@ def templated(picture: Image.Image, template: Template) -> Image.Image | None:
     rgb = np.asarray(picture).astype(np.float32)
     box = (face.x, face.y, face.width, face.height)
     if "framing" in template.parts:
-        rgb, box = _reframe(rgb, box, template)
+        rgb, box = reframe(rgb, box, template)
     if "backdrop" in template.parts:
         mask = _person_mask(rgb.astype(np.uint8), box)[..., None]
         rgb = rgb * mask + _backdrop(template, rgb.shape[1], rgb.shape[0]) * (1 - mask)
     if "smoothing" in template.parts:
         rgb = _smooth(rgb, box, template.smoothing)
     if "grade" in template.parts:
-        rgb = _grade(np.clip(rgb, 0, 255), template)
+        rgb = grade(np.clip(rgb, 0, 255), template)
     return Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8))
