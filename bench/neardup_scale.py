@@ -2,12 +2,16 @@
 
 Each size runs in its own process (so peak RSS is its own): unit vectors in loose clusters (like
 photos of one style), 1% of them with a planted near-copy (cosine ~0.93-0.99, like an edited
-photo). Timed: the analyze stage's search, i.e. `build_index(kind=auto)` + `knn_pairs` over every
-vector. Reported: seconds, peak RSS, recall of the planted pairs, and recall against exact search
-for 1,000 sampled queries. Target: 1M in <= 10 min and <= 4 GB on this machine. Vectors are held as float16
-(the index functions convert block by block), as a million-photo run would hold them.
+photo). Timed: the index stage's search, i.e. the kind `choose_kind` picks from this machine's
+calibration (measured once, into a warehouse shared by the sizes, and timed apart), `build_index` and
+`knn_pairs` over every vector. Reported: the kind and why, seconds, peak RSS, recall of the planted
+pairs, and recall against exact search for 1,000 sampled queries. `--kinds auto flat ivf` also times
+the kinds forced, to check the calibrated choice against both (exact above 200,000 vectors takes
+hours and is skipped). Target: 1M in <= 10 min and <= 4 GB on whichever machine runs it, with no
+BLAS or thread environment variables set. Vectors are held as float16 (the index functions convert
+block by block), as a million-photo run would hold them.
 
-    OPENBLAS_CORETYPE=SkylakeX .venv/bin/python -m bench.neardup_scale [--sizes 10000 100000 1000000]
+    .venv/bin/python -m bench.neardup_scale [--sizes 10000 100000 1000000] [--kinds auto flat ivf]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -47,12 +52,18 @@ def make_vectors(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return vectors, np.stack([originals, copies], axis=1)
 
 
-def measure(n: int) -> dict:
-    from pipeline.features.index import build_index, knn, knn_pairs
+def measure(n: int, kind: str, calibration: str) -> dict:
+    from pipeline.features.index import build_index, choose_kind, knn, knn_pairs
+    from pipeline.warehouse import Warehouse
 
     vectors, planted = make_vectors(n)
     started = time.perf_counter()
-    vindex = build_index(vectors, [""] * n)
+    why = "forced"
+    if kind == "auto":
+        kind, why = choose_kind(n, DIM, Warehouse(calibration))
+    calibrated = time.perf_counter() - started
+    started = time.perf_counter()
+    vindex = build_index(vectors, [""] * n, kind)  # type: ignore[arg-type]
     built = time.perf_counter() - started
     pairs = knn_pairs(vindex, vectors, THRESHOLD, K)
     total = time.perf_counter() - started
@@ -83,7 +94,7 @@ def measure(n: int) -> dict:
         if r != q and r >= 0 and s >= THRESHOLD
     }
     return {
-        "n": n, "index": vindex.kind, "build_s": round(built, 1), "total_s": round(total, 1),
+        "n": n, "index": vindex.kind, "why": why, "calibration_s": round(calibrated, 1), "build_s": round(built, 1), "total_s": round(total, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
         "pairs": len(pairs), "planted_recall": round(float(planted_recall), 4),
         "recall_vs_exact": round(len(exact & approx) / max(1, len(exact)), 4), "exact_pairs_sampled": len(exact),
@@ -93,23 +104,30 @@ def measure(n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--kinds", nargs="+", choices=["auto", "flat", "ivf"], default=["auto"])
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: measure one size here
+    parser.add_argument("--kind", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--calibration", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one)))
+        print(json.dumps(measure(args.one, args.kind, args.calibration)))
         return
     print(f"{'N':>9} {'index':>6} {'build s':>8} {'total s':>8} {'peak GB':>8} {'pairs':>9} {'planted recall':>15} {'recall vs exact':>16}")
     rows = []
-    for n in args.sizes:
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.neardup_scale", "--one", str(n)], capture_output=True, text=True, check=True, cwd=REPO
-        )
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(
-            f"{r['n']:9d} {r['index']:>6} {r['build_s']:8.1f} {r['total_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['pairs']:9d} "
-            f"{r['planted_recall']:15.4f} {r['recall_vs_exact']:16.4f}"
-        )
-        rows.append(r)
+    with tempfile.TemporaryDirectory(prefix="neardup-scale-") as calibration:  # this machine's calibration, shared by the sizes
+        for n in args.sizes:
+            for kind in args.kinds:
+                if kind == "flat" and n > 200_000:
+                    continue
+                command = [sys.executable, "-m", "bench.neardup_scale", "--one", str(n), "--kind", kind, "--calibration", calibration]
+                done = subprocess.run(command, capture_output=True, text=True, check=True, cwd=REPO)
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                print(
+                    f"{r['n']:9d} {r['index']:>6} {r['build_s']:8.1f} {r['total_s']:8.1f} {r['peak_rss_gb']:8.2f} {r['pairs']:9d} "
+                    f"{r['planted_recall']:15.4f} {r['recall_vs_exact']:16.4f}  {kind}: {r['why']}"
+                    + (f" (calibration {r['calibration_s']} s)" if r["calibration_s"] >= 0.5 else "")
+                )
+                rows.append({**r, "asked": kind})
     write_result("neardup_scale", {"sizes": rows})
 
 

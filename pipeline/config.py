@@ -61,10 +61,12 @@ class PrivacyConfig(_Section):
         ),
     )
     keep_face_descriptors: bool = Field(
-        False,
+        True,
         description=(
-            "True = cache face-identity descriptors (biometric data) by content hash so reruns skip them; "
-            "False = compute them in memory each run and store only the pairs they reveal."
+            "True = keep each face-identity descriptor (biometric data) sealed to its photo: encrypted with a key "
+            "only the photo's own bytes yield, deleted by retention with the photo, so a night computes only new "
+            "faces' descriptors; False = compute every descriptor in memory each run (kept ones are deleted). "
+            "Either way tables store only the pairs they reveal."
         ),
     )
 

@@ -14,9 +14,10 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     intake/runs/run_date=D/<company>.parquet          one company's intake part (Airflow fan-out)
     embeddings/<embedder>/shard-<digest>.parquet      embedding cache, keyed by (content hash, embedder)
     indexes/<embedder>/run_date=D/{index.faiss,ids.parquet,meta.json}   the run's FAISS index
+    indexes/calibration/<machine>-d<dim>.json         exact vs IVF search speed measured on one machine
     verifications/<params>/shard-<digest>.parquet     near-duplicate verdicts per content pair
     face_signals/v<N>/shard-<digest>.parquet          face detection and template signals per content
-    face_identity/v<N>/shard-<digest>.parquet         face descriptors (only with privacy.keep_face_descriptors)
+    face_identity/v<N>/shard-<digest>.parquet         face descriptors sealed to their photo (privacy.keep_face_descriptors)
     face_identity/pairs-v<N>.json                     the last run's same-face pairs (no descriptor)
     zero_shot/<embedder>/prompts-<digest>.npz         CLIP text vectors of the zero-shot prompts
     references/<embedder>.npz                         the homogeneity index's reference (mean headshot)
@@ -155,6 +156,10 @@ def embeddings_folder(embedder_id: str) -> str:
 
 def index_folder(embedder_id: str, run_date: str) -> str:
     return f"indexes/{embedder_slug(embedder_id)}/run_date={validate_run_date(run_date)}"
+
+
+def search_calibration_file(machine: str, dim: int) -> str:
+    return f"indexes/calibration/{machine}-d{dim}.json"
 
 
 def verifications_folder(params_id: str) -> str:

@@ -299,10 +299,10 @@ TABLES: tuple[Table, ...] = (
         "kind": "`copy` (the same photograph, as in `reuse`) or `face` (the same person in another photograph, as in `identities`)",
         "first_seen": "this run's date",
     }),
-    Table("retention", "homog retention", "a stored picture checked by the retention purge, and what was done", _retention, {
-        "object": "warehouse key of the picture",
-        "kind": "`raw` (original) or `thumbs`",
-        "last_seen": "latest run date that referenced it (or its modification date)",
+    Table("retention", "homog retention", "a stored picture or kept face descriptor checked by the retention purge, and what was done", _retention, {
+        "object": "warehouse key of the picture; for a face descriptor, its folder and the photo's content hash",
+        "kind": "`raw` (original), `thumbs` or `face_descriptor` (goes with the original's limit)",
+        "last_seen": "latest run date that referenced it, or its photo (or its modification date)",
         "age_days": "days since",
         "limit_days": "the retention setting that applies",
         "action": "`keep`, `deleted` or `would delete` (dry run)",

@@ -1,5 +1,7 @@
 """Face identity: pairs by descriptor distance, copies of one photo left out, counts per page, and the
-privacy settings (descriptors not kept by default, kept and reused on request, identity switched off)."""
+privacy settings (descriptors kept sealed to their photo by default and reused, deleted where the
+setting is off or an earlier version kept them in the clear, deleted by retention with their photo;
+identity switched off)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,11 @@ from pipeline.features.identity import (
     content_pairs,
     face_descriptor,
     identity_table,
+    kept_descriptors,
     page_counts,
     same_face_pairs,
+    seal,
+    unseal,
 )
 from pipeline.layout import face_descriptors_folder
 
@@ -111,20 +116,89 @@ def _pages_with_one_more_face(face_folder: Path, tmp_path: Path) -> Path:
     return pages
 
 
+def test_a_sealed_descriptor_opens_only_with_its_photo() -> None:
+    descriptor = np.random.default_rng(0).normal(size=128).astype(np.float32)
+    photo, other_photo = b"\xff\xd8 the photo's bytes", b"\xff\xd8 another photo's bytes"
+    sealed = seal(descriptor, photo, "content-a")
+    assert np.array_equal(unseal(sealed, photo, "content-a"), descriptor)
+    assert descriptor.tobytes() not in sealed and len(sealed) == 128 * 4 + 16  # encrypted: ciphertext and tag
+    assert seal(descriptor, photo, "content-a") == sealed  # deterministic: a rerun writes the same bytes
+    assert unseal(sealed, other_photo, "content-a") is None  # the photo is gone: nothing to read it with
+    assert unseal(sealed, photo, "content-b") is None  # moved to another photo's row: refused
+    assert unseal(sealed[:-1] + bytes([sealed[-1] ^ 1]), photo, "content-a") is None  # tampered with
+    assert unseal(b"short", photo, "content-a") is None
+    nan = np.full(128, np.nan, np.float32)  # "no usable face" is kept too, so it is not looked for again
+    assert np.isnan(unseal(seal(nan, photo, "c"), photo, "c")).all()
+
+
 @pytest.mark.parametrize("keep", [False, True])
-def test_unchanged_faces_reuse_the_pairs_and_descriptors_are_kept_only_on_request(face_folder: Path, tmp_path: Path, keep: bool) -> None:
+def test_unchanged_faces_reuse_the_pairs_and_kept_descriptors_make_a_change_cost_only_new_faces(
+    face_folder: Path, tmp_path: Path, keep: bool
+) -> None:
     warehouse = tmp_path / "wh"
     first = _run(face_folder / "pages", warehouse, "2026-01-01", keep_face_descriptors=keep)
     unchanged = _run(face_folder / "pages", warehouse, "2026-01-02", keep_face_descriptors=keep)
     changed = _run(_pages_with_one_more_face(face_folder, tmp_path), warehouse, "2026-01-03", keep_face_descriptors=keep)
     computed = [run.counts["face_descriptors_computed"] for run in (first, unchanged, changed)]
-    # unchanged pages: the last run's pairs, no descriptor; a new face: all again, unless descriptors are kept
+    # unchanged pages: the last run's pairs, no descriptor; a new face: only it where descriptors are kept, else all again
     assert computed == ([6, 0, 1] if keep else [6, 0, 7])
-    assert (warehouse / face_descriptors_folder(VERSION)).is_dir() == keep  # biometric data reaches the disk only on request
+    assert (warehouse / face_descriptors_folder(VERSION)).is_dir() == keep  # in memory only where the setting is off
+    if keep:
+        from pipeline.warehouse import Warehouse
+
+        stored = (warehouse / face_descriptors_folder(VERSION)).glob("*.parquet")
+        assert all(pd.read_parquet(shard).columns.tolist() == ["content_sha256", "sealed"] for shard in stored)
+        assert len(kept_descriptors(Warehouse(str(warehouse)))) == 7
+    # kept descriptors give the pairs that computing them all gives
+    recomputed = _run(
+        _pages_with_one_more_face(face_folder, tmp_path / "again"), tmp_path / "fresh", "2026-01-03", keep_face_descriptors=False
+    )
+    assert pd.read_parquet(changed.outputs["identities"]).equals(pd.read_parquet(recomputed.outputs["identities"]))
     pairs = [
         pd.read_parquet(run.outputs["identities"]).sort_values(["image_a", "image_b"], ignore_index=True) for run in (first, unchanged)
     ]
     pd.testing.assert_frame_equal(pairs[0], pairs[1])
+
+
+def test_descriptors_that_must_not_stay_are_deleted_at_the_next_run(face_folder: Path, tmp_path: Path) -> None:
+    """Switched off: the kept ones go; an earlier version's descriptors in the clear go in any case."""
+    warehouse = tmp_path / "wh"
+    _run(face_folder / "pages", warehouse, "2026-01-01")
+    assert (warehouse / face_descriptors_folder(VERSION)).is_dir()  # kept (sealed) by default
+    clear = warehouse / face_descriptors_folder(1) / "shard-0.parquet"
+    clear.parent.mkdir(parents=True)
+    pd.DataFrame({"content_sha256": ["x"], "descriptor": [[0.0] * 128]}).to_parquet(clear)
+    _run(face_folder / "pages", warehouse, "2026-01-02")
+    assert not clear.parent.exists() and (warehouse / face_descriptors_folder(VERSION)).is_dir()
+    _run(face_folder / "pages", warehouse, "2026-01-03", keep_face_descriptors=False)  # unchanged faces: pairs reused, still deleted
+    assert not (warehouse / face_descriptors_folder(VERSION)).exists()
+
+
+def test_retention_deletes_a_kept_descriptor_with_its_photo(face_folder: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.apps.retention import purge_expired
+    from pipeline.config import RetentionConfig
+    from pipeline.warehouse import Warehouse
+
+    warehouse = tmp_path / "wh"
+    pages = tmp_path / "pages"
+    shutil.copytree(face_folder / "pages", pages)
+    _run(pages, warehouse, "2026-01-01")
+    (pages / "acme" / "p0.jpg").unlink()  # this person left acme: their photo is no longer seen
+    _run(pages, warehouse, "2026-01-20")
+    store = Warehouse(str(warehouse))
+    assert len(kept_descriptors(store)) == 6
+    retention = RetentionConfig(raw_images_days=30)
+    dry = purge_expired(store, retention, "2026-02-05", dry_run=True)
+    assert len(kept_descriptors(store)) == 6  # a dry run deletes nothing
+    log = purge_expired(store, retention, "2026-02-05")
+    rows = log[log["kind"] == "face_descriptor"]
+    assert rows["action"].tolist().count("deleted") == 1 and rows["action"].tolist().count("keep") == 5
+    assert dry.loc[dry["kind"] == "face_descriptor", "action"].tolist().count("would delete") == 1
+    assert rows.loc[rows["action"] == "deleted", "last_seen"].tolist() == ["2026-01-01"]
+    assert len(kept_descriptors(store)) == 5 and len(list((warehouse / face_descriptors_folder(VERSION)).glob("*.parquet"))) == 1
+    assert (log.loc[log["kind"] == "raw", "action"] == "deleted").sum() == 1  # and the photo went with it
 
 
 def test_face_identity_off_computes_nothing_and_says_not_measured(face_folder: Path, tmp_path: Path) -> None:

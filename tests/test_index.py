@@ -115,3 +115,33 @@ def test_float16_vectors_give_nearly_the_same_pairs() -> None:
     # The test data's groups are so tight that neighbours tie to 1e-3; rounding reorders some ties.
     assert len(full & {(i, j) for i, j, _ in halved}) / len(full) >= 0.9
     assert all(abs(s - float(vectors[i] @ vectors[j])) < 2e-3 for i, j, s in halved)
+
+
+def test_the_index_kind_follows_this_machines_calibration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Small collections are exact without measuring anything; larger ones take the kind the machine's
+    own figures predict faster, measured once and kept in the warehouse (another machine measures again)."""
+    from pipeline.features import index as index_module
+    from pipeline.features.index import CALIBRATE_ABOVE, SearchCalibration, choose_kind, measure_search
+
+    warehouse = Warehouse(str(tmp_path))
+    measured: list[int] = []
+
+    def fake_measure(dim: int, size: int = 1000) -> SearchCalibration:
+        measured.append(dim)
+        # exact 1 s at 1,000 vectors, IVF 4 s: exact grows as N^2, IVF as N^1.5, so they cross at 16,000
+        return SearchCalibration(index_module.machine_id(), dim, 1000, flat_s=1.0, ivf_s=4.0, measured_at="2026-01-01T00:00:00+00:00")
+
+    monkeypatch.setattr(index_module, "measure_search", fake_measure)
+    assert choose_kind(CALIBRATE_ABOVE, 64, warehouse)[0] == "flat" and measured == []  # seconds anywhere: nothing measured
+    monkeypatch.setattr(index_module, "CALIBRATE_ABOVE", 100)
+    assert choose_kind(15_000, 64, warehouse)[0] == "flat" and choose_kind(17_000, 64, warehouse)[0] == "ivf"
+    kind, why = choose_kind(50_000, 64, warehouse)
+    assert kind == "ivf" and "predicted 2500 s exact, 1414 s IVF" in why
+    assert measured == [64]  # once, then read back from the warehouse
+    assert choose_kind(50_000, 32, warehouse)[0] == "ivf" and measured == [64, 32]  # per dimension
+    monkeypatch.setattr(index_module, "machine_id", lambda: "another-cpu")
+    choose_kind(50_000, 64, warehouse)
+    assert measured == [64, 32, 64] and len(list((tmp_path / "indexes" / "calibration").iterdir())) == 3
+    assert choose_kind(50_000, 64)[0] == "flat"  # no warehouse to keep figures in: the default crossover
+    real = measure_search(16, size=2048)  # the real measurement runs and times both kinds
+    assert real.size == 2048 and real.flat_s > 0 and real.ivf_s > 0

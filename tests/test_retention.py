@@ -35,11 +35,18 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
 
     policy = RetentionConfig(raw_images_days=30, thumbnails_days=365)
     dry = purge_expired(warehouse, policy, "2026-03-10", dry_run=True)
-    assert set(dry.loc[dry["action"] == "would delete", "object"]) == gone
+    pictures = dry["kind"] != "face_descriptor"
+    assert set(dry.loc[pictures & (dry["action"] == "would delete"), "object"]) == gone
     assert all(warehouse.exists(key) for key in gone)  # a dry run deletes nothing
+    # The kept face descriptors of the photos that went, and only those, go with them.
+    descriptors = dry[~pictures]
+    gone_contents = set(images.loc[images["company"] == "bluebird-bakery", "content_sha256"])
+    assert {key.rsplit("/", 1)[1] for key in descriptors.loc[descriptors["action"] == "would delete", "object"]} <= gone_contents
+    assert {key.rsplit("/", 1)[1] for key in descriptors.loc[descriptors["action"] == "keep", "object"]}.isdisjoint(gone_contents)
+    assert (descriptors["action"] == "would delete").any()
 
     log = purge_expired(warehouse, policy, "2026-03-10")
-    assert set(log.loc[log["action"] == "deleted", "object"]) == gone
+    assert set(log.loc[(log["kind"] != "face_descriptor") & (log["action"] == "deleted"), "object"]) == gone
     assert not any(warehouse.exists(key) for key in gone)
     assert all(warehouse.exists(key) for key in kept)
     assert (log.loc[log["kind"] == "thumbs", "action"] == "keep").all()

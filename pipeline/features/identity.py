@@ -8,11 +8,18 @@ apart): same sitter 0.23 mean (max 0.43), different sitters 0.84 mean (min 0.50,
 0.61); at 0.45 every same-sitter pair and none of 1,560 different-sitter pairs.
 
 Used only for counts and pairs of photos ("this face appears in 3 photos on two companies' pages",
-a fake-profile signal), never to name anyone. Descriptors are biometric data: unless
-`privacy.keep_face_descriptors` is set they exist only in memory during the run, and only the pairs
-they reveal are stored. A run that compares exactly the faces the previous run compared (a nightly
-over unchanged pages) reuses that run's pairs and computes no descriptor; any other change
-recomputes every descriptor (~90 ms per face on 2 cores) unless they are kept.
+a fake-profile signal), never to name anyone. Descriptors are biometric data. With
+`privacy.keep_face_descriptors` (the default) each is kept *sealed to its photo*: encrypted
+(AES-256-GCM-SIV) with a key derived from the photo's own bytes (BLAKE2b personalised for this use, so
+no hash the tables publish yields it), stored nowhere else. Reading a kept descriptor therefore
+needs the photo it comes from: it never tells anyone more than the photo they already hold, it
+becomes unreadable once the photo is gone (a purged original, a no-raw-images run whose photo left
+its page), and `homog retention` deletes it with the photo (`retention.raw_images_days` after the
+photo was last seen). A night where 1% of the faces changed computes 1% of the descriptors and
+unseals the rest. With the setting off, descriptors exist only in memory during the run, any change
+of faces recomputes every one (~90 ms per face on 2 cores), and kept ones are deleted at the next
+run. Either way only the pairs they reveal are stored in tables, and a run that compares exactly
+the faces the previous run compared (a nightly over unchanged pages) reuses that run's pairs.
 """
 
 from __future__ import annotations
@@ -25,7 +32,8 @@ from PIL import Image
 
 from pipeline import layout
 
-VERSION = 1
+VERSION = 2  # 2: kept descriptors sealed to their photo; version 1 kept them in the clear (deleted on sight)
+_KEY_PERSONALISATION = b"homog-face-key"  # BLAKE2b's personalisation: this key is no other hash of the photo
 SAME_FACE_DISTANCE = 0.45
 NEIGHBOURS = 10  # per face: bounded work on any page size
 PAIR_COLUMNS = ["image_a", "image_b", "company_a", "company_b", "distance", "same_page"]
@@ -145,6 +153,93 @@ def page_counts(identities: pd.DataFrame, companies: list[str]) -> pd.DataFrame:
     return pd.DataFrame(counts, columns=["company", "n_face_repeated", "n_face_shared"])
 
 
+def photo_key(photo: bytes) -> bytes:
+    """The key that seals the descriptor of the photo with these bytes (see the module docstring)."""
+    import hashlib
+
+    return hashlib.blake2b(photo, digest_size=32, person=_KEY_PERSONALISATION).digest()
+
+
+# AES-GCM-SIV resists nonce reuse, so one fixed nonce is safe: sealing is deterministic (a rerun
+# writes the same bytes) and reveals at most that one photo's descriptor was sealed twice unchanged.
+_NONCE = bytes(12)
+
+
+def seal(descriptor: np.ndarray, photo: bytes, content: str) -> bytes:
+    """`descriptor` (128 float32, NaN where the photo has no usable face) encrypted with the photo's
+    key (AES-256-GCM-SIV), bound to its content hash: the ciphertext and its tag."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+    return AESGCMSIV(photo_key(photo)).encrypt(_NONCE, np.asarray(descriptor, "<f4").tobytes(), content.encode())
+
+
+def unseal(sealed: bytes, photo: bytes, content: str) -> np.ndarray | None:
+    """The descriptor sealed to this photo, or None where these are not the bytes it was sealed with."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCMSIV
+
+    try:
+        plain = AESGCMSIV(photo_key(photo)).decrypt(_NONCE, sealed, content.encode())
+    except (InvalidTag, ValueError):
+        return None
+    return np.frombuffer(plain, "<f4").astype(np.float32)
+
+
+def drop_kept_descriptors(warehouse, keep: bool) -> None:  # noqa: ANN001
+    """Delete descriptors that must not stay: those an earlier version kept in the clear, and every
+    kept one where `keep` was switched off."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    stale = [layout.face_descriptors_folder(version) for version in range(1, VERSION if keep else VERSION + 1)]
+    for folder in stale:
+        if warehouse.exists(folder):
+            warehouse.remove(folder, recursive=True)
+            log.info("face identity: deleted the descriptors kept under %s (%s)", folder,
+                     "privacy.keep_face_descriptors is off" if folder.endswith(f"v{VERSION}") else "kept in the clear by an earlier version")  # fmt: skip
+
+
+def kept_descriptors(warehouse) -> dict[str, bytes]:  # noqa: ANN001
+    """content hash -> sealed descriptor, of every kept descriptor in the warehouse."""
+    kept: dict[str, bytes] = {}
+    for table in warehouse.read_shards(layout.face_descriptors_folder(VERSION)):
+        kept.update(zip(table.column("content_sha256").to_pylist(), table.column("sealed").to_pylist()))
+    return kept
+
+
+def kept_shards(warehouse) -> dict[str, str]:  # noqa: ANN001
+    """content hash -> the key of the shard that keeps its descriptor (retention ages unreferenced ones by it)."""
+    where: dict[str, str] = {}
+    for shard in warehouse.keys_matching(f"{layout.face_descriptors_folder(VERSION)}/shard-*.parquet"):
+        where.update(dict.fromkeys(warehouse.read_frame(shard)["content_sha256"], shard))
+    return where
+
+
+def keep_only(warehouse, contents: set[str]) -> int:  # noqa: ANN001
+    """Rewrite the kept descriptors without those not in `contents` (retention); returns how many
+    were deleted. The kept ones go to a new shard before the old shards are removed, so an
+    interruption leaves at worst a descriptor twice, never one lost."""
+    folder = layout.face_descriptors_folder(VERSION)
+    old_shards = warehouse.keys_matching(f"{folder}/shard-*.parquet")
+    kept = kept_descriptors(warehouse)
+    remaining = sorted(content for content in kept if content in contents)
+    if len(remaining) == len(kept):
+        return 0
+    new_shard = None
+    if remaining:
+        new_shard = warehouse.write_shard(folder, remaining, _descriptor_table(remaining, [kept[c] for c in remaining]))
+    for shard in old_shards:
+        if shard != new_shard:
+            warehouse.remove(shard)
+    return len(kept) - len(remaining)
+
+
+def _descriptor_table(contents: list[str], sealed: list[bytes]):  # noqa: ANN202 - a pyarrow Table
+    import pyarrow as pa
+
+    return pa.table({"content_sha256": pa.array(contents, pa.string()), "sealed": pa.array(sealed, pa.binary())})
+
+
 def face_descriptors(
     warehouse,
     images: pd.DataFrame,
@@ -155,31 +250,34 @@ def face_descriptors(
     boxes: dict[str, tuple[int, int, int, int]] | None = None,
 ) -> tuple[np.ndarray, int]:  # noqa: ANN001
     """Descriptors of `contents` (rows in that order; NaN where no face is found after all), and how
-    many were computed now. Cached in the warehouse only when `keep` (privacy.keep_face_descriptors).
+    many were computed now. Where `keep` (privacy.keep_face_descriptors), kept descriptors are
+    unsealed with their photo's bytes and new ones sealed and kept.
     `boxes`: faces already found by the face signals, by content hash (the detector runs for the rest)."""
     from concurrent.futures import ThreadPoolExecutor
 
     import cv2  # noqa: F401 - imported before the pool: cv2's loader is not safe to run from several threads at once
-    import pyarrow as pa
 
-    from pipeline.ingest.intake import load_rgb
+    from pipeline.config import IntakeConfig
+    from pipeline.ingest.intake import decode_image
 
-    known: dict[str, np.ndarray] = {}
-    if keep:
-        for table in warehouse.read_shards(layout.face_descriptors_folder(VERSION)):
-            for key, vector in zip(table.column("content_sha256").to_pylist(), table.column("descriptor").to_pylist()):
-                known[key] = np.asarray(vector, np.float32)
+    kept = kept_descriptors(warehouse) if keep else {}
     object_of = dict(zip(images["content_sha256"], images["raw_object"]))
-    todo = [content for content in contents if content not in known]
+    intake = IntakeConfig()
 
-    def compute(content: str) -> np.ndarray:
-        found = face_descriptor(load_rgb(warehouse.uri(object_of[content])), score_floor, box=(boxes or {}).get(content))
-        return found if found is not None else np.full(128, np.nan, np.float32)
+    def descriptor_of(content: str) -> tuple[np.ndarray, bytes | None]:
+        """(descriptor, None where it was kept, else computed now: its sealed form, b"" where not to be kept)."""
+        photo = warehouse.read_bytes(object_of[content])
+        found = unseal(kept[content], photo, content) if content in kept else None
+        if found is not None:
+            return found, None
+        found = face_descriptor(decode_image(photo, object_of[content], intake).rgb, score_floor, box=(boxes or {}).get(content))
+        found = found if found is not None else np.full(128, np.nan, np.float32)
+        return found, (seal(found, photo, content) if keep else b"")
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identity") as pool:
-        fresh = list(pool.map(compute, todo))
-    known.update(zip(todo, fresh))
-    if keep and todo:
-        table = pa.table({"content_sha256": todo, "descriptor": pa.FixedSizeListArray.from_arrays(pa.array(np.stack(fresh).ravel()), 128)})
-        warehouse.write_shard(layout.face_descriptors_folder(VERSION), todo, table)
-    return (np.stack([known[c] for c in contents]) if contents else np.zeros((0, 128), np.float32)), len(todo)
+        results = list(pool.map(descriptor_of, contents))
+    fresh = [(content, sealed) for content, (_, sealed) in zip(contents, results) if sealed is not None]
+    if keep and fresh:
+        warehouse.write_shard(layout.face_descriptors_folder(VERSION), [c for c, _ in fresh], _descriptor_table(*map(list, zip(*fresh))))
+    descriptors = np.stack([descriptor for descriptor, _ in results]) if contents else np.zeros((0, 128), np.float32)
+    return descriptors, len(fresh)

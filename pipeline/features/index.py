@@ -1,10 +1,15 @@
 """Index: a FAISS inner-product index over one run's vectors (one per run and embedder).
 
-Vectors are L2-normalised, so inner product = cosine similarity. Up to `EXACT_MAX_VECTORS` the
-index is exact (`IndexFlatIP`); above it, IVF (fp16 vectors, nprobe 16), whose queries scan a small
-share of the collection (crossover measured by `bench/index_crossover.py`, scale by
-`bench/neardup_scale.py`). HNSW is available as an explicit kind; its build is too slow at 10^6
-vectors on small machines to be the default. Saved beside its id map (row -> content hash)
+Vectors are L2-normalised, so inner product = cosine similarity. The index is exact
+(`IndexFlatIP`) or IVF (fp16 vectors, nprobe 16, whose queries scan a small share of the
+collection), whichever is faster for the run's size *on the machine that runs it*: the cost of
+exact search grows with N^2 and IVF's with ~N^1.5, but where they cross depends on the CPU and its
+BLAS by a factor of five (100,000 vectors took 74 s exact on one of our machines and 400 s on
+another). So above `CALIBRATE_ABOVE` vectors (below it both take seconds) the stage times both
+kinds once per machine on `CALIBRATION_SIZE` random vectors, keeps the figures in the warehouse
+(`indexes/calibration/`, keyed by CPU model, cores, threads and faiss version) and predicts from
+them; `EXACT_MAX_VECTORS` is the choice where no warehouse is given. HNSW is available as an
+explicit kind; its build is too slow at 10^6 vectors on small machines to be the default. Saved beside its id map (row -> content hash)
 so that it reloads without the run that made it. Searches go in chunks: faiss 1.15.1's
 `IndexHNSW.range_search` aborts the process on large query batches, and chunks keep memory flat.
 """
@@ -38,6 +43,12 @@ HNSW_EF_SEARCH = 128
 SEARCH_CHUNK = 256
 
 IVF_NPROBE = 16
+# Below this many vectors exact search takes seconds on any of our machines: not worth calibrating.
+CALIBRATE_ABOVE = 20_000
+# Large enough that IVF runs in its large-collection regime (lists of ~sqrt(N)/4 vectors) and both
+# kinds take long enough to time; small enough to cost seconds, once per machine.
+CALIBRATION_SIZE = 16_384
+CALIBRATION_NEIGHBOURS = 11  # what the near-duplicate search asks for (max_candidates_per_image + 1)
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 
@@ -75,6 +86,88 @@ def build_index(vectors: np.ndarray, ids: Sequence[str], kind: IndexKind = "auto
     for start in range(0, len(vectors), 65_536):
         index.add(np.ascontiguousarray(vectors[start : start + 65_536], dtype=np.float32))
     return VectorIndex(index, list(ids), kind)
+
+
+@dataclass(frozen=True)
+class SearchCalibration:
+    """Seconds to index `size` random unit vectors of `dim` and find every one's nearest neighbours,
+    exact and IVF, on one machine."""
+
+    machine: str
+    dim: int
+    size: int
+    flat_s: float
+    ivf_s: float
+    measured_at: str
+
+    def predicted_s(self, kind: str, n: int) -> float:
+        ratio = n / self.size
+        return self.flat_s * ratio**2 if kind == "flat" else self.ivf_s * ratio**1.5
+
+    def choose(self, n: int) -> str:
+        return "flat" if self.predicted_s("flat", n) <= self.predicted_s("ivf", n) else "ivf"
+
+
+def machine_id() -> str:
+    """What decides search speed here: CPU model, cores, faiss threads and version (a short digest)."""
+    import hashlib
+    import os
+    import platform
+
+    import faiss
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    described = f"{cpu}|{os.cpu_count()}|{faiss.omp_get_max_threads()}|{faiss.__version__}"
+    return hashlib.sha256(described.encode()).hexdigest()[:16]
+
+
+def measure_search(dim: int, size: int = CALIBRATION_SIZE) -> SearchCalibration:
+    """Time both kinds on `size` random unit vectors (the search cost does not depend on the data)."""
+    import datetime as dt
+    import time
+
+    vectors = np.random.default_rng(0).normal(size=(size, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    ids = [""] * size
+    seconds = {}
+    for kind in ("flat", "ivf"):
+        started = time.perf_counter()
+        knn(build_index(vectors, ids, kind), vectors, CALIBRATION_NEIGHBOURS)  # type: ignore[arg-type]
+        seconds[kind] = time.perf_counter() - started
+    return SearchCalibration(machine_id(), dim, size, round(seconds["flat"], 4), round(seconds["ivf"], 4),
+                             dt.datetime.now(dt.UTC).isoformat(timespec="seconds"))  # fmt: skip
+
+
+def search_calibration(warehouse: Warehouse, dim: int) -> SearchCalibration:
+    """This machine's calibration for `dim`, measured the first time and kept in the warehouse."""
+    machine = machine_id()
+    key = layout.search_calibration_file(machine, dim)
+    if warehouse.exists(key):
+        return SearchCalibration(**json.loads(warehouse.read_bytes(key)))
+    calibration = measure_search(dim)
+    exact_s, ivf_s = calibration.flat_s, calibration.ivf_s
+    logger.info("index: calibrated on this machine: exact %.2f s, IVF %.2f s at %d vectors", exact_s, ivf_s, calibration.size)
+    warehouse.write_json(key, calibration.__dict__)
+    return calibration
+
+
+def choose_kind(n: int, dim: int, warehouse: Warehouse | None = None) -> tuple[str, str]:
+    """(index kind, why) for `n` vectors of `dim`: measured on this machine where a warehouse keeps
+    its calibration and the collection is large enough for the choice to matter."""
+    if n <= CALIBRATE_ABOVE:
+        return "flat", f"exact: {n} vectors (at most {CALIBRATE_ABOVE}, seconds on any machine)"
+    if warehouse is None:
+        kind = "flat" if n <= EXACT_MAX_VECTORS else "ivf"
+        return kind, f"{kind}: {n} vectors against the default crossover {EXACT_MAX_VECTORS} (no calibration)"
+    calibration = search_calibration(warehouse, dim)
+    kind = calibration.choose(n)
+    return kind, (f"{kind}: predicted {calibration.predicted_s('flat', n):.0f} s exact, {calibration.predicted_s('ivf', n):.0f} s IVF "
+                  f"at {n} vectors (calibrated on this machine {calibration.measured_at})")  # fmt: skip
 
 
 def _trained_ivf(vectors: np.ndarray, dim: int) -> faiss.Index:

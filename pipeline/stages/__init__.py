@@ -247,6 +247,7 @@ def finish_run(ctx: RunContext, results: dict[str, StageResult], source: str = "
             "unit_costs": unit_costs(results),
             "embedder_requested": settings.embedder,
             "index_kind": results["index"]["index_kind"],
+            "index_choice": results["index"].get("index_choice", ""),
             "settings": settings.model_dump(mode="json"),
             "pipeline_version": __version__,
             "python": platform.python_version(),

@@ -93,12 +93,14 @@ def zero_shot(ctx: RunContext) -> dict[str, Any]:
 
 def index(ctx: RunContext) -> dict[str, Any]:
     """Build and save the run's FAISS index from the cached vectors of its distinct `ok` images."""
-    from pipeline.features.index import build_index, save_index
+    from pipeline.features.index import build_index, choose_kind, save_index
 
     embeddings = _run_embeddings(ctx)
-    vector_index = build_index(embeddings.vectors, embeddings.content_sha256)
+    kind, why = choose_kind(len(embeddings.vectors), embeddings.vectors.shape[1] if embeddings.vectors.ndim == 2 else 1, ctx.warehouse)
+    logger.info("index: %s", why)
+    vector_index = build_index(embeddings.vectors, embeddings.content_sha256, kind)  # type: ignore[arg-type]
     return {"outputs": {"index": save_index(ctx.warehouse, vector_index, embeddings.embedder_id, ctx.run_date)}, "counts": {},
-            "index_kind": vector_index.kind}  # fmt: skip
+            "index_kind": vector_index.kind, "index_choice": why}  # fmt: skip
 
 
 def near_duplicates(ctx: RunContext) -> dict[str, Any]:
@@ -122,8 +124,9 @@ def near_duplicates(ctx: RunContext) -> dict[str, Any]:
 
 
 def identity(ctx: RunContext) -> dict[str, Any]:
-    """Same face, different photographs: descriptors of the run's faces (in memory unless
-    privacy.keep_face_descriptors), paired, minus pairs that are copies of one photograph."""
+    """Same face, different photographs: descriptors of the run's faces (kept sealed to their photo
+    with privacy.keep_face_descriptors, else only in memory), paired, minus pairs that are copies of
+    one photograph."""
     import numpy as np
     import pandas as pd
 
@@ -131,6 +134,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
     from pipeline.features.identity import (
         PAIR_COLUMNS,
         content_pairs,
+        drop_kept_descriptors,
         face_descriptors,
         faces_key,
         identity_table,
@@ -142,6 +146,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
     warehouse, settings = ctx.warehouse, ctx.settings
     images, faces_table = _images(ctx), warehouse.read_table("faces", ctx.run_date)
     n_computed = 0
+    drop_kept_descriptors(warehouse, settings.privacy.face_identity and settings.privacy.keep_face_descriptors)
     if not settings.privacy.face_identity or faces_table.empty or not (faces_table["n_faces"] > 0).any():
         identities = pd.DataFrame(columns=PAIR_COLUMNS)
     else:
