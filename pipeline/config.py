@@ -117,7 +117,7 @@ class ThresholdsConfig(_Section):
         0.85, ge=-1, le=1, description="Verification: median block correlation inside the face, where one was found."
     )
     verify_min_face_floor: float = Field(
-        0.6,
+        0.7,
         ge=-1,
         le=1,
         description="Verification: 10th percentile of the face's block correlations (a changed mouth or eye is a few blocks).",
@@ -132,22 +132,22 @@ class ThresholdsConfig(_Section):
         128, ge=0, description="Verification: below this compared side motion says too little, and the two `small` limits apply."
     )
     verify_min_small_correlation: float = Field(
-        0.985, gt=-1, le=1, description="Verification below the detail side: block and face correlation at least this."
+        0.97, gt=-1, le=1, description="Verification below the detail side: block and face correlation at least this."
     )
     verify_min_small_face_floor: float = Field(
-        0.9, ge=-1, le=1, description="Verification below the detail side: the face's 10th-percentile block correlation at least this."
+        0.93, ge=-1, le=1, description="Verification below the detail side: the face's 10th-percentile block correlation at least this."
     )
     # A degraded copy (small, heavily compressed, or both) differs from its original by noise spread
     # over the whole picture; another photo of the sitter differs in the face. Where the difference is
     # spread evenly, lower correlations are accepted.
     verify_max_face_residual_ratio: float = Field(
-        1.8, gt=0, le=100, description="Verification, spread-noise rule: the face's residual against the whole picture's at most this."
+        2.0, gt=0, le=100, description="Verification, spread-noise rule: the face's residual against the whole picture's at most this."
     )
     verify_min_noisy_correlation: float = Field(
-        0.88, gt=-1, le=1, description="Verification, spread-noise rule: median block correlation at least this."
+        0.9, gt=-1, le=1, description="Verification, spread-noise rule: median block correlation at least this."
     )
     verify_min_noisy_face_floor: float = Field(
-        0.3, ge=-1, le=1, description="Verification, spread-noise rule: the face's 10th-percentile block correlation at least this."
+        0.5, ge=-1, le=1, description="Verification, spread-noise rule: the face's 10th-percentile block correlation at least this."
     )
     verify_noisy_motion_floor_px: float = Field(
         1.2, ge=0, le=10, description="Verification, spread-noise rule: motion allowed in any case, in pixels (compression moves edges)."

@@ -259,3 +259,29 @@ def test_failures_count_photos_and_list_pages_and_empty_discoveries_apart() -> N
     assert [row["page_error"] for row in failures["crawl"] if "page_error" in row] == [
         "p1: HTTP 500", "https://c.example: no staff page found on c.example: tried ...",
     ]  # fmt: skip
+
+
+def test_audit_page_charts_are_inline_svg_with_escaped_text_and_no_missing_numbers() -> None:
+    """The per-page charts are drawn as SVG (milliseconds each, one page per company and night): round
+    ticks, labels escaped, gaps (NaN) left out rather than written as "nan", the same bytes every time."""
+    import pandas as pd
+
+    from pipeline.report.plots import population_plot, trend_plot
+    from pipeline.report.svg import Chart, nice_ticks
+
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0] and nice_ticks(-0.33, 1, 8) == [-0.2, 0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert nice_ticks(3, 3) == [3] and nice_ticks(float("nan"), 1) == []
+    chart = Chart((0, 1), (0, 2), "x <b>", 'y "label"', "a <script> chart")
+    chart.line([0, 0.5, 1], [1, float("nan"), 2], "#000", label="<i>page</i>")
+    svg = str(chart.svg())
+    assert "<b>" not in svg and "<script>" not in svg and "<i>" not in svg and "&lt;i&gt;page&lt;/i&gt;" in svg
+    assert "nan" not in svg.lower() and svg.startswith("<svg") and 'role="img"' in svg
+    companies = pd.DataFrame({"company": ["a", "b"], "status": ["ok", "ok"], "homogeneity_index": [0.3, 0.5],
+                              "ci_low": [0.2, float("nan")], "ci_high": [0.4, float("nan")]})  # fmt: skip
+    assert population_plot(companies, "b") == population_plot(companies, "b") and "nan" not in str(population_plot(companies, "b"))
+    trends = pd.DataFrame({"company": ["a", "a", "b", "b"], "run_date": ["2026-01-01", "2026-01-03"] * 2,
+                           "homogeneity_index": [0.3, 0.6, 0.5, 0.5], "ci_low": [0.2, 0.5, 0.4, 0.4], "ci_high": [0.4, 0.7, 0.6, 0.6],
+                           "significant": [False, True, False, False], "change": [float("nan"), 0.3, float("nan"), 0.0]})  # fmt: skip
+    trend = str(trend_plot(trends, "a"))
+    assert "2026-01-01" in trend and "2026-01-03" in trend and trend.count('<polygon fill="#bc4b51"') == 1  # one significant rise
+    assert trend_plot(trends[trends["run_date"] == "2026-01-01"], "a") is None  # one run is not a trend

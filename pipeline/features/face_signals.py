@@ -274,17 +274,24 @@ def measure_images(images, warehouse, score_floor: float = 0.9, workers: int = 2
     return pd.DataFrame(rows, columns=["company", "image", "content_sha256", *SIGNAL_COLUMNS]), len(todo)
 
 
-def face_boxes(warehouse, score_floor: float) -> dict[str, tuple[int, int, int, int]]:  # noqa: ANN001
+def largest_faces(warehouse, score_floor: float) -> dict[str, tuple[int, int, int, int] | None]:  # noqa: ANN001
     """content hash -> the largest face's box as the signal cache stored it (detected at `score_floor`,
-    in the picture downscaled to the working side). Shards written before boxes were kept have none."""
-    boxes = {}
+    in the picture downscaled to the working side), None where it found no face. Photos measured at
+    another floor, or in shards written before boxes were kept, are not in it."""
+    boxes: dict[str, tuple[int, int, int, int] | None] = {}
     for table in warehouse.read_shards(layout.face_signals_folder(VERSION)):
         if "box_x" not in table.column_names:
             continue
         for row in table.select(["content_sha256", "box_x", "box_y", "box_width", "box_height", "box_score_floor"]).to_pylist():
-            if row["box_x"] >= 0 and row["box_score_floor"] == score_floor:
-                boxes[row["content_sha256"]] = (row["box_x"], row["box_y"], row["box_width"], row["box_height"])
+            if row["box_score_floor"] == score_floor:
+                found = row["box_x"] >= 0
+                boxes[row["content_sha256"]] = (row["box_x"], row["box_y"], row["box_width"], row["box_height"]) if found else None
     return boxes
+
+
+def face_boxes(warehouse, score_floor: float) -> dict[str, tuple[int, int, int, int]]:  # noqa: ANN001
+    """The boxes of `largest_faces` where a face was found."""
+    return {content: box for content, box in largest_faces(warehouse, score_floor).items() if box is not None}
 
 
 def face_windows(warehouse, contents) -> dict[str, np.ndarray]:  # noqa: ANN001

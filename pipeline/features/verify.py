@@ -13,8 +13,8 @@ So a pair is compared in three steps:
 2. Both pictures go to the **smaller picture's scale** (at most `_SIDE`): a 48 px copy is compared
    with the original shrunk to 48 px, not blown up to 400, so downscaling costs a copy nothing.
    ECC refines the alignment there.
-3. At that scale: the median normalised correlation of textured blocks, and inside the face (where
-   OpenCV's Haar cascade finds one) on its own, since a template with another person's face shares
+3. At that scale: the median normalised correlation of textured blocks, and inside the face (the
+   largest face the faces stage's MTCNN found, shared rather than detected again) on its own, since a template with another person's face shares
    backdrop and suit; and the residual **motion**, the 95th percentile of the dense optical flow
    over textured pixels. Compression noise lowers correlations but moves nothing, an expression
    change moves a few pixels: the motion limit is a share of the picture (`max_motion_share`) but
@@ -28,7 +28,6 @@ and reported on the others (docs/methodology.md has the figures).
 from __future__ import annotations
 
 import dataclasses
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,7 +49,7 @@ _REFINE_REACH = 0.1  # what an affine refinement adds to the median block correl
 _MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
 
-VERSION = 5  # change with the measurement, so cached verdicts are not reused
+VERSION = 6  # change with the measurement, so cached verdicts are not reused (6: the faces stage's face box)
 
 
 @dataclass(frozen=True)
@@ -157,28 +156,29 @@ class Verdict:
     residual_ratio: float | None = None  # the face's residual against the whole picture's (None: no face)
 
 
-_detectors = threading.local()
+Box = tuple[int, int, int, int]  # x, y, width, height
 
 
-def _largest_face(equalised: np.ndarray) -> tuple[int, int, int, int] | None:
-    """OpenCV's frontal-face Haar cascade (it ships inside opencv-python-headless 4.x); one per
-    thread, since a cascade object is not safe to share between threads."""
+def detected_face(rgb: Image.Image, score_floor: float = 0.9) -> Box | None:
+    """The largest face as the faces stage finds and stores it (MTCNN, in the picture downscaled to
+    its working side): for callers without the faces stage's cache."""
+    from pipeline.features.faces import detect_faces, downscaled
+
+    faces = detect_faces(downscaled(rgb), score_floor)
+    return (faces[0].x, faces[0].y, faces[0].width, faces[0].height) if faces else None
+
+
+def features(rgb: Image.Image, face: Box | None | str = "detect") -> tuple[Features, Features]:
+    """ORB features of a picture and of its mirror image (mirrored copies are edits too).
+
+    `face`: the largest face as the faces stage stores it (`face_signals.face_boxes`: in the picture
+    downscaled to `faces.WORKING_SIDE`), None where it found none, "detect" to find it here."""
     import cv2
 
-    if not hasattr(_detectors, "cascade"):
-        _detectors.cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    side = max(24, min(equalised.shape) // 8)
-    found = _detectors.cascade.detectMultiScale(equalised, scaleFactor=1.1, minNeighbors=5, minSize=(side, side))
-    if len(found) == 0:
-        return None
-    x, y, w, h = max(found, key=lambda box: box[2] * box[3])
-    return int(x), int(y), int(w), int(h)
+    from pipeline.features.faces import WORKING_SIDE
 
-
-def features(rgb: Image.Image) -> tuple[Features, Features]:
-    """ORB features of a picture and of its mirror image (mirrored copies are edits too)."""
-    import cv2
-
+    if face == "detect":
+        face = detected_face(rgb)
     grey = np.asarray(ImageOps.grayscale(rgb))
     native_side = max(grey.shape)
     scale = _SIDE / native_side
@@ -186,16 +186,19 @@ def features(rgb: Image.Image) -> tuple[Features, Features]:
     resample = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))), interpolation=resample)
     orb = cv2.ORB_create(nfeatures=_N_FEATURES, fastThreshold=5)
-    face = _largest_face(cv2.equalizeHist(grey))
+    box = None
+    if isinstance(face, tuple):
+        to_grey = max(grey.shape) / min(native_side, WORKING_SIDE)  # the stored box's picture -> `grey`
+        box = tuple(int(round(v * to_grey)) for v in face)
 
-    def describe(plane: np.ndarray, face_box: tuple[int, int, int, int] | None) -> Features:
+    def describe(plane: np.ndarray, face_box: Box | None) -> Features:
         # Keypoints on the equalised plane: brightness, contrast and greyscale edits stop mattering.
         keypoints, descriptors = orb.detectAndCompute(cv2.equalizeHist(plane), None)
         points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
         return Features(plane, points, descriptors, face_box, native_side)
 
-    mirrored_face = None if face is None else (grey.shape[1] - face[0] - face[2], face[1], face[2], face[3])
-    return describe(grey, face), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face)
+    mirrored_face = None if box is None else (grey.shape[1] - box[0] - box[2], box[1], box[2], box[3])
+    return describe(grey, box), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face)  # type: ignore[arg-type]
 
 
 def _block_correlations(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray, block: int = _BLOCK) -> np.ndarray:

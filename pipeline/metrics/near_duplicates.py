@@ -83,10 +83,12 @@ def verified_content_pairs(
     object_of: dict[str, str],
     warehouse: Warehouse,
     params: VerifyParams,
+    faces: dict[str, tuple[int, int, int, int] | None],
     workers: int = 2,
 ) -> tuple[list[tuple[str, str, float]], int]:
     """The candidate pairs (rows of the index) that verify as the same photograph, and how many
-    content pairs were verified now (the rest came from the cache).
+    content pairs were verified now (the rest came from the cache). `faces`: the faces stage's
+    largest face per content (`face_signals.largest_faces`); photos it did not measure are detected here.
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
@@ -108,7 +110,7 @@ def verified_content_pairs(
 
     @lru_cache(maxsize=4096)
     def cached_features(content: str):  # type: ignore[no-untyped-def]
-        return features(load_rgb(warehouse.uri(object_of[content])))
+        return features(load_rgb(warehouse.uri(object_of[content])), faces.get(content, "detect"))
 
     def canonical(candidate: tuple[int, int, float]) -> tuple[str, str]:
         a, b = embeddings.content_sha256[candidate[0]], embeddings.content_sha256[candidate[1]]
@@ -236,9 +238,17 @@ class NearDuplicates:
 
 
 def find_near_duplicates(
-    images: pd.DataFrame, embeddings: Embeddings, vector_index: VectorIndex, warehouse: Warehouse, thresholds: ThresholdsConfig
+    images: pd.DataFrame,
+    embeddings: Embeddings,
+    vector_index: VectorIndex,
+    warehouse: Warehouse,
+    thresholds: ThresholdsConfig,
+    face_score_floor: float = 0.9,
 ) -> NearDuplicates:
-    """Exact and verified near-duplicate pairs, style clusters and cross-company reuse of a run."""
+    """Exact and verified near-duplicate pairs, style clusters and cross-company reuse of a run.
+    Verification takes each photo's face from the faces stage (found at `face_score_floor`)."""
+    from pipeline.features.face_signals import largest_faces
+
     family = embedder_family(embeddings.embedder_id)
     candidate_threshold = thresholds.candidate[family]
     style_threshold = max(thresholds.style[family], candidate_threshold)
@@ -264,7 +274,8 @@ def find_near_duplicates(
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]  # fmt: skip
     logger.info("near-duplicate candidates: %d by the embedding, %d more by the face window", len(found), len(by_face))
-    near, n_computed = verified_content_pairs(candidates, embeddings, object_of, warehouse, VerifyParams.from_thresholds(thresholds))
+    params, faces = VerifyParams.from_thresholds(thresholds), largest_faces(warehouse, face_score_floor)
+    near, n_computed = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces)
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
     pairs, groups = group_tables(ok, representative, near, similarity, candidate_threshold)

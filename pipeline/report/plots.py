@@ -1,4 +1,6 @@
-"""The report's plots, as PNG data URIs (pages are self-contained), and the trend sparkline as inline SVG."""
+"""The report's plots: the run report's few large ones as PNG data URIs (matplotlib; pages are
+self-contained), each audit page's and the trend sparkline as inline SVG (`pipeline.report.svg`:
+there is one audit page per page and night, so its plots must cost milliseconds)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
 from pipeline.ingest.intake import distinct_ok
 from pipeline.ingest.text import printable
@@ -48,22 +51,25 @@ def forest_plot(companies: pd.DataFrame) -> str | None:
     return png(figure)
 
 
-def population_plot(companies: pd.DataFrame, company: str) -> str | None:
+def population_plot(companies: pd.DataFrame, company: str) -> Markup | None:
+    """This page's index and interval against the histogram of every rated page's index."""
+    from pipeline.report.svg import Chart
+
     rated = companies[companies["status"] == "ok"]
     if rated.empty:
         return None
-    figure, axes = figure_and_axes(6, 2.6)
-    axes.hist(rated["homogeneity_index"], bins=np.linspace(0, 1, 21), color="#c9d6e3", edgecolor="white", label="all pages this run")
+    edges = np.linspace(0, 1, 21)
+    counts, _ = np.histogram(rated["homogeneity_index"].clip(0, 1), bins=edges)
+    chart = Chart((0, 1), (0, max(1, int(counts.max())) * 1.15), "homogeneity index", "pages",
+                  "this page's index against the distribution of all pages")  # fmt: skip
+    chart.bars(edges, counts, "#c9d6e3", "all pages this run")
     mine = rated[rated["company"] == company]
     if len(mine):
         row = mine.iloc[0]
-        axes.axvspan(row["ci_low"], row["ci_high"], color="#f4a259", alpha=0.35, label="this page: 95% CI")
-        axes.axvline(row["homogeneity_index"], color="#bc4b51", linewidth=2, label="this page")
-    axes.set_xlim(0, 1)
-    axes.set_xlabel("homogeneity index")
-    axes.set_ylabel("pages")
-    axes.legend(fontsize=7, frameon=False)
-    return png(figure)
+        if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]):
+            chart.vspan(row["ci_low"], row["ci_high"], "#f4a259", 0.35, "this page: 95% CI")
+        chart.vline(row["homogeneity_index"], "#bc4b51", "this page")
+    return chart.svg()
 
 
 def _population_band(trends: pd.DataFrame) -> pd.DataFrame:
@@ -73,25 +79,35 @@ def _population_band(trends: pd.DataFrame) -> pd.DataFrame:
     return quantiles.set_axis(["q1", "median", "q3"], axis=1).reset_index()
 
 
-def trend_plot(trends: pd.DataFrame, company: str) -> str | None:
-    """One page's index over runs with its intervals, beside the population's median and quartiles."""
+def trend_plot(trends: pd.DataFrame, company: str) -> Markup | None:
+    """One page's index over runs with its intervals, beside the population's median and quartiles;
+    a triangle where the index moved more than the two runs' intervals explain (up: rise, down: fall)."""
+    from pipeline.report.svg import Chart
+
     history = trends[(trends["company"] == company) & trends["homogeneity_index"].notna()].sort_values("run_date")
     if len(history) < 2:  # one run is a point, not a trend
         return None
-    figure, axes = figure_and_axes(6, 2.6)
     band = _population_band(trends)
-    band_dates = pd.to_datetime(band["run_date"])
-    axes.fill_between(band_dates, band["q1"], band["q3"], color="#e3e7ec", label="all pages: middle half")
-    axes.plot(band_dates, band["median"], color="#8796a5", linestyle="--", linewidth=1, label="all pages: median")
-    dates = pd.to_datetime(history["run_date"])
-    axes.fill_between(dates, history["ci_low"], history["ci_high"], color="#8fb3d9", alpha=0.5, label="this page: 95% CI")
-    axes.plot(dates, history["homogeneity_index"], marker="o", color="#1f4e79", label="this page")
-    _mark_significant(axes, history)
-    axes.set_ylim(0, 1)
-    axes.set_ylabel("homogeneity index")
-    axes.legend(fontsize=7, frameon=False, ncol=2)
-    figure.autofmt_xdate()
-    return png(figure)
+    dates = sorted(set(band["run_date"]) | set(history["run_date"]))
+    first = pd.Timestamp(dates[0])
+
+    def days(values: pd.Series) -> list[float]:
+        return [float((pd.Timestamp(value) - first).days) for value in values]
+
+    chart = Chart((0, days(pd.Series([dates[-1]]))[0]), (0, 1), "run date", "homogeneity index",
+                  "homogeneity index of this page over runs beside all pages' median and middle half")  # fmt: skip
+    shown = dates if len(dates) <= 5 else [dates[round(i * (len(dates) - 1) / 4)] for i in range(5)]
+    chart.x_ticks = list(zip(days(pd.Series(shown)), shown))
+    band_days = days(band["run_date"])
+    chart.band(band_days, band["q1"], band["q3"], "#e3e7ec", label="all pages: middle half")
+    chart.line(band_days, band["median"], "#8796a5", dashed=True, label="all pages: median")
+    mine = days(history["run_date"])
+    chart.band(mine, history["ci_low"], history["ci_high"], "#8fb3d9", 0.5, label="this page: 95% CI")
+    chart.line(mine, history["homogeneity_index"], "#1f4e79", dots=True, label="this page")
+    moved = history[history["significant"].fillna(False).astype(bool)]
+    for up, colour, rows in ((True, "#bc4b51", moved[moved["change"] > 0]), (False, "#2d6a4f", moved[moved["change"] < 0])):
+        chart.triangles(days(rows["run_date"]), rows["homogeneity_index"].tolist(), colour, up)
+    return chart.svg()
 
 
 def _mark_significant(axes: Any, history: pd.DataFrame) -> None:
@@ -166,8 +182,10 @@ def population_over_time(trends: pd.DataFrame) -> str | None:
     return png(figure)
 
 
-def similarity_histogram(data: RunData, company: str) -> str | None:
+def similarity_histogram(data: RunData, company: str) -> Markup | None:
     """Pairs on the page against random pairs of all pages, in the index's own similarity (reference-centred cosine)."""
+    from pipeline.report.svg import Chart
+
     ok = distinct_ok(data.images)
     position = {key: row for row, key in enumerate(data.keys)}
     mine = [position[k] for k in ok.loc[ok["company"] == company, "content_sha256"]]
@@ -179,14 +197,17 @@ def similarity_histogram(data: RunData, company: str) -> str | None:
     rng = np.random.default_rng(0)  # a seeded sample of population pairs: the same report every time
     a, b = rng.integers(0, len(vectors), 4000), rng.integers(0, len(vectors), 4000)
     population = np.einsum("ij,ij->i", vectors[a[a != b]], vectors[b[a != b]])
-    figure, axes = figure_and_axes(6, 2.6)
-    bins = np.linspace(min(population.min(), inside.min()), 1, 40)
-    axes.hist(population, bins=bins, density=True, color="#c9d6e3", label="random pairs, all pages")
-    axes.hist(inside, bins=bins, density=True, histtype="step", linewidth=2, color="#bc4b51", label="pairs on this page")
+    low = float(min(population.min(), inside.min())) if len(population) else float(inside.min())
+    edges = np.linspace(low, 1, 40)
+    spread, _ = np.histogram(population, bins=edges, density=True) if len(population) else (np.zeros(39), None)
+    here, _ = np.histogram(inside, bins=edges, density=True)
     centred = data.index_reference not in ("", "none")
-    axes.set_xlabel(f"cosine similarity ({data.embedder}{', reference mean taken out, as in the index' if centred else ''})")
-    axes.legend(fontsize=7, frameon=False)
-    return png(figure)
+    chart = Chart((low, 1), (0, float(max(spread.max(), here.max(), 1e-9)) * 1.1),
+                  f"cosine similarity ({data.embedder}{', reference mean taken out, as in the index' if centred else ''})", "density",
+                  "similarity of pairs on this page against random pairs of all pages")  # fmt: skip
+    chart.bars(edges, spread, "#c9d6e3", "random pairs, all pages")
+    chart.outline(edges, here, "#bc4b51", "pairs on this page")
+    return chart.svg()
 
 
 def sparkline(values: list[float | None], width: int = 90, height: int = 22) -> str:

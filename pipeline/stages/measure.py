@@ -113,7 +113,8 @@ def near_duplicates(ctx: RunContext) -> dict[str, Any]:
     vector_index = load_index(warehouse, ctx.require_embedder_id(), ctx.run_date)
     vectors = vectors_for(warehouse, ctx.embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(ctx.embedder_id, vector_index.ids, vectors, n_embedded=0)
-    found = find_near_duplicates(_images(ctx), embeddings, vector_index, warehouse, ctx.settings.thresholds)
+    settings = ctx.settings
+    found = find_near_duplicates(_images(ctx), embeddings, vector_index, warehouse, settings.thresholds, settings.crawl.face_score_floor)
     return {
         "outputs": {table: warehouse.write_table(table, ctx.run_date, getattr(found, table)) for table in ("pairs", "groups", "clusters", "reuse")},
         "counts": {"near_duplicate_candidates": found.n_candidates, "near_duplicates_verified": found.n_verified,
