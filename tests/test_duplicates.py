@@ -181,3 +181,30 @@ def test_no_verified_pair_no_group() -> None:
     pairs, groups = group_tables(ok, {"h1": "h1", "h2": "h2"}, [], lambda a, b: 0.0, guard=0.8)
     assert pairs.empty and groups.empty
     assert list(groups.columns) == ["image", "company", "group_id", "group_size", "anchor"]
+
+
+def test_pairs_are_verified_in_an_order_where_each_photos_features_are_computed_once() -> None:
+    """With more photos than the feature cache holds, verifying pairs sorted by content hash would
+    compute a photo's features again for most of its pairs; the candidate graph's ordering keeps each
+    photo's pairs together. Same pairs, another order."""
+    import hashlib
+    from functools import lru_cache
+
+    from pipeline.metrics.near_duplicates import cache_friendly_order
+
+    names = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(300)]  # hashes: sorted order is random order
+    pairs = sorted({tuple(sorted((names[i], names[(i + step) % 300]))) for i in range(300) for step in range(1, 6)})
+
+    def computed(order: list[tuple[str, str]]) -> int:
+        @lru_cache(maxsize=24)
+        def features_of(name: str) -> str:
+            return name
+
+        for a, b in order:
+            features_of(a), features_of(b)
+        return features_of.cache_info().misses
+
+    ordered = cache_friendly_order(pairs)
+    assert sorted(ordered) == pairs
+    assert computed(ordered) == 300 and computed(pairs) > 5 * 300
+    assert cache_friendly_order([]) == [] and cache_friendly_order(pairs[:1]) == pairs[:1]

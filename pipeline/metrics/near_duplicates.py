@@ -77,6 +77,31 @@ def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
     return representative
 
 
+# Verification features of at most this many photos are held at once (~0.4 MB each: the grey picture
+# and ORB keypoints of both views).
+FEATURE_CACHE_PHOTOS = 4096
+
+
+def cache_friendly_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The pairs in an order that keeps each photo's pairs close together: the candidate graph's
+    reverse Cuthill-McKee ordering, pairs taken as both their photos have come. Sorted by content hash
+    instead, a photo's pairs are spread over the whole list, and once the photos outnumber
+    `FEATURE_CACHE_PHOTOS` its features would be computed again for most of its pairs."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import reverse_cuthill_mckee
+
+    if len(pairs) < 2:
+        return list(pairs)
+    photos = sorted({photo for pair in pairs for photo in pair})
+    position = {photo: i for i, photo in enumerate(photos)}
+    rows, cols = [position[a] for a, _ in pairs], [position[b] for _, b in pairs]
+    graph = coo_matrix((np.ones(2 * len(pairs)), (rows + cols, cols + rows)), shape=(len(photos), len(photos))).tocsr()
+    rank = np.empty(len(photos), np.int64)
+    rank[reverse_cuthill_mckee(graph, symmetric_mode=True)] = np.arange(len(photos))
+    ranks = {pair: sorted((int(rank[position[pair[0]]]), int(rank[position[pair[1]]])), reverse=True) for pair in pairs}
+    return sorted(pairs, key=ranks.__getitem__)
+
+
 def verified_content_pairs(
     candidates: list[tuple[int, int, float]],
     embeddings: Embeddings,
@@ -108,7 +133,7 @@ def verified_content_pairs(
             zip(zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist()), table.column("same_photo").to_pylist())
         )
 
-    @lru_cache(maxsize=4096)
+    @lru_cache(maxsize=FEATURE_CACHE_PHOTOS)
     def cached_features(content: str):  # type: ignore[no-untyped-def]
         return features(load_rgb(warehouse.uri(object_of[content])), faces.get(content, "detect"))
 
@@ -118,7 +143,9 @@ def verified_content_pairs(
 
     todo = sorted({canonical(c) for c in candidates} - set(known))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-        verdicts = list(pool.map(lambda pair: verify(cached_features(pair[0]), cached_features(pair[1]), params), todo))
+        ordered = cache_friendly_order(todo)
+        found = dict(zip(ordered, pool.map(lambda pair: verify(cached_features(pair[0]), cached_features(pair[1]), params), ordered)))
+    verdicts = [found[pair] for pair in todo]
     if todo:
         table = pa.table({
             "content_a": [a for a, _ in todo], "content_b": [b for _, b in todo],
