@@ -108,16 +108,14 @@ def content_pairs(contents: list[str], descriptors: np.ndarray) -> list[tuple[st
 def identity_table(images: pd.DataFrame, pairs: list[tuple[str, str, float]], same_photo: set[frozenset[str]]) -> pd.DataFrame:
     """Pairs of image rows showing the same face in *different* photographs (copies of one photo are
     the near-duplicate tables' business), with whether both rows are on the same page."""
-    rows_of = {content: group for content, group in images[images["status"] == "ok"].groupby("content_sha256")}
-    records = []
-    for a, b, distance in pairs:
-        if frozenset((a, b)) in same_photo:
-            continue
-        for row_a in rows_of[a].itertuples():
-            for row_b in rows_of[b].itertuples():
-                records.append({"image_a": row_a.image, "image_b": row_b.image, "company_a": row_a.company, "company_b": row_b.company,
-                                "distance": distance, "same_page": row_a.company == row_b.company})  # fmt: skip
-    return pd.DataFrame(records, columns=PAIR_COLUMNS)
+    rows = images.loc[images["status"] == "ok", ["content_sha256", "image", "company"]]
+    found = pd.DataFrame([pair for pair in pairs if frozenset(pair[:2]) not in same_photo], columns=["content_a", "content_b", "distance"])
+    # Joined rather than looped over (a loop took 3 s for 800 pairs): every row of a with every row of
+    # b, in the pairs' order, then each side's rows in the images table's order.
+    for side in ("a", "b"):
+        found = found.merge(rows.set_axis([f"content_{side}", f"image_{side}", f"company_{side}"], axis=1), on=f"content_{side}")
+    found["same_page"] = found["company_a"] == found["company_b"]
+    return found[PAIR_COLUMNS].reset_index(drop=True)
 
 
 def faces_key(contents: list[str], score_floor: float) -> str:
