@@ -24,6 +24,7 @@ the faces the previous run compared (a nightly over unchanged pages) reuses that
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import numpy as np
@@ -37,6 +38,7 @@ _KEY_PERSONALISATION = b"homog-face-key"  # BLAKE2b's personalisation: this key 
 SAME_FACE_DISTANCE = 0.45
 NEIGHBOURS = 10  # per face: bounded work on any page size
 PAIR_COLUMNS = ["image_a", "image_b", "company_a", "company_b", "distance", "same_page"]
+logger = logging.getLogger(__name__)
 _local = threading.local()
 
 
@@ -186,14 +188,11 @@ def unseal(sealed: bytes, photo: bytes, content: str) -> np.ndarray | None:
 def drop_kept_descriptors(warehouse, keep: bool) -> None:  # noqa: ANN001
     """Delete descriptors that must not stay: those an earlier version kept in the clear, and every
     kept one where `keep` was switched off."""
-    import logging
-
-    log = logging.getLogger(__name__)
     stale = [layout.face_descriptors_folder(version) for version in range(1, VERSION if keep else VERSION + 1)]
     for folder in stale:
         if warehouse.exists(folder):
             warehouse.remove(folder, recursive=True)
-            log.info("face identity: deleted the descriptors kept under %s (%s)", folder,
+            logger.info("face identity: deleted the descriptors kept under %s (%s)", folder,
                      "privacy.keep_face_descriptors is off" if folder.endswith(f"v{VERSION}") else "kept in the clear by an earlier version")  # fmt: skip
 
 

@@ -70,9 +70,9 @@ def build_index(vectors: np.ndarray, ids: Sequence[str], kind: IndexKind = "auto
 
     if len(vectors) != len(ids):
         raise ValueError(f"{len(vectors)} vectors but {len(ids)} ids")
-    if kind == "auto":
-        kind = "flat" if len(vectors) <= EXACT_MAX_VECTORS else "ivf"
     dim = vectors.shape[1] if vectors.ndim == 2 and vectors.shape[1] else 1
+    if kind == "auto":
+        kind = choose_kind(len(vectors), dim)[0]  # type: ignore[assignment]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
     elif kind == "hnsw":

@@ -98,8 +98,7 @@ def cache_friendly_order(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
     graph = coo_matrix((np.ones(2 * len(pairs)), (rows + cols, cols + rows)), shape=(len(photos), len(photos))).tocsr()
     rank = np.empty(len(photos), np.int64)
     rank[reverse_cuthill_mckee(graph, symmetric_mode=True)] = np.arange(len(photos))
-    ranks = {pair: sorted((int(rank[position[pair[0]]]), int(rank[position[pair[1]]])), reverse=True) for pair in pairs}
-    return sorted(pairs, key=ranks.__getitem__)
+    return sorted(pairs, key=lambda pair: sorted((rank[position[pair[0]]], rank[position[pair[1]]]), reverse=True))
 
 
 def verified_content_pairs(

@@ -89,33 +89,39 @@ def trend_plot(trends: pd.DataFrame, company: str) -> Markup | None:
         return None
     band = _population_band(trends)
     dates = sorted(set(band["run_date"]) | set(history["run_date"]))
-    first = pd.Timestamp(dates[0])
 
-    def days(values: pd.Series) -> list[float]:
-        return [float((pd.Timestamp(value) - first).days) for value in values]
+    def days(values: Any) -> list[float]:
+        """Run dates as days since the first, so that the x axis keeps time's proportions."""
+        return [float((pd.Timestamp(value) - pd.Timestamp(dates[0])).days) for value in values]
 
-    chart = Chart((0, days(pd.Series([dates[-1]]))[0]), (0, 1), "run date", "homogeneity index",
+    chart = Chart((0, days(dates[-1:])[0]), (0, 1), "run date", "homogeneity index",
                   "homogeneity index of this page over runs beside all pages' median and middle half")  # fmt: skip
     shown = dates if len(dates) <= 5 else [dates[round(i * (len(dates) - 1) / 4)] for i in range(5)]
-    chart.x_ticks = list(zip(days(pd.Series(shown)), shown))
+    chart.x_ticks = list(zip(days(shown), shown))
     band_days = days(band["run_date"])
     chart.band(band_days, band["q1"], band["q3"], "#e3e7ec", label="all pages: middle half")
     chart.line(band_days, band["median"], "#8796a5", dashed=True, label="all pages: median")
     mine = days(history["run_date"])
     chart.band(mine, history["ci_low"], history["ci_high"], "#8fb3d9", 0.5, label="this page: 95% CI")
     chart.line(mine, history["homogeneity_index"], "#1f4e79", dots=True, label="this page")
-    moved = history[history["significant"].fillna(False).astype(bool)]
-    for up, colour, rows in ((True, "#bc4b51", moved[moved["change"] > 0]), (False, "#2d6a4f", moved[moved["change"] < 0])):
-        chart.triangles(days(rows["run_date"]), rows["homogeneity_index"].tolist(), colour, up)
+    for rise, colour, rows in _significant_moves(history):
+        chart.triangles(days(rows["run_date"]), rows["homogeneity_index"].tolist(), colour, rise)
     return chart.svg()
+
+
+def _significant_moves(history: pd.DataFrame) -> list[tuple[bool, str, pd.DataFrame]]:
+    """(a rise?, its colour, the runs) where the index moved more than the two runs' intervals explain."""
+    moved = history[history["significant"].fillna(False).astype(bool)]
+    return [(True, "#bc4b51", moved[moved["change"] > 0]), (False, "#2d6a4f", moved[moved["change"] < 0])]
 
 
 def _mark_significant(axes: Any, history: pd.DataFrame) -> None:
     """A triangle where the index moved more than the two runs' intervals explain (up: rise, down: fall)."""
-    moved = history[history["significant"].fillna(False).astype(bool)]
-    for marker, colour, rows in (("^", "#bc4b51", moved[moved["change"] > 0]), ("v", "#2d6a4f", moved[moved["change"] < 0])):
+    for rise, colour, rows in _significant_moves(history):
         if len(rows):
-            axes.scatter(pd.to_datetime(rows["run_date"]), rows["homogeneity_index"], marker=marker, s=60, color=colour, zorder=3)
+            axes.scatter(
+                pd.to_datetime(rows["run_date"]), rows["homogeneity_index"], marker="^" if rise else "v", s=60, color=colour, zorder=3
+            )
 
 
 MAX_PANELS = 24  # small multiples: the pages whose index moved most first
@@ -197,9 +203,9 @@ def similarity_histogram(data: RunData, company: str) -> Markup | None:
     rng = np.random.default_rng(0)  # a seeded sample of population pairs: the same report every time
     a, b = rng.integers(0, len(vectors), 4000), rng.integers(0, len(vectors), 4000)
     population = np.einsum("ij,ij->i", vectors[a[a != b]], vectors[b[a != b]])
-    low = float(min(population.min(), inside.min())) if len(population) else float(inside.min())
+    low = float(min(population.min(), inside.min()))
     edges = np.linspace(low, 1, 40)
-    spread, _ = np.histogram(population, bins=edges, density=True) if len(population) else (np.zeros(39), None)
+    spread, _ = np.histogram(population, bins=edges, density=True)
     here, _ = np.histogram(inside, bins=edges, density=True)
     centred = data.index_reference not in ("", "none")
     chart = Chart((low, 1), (0, float(max(spread.max(), here.max(), 1e-9)) * 1.1),
