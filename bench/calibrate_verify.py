@@ -4,8 +4,8 @@ of the corpus and report it on the other (bench.common.corpus_half).
 Positives: originals from each folder against one edit of every kind (pipeline.features.calibration
 EDIT_KINDS: downscales to 48-200 px, JPEG quality 5-30, crops up to 30%, overlays up to 25%, combined
 crop + resize + JPEG, ...). Hard negatives, by kind: the London studio's neutral vs smiling photo of
-one sitter, also with the smiling one downscaled or recompressed (low resolution must not make two
-photos one); every pair of one person's several photos (lisa, zoom); pairs within an AI pack.
+one sitter, also with the smiling one downscaled or recompressed, and either one cropped, downscaled
+and recompressed (low resolution must not make two photos one); every pair of one person's several photos (lisa, zoom); pairs within an AI pack.
 
 The thresholds chosen are the ones, on a small grid, that accept the most calibration edits while
 accepting no calibration hard negative (with a margin): first the rule for clean copies, then beside
@@ -51,13 +51,13 @@ SPREAD_GRID = {
 }
 
 
-def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, list[tuple]]:
+def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, np.ndarray]:
     """(half, kind, both views' measures) of one pair: an original and its edit (`edit`), or two
     corpus photos (`other`), the second one degraded by `edit` where given."""
     from PIL import Image
 
     from pipeline.features.calibration import EDIT_KINDS
-    from pipeline.features.verify import features, measure_views
+    from pipeline.features.verify import as_measures, features, measure_views
 
     half, kind, first, second_or_edit, seed = job
     rng = np.random.default_rng(seed)
@@ -69,11 +69,7 @@ def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, list
         other = Image.open(path).convert("RGB")
         if degrade:
             other = EDIT_KINDS[degrade](other, rng)
-    views = measure_views(features(original), features(other))
-    measures = [
-        (v.inlier_ratio, v.block_correlation, v.face_correlation, v.motion, v.compared_side, v.face_floor, v.residual_ratio) for v in views
-    ]
-    return half, kind, measures
+    return half, kind, as_measures(measure_views(features(original), features(other)))
 
 
 def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, int]]:
@@ -100,6 +96,10 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
             add("neg:same_sitter_same_session", neutral, str(smiling))
             add("neg:same_sitter_low_resolution", neutral, f"{smiling}|resize")
             add("neg:same_sitter_low_quality", neutral, f"{smiling}|jpeg_low")
+            # Cropped, downscaled and recompressed, either one: the noise such a copy spreads over
+            # the picture is what the spread-noise rule forgives.
+            add("neg:same_sitter_crop_resize_jpeg", neutral, f"{smiling}|crop_resize_jpeg")
+            add("neg:same_sitter_crop_resize_jpeg", smiling, f"{neutral}|crop_resize_jpeg")
     people = sorted((lab / "lisa").glob("*.jpg")) + sorted((lab / "zoom").glob("*.jpg"))
     for a, b in itertools.combinations(people, 2):
         add("neg:same_person_other_photo", a, str(b))
@@ -109,24 +109,14 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
     return found
 
 
-def accepted(params, views: np.ndarray) -> np.ndarray:  # noqa: ANN001 - a VerifyParams
-    """Which pairs `params` accepts, as verify() decides: views (pairs, 2 views, 7 measures, no face =
-    NaN); the mirror view counts only where the direct view did not align (verify.aligned)."""
-    from pipeline.features.verify import aligned
-
-    views_ok = params.accepted(*(views[..., i] for i in range(views.shape[-1])))
-    return views_ok[:, 0] | (views_ok[:, 1] & ~aligned(views[:, 0, 0], views[:, 0, 1], params))
+def as_array(measured: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
+    return np.stack([np.asarray(views, dtype=float) for _, _, views in measured])
 
 
-def as_array(measured: list[tuple[str, str, list[tuple]]]) -> np.ndarray:
-    rows = []
-    for _, _, views in measured:
-        rows.append([[np.nan if value is None else value for value in view] for view in views])
-    return np.array(rows, dtype=float)
+def rates(params, measured: list[tuple[str, str, np.ndarray]], views: np.ndarray, half: str) -> dict[str, float]:  # noqa: ANN001
+    from pipeline.features.verify import accepted_views
 
-
-def rates(params, measured: list[tuple[str, str, list[tuple]]], views: np.ndarray, half: str) -> dict[str, float]:  # noqa: ANN001
-    flags = accepted(params, views)
+    flags = accepted_views(params, views)
     by_kind: dict[str, list[bool]] = defaultdict(list)
     for (pair_half, kind, _), flag in zip(measured, flags):
         if pair_half == half:
@@ -146,7 +136,7 @@ def main() -> None:
         raise SystemExit(f"corpus not found at {CORPUS} (set HOMOG_CORPUS): nothing to calibrate")
     import pickle
 
-    from pipeline.features.verify import VerifyParams
+    from pipeline.features.verify import VerifyParams, accepted_views
 
     started = time.perf_counter()
     if args.load:
@@ -180,9 +170,9 @@ def main() -> None:
         half a point of the best recall, the strictest: recall that close is noise on this many pairs,
         and a stricter rule is further from the negatives not seen here."""
         scored = [
-            (float(accepted(params, views)[calibration & ~negative].mean()), params)
+            (float(accepted_views(params, views)[calibration & ~negative].mean()), params)
             for params in candidates
-            if not accepted(loosened(params), views[calibration & negative]).any()
+            if not accepted_views(loosened(params), views[calibration & negative]).any()
         ]
         if not scored:
             raise SystemExit("no threshold on the grid accepts no calibration hard negative")

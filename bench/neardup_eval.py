@@ -9,7 +9,9 @@ companies, so that copies are also matched to each other (a group, not only pair
 negatives are in the set by construction: both photos of London studio sitters (neutral, smiling),
 one person's several photos (lisa, zoom) and several photos of one AI pack, each with their copies.
 
-Printed per half: precision, recall and F1 over all true pairs (original-copy and copy-copy);
+Printed per half: precision, recall and F1 over all true pairs (original-copy and copy-copy), and
+recall over the pairs where neither picture is a combined edit (the single edits of
+pipeline.features.calibration: what reposting one photo usually does);
 recall per edit kind (original-copy pairs); copy-copy recall; candidate recall per kind (did the
 pair reach verification at all); false positives per hard-negative kind; seconds per stage.
 
@@ -151,7 +153,10 @@ def run_path(folder: Path, scratch: Path) -> tuple[dict[str, float], object, obj
 
 
 def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:  # noqa: ANN001 - pandas frames
-    """Pair-level scores per half, per edit kind and per hard-negative kind."""
+    """Pair-level scores per half, per edit kind and per hard-negative kind, and the recall over the
+    pairs where neither picture is a combined edit (crop + downscale + JPEG)."""
+    from pipeline.features.calibration import COMBINED_EDITS
+
     # A folder source names each row's image by its path below the folder: "company/file", as `truth`.
     predicted = {frozenset((r.image_a, r.image_b)) for r in pairs.itertuples()}
     content = {r.image: r.content_sha256 for r in images.itertuples() if r.status == "ok"}
@@ -163,6 +168,7 @@ def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:
         reached: dict[str, list[bool]] = defaultdict(list)
         negatives: dict[str, list[bool]] = defaultdict(list)
         true_positive = false_positive = n_true = 0
+        single = {"found": 0, "true": 0}  # pairs where no picture is a combined edit
         for a, b in itertools.combinations(mine, 2):
             pair = frozenset((a, b))
             found = pair in predicted
@@ -170,6 +176,9 @@ def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:
             if same:
                 n_true += 1
                 true_positive += found
+                if not {truth.kind[a], truth.kind[b]} & COMBINED_EDITS:
+                    single["true"] += 1
+                    single["found"] += found
                 kinds = {truth.kind[a], truth.kind[b]}
                 edits = kinds - {"original"}
                 label = "copy_to_copy" if "original" not in kinds else edits.pop() if edits else "corpus_duplicate"
@@ -188,6 +197,7 @@ def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:
         result[half] = {
             "photos": len(mine), "true_pairs": n_true, "precision": round(precision, 4), "recall": round(recall, 4),
             "f1": round(2 * precision * recall / max(1e-9, precision + recall), 4), "false_positives": false_positive,
+            "recall_single_edits": round(single["found"] / max(1, single["true"]), 4), "true_pairs_single_edits": single["true"],
             "recall_by_kind": {k: round(float(np.mean(v)), 4) for k, v in sorted(by_kind.items())},
             "pairs_by_kind": {k: len(v) for k, v in sorted(by_kind.items())},
             "candidate_recall_by_kind": {k: round(float(np.mean(v)), 4) for k, v in sorted(reached.items())},
@@ -217,7 +227,8 @@ def main() -> None:
             shutil.rmtree(scratch, ignore_errors=True)
     for half, figures in result.items():
         print(f"\n{half} half: {figures['photos']} photos, {figures['true_pairs']} true pairs: precision {figures['precision']:.3f} "
-              f"recall {figures['recall']:.3f} F1 {figures['f1']:.3f} ({figures['false_positives']} false positive pairs)")  # fmt: skip
+              f"recall {figures['recall']:.3f} F1 {figures['f1']:.3f} ({figures['false_positives']} false positive pairs); "
+              f"recall without combined edits {figures['recall_single_edits']:.3f} of {figures['true_pairs_single_edits']} pairs")  # fmt: skip
         for kind, recall in figures["recall_by_kind"].items():
             print(
                 f"  {kind:22s} n={figures['pairs_by_kind'][kind]:4d} recall {recall:.3f}  reached verification {figures['candidate_recall_by_kind'][kind]:.3f}"

@@ -141,16 +141,16 @@ class ThresholdsConfig(_Section):
     # over the whole picture; another photo of the sitter differs in the face. Where the difference is
     # spread evenly, lower correlations are accepted.
     verify_max_face_residual_ratio: float = Field(
-        2.0, gt=0, le=100, description="Verification, spread-noise rule: the face's residual against the whole picture's at most this."
+        1.4, gt=0, le=100, description="Verification, spread-noise rule: the face's residual against the whole picture's at most this."
     )
     verify_min_noisy_correlation: float = Field(
-        0.9, gt=-1, le=1, description="Verification, spread-noise rule: median block correlation at least this."
+        0.92, gt=-1, le=1, description="Verification, spread-noise rule: median block correlation at least this."
     )
     verify_min_noisy_face_floor: float = Field(
-        0.5, ge=-1, le=1, description="Verification, spread-noise rule: the face's 10th-percentile block correlation at least this."
+        0.7, ge=-1, le=1, description="Verification, spread-noise rule: the face's 10th-percentile block correlation at least this."
     )
     verify_noisy_motion_floor_px: float = Field(
-        1.2, ge=0, le=10, description="Verification, spread-noise rule: motion allowed in any case, in pixels (compression moves edges)."
+        0.8, ge=0, le=10, description="Verification, spread-noise rule: motion allowed in any case, in pixels (compression moves edges)."
     )
     face_window_candidate: float = Field(
         0.85, gt=0, le=1,
@@ -158,6 +158,16 @@ class ThresholdsConfig(_Section):
     )  # fmt: skip
     max_candidates_per_image: int = Field(
         10, ge=1, le=200, description="Nearest neighbours per photo that are verified as near-duplicate candidates."
+    )
+    region_candidate: float = Field(
+        0.7, gt=0, le=1,
+        description="A photo whose whole picture reaches this cosine against a window of another (region views) is a candidate too (crops, borders).",
+    )  # fmt: skip
+    region_candidates_per_image: int = Field(
+        3,
+        ge=0,
+        le=200,
+        description="Nearest photos per photo found through its windows that are verified as candidates (0: no region search).",
     )
     min_images: int = Field(5, ge=3, description="Pages with fewer ok images get status too_few_images, no index.")
     bootstrap_samples: int = Field(400, ge=50, le=10_000, description="Bootstrap replicates behind each 95% interval of the index.")

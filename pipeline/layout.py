@@ -16,6 +16,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     indexes/<embedder>/run_date=D/{index.faiss,ids.parquet,meta.json}   the run's FAISS index
     indexes/calibration/<machine>-d<dim>.json         exact vs IVF search speed measured on one machine
     verifications/<params>/shard-<digest>.parquet     near-duplicate verdicts per content pair
+    regions/v<N>/shard-<digest>.parquet               region views (whole picture and nine windows) per content
     face_signals/v<N>/shard-<digest>.parquet          face detection and template signals per content
     face_identity/v<N>/shard-<digest>.parquet         face descriptors sealed to their photo (privacy.keep_face_descriptors)
     face_identity/pairs-v<N>.json                     the last run's same-face pairs (no descriptor)
@@ -166,6 +167,10 @@ def verifications_folder(params_id: str) -> str:
     return f"verifications/{params_id}"
 
 
+def regions_folder(version: int) -> str:
+    return f"regions/v{version}"
+
+
 def face_signals_folder(version: int) -> str:
     return f"face_signals/v{version}"
 
@@ -235,6 +240,7 @@ class ReusableCache:
 
 REUSABLE_CACHES = (
     ReusableCache("face_signals", same_embedder_only=False),
+    ReusableCache("regions", same_embedder_only=False),
     ReusableCache("verifications", same_embedder_only=False),
     ReusableCache("face_descriptors", same_embedder_only=False, needs_kept_descriptors=True),
     ReusableCache("embeddings", same_embedder_only=True),

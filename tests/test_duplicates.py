@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -99,11 +101,11 @@ def test_a_residual_spread_over_the_picture_is_noise_and_one_in_the_face_is_not(
     ("measures", "same"),
     [
         ((0.5, 0.99, 0.99, 0.2, 300, 0.95, None), True),  # a clean copy: the first rule
-        ((0.5, 0.90, 0.85, 0.9, 150, 0.5, 1.2), True),  # degraded evenly: the spread-noise rule
-        ((0.5, 0.90, 0.85, 0.9, 150, 0.5, 3.0), False),  # as degraded, but the face differs more than the rest
-        ((0.5, 0.90, 0.85, 0.9, 150, 0.5, None), False),  # no face: the spread-noise rule does not apply
-        ((0.5, 0.90, 0.85, 2.5, 400, 0.5, 1.2), False),  # something moved
-        ((0.1, 0.90, 0.85, 0.9, 150, 0.5, 1.2), False),  # no real alignment
+        ((0.5, 0.93, 0.85, 0.7, 150, 0.75, 1.2), True),  # degraded evenly: the spread-noise rule
+        ((0.5, 0.93, 0.85, 0.7, 150, 0.75, 3.0), False),  # as degraded, but the face differs more than the rest
+        ((0.5, 0.93, 0.85, 0.7, 150, 0.75, None), False),  # no face: the spread-noise rule does not apply
+        ((0.5, 0.93, 0.85, 2.5, 400, 0.75, 1.2), False),  # something moved
+        ((0.1, 0.93, 0.85, 0.7, 150, 0.75, 1.2), False),  # no real alignment
     ],
 )
 def test_the_two_rules_of_a_verdict(measures: tuple, same: bool) -> None:
@@ -208,3 +210,31 @@ def test_pairs_are_verified_in_an_order_where_each_photos_features_are_computed_
     assert sorted(ordered) == pairs
     assert computed(ordered) == 300 and computed(pairs) > 5 * 300
     assert cache_friendly_order([]) == [] and cache_friendly_order(pairs[:1]) == pairs[:1]
+
+
+# ------------------------------------------------------------- both directions
+def _pairs_to_judge(original: Image.Image) -> list[tuple[Image.Image, bool]]:
+    """Edited copies of every kind (same photo) and moved-region versions (another photo)."""
+    copies = [(EDIT_KINDS[kind](original, np.random.default_rng(3)), True) for kind in sorted(EDIT_KINDS)]
+    others = [(expression_change(original, amplitude, rx, ry), False) for amplitude, rx, ry in ((6, 60, 60), (8, 70, 80))]
+    return copies + others
+
+
+def test_a_verdict_does_not_depend_on_which_picture_comes_first(original: Image.Image, original_features: tuple) -> None:
+    for picture, same in _pairs_to_judge(original):
+        other = features(picture)
+        assert verify(original_features, other).same_photo == verify(other, original_features).same_photo == same
+
+
+def test_the_calibrations_decision_on_many_pairs_is_verifys(original: Image.Image, original_features: tuple) -> None:
+    """bench.calibrate_verify tries thresholds with `accepted_views`: it must decide as `verify` does,
+    at the configured thresholds and at looser and stricter ones."""
+    from pipeline.features.verify import accepted_views, as_measures, measure_views
+
+    pairs = [features(picture) for picture, _ in _pairs_to_judge(original)]
+    views = np.stack([as_measures(measure_views(original_features, other)) for other in pairs])
+    assert views.shape == (len(pairs), 4, 7)
+    default = VerifyParams.from_thresholds()
+    for params in (default, dataclasses.replace(default, min_block_correlation=0.99, min_noisy_correlation=0.99),
+                   dataclasses.replace(default, max_motion_share=0.02, min_face_floor=-1.0)):  # fmt: skip
+        assert list(accepted_views(params, views)) == [verify(original_features, other, params).same_photo for other in pairs]

@@ -3,7 +3,7 @@
 The audit is a complete run in its own warehouse (`<warehouse>/audits/<company>/<date>`), so the
 nightly tables are never touched: its rows are the audited company's pictures plus every usable
 picture of the latest nightly run (the company's own nightly rows left out: the audit replaces them).
-The caches that `pipeline.layout.REUSABLE_CACHES` names (face signals, near-duplicate verdicts, and where
+The caches that `pipeline.layout.REUSABLE_CACHES` names (face signals, region views, near-duplicate verdicts, and where
 the embedder is the same its vectors, index reference and map projection; identity descriptors only
 where the nightly keeps them) are copied from the nightly's warehouse, so only the
 audited pictures are embedded and measured. The result is the company's audit page, rendered by the
@@ -78,11 +78,12 @@ def _population(main: Warehouse, exclude: str) -> tuple[list[ManifestRow], str |
 
 def _cache_keys(cache: layout.ReusableCache, settings: Settings, embedder_id: str) -> tuple[list[str], list[str]]:
     """(shard folders, single files) of one reusable cache in the warehouse layout."""
-    from pipeline.features import face_signals, identity
+    from pipeline.features import face_signals, identity, regions
     from pipeline.features.verify import VerifyParams
 
     folders = {
         "face_signals": [layout.face_signals_folder(face_signals.VERSION)],
+        "regions": [layout.regions_folder(regions.VERSION)],
         "verifications": [layout.verifications_folder(VerifyParams.from_thresholds(settings.thresholds).cache_id)],
         "face_descriptors": [layout.face_descriptors_folder(identity.VERSION)],
         "embeddings": [layout.embeddings_folder(embedder_id)],

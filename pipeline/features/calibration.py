@@ -120,6 +120,7 @@ EDIT_KINDS: dict[str, Callable[[Image.Image, np.random.Generator], Image.Image]]
     ),
 }
 EDIT_FORMATS = {"png": "PNG", "webp": "WEBP"}  # the others are stored as JPEG (quality 95 unless the edit chose one)
+COMBINED_EDITS = frozenset({"crop_resize_jpeg"})  # several edits in one; the others are single edits
 
 
 def precision_recall(scores: np.ndarray, labels: np.ndarray, threshold: float) -> tuple[float, float]:

@@ -21,6 +21,11 @@ So a pair is compared in three steps:
    never below the flow's own noise floor in pixels (`motion_floor_px`), which is what a 48 px
    comparison can resolve.
 
+A verdict does not depend on which picture comes first: where b aligned onto a but was not
+accepted, a is aligned onto b too, and either direction can accept. The directions differ in whose
+face is measured and on whose plane; a picture that shows no face of its own (a crop through it, a
+copy too small for the detector) is judged by the other's face carried over by the alignment.
+
 Thresholds are calibrated by `bench/calibrate_verify.py` on some folders of the development corpus
 and reported on the others (docs/methodology.md has the figures).
 """
@@ -49,7 +54,7 @@ _REFINE_REACH = 0.1  # what an affine refinement adds to the median block correl
 _MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
 
-VERSION = 6  # change with the measurement, so cached verdicts are not reused (6: the faces stage's face box)
+VERSION = 7  # change with the measurement, so cached verdicts are not reused (6: the faces stage's face box; 7: both directions)
 
 
 @dataclass(frozen=True)
@@ -402,10 +407,11 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
     if params is None or correlation >= params.min_block_correlation - _REFINE_REACH:
         b_small, valid, correlation = _refine(a_small, b_small, valid, block, correlation)
     face_correlation = face_floor = None
-    if a.face is not None:
+    face = a.face if a.face is not None else _mapped_box(b.face, back, plane)
+    if face is not None:
         # Where two photos of one template differ is the face: it must agree on its own, in finer
         # blocks, or a shared backdrop and suit would outvote it.
-        x, y, w, h = (round(v * scale) for v in a.face)
+        x, y, w, h = (round(v * scale) for v in face)
         face_block = max(_MIN_FACE_BLOCK, round(_FACE_BLOCK * scale))
         in_face = _block_correlations(a_small[y : y + h, x : x + w], b_small[y : y + h, x : x + w], valid[y : y + h, x : x + w], face_block)
         if len(in_face) >= 4:
@@ -420,6 +426,21 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
     motion = _motion(a_small, b_small, valid)
     same = params is not None and params.accepts(*measures, motion, side, face_floor, residual_ratio)
     return Verdict(same, ratio, correlation, n_inliers, face_correlation, motion, side, face_floor, residual_ratio)
+
+
+def _mapped_box(box: Box | None, transform: np.ndarray, plane: tuple[int, int]) -> Box | None:
+    """`box` on b's picture carried onto a's plane by `transform` (b to a), as the box around its
+    corners clipped to the plane; None where little of it lands there. Where only b shows a face
+    (a crop cut through it, a copy too small for the detector), a is still judged by that face."""
+    if box is None:
+        return None
+    x, y, w, h = box
+    corners = np.array([[x, y, 1], [x + w, y, 1], [x, y + h, 1], [x + w, y + h, 1]], np.float64) @ np.asarray(transform, np.float64).T
+    left, top = np.clip(corners.min(axis=0), 0, plane)
+    right, bottom = np.clip(corners.max(axis=0), 0, plane)
+    if (right - left) * (bottom - top) < 0.25 * w * h * abs(np.linalg.det(np.asarray(transform)[:, :2])):
+        return None
+    return int(round(left)), int(round(top)), int(round(right - left)), int(round(bottom - top))
 
 
 _RESIDUAL_FLOOR = 0.3  # grey levels: a residual below this is no residual (an exact re-encoding)
@@ -448,9 +469,33 @@ def _face_residual_ratio(a: np.ndarray, b: np.ndarray, valid: np.ndarray, face: 
 
 
 def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams | None = None) -> Verdict:
-    """Compare picture a with b, then (if that fails) with b's mirror image (default thresholds where
-    `params` is None)."""
+    """Whether a and b are one photograph (default thresholds where `params` is None): b aligned
+    onto a, then, where that aligned but was not accepted, a onto b.
+
+    The two directions measure different things: the face is the one found in the first picture,
+    and the comparison runs on the first picture's plane. A copy whose face was lost (a crop through
+    it, a downscale too small for the detector) is measured by its original's face only the other
+    way round, so a pair's verdict must not depend on which picture came first (the content hashes'
+    order). A pair that did not align either way is not compared twice."""
     params = params or VerifyParams.from_thresholds()
+    forward = _verify_one_way(a, b, params)
+    if forward.same_photo or not _worth_reversing(forward.inlier_ratio, forward.block_correlation, params):
+        return forward
+    backward = _verify_one_way(b, a, params)
+    return backward if backward.same_photo else forward
+
+
+def _worth_reversing(ratio, correlation, params: VerifyParams):  # noqa: ANN001, ANN201 - numbers or arrays alike
+    """Whether the other direction could decide otherwise: the pair aligned, and agreed as much as
+    some rule needs less what a refinement adds (block correlation at one scale barely depends on
+    which picture is aligned onto which; most different photos of one template stop here)."""
+    return (ratio >= params.min_inlier_ratio) & (
+        correlation >= min(params.min_block_correlation, params.min_noisy_correlation) - _REFINE_REACH
+    )
+
+
+def _verify_one_way(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams) -> Verdict:
+    """Compare picture a with b, then (if that fails) with b's mirror image."""
     best = Verdict(False, 0.0, 0.0, 0)
     for b_view in b:
         verdict = _compare(a[0], b_view, params)
@@ -470,7 +515,32 @@ def aligned(ratio, correlation, params: VerifyParams):  # noqa: ANN001, ANN201 -
     return (ratio >= _ALIGNED) & (correlation >= params.min_block_correlation - _REFINE_REACH)
 
 
+def as_measures(verdicts: list[Verdict]) -> np.ndarray:
+    """(views, 7) float array of `measure_views`' verdicts, in `VerifyParams.accepted`'s order, NaN for None."""
+    rows = [
+        (v.inlier_ratio, v.block_correlation, v.face_correlation, v.motion, v.compared_side, v.face_floor, v.residual_ratio)
+        for v in verdicts
+    ]
+    return np.array([[np.nan if value is None else value for value in row] for row in rows], dtype=float)
+
+
+def accepted_views(params: VerifyParams, views: np.ndarray) -> np.ndarray:
+    """`verify`'s decision on many pairs at once from their `measure_views` (pairs, 4 views, 7
+    measures: `as_measures` of each pair): what a calibration tries thresholds with. Each
+    direction's mirror view counts only where its direct view did not align, and the second
+    direction only where the first was worth reversing."""
+    ok = params.accepted(*(views[..., i] for i in range(views.shape[-1])))
+    ratio, correlation = views[..., 0], views[..., 1]
+    forward = ok[:, 0] | (ok[:, 1] & ~aligned(ratio[:, 0], correlation[:, 0], params))
+    backward = ok[:, 2] | (ok[:, 3] & ~aligned(ratio[:, 2], correlation[:, 2], params))
+    # The view `verify` reports for the first direction: the direct one where it aligned, else the one
+    # with more inliers (the direct one on a tie).
+    reported = np.where(aligned(ratio[:, 0], correlation[:, 0], params) | (ratio[:, 0] >= ratio[:, 1]), 0, 1)
+    rows = np.arange(len(views))
+    return forward | (backward & _worth_reversing(ratio[rows, reported], correlation[rows, reported], params))
+
+
 def measure_views(a: tuple[Features, Features], b: tuple[Features, Features]) -> list[Verdict]:
-    """The measures of a against b and against b's mirror image, judged by nothing: what a
-    calibration needs to try other thresholds (`VerifyParams.accepts` on either view)."""
-    return [_compare(a[0], b_view, None) for b_view in b]
+    """The measures `verify` takes, judged by nothing (what a calibration needs to try other
+    thresholds): b and b's mirror image aligned onto a, then a and a's mirror image onto b."""
+    return [_compare(a[0], b_view, None) for b_view in b] + [_compare(b[0], a_view, None) for a_view in a]

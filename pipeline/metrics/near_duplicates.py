@@ -6,7 +6,8 @@ Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix i
    `thresholds.max_candidates_per_image`) above the embedder's generous *candidate* threshold, and
    its nearest neighbours by the aligned face's coarse descriptor (`face_window`, kept by the faces
    stage: a crop of up to 30% or an overlay of a quarter of the picture moves the whole-picture
-   embedding, not the face), then verification of each candidate (pipeline/features/verify.py),
+   embedding, not the face), and the photos whose whole picture matches one of its windows (region
+   views, pipeline/features/regions.py: crops that cut the face, bordered copies), then verification of each candidate (pipeline/features/verify.py),
    which keeps edited copies of one photograph and drops different photos of one sitter or
    template. Bounding candidates per photo keeps a uniform studio page, where every pair looks
    "similar", from costing N^2 verifications.
@@ -65,6 +66,21 @@ def face_window_pairs(contents: list[str], warehouse: Warehouse, thresholds: Thr
     found = knn_pairs(build_index(vectors, [contents[i] for i in with_face]), vectors, thresholds.face_window_candidate,
                       thresholds.max_candidates_per_image)  # fmt: skip
     return [tuple(sorted((with_face[a], with_face[b]))) for a, b, _ in found]
+
+
+def region_candidate_pairs(
+    contents: list[str], object_of: dict[str, str], warehouse: Warehouse, thresholds: ThresholdsConfig
+) -> tuple[list[tuple[int, int]], int]:
+    """Pairs (i < j, positions in `contents`) where one photo's whole picture matches a window of the
+    other's (`thresholds.region_candidate`, at most `region_candidates_per_image` a photo), and how
+    many photos' region views were computed now (the rest came from their cache)."""
+    from pipeline.features.regions import cached_views, region_pairs
+
+    if thresholds.region_candidates_per_image == 0:
+        return [], 0
+    all_views, n_computed = cached_views(warehouse, contents, object_of)
+    found = region_pairs(all_views, thresholds.region_candidate, thresholds.region_candidates_per_image, warehouse)
+    return [(i, j) for i, j, _ in found], n_computed
 
 
 def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
@@ -261,6 +277,8 @@ class NearDuplicates:
     n_candidates: int
     n_verified: int
     n_verifications_computed: int  # candidate content pairs verified by this run (not from the cache)
+    candidates_by_source: dict[str, int]  # how candidates were found, before exact copies are set aside: each pair under its first source
+    n_region_views_computed: int  # photos whose region views this run computed (not from the cache)
 
 
 def find_near_duplicates(
@@ -295,11 +313,19 @@ def find_near_duplicates(
     by_face = [
         (i, j, cosine(i, j)) for i, j in face_window_pairs(embeddings.content_sha256, warehouse, thresholds) if (i, j) not in by_embedding
     ]
+    seen = by_embedding | {(i, j) for i, j, _ in by_face}
+    region_found, n_region_views = region_candidate_pairs(embeddings.content_sha256, object_of, warehouse, thresholds)
+    by_region = [(i, j, cosine(i, j)) for i, j in region_found if (i, j) not in seen]
     candidates = [
-        (i, j, s) for i, j, s in found + by_face
+        (i, j, s) for i, j, s in found + by_face + by_region
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
     ]  # fmt: skip
-    logger.info("near-duplicate candidates: %d by the embedding, %d more by the face window", len(found), len(by_face))
+    logger.info(
+        "near-duplicate candidates: %d by the embedding, %d more by the face window, %d more by region views",
+        len(found),
+        len(by_face),
+        len(by_region),
+    )
     params, faces = VerifyParams.from_thresholds(thresholds), largest_faces(warehouse, face_score_floor)
     near, n_computed = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces)
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
@@ -310,4 +336,5 @@ def find_near_duplicates(
     edges += [(content, rep) for content, rep in representative.items() if content != rep]
     clusters = style_clusters(ok, embeddings, edges, images)
     reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
-    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near), n_computed)
+    by_source = {"embedding": len(found), "face_window": len(by_face), "region_views": len(by_region)}
+    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near), n_computed, by_source, n_region_views)

@@ -74,7 +74,7 @@ def trim_solid_border(image: Image.Image, tolerance: int = 12, max_share: float 
     return image.crop(box)
 
 
-def _unit(vector: np.ndarray) -> np.ndarray:
+def unit_length(vector: np.ndarray) -> np.ndarray:
     norm = float(np.linalg.norm(vector))
     return vector / norm if norm > 0 else vector
 
@@ -85,7 +85,7 @@ def _mirror_invariant(describe, plane: np.ndarray) -> np.ndarray:
     return np.concatenate([direct + mirrored, np.abs(direct - mirrored)])
 
 
-def _layout(luma: np.ndarray) -> np.ndarray:
+def layout_coefficients(luma: np.ndarray) -> np.ndarray:
     small = np.asarray(Image.fromarray(luma).resize((_DCT_SIDE, _DCT_SIDE), Image.Resampling.BILINEAR), float)
     coefficients = _DCT @ (small - small.mean()) @ _DCT.T
     block = coefficients[:_DCT_KEEP, :_DCT_KEEP].copy()
@@ -107,14 +107,16 @@ def _hog(luma: np.ndarray) -> np.ndarray:
     )
 
 
-def _colour(rgb_small: np.ndarray) -> np.ndarray:
+def chroma_grid(rgb_small: np.ndarray) -> np.ndarray:
+    """Mean Lab a*/b* (in units of 100) of a 4x4 grid, made mirror-invariant (sum and |difference|
+    of each cell and its mirror cell). `rgb_small`: a square float RGB picture in 0..1."""
     from skimage.color import rgb2lab
 
     lab = rgb2lab(rgb_small)
     cell = rgb_small.shape[0] // _COLOUR_GRID
     grid = lab[: cell * _COLOUR_GRID, : cell * _COLOUR_GRID, 1:].reshape(_COLOUR_GRID, cell, _COLOUR_GRID, cell, 2)
     means = grid.mean(axis=(1, 3)) / 100.0  # (rows, cols, a/b)
-    return means
+    return np.concatenate([(means + means[:, ::-1]).ravel(), np.abs(means - means[:, ::-1]).ravel()])
 
 
 def _texture(luma: np.ndarray) -> np.ndarray:
@@ -132,22 +134,25 @@ def describe(rgb: Image.Image) -> np.ndarray:
     luma = np.asarray(rgb.convert("L").resize((_GRID_SIDE, _GRID_SIDE), Image.Resampling.BILINEAR))
     luma_fine = np.asarray(rgb.convert("L").resize((_LBP_SIDE, _LBP_SIDE), Image.Resampling.BILINEAR))
     # Equalising contrast makes brightness and contrast edits (and greyscale) cheap to ignore.
-    luma = _stretch(luma)
-    colour = _colour(rgb_small)
-    chroma = np.concatenate([(colour + colour[:, ::-1]).ravel(), np.abs(colour - colour[:, ::-1]).ravel()])
+    luma = stretch_contrast(luma)
+    chroma = chroma_grid(rgb_small)
     blocks = {
-        "layout": _unit(_layout(luma)),
-        "shape": _unit(_mirror_invariant(_hog, luma)),
-        # Not scaled to unit length: a near-grey picture has almost no chroma, and normalising that
-        # would blow numerical noise up into a random direction. Saturated pictures reach length 1.
-        "colour": chroma / max(float(np.linalg.norm(chroma)), _CHROMA_REFERENCE),
-        "texture": _unit(_texture(_stretch(luma_fine))),
+        "layout": unit_length(layout_coefficients(luma)),
+        "shape": unit_length(_mirror_invariant(_hog, luma)),
+        "colour": scaled_chroma(chroma),
+        "texture": unit_length(_texture(stretch_contrast(luma_fine))),
     }
     vector = np.concatenate([blocks[name] * np.sqrt(weight) for name, weight in _WEIGHTS.items()])
-    return _unit(vector).astype(np.float32)
+    return unit_length(vector).astype(np.float32)
 
 
-def _stretch(luma: np.ndarray) -> np.ndarray:
+def scaled_chroma(chroma: np.ndarray) -> np.ndarray:
+    """Chroma scaled to length 1 only once it is colourful: a near-grey picture has almost no chroma,
+    and normalising that would blow numerical noise up into a random direction."""
+    return chroma / max(float(np.linalg.norm(chroma)), _CHROMA_REFERENCE)
+
+
+def stretch_contrast(luma: np.ndarray) -> np.ndarray:
     low, high = np.percentile(luma, (1, 99))
     if high - low < 1:
         return luma.astype(np.uint8)
