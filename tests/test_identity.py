@@ -142,6 +142,8 @@ def test_unchanged_faces_reuse_the_pairs_and_kept_descriptors_make_a_change_cost
     computed = [run.counts["face_descriptors_computed"] for run in (first, unchanged, changed)]
     # unchanged pages: the last run's pairs, no descriptor; a new face: only it where descriptors are kept, else all again
     assert computed == ([6, 0, 1] if keep else [6, 0, 7])
+    unsealed = [run.counts["face_descriptors_unsealed"] for run in (first, unchanged, changed)]
+    assert unsealed == ([0, 0, 6] if keep else [0, 0, 0])  # the other six were read back, not computed
     assert (warehouse / face_descriptors_folder(VERSION)).is_dir() == keep  # in memory only where the setting is off
     if keep:
         from pipeline.warehouse import Warehouse

@@ -148,7 +148,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
 
     warehouse, settings = ctx.warehouse, ctx.settings
     images, faces_table = _images(ctx), warehouse.read_table("faces", ctx.run_date)
-    n_computed = 0
+    n_computed = n_unsealed = 0
     drop_kept_descriptors(warehouse, settings.privacy.face_identity and settings.privacy.keep_face_descriptors)
     if not settings.privacy.face_identity or faces_table.empty or not (faces_table["n_faces"] > 0).any():
         identities = pd.DataFrame(columns=PAIR_COLUMNS)
@@ -162,6 +162,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
             # The face signals found every face already: identity reuses their boxes instead of detecting again.
             descriptors, n_computed = face_descriptors(warehouse, distinct_ok(ok), contents, settings.privacy.keep_face_descriptors, floor,
                                                        boxes=face_boxes(warehouse, floor))  # fmt: skip
+            n_unsealed = len(contents) - n_computed  # kept ones, read back with their photo
             found = ~np.isnan(descriptors).any(axis=1)
             same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])
             remember_pairs(warehouse, key, same_faces)
@@ -171,7 +172,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
         identities = identity_table(images, same_faces, same_photo)
     return {
         "outputs": {"identities": warehouse.write_table("identities", ctx.run_date, identities)},
-        "counts": {"same_face_pairs": len(identities), "face_descriptors_computed": n_computed},
+        "counts": {"same_face_pairs": len(identities), "face_descriptors_computed": n_computed, "face_descriptors_unsealed": n_unsealed},
     }
 
 
