@@ -166,6 +166,35 @@ class Warehouse:
             self.write_table_file(key, table)
         return key
 
+    def shards_by_content(self, folder: str) -> dict[str, str]:
+        """content hash -> the key of the shard of a content-keyed cache (`content_sha256` column)
+        that holds it; retention ages rows no run references by their shard."""
+        where: dict[str, str] = {}
+        for shard in self.keys_matching(f"{folder}/shard-*.parquet"):
+            where.update(dict.fromkeys(self.read_frame(shard)["content_sha256"], shard))
+        return where
+
+    def keep_contents(self, folder: str, contents: set[str]) -> int:
+        """Rewrite a content-keyed cache without the rows whose content hash is not in `contents`
+        (retention); returns how many rows were deleted. The kept rows go to a new shard before the
+        old shards are removed, so an interruption leaves at worst a row twice, never one lost."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        old_shards = self.keys_matching(f"{folder}/shard-*.parquet")
+        tables = self.read_shards(folder)
+        if not tables:
+            return 0
+        every = pa.concat_tables(tables, promote_options="default")
+        kept = every.filter(pc.is_in(every.column("content_sha256"), value_set=pa.array(sorted(contents), pa.string())))
+        if kept.num_rows == every.num_rows:
+            return 0
+        new_shard = self.write_shard(folder, kept.column("content_sha256").to_pylist(), kept) if kept.num_rows else None
+        for shard in old_shards:
+            if shard != new_shard:
+                self.remove(shard)
+        return every.num_rows - kept.num_rows
+
     def read_shards(self, folder: str, columns: list[str] | None = None) -> list[pyarrow.Table]:
         """Every shard of a cache folder (only `columns`, where given), in a stable order; [] if there is none."""
         import pyarrow.parquet as pq

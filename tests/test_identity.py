@@ -201,6 +201,14 @@ def test_retention_deletes_a_kept_descriptor_with_its_photo(face_folder: Path, t
     assert rows.loc[rows["action"] == "deleted", "last_seen"].tolist() == ["2026-01-01"]
     assert len(kept_descriptors(store)) == 5 and len(list((warehouse / face_descriptors_folder(VERSION)).glob("*.parquet"))) == 1
     assert (log.loc[log["kind"] == "raw", "action"] == "deleted").sum() == 1  # and the photo went with it
+    signals = log[log["kind"] == "face_signals"]  # and its face signals (face_window is a coarse face descriptor)
+    assert signals["action"].tolist().count("deleted") == 1 and signals.loc[signals["action"] == "deleted", "last_seen"].tolist() == [
+        "2026-01-01"
+    ]
+    gone = signals.loc[signals["action"] == "deleted", "object"].str.rsplit("/", n=1).str[-1].tolist()
+    from pipeline.features.face_signals import face_windows
+
+    assert not face_windows(store, gone) and len(face_windows(store, list(kept_descriptors(store)))) == 5
 
 
 def test_face_identity_off_computes_nothing_and_says_not_measured(face_folder: Path, tmp_path: Path) -> None:

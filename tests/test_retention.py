@@ -35,18 +35,20 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
 
     policy = RetentionConfig(raw_images_days=30, thumbnails_days=365)
     dry = purge_expired(warehouse, policy, "2026-03-10", dry_run=True)
-    pictures = dry["kind"] != "face_descriptor"
+    pictures = dry["kind"].isin(["raw", "thumbs"])
     assert set(dry.loc[pictures & (dry["action"] == "would delete"), "object"]) == gone
     assert all(warehouse.exists(key) for key in gone)  # a dry run deletes nothing
-    # The kept face descriptors of the photos that went, and only those, go with them.
-    descriptors = dry[~pictures]
+    # What the caches derive from the faces of the photos that went (kept descriptors, face
+    # signals), and only that, goes with them.
     gone_contents = set(images.loc[images["company"] == "bluebird-bakery", "content_sha256"])
-    assert {key.rsplit("/", 1)[1] for key in descriptors.loc[descriptors["action"] == "would delete", "object"]} <= gone_contents
-    assert {key.rsplit("/", 1)[1] for key in descriptors.loc[descriptors["action"] == "keep", "object"]}.isdisjoint(gone_contents)
-    assert (descriptors["action"] == "would delete").any()
+    for kind in ("face_descriptor", "face_signals"):
+        derived = dry[dry["kind"] == kind]
+        assert {key.rsplit("/", 1)[1] for key in derived.loc[derived["action"] == "would delete", "object"]} <= gone_contents
+        assert {key.rsplit("/", 1)[1] for key in derived.loc[derived["action"] == "keep", "object"]}.isdisjoint(gone_contents)
+        assert (derived["action"] == "would delete").any(), kind
 
     log = purge_expired(warehouse, policy, "2026-03-10")
-    assert set(log.loc[(log["kind"] != "face_descriptor") & (log["action"] == "deleted"), "object"]) == gone
+    assert set(log.loc[log["kind"].isin(["raw", "thumbs"]) & (log["action"] == "deleted"), "object"]) == gone
     assert not any(warehouse.exists(key) for key in gone)
     assert all(warehouse.exists(key) for key in kept)
     assert (log.loc[log["kind"] == "thumbs", "action"] == "keep").all()
@@ -92,3 +94,20 @@ def test_no_expired_picture_is_left_anywhere_not_even_in_a_brand_audit(tmp_path:
     left = [p for p in (tmp_path / "wh").rglob("objects/*/*/*") if p.is_file()]
     assert left == [], left  # every picture was last seen more than 30 days before
     assert not warehouse.read_table("companies", "2026-01-01").empty  # metrics stay
+
+
+def test_a_content_keyed_cache_keeps_only_the_contents_asked_for(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    store = Warehouse(str(tmp_path / "wh"))
+    folder = "face_signals/v9"
+    for contents in (["a", "b"], ["c"]):
+        store.write_shard(folder, contents, pa.table({"content_sha256": contents, "value": [float(len(c)) for c in contents]}))
+    assert store.shards_by_content(folder).keys() == {"a", "b", "c"}
+    assert store.keep_contents(folder, {"a", "b", "c", "z"}) == 0  # nothing to delete: nothing rewritten
+    assert len(store.keys_matching(f"{folder}/shard-*.parquet")) == 2
+    assert store.keep_contents(folder, {"a", "c"}) == 1
+    assert sorted(store.shards_by_content(folder)) == ["a", "c"] and len(store.keys_matching(f"{folder}/shard-*.parquet")) == 1
+    assert store.read_shards(folder)[0].column("value").to_pylist() == [1.0, 1.0]  # rows kept whole
+    assert store.keep_contents(folder, set()) == 2 and store.shards_by_content(folder) == {}
+    assert store.keep_contents("nothing/here", {"a"}) == 0  # a cache never written: nothing to do

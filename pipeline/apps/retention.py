@@ -4,9 +4,11 @@ An object's age is the latest run date whose `images` table references it, so a 
 on a company's page keeps being refreshed by the nightly run, and one that disappeared is purged
 `retention.raw_images_days` (originals) or `retention.thumbnails_days` (thumbnails) after it was last
 seen. Objects no table references (left by an interrupted run) age by their modification time.
-Kept face descriptors (biometric, sealed to their photo) go with their photo: deleted
-`retention.raw_images_days` after the last run that saw the photo (those no run references age by
-their shard's modification time). Tables, metrics, embeddings and verdicts stay: they are not pictures. Brand audits keep their own
+What the caches derive from a face goes with its photo: kept face descriptors (biometric, sealed to
+the photo) and the face signals (template signals and `face_window`, a coarse descriptor of the
+face) are deleted `retention.raw_images_days` after the last run that saw the photo (rows no run
+references age by their shard's modification time); a photo seen again is measured again. Tables,
+metrics, embeddings, region views and verdicts stay: they are not pictures. Brand audits keep their own
 copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
 purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
 table, and a dry run decides and logs without deleting.
@@ -70,12 +72,12 @@ def purge_expired(warehouse: Warehouse, retention: RetentionConfig, today: str, 
     today_date = dt.date.fromisoformat(validate_run_date(today))
     records = []
     for prefix, store in picture_stores(warehouse):
-        found = _purge_store(store, retention, today_date, dry_run) + _purge_descriptors(store, retention, today_date, dry_run)
+        found = _purge_store(store, retention, today_date, dry_run) + _purge_face_caches(store, retention, today_date, dry_run)
         records += [{**record, "object": prefix + record["object"]} for record in found]
     log = pd.DataFrame(records, columns=LOG_COLUMNS)
     removed = int((log["action"] != "keep").sum()) if len(log) else 0
     verb = "would be deleted" if dry_run else "deleted"
-    logger.info("retention %s: %d of %d stored picture(s) and face descriptor(s) %s", today, removed, len(log), verb)
+    logger.info("retention %s: %d of %d stored picture(s) and face-derived cache row(s) %s", today, removed, len(log), verb)
     warehouse.write_table("retention", today, log)
     return log
 
@@ -105,30 +107,38 @@ def _purge_store(warehouse: Warehouse, retention: RetentionConfig, today_date: d
     return records
 
 
-def _purge_descriptors(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:
-    """Kept face descriptors whose photo was last seen more than `raw_images_days` ago: deleted with it."""
-    from pipeline.features import identity
+def _face_caches() -> tuple[tuple[str, str], ...]:
+    """The caches derived from faces, deleted with the photo they come from: (kind in the retention table, folder)."""
+    from pipeline.features import face_signals, identity
 
-    shard_of = identity.kept_shards(warehouse)
-    if not shard_of:
-        return []
+    return (
+        ("face_descriptor", layout.face_descriptors_folder(identity.VERSION)),  # biometric, sealed to the photo
+        ("face_signals", layout.face_signals_folder(face_signals.VERSION)),  # holds face_window, a coarse face descriptor
+    )
+
+
+def _purge_face_caches(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:
+    """Rows of the face-derived caches whose photo was last seen more than `raw_images_days` ago:
+    deleted with it (rows no run references age by their shard's modification time)."""
     images = warehouse.read_table("images")
     seen = images.groupby("content_sha256")["run_date"].max().to_dict() if len(images) else {}
-    modified: dict[str, dt.date | None] = {}
-    records, remaining = [], set()
-    for content, shard in sorted(shard_of.items()):
-        reference = seen.get(content)
-        if reference is None and shard not in modified:
-            modified[shard] = _modified(warehouse, warehouse.path(shard))
-        when = dt.date.fromisoformat(reference) if reference else modified[shard]
-        age = (today_date - when).days if when else None
-        expired = age is not None and age > retention.raw_images_days
-        if not expired:
-            remaining.add(content)
-        records.append({"object": f"{shard.rsplit('/', 1)[0]}/{content}", "kind": "face_descriptor",
-                        "last_seen": reference or f"unreferenced, modified {when}", "age_days": age,
-                        "limit_days": retention.raw_images_days,
-                        "action": ("would delete" if dry_run else "deleted") if expired else "keep"})  # fmt: skip
-    if not dry_run:
-        identity.keep_only(warehouse, remaining)
+    records = []
+    for kind, folder in _face_caches():
+        shard_of = warehouse.shards_by_content(folder)
+        modified: dict[str, dt.date | None] = {}
+        remaining = set()
+        for content, shard in sorted(shard_of.items()):
+            reference = seen.get(content)
+            if reference is None and shard not in modified:
+                modified[shard] = _modified(warehouse, warehouse.path(shard))
+            when = dt.date.fromisoformat(reference) if reference else modified[shard]
+            age = (today_date - when).days if when else None
+            expired = age is not None and age > retention.raw_images_days
+            if not expired:
+                remaining.add(content)
+            records.append({"object": f"{folder}/{content}", "kind": kind, "last_seen": reference or f"unreferenced, modified {when}",
+                            "age_days": age, "limit_days": retention.raw_images_days,
+                            "action": ("would delete" if dry_run else "deleted") if expired else "keep"})  # fmt: skip
+        if not dry_run and shard_of:
+            warehouse.keep_contents(folder, remaining)
     return records

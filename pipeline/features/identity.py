@@ -204,33 +204,6 @@ def kept_descriptors(warehouse) -> dict[str, bytes]:  # noqa: ANN001
     return kept
 
 
-def kept_shards(warehouse) -> dict[str, str]:  # noqa: ANN001
-    """content hash -> the key of the shard that keeps its descriptor (retention ages unreferenced ones by it)."""
-    where: dict[str, str] = {}
-    for shard in warehouse.keys_matching(f"{layout.face_descriptors_folder(VERSION)}/shard-*.parquet"):
-        where.update(dict.fromkeys(warehouse.read_frame(shard)["content_sha256"], shard))
-    return where
-
-
-def keep_only(warehouse, contents: set[str]) -> int:  # noqa: ANN001
-    """Rewrite the kept descriptors without those not in `contents` (retention); returns how many
-    were deleted. The kept ones go to a new shard before the old shards are removed, so an
-    interruption leaves at worst a descriptor twice, never one lost."""
-    folder = layout.face_descriptors_folder(VERSION)
-    old_shards = warehouse.keys_matching(f"{folder}/shard-*.parquet")
-    kept = kept_descriptors(warehouse)
-    remaining = sorted(content for content in kept if content in contents)
-    if len(remaining) == len(kept):
-        return 0
-    new_shard = None
-    if remaining:
-        new_shard = warehouse.write_shard(folder, remaining, _descriptor_table(remaining, [kept[c] for c in remaining]))
-    for shard in old_shards:
-        if shard != new_shard:
-            warehouse.remove(shard)
-    return len(kept) - len(remaining)
-
-
 def _descriptor_table(contents: list[str], sealed: list[bytes]):  # noqa: ANN202 - a pyarrow Table
     import pyarrow as pa
 
