@@ -260,3 +260,15 @@ def test_every_pair_lies_within_its_duplicate_group(demo_run: dict) -> None:
     sizes = groups.groupby("group_id").size()
     assert (groups["group_size"] == groups["group_id"].map(sizes)).all()
     assert (pairs.groupby("group_id").size() == sizes * (sizes - 1) // 2).all()  # every pair of a group is listed
+
+
+@pytest.mark.parametrize(("n", "dim"), [(6, 40), (60, 8)])
+def test_vendi_score_is_the_same_from_the_photos_side_and_the_dimensions_side(n: int, dim: int) -> None:
+    """Whichever of the n x n and d x d matrices is decomposed (the smaller), the eigenvalues that
+    count are the same."""
+    vectors = np.random.default_rng(n).normal(size=(n, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    for gram in (vectors @ vectors.T, vectors.T @ vectors):
+        eigenvalues = np.linalg.eigvalsh(gram / n)
+        eigenvalues = eigenvalues[eigenvalues > 1e-12] / eigenvalues[eigenvalues > 1e-12].sum()
+        assert vendi_score(vectors) == pytest.approx(float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum())))

@@ -89,9 +89,12 @@ def page_index(centred: np.ndarray, duplicate: np.ndarray, samples: int, seed: i
 
 def vendi_score(vectors: np.ndarray) -> float:
     """exp(entropy of the eigenvalues of K/n), K the cosine Gram matrix: the effective number of
-    distinct photos (1 = all identical, n = all orthogonal). Computed from the d x d matrix."""
+    distinct photos (1 = all identical, n = all orthogonal). K (n x n) and the d x d scatter matrix
+    have the same non-zero eigenvalues: the smaller one is decomposed (a 24-photo page's 24 x 24
+    instead of 785 x 785, ~40 ms a page on 2 cores)."""
     n = len(vectors)
-    eigenvalues = np.linalg.eigvalsh((vectors.T @ vectors) / n)
+    gram = vectors @ vectors.T if n <= vectors.shape[1] else vectors.T @ vectors
+    eigenvalues = np.linalg.eigvalsh(gram / n)
     eigenvalues = eigenvalues[eigenvalues > 1e-12]
     eigenvalues = eigenvalues / eigenvalues.sum()
     return float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum()))

@@ -6,6 +6,7 @@ import base64
 import logging
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import PurePosixPath
 
 import numpy as np
@@ -42,6 +43,36 @@ class RunData:
     # the similarities the homogeneity index is made of, so the report's plots agree with it.
     centred: np.ndarray
     index_reference: str
+
+    # What every audit page of a run shares, computed once per run rather than once per page.
+    @cached_property
+    def row_of(self) -> dict[str, int]:
+        """content hash -> its row in `vectors` and `centred`."""
+        return {key: row for row, key in enumerate(self.keys)}
+
+    @cached_property
+    def ok_pictures(self) -> pd.DataFrame:
+        """One row per distinct usable picture and page (`distinct_ok` of the images table)."""
+        return distinct_ok(self.images)
+
+    @cached_property
+    def ok_by_row(self) -> pd.DataFrame:
+        """The run's ok rows by (company, image); a row listed twice counts once, as the first."""
+        return self.images[self.images["status"] == "ok"].drop_duplicates(["company", "image"]).set_index(["company", "image"])
+
+    @cached_property
+    def centre(self) -> np.ndarray:
+        """The run's mean centred vector, unit length: what a photo's "generic" score is the cosine to."""
+        centre = self.centred.mean(axis=0)
+        return centre / (np.linalg.norm(centre) or 1.0)
+
+    @cached_property
+    def population_similarities(self) -> np.ndarray:
+        """Index similarities of a seeded sample of up to 4,000 pairs of the run's pictures: the
+        population every page's histogram is drawn against (the same report every time)."""
+        rng = np.random.default_rng(0)
+        a, b = rng.integers(0, len(self.centred), 4000), rng.integers(0, len(self.centred), 4000)
+        return np.einsum("ij,ij->i", self.centred[a[a != b]], self.centred[b[a != b]])
 
 
 def _reference_centred(store: Warehouse, embedder_id: str, vectors: np.ndarray, index_reference: str) -> np.ndarray:

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
-from pipeline.ingest.intake import distinct_ok
 from pipeline.ingest.text import printable
 from pipeline.report.data import RunData
 
@@ -192,17 +191,13 @@ def similarity_histogram(data: RunData, company: str) -> Markup | None:
     """Pairs on the page against random pairs of all pages, in the index's own similarity (reference-centred cosine)."""
     from pipeline.report.svg import Chart
 
-    ok = distinct_ok(data.images)
-    position = {key: row for row, key in enumerate(data.keys)}
-    mine = [position[k] for k in ok.loc[ok["company"] == company, "content_sha256"]]
+    ok = data.ok_pictures
+    mine = [data.row_of[k] for k in ok.loc[ok["company"] == company, "content_sha256"]]
     if len(mine) < 2:
         return None
-    vectors = data.centred
-    inside = vectors[mine] @ vectors[mine].T
+    inside = data.centred[mine] @ data.centred[mine].T
     inside = inside[np.triu_indices(len(mine), 1)]
-    rng = np.random.default_rng(0)  # a seeded sample of population pairs: the same report every time
-    a, b = rng.integers(0, len(vectors), 4000), rng.integers(0, len(vectors), 4000)
-    population = np.einsum("ij,ij->i", vectors[a[a != b]], vectors[b[a != b]])
+    population = data.population_similarities
     low = float(min(population.min(), inside.min()))
     edges = np.linspace(low, 1, 40)
     spread, _ = np.histogram(population, bins=edges, density=True)

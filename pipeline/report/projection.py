@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline import layout
-from pipeline.ingest.intake import distinct_ok
 from pipeline.ingest.text import printable
 from pipeline.report.data import RunData
 from pipeline.report.plots import figure_and_axes, png
@@ -92,7 +91,7 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
         note = f"fixed projection fitted on this run ({data.run_date}); later runs with {data.embedder} are placed on it, so their maps compare"
     else:
         note = f"fixed projection fitted on run {fitted_on}; this run's photos are placed on it, so maps of different runs compare"
-    ok = distinct_ok(data.images)
+    ok = data.ok_pictures
     company_of = dict(zip(ok["content_sha256"], ok["company"]))
     companies = sorted({company_of[k] for k in data.keys})
     figure, axes = figure_and_axes(7, 5)

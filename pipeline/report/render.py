@@ -45,15 +45,10 @@ def _photo(store: Warehouse, row: pd.Series, thumbnails: bool = True) -> dict[st
     }
 
 
-def _ok_by_row(data: RunData) -> pd.DataFrame:
-    """The run's ok rows by (company, image); a row listed twice counts once, as the first."""
-    return data.images[data.images["status"] == "ok"].drop_duplicates(["company", "image"]).set_index(["company", "image"])
-
-
 def _reuse_rows(store: Warehouse, data: RunData, company: str | None = None) -> list[dict[str, Any]]:
     if data.reuse.empty:
         return []
-    ok = _ok_by_row(data)
+    ok = data.ok_by_row
     rows = []
     for pair in data.reuse.itertuples():
         if company is not None and company not in (pair.company_a, pair.company_b):
@@ -73,7 +68,7 @@ def _group_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     they are, and how many of their pairs were verified directly (the rest are implied by the group)."""
     if data.groups.empty:
         return []
-    ok = _ok_by_row(data)
+    ok = data.ok_by_row
     rows = []
     for group_id, members in data.groups.groupby("group_id", sort=True):
         if company is not None and company not in set(members["company"]):
@@ -120,7 +115,7 @@ def _since_previous(store: Warehouse, data: RunData) -> dict[str, Any]:
     moved = changes[["n_replaced", "n_added", "n_removed", "n_new_copies", "n_new_faces"]].sum(axis=1) > 0
     changed = changes[moved | changes["significant"]].assign(_order=lambda t: -t["change"].abs().fillna(0))
     changed = changed.sort_values(["significant", "_order", "company"], ascending=[False, True, True])
-    ok = _ok_by_row(data)
+    ok = data.ok_by_row
     shared = [{"a": _photo(store, ok.loc[(r.company_a, r.image_a)]), "b": _photo(store, ok.loc[(r.company_b, r.image_b)]),
                "company_a": r.company_a, "company_b": r.company_b, "kind": r.kind}
               for r in data.newly_shared.itertuples() if (r.company_a, r.image_a) in ok.index and (r.company_b, r.image_b) in ok.index]  # fmt: skip
@@ -421,11 +416,8 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
     generic, distinctive = [], []
     if len(data.keys) and len(ok):
         # In the index's own terms: the run's centre and each photo's cosine to it, reference taken out.
-        centre = data.centred.mean(axis=0)
-        centre /= np.linalg.norm(centre) or 1.0
-        position = {key: i for i, key in enumerate(data.keys)}
         unique = ok.drop_duplicates("content_sha256")
-        scores = data.centred[[position[k] for k in unique["content_sha256"]]] @ centre
+        scores = data.centred[[data.row_of[k] for k in unique["content_sha256"]]] @ data.centre
         order = np.argsort(-scores)
         generic = [{**_photo(store, unique.iloc[i]), "score": float(scores[i])} for i in order[:EXTREMES]]
         distinctive = [
