@@ -5,7 +5,8 @@ Positives: originals from each folder against one edit of every kind (pipeline.f
 EDIT_KINDS: downscales to 48-200 px, JPEG quality 5-30, crops up to 30%, overlays up to 25%, combined
 crop + resize + JPEG, ...). Hard negatives, by kind: the London studio's neutral vs smiling photo of
 one sitter, also with the smiling one downscaled or recompressed, and either one cropped, downscaled
-and recompressed (low resolution must not make two photos one); every pair of one person's several photos (lisa, zoom); pairs within an AI pack.
+and recompressed (low resolution must not make two photos one); every pair of one person's several
+photos (lisa, zoom); pairs within an AI pack.
 
 The thresholds chosen are the ones, on a small grid, that accept the most calibration edits while
 accepting no calibration hard negative (with a margin): first the rule for clean copies, then beside

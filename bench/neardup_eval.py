@@ -176,10 +176,10 @@ def score(truth: Truth, pairs, images, candidates: set[frozenset[str]]) -> dict:
             if same:
                 n_true += 1
                 true_positive += found
-                if not {truth.kind[a], truth.kind[b]} & COMBINED_EDITS:
+                kinds = {truth.kind[a], truth.kind[b]}
+                if not kinds & COMBINED_EDITS:
                     single["true"] += 1
                     single["found"] += found
-                kinds = {truth.kind[a], truth.kind[b]}
                 edits = kinds - {"original"}
                 label = "copy_to_copy" if "original" not in kinds else edits.pop() if edits else "corpus_duplicate"
                 by_kind[label].append(found)

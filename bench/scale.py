@@ -15,7 +15,8 @@ staff pages changed.
 
 Each run is a fresh `homog run` process (classic embedder, every stage, no progress bars) on one
 warehouse, reading one folder (hard links to the population: until 2026-12-03 the changed night
-read another folder, so intake met every path anew and the night looked ~6 s dearer at 2,000): wall time, peak RSS, seconds per stage (run.json) and the units each stage computed.
+read another folder, so intake met every path anew and the night looked ~6 s dearer at 2,000):
+wall time, peak RSS, seconds per stage (run.json) and the units each stage computed.
 Printed per size: photos per second cold; the changed run's and the unchanged run's cost as a share
 of the cold run (targets: 1% changed at most 0.05, nothing changed at most 0.1, whole-process wall
 time); peak RSS (target at 100,000 photos: at most 8 GB).

@@ -169,9 +169,12 @@ class Warehouse:
     def shards_by_content(self, folder: str) -> dict[str, str]:
         """content hash -> the key of the shard of a content-keyed cache (`content_sha256` column)
         that holds it; retention ages rows no run references by their shard."""
+        import pyarrow.parquet as pq
+
         where: dict[str, str] = {}
         for shard in self.keys_matching(f"{folder}/shard-*.parquet"):
-            where.update(dict.fromkeys(self.read_frame(shard)["content_sha256"], shard))
+            with self.fs.open(self.path(shard), "rb") as handle:  # the key column only: the rest can be wide
+                where.update(dict.fromkeys(pq.read_table(handle, columns=["content_sha256"]).column("content_sha256").to_pylist(), shard))
         return where
 
     def keep_contents(self, folder: str, contents: set[str]) -> int:

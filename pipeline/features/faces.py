@@ -51,7 +51,8 @@ def downscaled(picture: Image.Image, working_side: int = WORKING_SIDE) -> Image.
     picture = picture.convert("RGB")
     if max(picture.size) > working_side:
         scale = working_side / max(picture.size)
-        picture = picture.resize((round(picture.width * scale), round(picture.height * scale)), Image.Resampling.BILINEAR)
+        # At least a pixel on each side: a strip of extreme aspect would round to nothing.
+        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.BILINEAR)
     return picture
 
 

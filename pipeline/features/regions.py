@@ -14,8 +14,7 @@ luminance, mirror-invariant) and its chroma grid, at 127 dimensions: ten views c
 photo, and the search over them is a tenth of the whole-picture embedding's per vector. It is as
 coarse as the classic embedding's own layout block (an 8x8 DCT of 32x32 pixels, nothing a face can
 be recognised from), and is cached by content hash like the embeddings
-(`layout.regions_folder(VERSION)`). Measured on bench.neardup_eval's set, nine windows at 80% put
-95 of 98 crop pairs among each other's five nearest; docs/methodology.md has the figures.
+(`layout.regions_folder(VERSION)`). docs/methodology.md has what they find on bench.neardup_eval's set.
 
 Change the computation, change `VERSION`: cached views are keyed by it.
 """
@@ -68,11 +67,9 @@ def views(rgb: Image.Image) -> np.ndarray:
     """(N_VIEWS, DIM) descriptors of one picture: row 0 the whole picture, then the windows. An
     editor's solid border is trimmed first (as the classic embedder does)."""
     from pipeline.features.embedders.classic import trim_solid_border
+    from pipeline.features.faces import downscaled
 
-    picture = trim_solid_border(rgb.convert("RGB"))
-    if max(picture.size) > _WORKING_SIDE:
-        scale = _WORKING_SIDE / max(picture.size)
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.BILINEAR)
+    picture = downscaled(trim_solid_border(rgb.convert("RGB")), _WORKING_SIDE)
     return np.stack([describe_view(view) for view in windows(picture)])
 
 
@@ -96,7 +93,7 @@ def cached_views(warehouse: Warehouse, contents: Sequence[str], object_of: dict[
         for row, content in enumerate(table.column("content_sha256").to_pylist()):
             if content in wanted:
                 known[content] = flat[row]
-    todo = sorted(wanted - set(known))
+    todo = sorted(wanted - known.keys())
     if todo:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regions") as pool:
             computed = list(pool.map(lambda content: views(load_rgb(warehouse.uri(object_of[content]))).astype(np.float16), todo))

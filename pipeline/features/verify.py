@@ -531,8 +531,11 @@ def accepted_views(params: VerifyParams, views: np.ndarray) -> np.ndarray:
     direction only where the first was worth reversing."""
     ok = params.accepted(*(views[..., i] for i in range(views.shape[-1])))
     ratio, correlation = views[..., 0], views[..., 1]
-    forward = ok[:, 0] | (ok[:, 1] & ~aligned(ratio[:, 0], correlation[:, 0], params))
-    backward = ok[:, 2] | (ok[:, 3] & ~aligned(ratio[:, 2], correlation[:, 2], params))
+
+    def one_way(direct: int) -> np.ndarray:  # `_verify_one_way`: the mirror view (direct + 1) only where the direct one did not align
+        return ok[:, direct] | (ok[:, direct + 1] & ~aligned(ratio[:, direct], correlation[:, direct], params))
+
+    forward, backward = one_way(0), one_way(2)
     # The view `verify` reports for the first direction: the direct one where it aligned, else the one
     # with more inliers (the direct one on a tie).
     reported = np.where(aligned(ratio[:, 0], correlation[:, 0], params) | (ratio[:, 0] >= ratio[:, 1]), 0, 1)

@@ -7,7 +7,8 @@ Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix i
    its nearest neighbours by the aligned face's coarse descriptor (`face_window`, kept by the faces
    stage: a crop of up to 30% or an overlay of a quarter of the picture moves the whole-picture
    embedding, not the face), and the photos whose whole picture matches one of its windows (region
-   views, pipeline/features/regions.py: crops that cut the face, bordered copies), then verification of each candidate (pipeline/features/verify.py),
+   views, pipeline/features/regions.py: crops that cut the face, bordered copies), then
+   verification of each candidate (pipeline/features/verify.py),
    which keeps edited copies of one photograph and drops different photos of one sitter or
    template. Bounding candidates per photo keeps a uniform studio page, where every pair looks
    "similar", from costing N^2 verifications.
