@@ -13,8 +13,9 @@ applied to fit-base people, and each fully replaced page against three real page
 is linear in the weights, so every weighting on a 0.1 grid is scored at once: a group's pass rate is
 the share of draws whose ladder rises at every step, averaged with the share whose full page is
 above all three real pages. The weights are those whose worst group passes most often; the kernels'
-widths (three pairs, sharp to smooth) are chosen by leave-one-folder-out: each folder's pass rate
-judged by weights chosen without it, the widths with the best mean.
+widths (18 combinations of a sharp and a broad signal width and a whole-picture width) are chosen by
+leave-one-folder-out: each folder's pass rate judged by weights chosen without it, the widths with
+the best mean.
 
 Validation, over `--draws` random draws, on the validation half only (never fitted on):
 - ladders of 0/25/50/75/100% of a page replaced: by templated photos of the same people (full,
@@ -28,7 +29,7 @@ Validation, over `--draws` random draws, on the validation half only (never fitt
 Each figure for the homogeneity index (without near-duplicate pairs, which the bench does not look
 for) and for the template index.
 
-    .venv/bin/python -m bench.template_index [--draws 20] [--embedder classic|clip] [--write] [--cache FILE]
+    .venv/bin/python -m bench.template_index [--draws 20] [--embedder classic|clip] [--seed N] [--write] [--cache FILE]
 
 `--write` stores the fitted model as pipeline/metrics/template_models/<embedder id>.json and .npz.
 """
@@ -66,7 +67,7 @@ def ladder(base: list[str], replacements: list[str]) -> list[list[str]]:
 VARIANTS = {"full": None, "grade+framing": ("grade", "framing"), "backdrop": ("backdrop",)}
 FIT_TEMPLATES = 8
 BOOTSTRAP = 1000
-CACHE_VERSION = 2  # of what --cache holds: a cache of another version, embedder or draw count is rebuilt
+CACHE_VERSION = 2  # of what --cache holds: a cache of another version, embedder, draw count or seed is rebuilt
 
 
 @dataclass
@@ -183,8 +184,9 @@ def build(draws: int, seed: int) -> tuple[dict[str, object], dict]:
 
 # ------------------------------------------------------------------ fitting
 FIT_DRAWS = 20  # simulated ladders per group on the fit half
-# The kernels' widths (signals, in reference spreads; whole picture, in cosine): sharp to smooth.
-SHARPNESS = ((0.35, 0.05), (0.5, 0.1), (0.75, 0.2))
+# The kernels' widths, each combination tried: (signals' sharp Gaussian, their broad one, in
+# reference spreads; whole picture, in cosine).
+SHARPNESS = tuple((sharp, broad, whole) for sharp in (0.35, 0.5, 0.75) for broad in (1.5, 3.0) for whole in (0.05, 0.1, 0.2))
 
 
 @dataclass
@@ -271,7 +273,7 @@ def fit(photos: Photos, plan: dict, embedder_id: str, sharpness: tuple | None = 
         source = (f"bench.template_index: {len(fit_signals)} reference photos (18F staff, every fourth); widths and weights chosen on "
                   f"{len(plan['folders'])} corpus folders and {len(plan['fit_pages'])} templated pages of {len(plan['fit_bases'])} other 18F staff"
                   + (f", without {exclude}" if exclude else ""))  # fmt: skip
-        return TemplateModel(embedder_id, dict(zip(COMPONENTS, (float(w) for w in chosen))), mean, std, widths[0], widths[1], source,
+        return TemplateModel(embedder_id, dict(zip(COMPONENTS, (float(w) for w in chosen))), mean, std, *widths, source,
                              fit_centred.astype(np.float32), fit_signals[PHOTO_COLUMNS].to_numpy(np.float64))  # fmt: skip
 
     folders = sorted({folder_of(name) for name in {**plan["folders"], **plan["fit_pages"]}})
@@ -370,11 +372,23 @@ def main() -> None:
     parser.add_argument("--embedder", default="classic", choices=["classic", "clip"])
     parser.add_argument("--draws", type=int, default=20)
     parser.add_argument(
-        "--widths", type=float, nargs=2, default=None, help="fix the kernels' widths (signals, whole) instead of choosing them"
+        "--widths",
+        type=float,
+        nargs=3,
+        default=None,
+        help="fix the kernels' widths (signals sharp and broad, whole) instead of choosing them",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="another seed: other fit templates and draws, to see how stable the fitting is (not with --write)",
     )
     parser.add_argument("--write", action="store_true", help="store the fitted model in pipeline/metrics/template_models/")
     parser.add_argument("--cache", default=None, help="keep the measured photos in this file between runs (bench only)")
     args = parser.parse_args()
+    if args.write and args.seed:
+        parser.error("--write ships the model fitted on the default seed; --seed is for checking how stable it is")
     if not CORPUS.is_dir():
         print(f"corpus not found at {CORPUS}; nothing to validate", file=sys.stderr)
         return
@@ -383,13 +397,14 @@ def main() -> None:
     embedder, reference = _embedder_and_reference(args.embedder)
     cache = Path(args.cache) if args.cache else None
     cached = pickle.loads(cache.read_bytes()) if cache and cache.is_file() else None  # bench-only file, written below
-    if cached and cached[0] == (CACHE_VERSION, embedder.id, args.draws):
+    key = (CACHE_VERSION, embedder.id, args.draws) + ((args.seed,) if args.seed else ())
+    if cached and cached[0] == key:
         _, photos, plan = cached
     else:
-        pictures, plan = build(args.draws, seed=0)
+        pictures, plan = build(args.draws, seed=args.seed)
         photos = measure(pictures, embedder, reference)
         if cache:
-            cache.write_bytes(pickle.dumps(((CACHE_VERSION, embedder.id, args.draws), photos, plan)))
+            cache.write_bytes(pickle.dumps((key, photos, plan)))
     model, sharpness = fit(photos, plan, embedder.id, tuple(args.widths) if args.widths else None)
     held_out = {folder: fit(photos, plan, embedder.id, sharpness, exclude=folder)[0] for folder in plan["folders"]}
     print("weights:", model.weights, "held out:", {f: m.weights for f, m in held_out.items()}, file=sys.stderr)
@@ -410,7 +425,7 @@ def main() -> None:
         MODELS.mkdir(exist_ok=True)
         model.save(MODELS)
         print(f"model written to {MODELS / f'{embedder.id}.json'} ({model.id})")
-    write_result(f"template_index-{embedder.id}", {"embedder": embedder.id, "reference": reference.id, "model": model.id, "kernel_widths": list(sharpness),
+    write_result(f"template_index-{embedder.id}" + (f"-seed{args.seed}" if args.seed else ""), {"embedder": embedder.id, "reference": reference.id, "model": model.id, "kernel_widths": list(sharpness),
                                                    "weights": model.weights, "weights_with_folder_held_out": {f: m.weights for f, m in held_out.items()},
                                                    "draws": draws, **tally})  # fmt: skip
 

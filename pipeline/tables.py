@@ -243,9 +243,11 @@ TABLES: tuple[Table, ...] = (
                           "grade, skin finish) even when every face differs; see docs/methodology.md",
         "template_ci_low": "95% bootstrap interval of the template index, low end",
         "template_ci_high": "95% bootstrap interval of the template index, high end",
-        **{f"template_from_{component}": f"what the {component} part adds to the template index: mean log-odds over the page's "
-           "pairs above a typical unrelated pair (the five add up; > 0 raises the index)"
-           for component in ("whole", "framing", "backdrop", "grade", "skin")},
+        **{f"template_from_{part}": f"what the {part} part ({what}) adds to the template index: its weight times its mean over the "
+           "page's pairs (the parts add up to the index; > 0 raises it)" for part, what in (
+            ("whole", "the whole picture"), ("framing", "face position and size"), ("backdrop", "backdrop colour"),
+            ("backdrop_texture", "backdrop plainness and blur"), ("grade", "colour grade"), ("skin", "skin detail, symmetry"),
+            ("departure", "each photo's distance from real staff photos, averaged"))},
         "template_model": "the template model the index was measured with (`<embedder>@<digest>`), or `none` where the embedder has none",
         **{column: f"zero-shot: as `{column}` in the `zero_shot` table" for column in (
             "zero_shot_status", "backdrop_top", "backdrop_share", "attire_top", "attire_share", "framing_top", "framing_share",

@@ -17,6 +17,7 @@ from pipeline.features.verify import features, verify
 from pipeline.features.zero_shot import PAGE_COLUMNS as ZERO_SHOT_COLUMNS
 from pipeline.ingest.sources import read_manifest
 from pipeline.metrics.homogeneity import COMPANY_COLUMNS, homogeneity, pair_kernel, vendi_score
+from pipeline.metrics.template_index import COMPONENTS
 from pipeline.metrics.template_index import PAGE_COLUMNS as TEMPLATE_COLUMNS
 from pipeline.stages import run_pipeline
 from tests.conftest import photo_like
@@ -145,7 +146,7 @@ def test_companies_table(demo_run: dict) -> None:
     # The template index beside it, from the shipped classic model, its parts adding up to it.
     assert templated["template_index"] > varied["template_index"]
     assert templated["template_ci_low"] <= templated["template_index"] <= templated["template_ci_high"]
-    parts = [f"template_from_{part}" for part in ("whole", "framing", "backdrop", "grade", "skin")]
+    parts = [f"template_from_{part}" for part in COMPONENTS]
     assert templated[parts].sum() == pytest.approx(templated["template_index"])
     assert templated["template_model"].startswith("classic-v1@")
     assert np.isnan(companies.loc["tiny-startup", "template_index"]) and companies.loc["tiny-startup", "template_model"] == "none"

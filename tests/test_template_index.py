@@ -4,7 +4,7 @@ over a page, the shipped model, and bad model files."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,17 +24,19 @@ from pipeline.metrics.template_index import (
 )
 
 
-def _photos(rng: np.random.Generator, n: int, templated: bool) -> pd.DataFrame:
+def _photos(rng: np.random.Generator, n: int, templated: bool, spread: float | None = None, shift: float | None = None) -> pd.DataFrame:
     """Per-photo signals: a templated page holds framing, backdrop, grade and skin finish (plus a
-    little noise); an unrelated page draws each photo's at random."""
-    spread = 0.05 if templated else 1.0
+    little noise) at a setting one spread away from where unrelated photos centre; an unrelated page
+    draws each photo's at random. `spread` and `shift` (in those spreads) override both."""
+    spread = spread if spread is not None else (0.05 if templated else 1.0)
+    shift = shift if shift is not None else (1.0 if templated else 0.0)
     centre = {"face_x": 0.5, "face_y": 0.4, "face_scale": 0.4, "background_l": 60, "background_a": 2, "background_b": 8,
               "background_std": 6, "background_blur": 30, "colour_a": 4, "colour_b": 10, "saturation": 0.3,
               "skin_detail": 0.05, "symmetry": 0.9}  # fmt: skip
     wide = {"face_x": 0.1, "face_y": 0.08, "face_scale": 0.1, "background_l": 20, "background_a": 8, "background_b": 12,
             "background_std": 8, "background_blur": 200, "colour_a": 5, "colour_b": 8, "saturation": 0.1,
             "skin_detail": 0.04, "symmetry": 0.04}  # fmt: skip
-    return pd.DataFrame({c: centre[c] + abs(wide[c]) * spread * rng.standard_normal(n) for c in PHOTO_COLUMNS}).clip(lower=0)
+    return pd.DataFrame({c: centre[c] + wide[c] * (shift + spread * rng.standard_normal(n)) for c in PHOTO_COLUMNS}).clip(lower=0)
 
 
 def _vectors(rng: np.random.Generator, n: int, shared: float) -> np.ndarray:
@@ -50,7 +52,7 @@ def model() -> template_index.TemplateModel:
     reference = _photos(rng, 80, templated=False)
     mean, std = signal_reference(reference)
     weights = dict.fromkeys(COMPONENTS, 1 / len(COMPONENTS))
-    return TemplateModel("test-embedder", weights, mean, std, 0.5, 0.1, "synthetic", _vectors(rng, 80, 0.0), reference.to_numpy())
+    return TemplateModel("test-embedder", weights, mean, std, 0.5, 3.0, 0.1, "synthetic", _vectors(rng, 80, 0.0), reference.to_numpy())
 
 
 def test_unrelated_pairs_average_zero_and_a_shared_template_does_not(model: template_index.TemplateModel) -> None:
@@ -62,13 +64,43 @@ def test_unrelated_pairs_average_zero_and_a_shared_template_does_not(model: temp
     for component, kernel in kernels.items():
         assert kernel.shape == (60, 60)
         assert abs(kernel[off_diagonal].mean()) < 0.03, component  # centred on the reference photos
-        if component != "whole":  # the vectors are unrelated in both
+        if component == "departure":  # one spread from where the reference centres: a little away
+            assert templated[component][off_diagonal].mean() > 0.02
+        elif component != "whole":  # the vectors are unrelated in both
             assert templated[component][off_diagonal].mean() > 0.2, component
     photos.loc[3, ["face_x", "face_y", "face_scale"]] = np.nan  # no face found: framing adds nothing
     framing = component_kernels(model, photos, vectors)["framing"]
     assert (framing[3] == 0).all() and (framing[:, 3] == 0).all()
     block = component_kernels(model, photos, vectors, slice(1, 3))["grade"]
     assert block.shape == (2, 60) and np.allclose(block, kernels["grade"][1:3])
+
+
+def test_departure_is_per_photo_and_zero_on_average_for_reference_like_photos(model: template_index.TemplateModel) -> None:
+    """The departure part: each photo's distance from the reference photos, counted even where the
+    page's photos are not alike; its pair kernel is the mean of the two photos' departures."""
+    rng = np.random.default_rng(7)
+    vectors = _vectors(rng, 40, 0.0)
+    unrelated = component_kernels(model, _photos(rng, 40, templated=False), vectors)["departure"]
+    assert abs(unrelated.mean()) < 0.03
+    scattered = _photos(rng, 40, templated=False, spread=1.0, shift=3.0)  # far from the reference, not alike
+    departure = component_kernels(model, scattered, vectors)["departure"]
+    assert departure.mean() > 0.2
+    per_photo = np.diag(departure)
+    assert np.allclose(departure, (per_photo[:, None] + per_photo[None, :]) / 2)
+    scattered.loc[5] = np.nan  # nothing measured: no departure
+    assert (np.diag(component_kernels(model, scattered, vectors)["departure"])[5] == 0).all()
+
+
+def test_the_broad_kernel_counts_photos_that_depart_together_without_being_alike(model: template_index.TemplateModel) -> None:
+    """An AI pack frames wider than staff photos, each picture differently: several reference spreads
+    away and spread among themselves. The sharp kernel alone counts them little more than any photos
+    far from the reference and from each other; the broad one counts that they depart together."""
+    rng = np.random.default_rng(8)
+    pack, vectors = _photos(rng, 30, templated=False, spread=1.5, shift=4.0), _vectors(rng, 30, 0.0)
+    off_diagonal = ~np.eye(30, dtype=bool)
+    framing = component_kernels(model, pack, vectors)["framing"][off_diagonal].mean()
+    sharp_only = component_kernels(replace(model, broad_width=model.width), pack, vectors)["framing"][off_diagonal].mean()
+    assert framing > 0.4 and framing > 2 * sharp_only
 
 
 def test_a_templated_page_of_different_people_scores_above_an_unrelated_one(model: template_index.TemplateModel) -> None:
@@ -81,7 +113,7 @@ def test_a_templated_page_of_different_people_scores_above_an_unrelated_one(mode
     assert scores[True].index > 0.3 > 0.05 > abs(scores[False].index)
     assert scores[True].ci_low <= scores[True].index <= scores[True].ci_high
     assert scores[True].components["whole"] < 0.05  # the faces differ: the other parts carry it
-    assert set(drivers(scores[True].components)) <= {"framing", "backdrop", "grade", "skin"}
+    assert set(drivers(scores[True].components)) <= set(COMPONENTS) - {"whole"}
     assert drivers(scores[True].components)
 
 
@@ -118,7 +150,7 @@ def test_duplicates_count_as_one_template(model: template_index.TemplateModel) -
     faceless = photos.copy()
     faceless[PHOTO_COLUMNS] = np.nan  # nothing measured: only the whole picture can count
     blank = page_template_index(model, faceless, vectors, np.zeros((10, 10), bool), 100, 0)
-    assert all(blank.components[part] == 0.0 for part in ("framing", "backdrop", "grade", "skin"))
+    assert all(blank.components[part] == 0.0 for part in COMPONENTS if part != "whole")
 
 
 def test_large_pages_are_computed_in_blocks_with_the_same_result(
@@ -155,6 +187,12 @@ def test_model_files_round_trip_and_a_wrong_one_is_refused(model: template_index
     (tmp_path / "lonely.json").write_text(json.dumps({**fields, "embedder_id": "lonely"}))  # its reference photos missing
     with pytest.raises(ValueError, match="lonely.json"):
         load_model("lonely", tmp_path)
+
+
+def test_the_audit_page_names_every_part() -> None:
+    from pipeline.report.render import TEMPLATE_PARTS
+
+    assert [part for part, _, _ in TEMPLATE_PARTS] == COMPONENTS
 
 
 def test_the_classic_embedder_ships_a_model() -> None:

@@ -7,31 +7,42 @@ outfit differs. The template index compares photos on those parts separately, ea
 set of reference photos (diverse, unrelated real staff photos):
 
     T = mean over unordered pairs {i, j} of k(i, j),   k = 1 for exact/near-duplicate pairs, else
-    k(i, j) = sum over components c of w_c * [g_c(i, j) - m_c(i) - m_c(j) + m_c]
+    k(i, j) = sum over parts c of w_c * [g_c(i, j) - m_c(i) - m_c(j) + m_c]  +  w_d * (d(i) + d(j)) / 2
 
-with g_c a positive-definite kernel that is 1 for equal photos (a Gaussian of the distance of the
-reference-centred embeddings for "whole", of the standardised template signals of
-pipeline/features/face_signals.py for "framing" (face position and size), "backdrop" (colour,
-busyness, blur beside the head), "grade" (the picture's a*, b*, saturation) and "skin" (skin detail,
-face symmetry)), m_c(i) the mean of g_c between photo i and the reference photos and m_c its mean
-over reference pairs. A photo without a face, or without a measurable backdrop, adds 0 on the parts
-it lacks.
+with g_c a positive-definite kernel that is 1 for equal photos, on the reference-centred embeddings
+for "whole" and on the standardised template signals of pipeline/features/face_signals.py for
+"framing" (face position and size), "backdrop" (its colour beside the head), "backdrop_texture" (how
+busy and blurred it is), "grade" (the picture's a*, b*, saturation) and "skin" (skin detail, face
+symmetry); m_c(i) the mean of g_c between photo i and the reference photos, m_c its mean over
+reference pairs; and d(i) = the mean over the signal parts of m_c - m_c(i), the *departure*: how far
+photo i's signals lie from the reference photos'. A photo without a face, or without a measurable
+backdrop, adds 0 on the parts it lacks.
 
-What that is: the U-statistic of this kernel is an unbiased estimate of the squared maximum mean
-discrepancy (MMD^2, Gretton et al. 2012) between the page's photos and the reference photos, per
-component, weighted. Hence its properties, which the homogeneity index lacks:
+What that is. The pair parts' U-statistic is an unbiased estimate of the squared maximum mean
+discrepancy (MMD^2, Gretton et al. 2012) between the page's photos and the reference photos, per part,
+weighted: it counts departure *together*. The departure part is the mean of a per-photo score: it
+counts departure at all. Hence:
 - a page of photos like the reference set scores ~0 (either sign, by chance); a page whose photos
-  share what a template fixes (one framing, one backdrop, smooth skin) scores up to ~1;
-- a page where a share p of real photos is replaced by a template's scores p^2 times the fully
-  templated page, in expectation: it rises at every step as a template spreads, because a
-  templated photo and a real one count 0 on average, as two real ones do. (The homogeneity index
-  dips at the first step when a template's photos are less alike to real photos than real photos
-  are to each other, which is the usual case.)
+  share what a template fixes (one framing, one backdrop, smooth skin) scores well above;
+- a page where a share p of real photos is replaced by a template's scores p * D + p^2 * S in
+  expectation (D: the departure part of the fully templated page, S: the pair parts'): it rises at
+  every step as a template spreads, because a templated photo and a real one count 0 on average in
+  the pair parts, as two real ones do. (The homogeneity index dips at the first step when a
+  template's photos are less alike to real photos than real photos are to each other, which is the
+  usual case.) The pair parts alone rise as p^2, so the first quarter of a page templated adds only
+  1/16 of S, below a 24-photo page's noise for the subtler templates: the departure part is what
+  makes the first steps count;
 - it is a U-statistic like the homogeneity index, with the same bootstrap interval, so its
   expectation does not depend on the page's size.
-It measures departure *together*: a page of photos that are each unusual in a different way scores
-little, a page of photos that agree on something the reference photos do not agree on scores high.
-The reference decides what counts as ordinary; the shipped one is real staff photos.
+A page of photos that are each unusual in a different way scores through the departure part only;
+one whose photos agree on something the reference photos do not agree on scores through both. The
+reference decides what counts as ordinary; the shipped one is real staff photos.
+
+Kernels. A signal part's g is the mean of a sharp Gaussian (a template's exact setting: one framing,
+one backdrop colour) and a broad one (photos that depart from the reference together, though not
+alike: AI packs frame wider and lower than staff photos, each picture differently). With the sharp
+one alone, a pack's photos, several reference spreads away and spread among themselves, counted
+little more than any photos far from the reference and from each other.
 
 The model (the reference photos as the kernels see them, the signals' means and spreads, the
 kernels' widths, the weights) is fixed per embedder, shipped as `template_models/<embedder id>.json`
@@ -42,9 +53,9 @@ packs, a studio set and templated photos; separation from real pages) with leave
 the other half is kept for validation. An embedder without a shipped model gets no template index
 (`template_model` = "none").
 
-Explainable by construction: T is a weighted sum of one U-statistic per component, so a page's index
-splits exactly into one share per component (`template_from_whole`, `_framing`, `_backdrop`,
-`_grade`, `_skin`; they add up to it), which the audit page shows.
+Explainable by construction: T is a weighted sum of one U-statistic per part, so a page's index
+splits exactly into one share per part (`template_from_whole`, `_framing`, `_backdrop`,
+`_backdrop_texture`, `_grade`, `_skin`, `_departure`; they add up to it), which the audit page shows.
 """
 
 from __future__ import annotations
@@ -64,14 +75,19 @@ MODELS = Path(__file__).resolve().parent / "template_models"
 NO_MODEL_ID = "none"
 # Each component: the per-photo signals it compares (columns of the faces table, some on a log scale);
 # "whole" compares the reference-centred embeddings instead.
+# The backdrop's colour and its texture are apart: a template fixes the colour exactly, while how busy
+# and blurred the strip beside the head measures varies with each person's outline as much as between
+# real photos, and diluted the colour's agreement when they were one part.
 COMPONENT_SIGNALS: dict[str, list[str]] = {
     "whole": [],
     "framing": ["face_x", "face_y", "face_scale"],
-    "backdrop": ["background_l", "background_a", "background_b", "background_std", "background_blur"],
+    "backdrop": ["background_l", "background_a", "background_b"],
+    "backdrop_texture": ["background_std", "background_blur"],
     "grade": ["colour_a", "colour_b", "saturation"],
     "skin": ["skin_detail", "symmetry"],
 }
-COMPONENTS = list(COMPONENT_SIGNALS)
+DEPARTURE = "departure"  # the per-photo part: how far each photo's signals lie from the reference photos'
+COMPONENTS = [*COMPONENT_SIGNALS, DEPARTURE]
 PHOTO_COLUMNS = [column for columns in COMPONENT_SIGNALS.values() for column in columns]
 _LOG_SCALE = ("background_std", "background_blur")  # spreads and variances: compared as ratios
 PAGE_COLUMNS = ["template_index", "template_ci_low", "template_ci_high", *(f"template_from_{c}" for c in COMPONENTS), "template_model"]
@@ -84,7 +100,8 @@ class TemplateModel:
     weights: dict[str, float]  # component -> weight; they add up to 1
     signal_mean: dict[str, float]  # each photo column's mean and spread over the reference photos
     signal_std: dict[str, float]  # (log scale where _LOG_SCALE says): the signals are standardised by them
-    width: float  # the signal components' Gaussian kernel width, in reference spreads
+    width: float  # the signal components' sharp Gaussian kernel width, in reference spreads
+    broad_width: float  # and their broad one (module doc: Kernels)
     whole_scale: float  # the whole picture's kernel: exp((cosine - 1) / whole_scale)
     source: str  # what it was fitted on, in words
     # The reference photos (diverse, unrelated real staff photos), as the kernels see them: their
@@ -95,7 +112,7 @@ class TemplateModel:
     @property
     def id(self) -> str:
         digest = hashlib.sha256(json.dumps([self.embedder_id, self.weights, self.signal_mean, self.signal_std, self.width,
-                                            self.whole_scale], sort_keys=True).encode())  # fmt: skip
+                                            self.broad_width, self.whole_scale], sort_keys=True).encode())  # fmt: skip
         digest.update(np.ascontiguousarray(self.reference_whole, np.float32).tobytes())
         digest.update(np.ascontiguousarray(self.reference_signals, np.float64).tobytes())
         return f"{self.embedder_id}@{digest.hexdigest()[:10]}"
@@ -151,11 +168,12 @@ def standardised(photos: pd.DataFrame, mean: dict[str, float], std: dict[str, fl
 
 def _kernel(model: TemplateModel, component: str, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """The component's positive-definite kernel, 1 for equal photos: a Gaussian of the distance of
-    unit embeddings (whole) or of standardised signals."""
+    unit embeddings (whole), or the mean of a sharp and a broad Gaussian of the distance of
+    standardised signals (module doc: Kernels)."""
     if component == "whole":
         return np.exp((left @ right.T - 1.0) / model.whole_scale)
     squared = ((left[:, None, :] - right[None, :, :]) ** 2).mean(axis=-1)
-    return np.exp(-squared / (2 * model.width**2))
+    return (np.exp(-squared / (2 * model.width**2)) + np.exp(-squared / (2 * model.broad_width**2))) / 2
 
 
 def _descriptors(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray) -> dict[str, np.ndarray]:
@@ -206,14 +224,30 @@ def _centred_kernel(model: TemplateModel, component: str, part: _Part, rows: sli
     return kernel
 
 
+def _departure(parts: dict[str, _Part]) -> np.ndarray:
+    """Per photo, m - m(i) averaged over the signal components (0 on a component the photo lacks): how
+    far its template signals lie from the reference photos'. Its mean is 0 over reference-like photos."""
+    signal_parts = [part for component, part in parts.items() if component != "whole"]
+    return sum(np.where(part.missing, 0.0, part.reference - part.typical) for part in signal_parts) / len(signal_parts)
+
+
+def _component_rows(model: TemplateModel, component: str, parts: dict[str, _Part], departure: np.ndarray, rows: slice) -> np.ndarray:
+    """The (rows, n) pair kernel of one component (component_kernels)."""
+    if component == DEPARTURE:
+        return (departure[rows, None] + departure[None, :]) / 2
+    return _centred_kernel(model, component, parts[component], rows)
+
+
 def component_kernels(model: TemplateModel, photos: pd.DataFrame, centred: np.ndarray, rows: slice | None = None) -> dict[str, np.ndarray]:
-    """Per component, the (rows, n) kernel of the pairs (row photo, any photo), centred on the
-    reference photos: k(i, j) - m(i) - m(j) + m, m(i) the kernel's mean between photo i and the
-    reference photos (other than itself, where it is one), m its mean over reference pairs. Its mean
-    is 0 over pairs of reference-like photos and over pairs of one reference-like and any other
-    photo; 0 where a photo lacks the signal."""
+    """Per component, the (rows, n) kernel of the pairs (row photo, any photo). For a pair component,
+    centred on the reference photos: k(i, j) - m(i) - m(j) + m, m(i) the kernel's mean between photo i
+    and the reference photos (other than itself, where it is one), m its mean over reference pairs;
+    its mean is 0 over pairs of reference-like photos and over pairs of one reference-like and any
+    other photo; 0 where a photo lacks the signal. For the departure: (d(i) + d(j)) / 2."""
     rows = rows or slice(0, len(photos))
-    return {component: _centred_kernel(model, component, part, rows) for component, part in _parts(model, photos, centred).items()}
+    parts = _parts(model, photos, centred)
+    departure = _departure(parts)
+    return {component: _component_rows(model, component, parts, departure, rows) for component in COMPONENTS}
 
 
 # ------------------------------------------------------------------ one page
@@ -236,10 +270,12 @@ def page_template_index(
     shares = dict.fromkeys(COMPONENTS, 0.0)
     off_diagonal = ~np.eye(n, dtype=bool)
     parts = _parts(model, photos, centred)  # once per page; the blocks only bound the memory of the pair matrix
+    departure = _departure(parts)
     for start in range(0, n, _BLOCK):
         rows = slice(start, min(n, start + _BLOCK))
-        for component, prepared in parts.items():
-            part = np.where(duplicate[rows], 1.0, _centred_kernel(model, component, prepared, rows))  # a copy is one template on every part
+        for component in COMPONENTS:
+            # A copy is one template on every part.
+            part = np.where(duplicate[rows], 1.0, _component_rows(model, component, parts, departure, rows))
             kernel[rows] += model.weights[component] * part
             shares[component] += model.weights[component] * float(part[off_diagonal[rows]].sum())
     index, low, high = homogeneity(kernel, samples, seed)
@@ -248,10 +284,16 @@ def page_template_index(
 
 
 def drivers(components: dict[str, float], top: int = 2) -> list[str]:
-    """The components that make up most of a page's template index: those holding at least a quarter
-    of it, largest first, at most `top`."""
-    total = sum(components.values())
-    return [name for value, name in sorted(((v, n) for n, v in components.items() if total > 0 and v >= total / 4), reverse=True)][:top]
+    """The components that make up most of a page's template index: the largest, in turn, until they
+    hold half of what the positive ones add, at most `top`; none where nothing raises the index."""
+    raising = sorted(((value, name) for name, value in components.items() if value > 0), reverse=True)
+    total, held, found = sum(value for value, _ in raising), 0.0, []
+    for value, name in raising[:top]:
+        if held >= total / 2:
+            break
+        found.append(name)
+        held += value
+    return found
 
 
 def empty_row() -> dict[str, float | str]:

@@ -237,9 +237,11 @@ def template_signals(row: pd.Series, companies: pd.DataFrame) -> list[dict[str, 
 TEMPLATE_PARTS = [  # component, label, what it means when the part holds much of the index
     ("whole", "whole picture", "the pictures look alike as a whole (layout, colour, texture)"),
     ("framing", "framing", "the faces sit at one position and size"),
-    ("backdrop", "backdrop", "one backdrop colour, plainness and blur"),
+    ("backdrop", "backdrop", "one backdrop colour"),
+    ("backdrop_texture", "backdrop texture", "backdrops alike in plainness and blur"),
     ("grade", "colour grade", "one colour grade"),
     ("skin", "skin finish", "alike, smooth skin and face symmetry"),
+    ("departure", "departure from staff photos", "each photo's framing, backdrop, grade or skin lies far from real staff photos'"),
 ]
 
 
@@ -258,7 +260,7 @@ def template_index_view(row: pd.Series) -> dict[str, Any]:
     return {
         "index": index, "ci_low": finite(row.get("template_ci_low")), "ci_high": finite(row.get("template_ci_high")),
         "model": row.get("template_model"),
-        "drivers": ", ".join(driving[:2]),
+        "drivers": ", ".join(label for driver in driving[:2] for part, label, _ in TEMPLATE_PARTS if part == driver),
         "components": [{"label": label, "value": components[part], "reading": meaning if part in driving else ""}
                        for part, label, meaning in TEMPLATE_PARTS],
     }  # fmt: skip
