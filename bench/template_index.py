@@ -41,7 +41,7 @@ import csv
 import pickle
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -367,6 +367,20 @@ def validate(photos: Photos, plan: dict, model, held_out_models: dict) -> dict: 
     return tally
 
 
+def validation_summary(tally: dict) -> list[list]:
+    """What the audit page quotes: per kind of page, the lowest and highest median template index."""
+    kinds = (("real staff pages", "real/"), ("AI headshot packs", "pack:"), ("one studio's session", "studio:"),
+             ("staff photos run through one template", "templated:full/"), ("only its grade and framing", "templated:grade+framing/"),
+             ("only its backdrop", "templated:backdrop/"))  # fmt: skip
+    medians = {name: level["template"] for name, level in tally["median_index"].items()}
+    summary = []
+    for what, prefix in kinds:
+        found = [value for name, value in medians.items() if name.startswith(prefix)]
+        if found:
+            summary.append([what, min(found), max(found)])
+    return summary
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embedder", default="classic", choices=["classic", "clip"])
@@ -422,6 +436,7 @@ def main() -> None:
         level = tally["median_index"][name]
         print(f"  {name:34s} {level['homogeneity']:.3f} {width['homogeneity']:.3f} | {level['template']:.3f} {width['template']:.3f}")
     if args.write:
+        model = replace(model, validation=validation_summary(tally))
         MODELS.mkdir(exist_ok=True)
         model.save(MODELS)
         print(f"model written to {MODELS / f'{embedder.id}.json'} ({model.id})")

@@ -166,9 +166,12 @@ def test_large_pages_are_computed_in_blocks_with_the_same_result(
 
 
 def test_model_files_round_trip_and_a_wrong_one_is_refused(model: template_index.TemplateModel, tmp_path: Path) -> None:
+    model = replace(model, validation=[["real staff pages", -0.01, 0.0], ["AI headshot packs", 0.05, 0.13]])
     model.save(tmp_path)
     loaded = load_model("test-embedder", tmp_path)
     assert loaded == model and loaded.id == model.id
+    assert loaded.validation == model.validation
+    assert replace(model, validation=[]).id == model.id  # the figures describe the model, they do not change it
     assert np.allclose(loaded.reference_whole, model.reference_whole, atol=1e-6)
     assert load_model("another-embedder", tmp_path) is None  # no model: no template index, not an error
     fields = {key: value for key, value in asdict(model).items() if not key.startswith("reference_")}
@@ -193,6 +196,21 @@ def test_the_audit_page_names_every_part() -> None:
     from pipeline.report.render import TEMPLATE_PARTS
 
     assert [part for part, _, _ in TEMPLATE_PARTS] == COMPONENTS
+
+
+def test_the_audit_page_quotes_the_validation_of_the_model_that_measured_the_page() -> None:
+    from pipeline.report.render import template_index_view
+
+    model = load_model("classic-v1")
+    assert model is not None
+    row = pd.Series({"template_index": 0.1, "template_ci_low": 0.05, "template_ci_high": 0.15, "template_model": model.id, "status": "ok",
+                     "embedder": "classic-v1", **{f"template_from_{part}": 0.1 / len(COMPONENTS) for part in COMPONENTS}})  # fmt: skip
+    view = template_index_view(row)
+    assert view["validation"] == model.validation
+    assert [what for what, _, _ in view["validation"]][:2] == ["real staff pages", "AI headshot packs"]
+    assert all(low <= high for _, low, high in view["validation"])
+    # A page measured by another fit (an older run) is not described by this fit's figures.
+    assert template_index_view(row.copy().replace(model.id, "classic-v1@0000000000"))["validation"] == []
 
 
 def test_the_classic_embedder_ships_a_model() -> None:

@@ -60,6 +60,7 @@ splits exactly into one share per part (`template_from_whole`, `_framing`, `_bac
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -108,6 +109,10 @@ class TemplateModel:
     # reference-centred embeddings and raw signals. Kept in <embedder>.npz beside the JSON.
     reference_whole: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)), repr=False, compare=False)
     reference_signals: np.ndarray = field(default_factory=lambda: np.zeros((0, len(PHOTO_COLUMNS))), repr=False, compare=False)
+    # How pages scored in the bench's validation, for readers of an audit page: [what, lowest median,
+    # highest median] per kind of page. It describes the model and does not change an index, so the
+    # model's id leaves it out.
+    validation: list[list] = field(default_factory=list, compare=False)
 
     @property
     def id(self) -> str:
@@ -281,6 +286,17 @@ def page_template_index(
     index, low, high = homogeneity(kernel, samples, seed)
     pairs = max(1, n * (n - 1))
     return PageTemplateIndex(index, low, high, {component: total / pairs for component, total in shares.items()})
+
+
+@functools.cache
+def validation_of(model_id: str) -> list[list]:
+    """The validation figures of the shipped model with this id ([] where none ships, or where the
+    shipped one is another fit than the id names: an older run's figures are not this model's)."""
+    try:
+        model = load_model(model_id.rsplit("@", 1)[0]) if "@" in model_id else None
+    except ValueError:  # a model file of another version: the page was measured with an older model
+        return []
+    return model.validation if model is not None and model.id == model_id else []
 
 
 def drivers(components: dict[str, float], top: int = 2) -> list[str]:

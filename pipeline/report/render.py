@@ -16,7 +16,7 @@ import pandas as pd
 
 from pipeline import layout
 from pipeline.context import RunContext
-from pipeline.metrics.template_index import drivers
+from pipeline.metrics.template_index import drivers, validation_of
 from pipeline.report.data import RunData, count, finite, label, load_run, thumbnail
 from pipeline.report.plots import (
     changed_plot,
@@ -259,7 +259,7 @@ def template_index_view(row: pd.Series) -> dict[str, Any]:
     driving = drivers(components, len(components))
     return {
         "index": index, "ci_low": finite(row.get("template_ci_low")), "ci_high": finite(row.get("template_ci_high")),
-        "model": row.get("template_model"),
+        "model": row.get("template_model"), "validation": validation_of(str(row.get("template_model"))),
         "drivers": ", ".join(label for driver in driving[:2] for part, label, _ in TEMPLATE_PARTS if part == driver),
         "components": [{"label": label, "value": components[part], "reading": meaning if part in driving else ""}
                        for part, label, meaning in TEMPLATE_PARTS],
