@@ -257,10 +257,11 @@ def template_index_view(row: pd.Series) -> dict[str, Any]:
         )
         return {"index": None, "reason": reason, "drivers": "", "components": []}
     driving = drivers(components, len(components))
+    labels = {part: label for part, label, _ in TEMPLATE_PARTS}
     return {
         "index": index, "ci_low": finite(row.get("template_ci_low")), "ci_high": finite(row.get("template_ci_high")),
         "model": row.get("template_model"), "validation": validation_of(str(row.get("template_model"))),
-        "drivers": ", ".join(label for driver in driving[:2] for part, label, _ in TEMPLATE_PARTS if part == driver),
+        "drivers": ", ".join(labels[part] for part in driving[:2]),
         "components": [{"label": label, "value": components[part], "reading": meaning if part in driving else ""}
                        for part, label, meaning in TEMPLATE_PARTS],
     }  # fmt: skip
