@@ -93,15 +93,31 @@ def write_result(name: str, figures: dict[str, Any], out: Path | None = None) ->
 
 
 def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB of the process tree's largest process, stdout) of one fresh run."""
+    """(wall seconds, peak RSS MB, stdout) of one fresh run. The peak is the process tree's: its
+    processes' resident sets summed, sampled every 0.1 s (worker processes hold memory of their
+    own), or the largest single process's peak where that is higher (a spike between samples)."""
     wrapper = textwrap.dedent("""
-        import json, resource, subprocess, sys, time
+        import json, resource, subprocess, sys, threading, time
+        import psutil
         started = time.perf_counter()
-        done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+        process = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        output = {}
+        reader = threading.Thread(target=lambda: output.update(zip(("stdout", "stderr"), process.communicate())))
+        reader.start()
+        tree_peak = 0
+        root = psutil.Process(process.pid)
+        while process.poll() is None:
+            try:
+                tree = [root, *root.children(recursive=True)]
+                tree_peak = max(tree_peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+        reader.join()
         wall = time.perf_counter() - started
-        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        sys.stderr.write(done.stderr[-3000:])
-        print(json.dumps({"wall": wall, "rss": rss, "rc": done.returncode, "stdout": done.stdout}))
+        rss = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, tree_peak / 2**20)
+        sys.stderr.write(output["stderr"][-3000:])
+        print(json.dumps({"wall": wall, "rss": rss, "rc": process.returncode, "stdout": output["stdout"]}))
     """)
     done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, env=env)
     result = json.loads(done.stdout)

@@ -44,6 +44,15 @@ class IntakeConfig(_Section):
     )
 
 
+class ComputeConfig(_Section):
+    """How CPU-bound stages (verification, face identity) use this machine."""
+
+    workers: int = Field(
+        0, ge=0, le=256,
+        description="Worker processes for verification and face identity; 0: one per CPU this process may use (its affinity).",
+    )  # fmt: skip
+
+
 class PrivacyConfig(_Section):
     keep_raw_images: bool = Field(
         True,
@@ -287,6 +296,7 @@ class Settings(BaseSettings):
     privacy: PrivacyConfig = PrivacyConfig()
     retention: RetentionConfig = RetentionConfig()
     crawl: CrawlConfig = CrawlConfig()
+    compute: ComputeConfig = ComputeConfig()
 
     @field_validator("warehouse")
     @classmethod

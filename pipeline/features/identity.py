@@ -26,12 +26,17 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from pipeline import layout
+
+if TYPE_CHECKING:
+    from pipeline.warehouse import Warehouse
 
 VERSION = 2  # 2: kept descriptors sealed to their photo; version 1 kept them in the clear (deleted on sight)
 _KEY_PERSONALISATION = b"homog-face-key"  # BLAKE2b's personalisation: this key is no other hash of the photo
@@ -210,44 +215,63 @@ def _descriptor_table(contents: list[str], sealed: list[bytes]):  # noqa: ANN202
     return pa.table({"content_sha256": pa.array(contents, pa.string()), "sealed": pa.array(sealed, pa.binary())})
 
 
+@dataclass(frozen=True)
+class DescriptorJob:
+    """One photo whose descriptor is computed now, with what a worker process needs for it."""
+
+    warehouse: Warehouse
+    object_key: str
+    content: str
+    box: tuple[int, int, int, int] | None  # the face signals' largest face; None: detect here
+    score_floor: float
+    keep: bool
+
+
+def compute_descriptor(job: DescriptorJob) -> tuple[np.ndarray, bytes]:
+    """(descriptor, NaN where no face is found; its sealed form, b"" where it is not to be kept)."""
+    from pipeline.config import IntakeConfig
+    from pipeline.ingest.intake import decode_image
+
+    photo = job.warehouse.read_bytes(job.object_key)
+    found = face_descriptor(decode_image(photo, job.object_key, IntakeConfig()).rgb, job.score_floor, box=job.box)
+    found = found if found is not None else np.full(128, np.nan, np.float32)
+    return found, (seal(found, photo, job.content) if job.keep else b"")
+
+
+# dlib's descriptor, per face on the machines measured (60-90 ms): the order of magnitude
+# `process_map` weighs against a worker's start-up, not a tuning.
+_SECONDS_PER_FACE = 0.06
+
+
 def face_descriptors(
-    warehouse,
+    warehouse: Warehouse,
     images: pd.DataFrame,
     contents: list[str],
     keep: bool,
     score_floor: float = 0.9,
-    workers: int = 2,
+    workers: int = 1,
     boxes: dict[str, tuple[int, int, int, int]] | None = None,
-) -> tuple[np.ndarray, int]:  # noqa: ANN001
+) -> tuple[np.ndarray, int]:
     """Descriptors of `contents` (rows in that order; NaN where no face is found after all), and how
-    many were computed now. Where `keep` (privacy.keep_face_descriptors), kept descriptors are
-    unsealed with their photo's bytes and new ones sealed and kept.
-    `boxes`: faces already found by the face signals, by content hash (the detector runs for the rest)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    import cv2  # noqa: F401 - imported before the pool: cv2's loader is not safe to run from several threads at once
-
-    from pipeline.config import IntakeConfig
-    from pipeline.ingest.intake import decode_image
+    many were computed now, in `workers` processes (pipeline/parallel.py). Where `keep`
+    (privacy.keep_face_descriptors), kept descriptors are unsealed with their photo's bytes and new
+    ones sealed and kept. `boxes`: faces already found by the face signals, by content hash (the
+    detector runs for the rest)."""
+    from pipeline.parallel import process_map
 
     kept = kept_descriptors(warehouse) if keep else {}
     object_of = dict(zip(images["content_sha256"], images["raw_object"]))
-    intake = IntakeConfig()
-
-    def descriptor_of(content: str) -> tuple[np.ndarray, bytes | None]:
-        """(descriptor, None where it was kept, else computed now: its sealed form, b"" where not to be kept)."""
-        photo = warehouse.read_bytes(object_of[content])
-        found = unseal(kept[content], photo, content) if content in kept else None
-        if found is not None:
-            return found, None
-        found = face_descriptor(decode_image(photo, object_of[content], intake).rgb, score_floor, box=(boxes or {}).get(content))
-        found = found if found is not None else np.full(128, np.nan, np.float32)
-        return found, (seal(found, photo, content) if keep else b"")
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="identity") as pool:
-        results = list(pool.map(descriptor_of, contents))
-    fresh = [(content, sealed) for content, (_, sealed) in zip(contents, results) if sealed is not None]
-    if keep and fresh:
-        warehouse.write_shard(layout.face_descriptors_folder(VERSION), [c for c, _ in fresh], _descriptor_table(*map(list, zip(*fresh))))
-    descriptors = np.stack([descriptor for descriptor, _ in results]) if contents else np.zeros((0, 128), np.float32)
-    return descriptors, len(fresh)
+    found: dict[str, np.ndarray] = {}
+    for content in contents:
+        if content in kept:
+            unsealed = unseal(kept[content], warehouse.read_bytes(object_of[content]), content)
+            if unsealed is not None:
+                found[content] = unsealed
+    todo = [content for content in contents if content not in found]
+    jobs = [DescriptorJob(warehouse, object_of[c], c, (boxes or {}).get(c), score_floor, keep) for c in todo]
+    computed = process_map(compute_descriptor, jobs, workers, _SECONDS_PER_FACE * len(jobs))
+    found.update((content, descriptor) for content, (descriptor, _) in zip(todo, computed))
+    if keep and todo:
+        warehouse.write_shard(layout.face_descriptors_folder(VERSION), todo, _descriptor_table(todo, [sealed for _, sealed in computed]))
+    descriptors = np.stack([found[content] for content in contents]) if contents else np.zeros((0, 128), np.float32)
+    return descriptors, len(todo)

@@ -206,6 +206,36 @@ def features(rgb: Image.Image, face: Box | None | str = "detect") -> tuple[Featu
     return describe(grey, box), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face)  # type: ignore[arg-type]
 
 
+def save_features(path: str, views: tuple[Features, Features]) -> None:
+    """A picture's `features` in one uncompressed .npz file (~0.25 MB): computed once per run and
+    read back by whichever worker verifies a pair of it. The mirror image's grey plane is not
+    stored: it is the direct one flipped."""
+    direct, mirrored = views
+    no_face = np.zeros(0, np.int64)
+    np.savez(
+        path, grey=direct.grey, native_side=direct.native_side,
+        keypoints=direct.keypoints, descriptors=_stored(direct.descriptors), face=np.asarray(direct.face or no_face),
+        mirror_keypoints=mirrored.keypoints, mirror_descriptors=_stored(mirrored.descriptors), mirror_face=np.asarray(mirrored.face or no_face),
+    )  # fmt: skip
+
+
+def load_features(path: str) -> tuple[Features, Features]:
+    """`save_features`' views, equal to those saved."""
+    with np.load(path) as stored:
+        grey, side = stored["grey"], int(stored["native_side"])
+
+        def view(plane: np.ndarray, prefix: str) -> Features:
+            descriptors, face = stored[f"{prefix}descriptors"], stored[f"{prefix}face"]
+            return Features(plane, stored[f"{prefix}keypoints"], descriptors if len(descriptors) else None,
+                            tuple(int(v) for v in face) if len(face) else None, side)  # type: ignore[arg-type]  # fmt: skip
+
+        return view(grey, ""), view(np.ascontiguousarray(grey[:, ::-1]), "mirror_")
+
+
+def _stored(descriptors: np.ndarray | None) -> np.ndarray:
+    return descriptors if descriptors is not None else np.zeros((0, 32), np.uint8)
+
+
 def _block_correlations(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray, block: int = _BLOCK) -> np.ndarray:
     """Normalised cross-correlation of each textured block inside the overlap."""
     rows, cols = a.shape[0] // block, a.shape[1] // block
@@ -235,12 +265,10 @@ def _similarity_transform(a: Features, b: Features) -> tuple[np.ndarray | None, 
 
     if a.descriptors is None or b.descriptors is None or len(a.keypoints) < 8 or len(b.keypoints) < 8:
         return None, 0.0, 0
-    matches = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(a.descriptors, b.descriptors, k=2)
-    good = [pair[0] for pair in matches if len(pair) == 2 and pair[0].distance < 0.8 * pair[1].distance]
-    if len(good) < 6:
-        return None, 0.0, len(good)
-    points_a = a.keypoints[[m.queryIdx for m in good]]
-    points_b = b.keypoints[[m.trainIdx for m in good]]
+    query, train = _ratio_matches(a.descriptors, b.descriptors)
+    if len(query) < 6:
+        return None, 0.0, len(query)
+    points_a, points_b = a.keypoints[query], b.keypoints[train]
     cv2.setRNGSeed(0)  # RANSAC draws from a per-thread RNG: seed it, or verdicts depend on scheduling
     transform, inliers = cv2.estimateAffinePartial2D(
         points_a, points_b, method=cv2.RANSAC, ransacReprojThreshold=3.0, maxIters=2000, confidence=0.99
@@ -248,7 +276,25 @@ def _similarity_transform(a: Features, b: Features) -> tuple[np.ndarray | None, 
     if transform is None:
         return None, 0.0, 0
     n_inliers = int(inliers.sum())
-    return transform, n_inliers / len(good), n_inliers
+    return transform, n_inliers / len(query), n_inliers
+
+
+def _ratio_matches(query: np.ndarray, train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (in `query`, in `train`) of the ORB descriptors whose nearest neighbour by Hamming
+    distance is clearly nearer than the second (Lowe's ratio test at 0.8), in query order.
+
+    faiss's binary flat search, not OpenCV's BFMatcher: the same two nearest distances (ties at the
+    nearest fail the ratio test either way, so the matches are the same), as arrays instead of a
+    Python object per match, at a third of the time (the matching was half of verification's)."""
+    import faiss
+
+    if len(train) < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    index = faiss.IndexBinaryFlat(train.shape[1] * 8)
+    index.add(np.ascontiguousarray(train))
+    distances, nearest = index.search(np.ascontiguousarray(query), 2)
+    good = np.flatnonzero(distances[:, 0] < 0.8 * distances[:, 1])
+    return good, nearest[good, 0]
 
 
 def _refine(a: np.ndarray, b: np.ndarray, valid: np.ndarray, block: int, correlation: float) -> tuple[np.ndarray, np.ndarray, float]:

@@ -108,13 +108,15 @@ def near_duplicates(ctx: RunContext) -> dict[str, Any]:
     from pipeline.features.embed import Embeddings, vectors_for
     from pipeline.features.index import load_index
     from pipeline.metrics.near_duplicates import find_near_duplicates
+    from pipeline.parallel import worker_count
 
     warehouse = ctx.warehouse
     vector_index = load_index(warehouse, ctx.require_embedder_id(), ctx.run_date)
     vectors = vectors_for(warehouse, ctx.embedder_id, vector_index.ids, vector_index.dim)
     embeddings = Embeddings(ctx.embedder_id, vector_index.ids, vectors, n_embedded=0)
     settings = ctx.settings
-    found = find_near_duplicates(_images(ctx), embeddings, vector_index, warehouse, settings.thresholds, settings.crawl.face_score_floor)
+    found = find_near_duplicates(_images(ctx), embeddings, vector_index, warehouse, settings.thresholds, settings.crawl.face_score_floor,
+                                 worker_count(settings.compute.workers))  # fmt: skip
     return {
         "outputs": {table: warehouse.write_table(table, ctx.run_date, getattr(found, table)) for table in ("pairs", "groups", "clusters", "reuse")},
         "counts": {"near_duplicate_candidates": found.n_candidates, "near_duplicates_verified": found.n_verified,
@@ -145,6 +147,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
         reused_pairs,
     )
     from pipeline.ingest.intake import content_by_row, distinct_ok
+    from pipeline.parallel import worker_count
 
     warehouse, settings = ctx.warehouse, ctx.settings
     images, faces_table = _images(ctx), warehouse.read_table("faces", ctx.run_date)
@@ -161,7 +164,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
             floor = settings.crawl.face_score_floor
             # The face signals found every face already: identity reuses their boxes instead of detecting again.
             descriptors, n_computed = face_descriptors(warehouse, distinct_ok(ok), contents, settings.privacy.keep_face_descriptors, floor,
-                                                       boxes=face_boxes(warehouse, floor))  # fmt: skip
+                                                       worker_count(settings.compute.workers), face_boxes(warehouse, floor))  # fmt: skip
             n_unsealed = len(contents) - n_computed  # kept ones, read back with their photo
             found = ~np.isnan(descriptors).any(axis=1)
             same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])

@@ -1,0 +1,69 @@
+"""CPU-bound work spread over worker processes, sized by the machine that runs it.
+
+Threads do not spread this work: dlib's face descriptor holds the GIL for its whole 60 ms (two
+threads ran at 1.0x one), and verification is many short numpy and OpenCV calls between which the
+GIL is held (two threads ran at 1.25x one). Processes do: each worker runs its own interpreter.
+
+How many: `compute.workers` in the settings, 0 (the default) for every CPU this process may use
+(its affinity mask, which a container or `taskset` narrows), never a number fitted to one machine.
+Small jobs stay in this process, where a worker's start-up (~0.5 s: an interpreter and its imports)
+would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Below this many seconds of work in all, worker processes cost more than they save.
+MIN_PARALLEL_SECONDS = 2.0
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def worker_count(setting: int) -> int:
+    """`compute.workers` as a number of processes: 0 means every usable CPU."""
+    return setting if setting > 0 else usable_cpus()
+
+
+def _in_worker(function: Callable[[Item], Result], item: Item) -> Result:
+    """`function(item)` in a worker process, which owns one CPU: a library that starts threads of its
+    own (OpenCV; joblib already caps OpenMP's and BLAS's in its workers) would otherwise run
+    `workers` x `cpus` threads on `cpus` CPUs."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    return function(item)
+
+
+def process_map(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    workers: int,
+    estimated_seconds: float,
+) -> list[Result]:
+    """`[function(item) for item in items]`, in worker processes where there are several and the work
+    is worth them (`estimated_seconds` in one process, an order of magnitude: at least
+    `MIN_PARALLEL_SECONDS`). Results come back in the items' order; an exception in a job is raised
+    here.
+
+    joblib's loky workers: fresh interpreters (no lock or thread pool of this process copied into them
+    half-held, as a fork could), which do not run the calling script's main module again, and which
+    stay up for the next call of the run (identity after verification) instead of starting anew.
+    `function` must be importable by name (module level) and the items must pickle."""
+    import joblib
+
+    workers = min(workers, len(items))
+    if workers < 2 or estimated_seconds < MIN_PARALLEL_SECONDS:
+        return [function(item) for item in items]
+    return joblib.Parallel(n_jobs=workers, backend="loky")(joblib.delayed(_in_worker)(function, item) for item in items)

@@ -1,0 +1,141 @@
+"""Worker processes (pipeline/parallel.py): results in order and equal to one process's, a job's error
+raised to the caller, small jobs kept in this process; verification and face identity give the same
+answers in worker processes as in one."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import parallel
+from pipeline.config import ConfigError, load_settings
+from tests.conftest import photo_like
+
+
+def doubled_with_worker(value: int) -> tuple[int, int]:
+    if value < 0:
+        raise ValueError(f"negative value {value}")
+    return 2 * value, os.getpid()
+
+
+@pytest.fixture
+def always_parallel(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker processes even for the few seconds of work a test has."""
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_SECONDS", 0.0)
+
+
+def test_results_keep_the_items_order_and_come_from_worker_processes(always_parallel: None) -> None:
+    results = parallel.process_map(doubled_with_worker, list(range(20)), workers=2, estimated_seconds=1.0)
+    assert [value for value, _ in results] == [2 * i for i in range(20)]
+    assert os.getpid() not in {pid for _, pid in results}
+
+
+def test_a_jobs_error_is_raised_to_the_caller(always_parallel: None) -> None:
+    with pytest.raises(ValueError, match="negative value -3"):
+        parallel.process_map(doubled_with_worker, [1, 2, -3, 4], workers=2, estimated_seconds=1.0)
+
+
+def test_small_work_and_a_single_worker_stay_in_this_process() -> None:
+    for workers, seconds in ((2, 0.1), (1, 100.0)):
+        results = parallel.process_map(doubled_with_worker, [1, 2, 3], workers=workers, estimated_seconds=seconds)
+        assert results == [(2, os.getpid()), (4, os.getpid()), (6, os.getpid())]
+    assert parallel.process_map(doubled_with_worker, [], workers=4, estimated_seconds=100.0) == []
+
+
+def test_workers_default_to_the_cpus_this_process_may_use() -> None:
+    assert parallel.worker_count(0) == parallel.usable_cpus() >= 1
+    assert parallel.worker_count(3) == 3
+    assert load_settings(compute={"workers": 0}).compute.workers == 0
+    with pytest.raises((ConfigError, ValueError)):
+        load_settings(compute={"workers": -1})
+
+
+# ------------------------------------------------------------------ verification
+def _stored_pictures(tmp_path: Path) -> tuple[object, dict[str, str], list[tuple[str, str]]]:
+    """A warehouse with two photos, a resized and a recompressed copy of each, and the pairs between them all."""
+    from pipeline.warehouse import Warehouse
+
+    warehouse = Warehouse(str(tmp_path / "warehouse"))
+    pictures = {}
+    for seed in (1, 2):
+        original = photo_like(240, 300, seed=seed)
+        buffer = io.BytesIO()
+        original.save(buffer, "JPEG", quality=40)
+        pictures[f"o{seed}"] = original
+        pictures[f"s{seed}"] = original.resize((120, 150))
+        pictures[f"j{seed}"] = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    object_of = {}
+    for name, picture in pictures.items():
+        buffer = io.BytesIO()
+        picture.save(buffer, "PNG")
+        warehouse.write_bytes(f"objects/raw/{name}.png", buffer.getvalue())
+        object_of[name] = f"objects/raw/{name}.png"
+    names = sorted(object_of)
+    return warehouse, object_of, [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+
+
+def test_verification_in_worker_processes_gives_one_process_verdicts(tmp_path: Path, always_parallel: None) -> None:
+    from pipeline.features.verify import VerifyParams
+    from pipeline.metrics.near_duplicates import verify_pairs
+
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    params = VerifyParams.from_thresholds()
+    alone = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    spread = verify_pairs(pairs, warehouse, object_of, {}, params, workers=2)
+    assert spread == alone
+    # The copies of one photo verify; photos of different seeds do not.
+    assert {pair for pair, verdict in zip(pairs, alone) if verdict.same_photo} == {pair for pair in pairs if pair[0][1] == pair[1][1]}
+
+
+def test_stored_features_read_back_equal(tmp_path: Path) -> None:
+    from pipeline.features.verify import features, load_features, save_features
+
+    for picture, face in ((photo_like(200, 260, seed=5), (20, 30, 60, 70)), (Image.new("RGB", (64, 64), "grey"), None)):
+        views = features(picture, face)
+        save_features(str(tmp_path / "f.npz"), views)
+        for saved, loaded in zip(views, load_features(str(tmp_path / "f.npz"))):
+            assert np.array_equal(saved.grey, loaded.grey) and np.array_equal(saved.keypoints, loaded.keypoints)
+            assert saved.face == loaded.face and saved.native_side == loaded.native_side
+            assert (saved.descriptors is None and loaded.descriptors is None) or np.array_equal(saved.descriptors, loaded.descriptors)
+    assert views[0].descriptors is None  # a flat picture has no keypoints: stored and read back as none
+
+
+def test_verification_scratch_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    from pipeline.features.verify import VerifyParams
+    from pipeline.metrics.near_duplicates import verify_pairs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    (tmp_path / "scratch").mkdir()
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    verify_pairs(pairs[:3], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
+    assert list((tmp_path / "scratch").iterdir()) == []
+
+
+# ------------------------------------------------------------------ identity
+def test_face_descriptors_in_worker_processes_equal_one_process(tmp_path: Path, always_parallel: None) -> None:
+    import pandas as pd
+
+    from pipeline.features.identity import face_descriptors, kept_descriptors, unseal
+    from pipeline.warehouse import Warehouse
+    from tests.fixture_site import face_pictures
+
+    warehouse = Warehouse(str(tmp_path / "warehouse"))
+    pictures = face_pictures(3)
+    contents = [f"c{i}" for i in range(len(pictures))]
+    for content, data in zip(contents, pictures):
+        warehouse.write_bytes(f"objects/raw/{content}.jpg", data)
+    images = pd.DataFrame({"content_sha256": contents, "raw_object": [f"objects/raw/{c}.jpg" for c in contents]})
+    alone, computed = face_descriptors(warehouse, images, contents, keep=False, workers=1)
+    spread, computed_spread = face_descriptors(warehouse, images, contents, keep=True, workers=2)
+    assert computed == computed_spread == 3 and not np.isnan(alone).any()
+    assert np.array_equal(alone, spread)
+    kept = kept_descriptors(warehouse)
+    for content, descriptor in zip(contents, spread):
+        assert np.array_equal(unseal(kept[content], warehouse.read_bytes(f"objects/raw/{content}.jpg"), content), descriptor)
