@@ -285,3 +285,23 @@ def test_audit_page_charts_are_inline_svg_with_escaped_text_and_no_missing_numbe
     trend = str(trend_plot(trends, "a"))
     assert "2026-01-01" in trend and "2026-01-03" in trend and trend.count('<polygon fill="#bc4b51"') == 1  # one significant rise
     assert trend_plot(trends[trends["run_date"] == "2026-01-01"], "a") is None  # one run is not a trend
+
+
+def test_an_audit_page_names_and_counts_its_photos_copied_onto_other_pages(tmp_path: Path) -> None:
+    """Two photos of page "a" are copied (same bytes) onto page "b": a's page counts two photos shared
+    with other pages, and its duplicate groups name the files (pages without person names)."""
+    import numpy as np
+
+    rng = np.random.default_rng(5)
+    photos = [jpeg_bytes(render(random_template(rng), random_sitter(rng), i)) for i in range(6)]
+    for company, chosen in (("a", (0, 1, 2)), ("b", (0, 1, 3, 4, 5))):
+        (tmp_path / "pages" / company).mkdir(parents=True)
+        for i in chosen:
+            (tmp_path / "pages" / company / f"{company}-photo{i}.jpg").write_bytes(photos[i])
+    from pipeline.ingest.sources import scan_folder
+
+    settings = load_settings(None, warehouse=str(tmp_path / "wh"), reports=str(tmp_path / "reports"), embedder="classic")
+    result = run_pipeline(scan_folder(str(tmp_path / "pages")), settings, run_date=RUN_DATE, progress=False)
+    page_a = next((Path(result.outputs["report"]).parent / "companies").glob("a-*.html")).read_text()
+    assert "2 of its photos are copies or near-copies of photos on other companies" in page_a
+    assert "a-photo0.jpg" in page_a and "b-photo0.jpg" in page_a and "a-photo1.jpg" in page_a

@@ -61,6 +61,75 @@ class RunData:
         return self.images[self.images["status"] == "ok"].drop_duplicates(["company", "image"]).set_index(["company", "image"])
 
     @cached_property
+    def ok_rows(self) -> dict[tuple[str, str], dict]:
+        """`ok_by_row` as plain records by (company, image): a lookup per photo shown, where a
+        pandas multi-index lookup costs ~0.2 ms and a report shows thousands."""
+        ok = self.ok_by_row
+        return dict(zip(ok.index, ok.reset_index().to_dict("records")))
+
+    @cached_property
+    def ok_pictures_of_company(self) -> dict[str, pd.DataFrame]:
+        return _by_company(self.ok_pictures)
+
+    @cached_property
+    def ok_of_company(self) -> dict[str, pd.DataFrame]:
+        """Each company's ok rows of the images table (every row, duplicates included)."""
+        return _by_company(self.images[self.images["status"] == "ok"] if len(self.images) else self.images)
+
+    @cached_property
+    def clusters_of_company(self) -> dict[str, pd.DataFrame]:
+        return _by_company(self.clusters)
+
+    @cached_property
+    def trends_of_company(self) -> dict[str, pd.DataFrame]:
+        """Each company's trends rows, oldest run first."""
+        return _by_company(self.trends.sort_values("run_date", kind="stable") if len(self.trends) else self.trends)
+
+    @cached_property
+    def history_of_company(self) -> dict[str, pd.DataFrame]:
+        """Each company's changes rows, newest run first."""
+        history = self.change_history
+        return _by_company(history.sort_values("run_date", ascending=False, kind="stable") if len(history) else history)
+
+    @cached_property
+    def group_ids_of_company(self) -> dict[str, list[int]]:
+        """The duplicate groups each company has a photo in, by id (largest first, as numbered)."""
+        if self.groups.empty:
+            return {}
+        return {company: sorted(set(ids)) for company, ids in self.groups.groupby("company", sort=False)["group_id"]}
+
+    @cached_property
+    def group_members(self) -> dict[int, pd.DataFrame]:
+        """Each group's member rows, its anchor first, then by company and image."""
+        ordered = self.groups.sort_values(["group_id", "anchor", "company", "image"], ascending=[True, False, True, True])
+        return {int(group_id): members for group_id, members in ordered.groupby("group_id", sort=True)}
+
+    @cached_property
+    def group_links(self) -> dict[int, tuple[int, int]]:
+        """Each group's pairs verified directly and implied by the group."""
+        if self.pairs.empty:
+            return {}
+        counts = self.pairs.groupby(["group_id", "link"]).size().unstack(fill_value=0)
+        return {int(g): (int(row.get("direct", 0)), int(row.get("implied", 0))) for g, row in counts.iterrows()}
+
+    @cached_property
+    def reuse_of_company(self) -> dict[str, list[int]]:
+        """Positions in the reuse table of each company's pairs (either side), in table order."""
+        positions: dict[str, list[int]] = {}
+        for position, (a, b) in enumerate(zip(self.reuse["company_a"], self.reuse["company_b"])):
+            positions.setdefault(a, []).append(position)
+            if b != a:
+                positions.setdefault(b, []).append(position)
+        return positions
+
+    @cached_property
+    def population_band(self) -> pd.DataFrame:
+        """Per run date, the median and quartiles of every rated page's index (`plots.population_band`)."""
+        from pipeline.report.plots import population_band
+
+        return population_band(self.trends) if len(self.trends) else pd.DataFrame(columns=["run_date", "q1", "median", "q3"])
+
+    @cached_property
     def centre(self) -> np.ndarray:
         """The run's mean centred vector, unit length: what a photo's "generic" score is the cosine to."""
         centre = self.centred.mean(axis=0)
@@ -73,6 +142,14 @@ class RunData:
         rng = np.random.default_rng(0)
         a, b = rng.integers(0, len(self.centred), 4000), rng.integers(0, len(self.centred), 4000)
         return np.einsum("ij,ij->i", self.centred[a[a != b]], self.centred[b[a != b]])
+
+
+def _by_company(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """A table's rows per company (in the table's order): one pass, where filtering per audit page
+    would read the whole table once per page."""
+    if table.empty or "company" not in table.columns:
+        return {}
+    return {str(company): rows for company, rows in table.groupby("company", sort=False)}
 
 
 def _reference_centred(store: Warehouse, embedder_id: str, vectors: np.ndarray, index_reference: str) -> np.ndarray:

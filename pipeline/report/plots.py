@@ -71,7 +71,7 @@ def population_plot(companies: pd.DataFrame, company: str) -> Markup | None:
     return chart.svg()
 
 
-def _population_band(trends: pd.DataFrame) -> pd.DataFrame:
+def population_band(trends: pd.DataFrame) -> pd.DataFrame:
     """Per run date: the median and quartiles of every rated page's index (the population over time)."""
     rated = trends[trends["homogeneity_index"].notna()]
     quantiles = rated.groupby("run_date")["homogeneity_index"].quantile([0.25, 0.5, 0.75]).unstack()
@@ -81,12 +81,19 @@ def _population_band(trends: pd.DataFrame) -> pd.DataFrame:
 def trend_plot(trends: pd.DataFrame, company: str) -> Markup | None:
     """One page's index over runs with its intervals, beside the population's median and quartiles;
     a triangle where the index moved more than the two runs' intervals explain (up: rise, down: fall)."""
+    return company_trend_plot(trends[trends["company"] == company], population_band(trends))
+
+
+def company_trend_plot(history: pd.DataFrame | None, band: pd.DataFrame) -> Markup | None:
+    """`trend_plot` from the company's trends rows and the population's band (`population_band`),
+    which a report computes once for all its audit pages."""
     from pipeline.report.svg import Chart
 
-    history = trends[(trends["company"] == company) & trends["homogeneity_index"].notna()].sort_values("run_date")
+    if history is None:
+        return None
+    history = history[history["homogeneity_index"].notna()].sort_values("run_date")
     if len(history) < 2:  # one run is a point, not a trend
         return None
-    band = _population_band(trends)
     dates = sorted(set(band["run_date"]) | set(history["run_date"]))
 
     def days(values: Any) -> list[float]:
@@ -178,7 +185,7 @@ def population_over_time(trends: pd.DataFrame) -> str | None:
     figure, axes = figure_and_axes(7, 2.8)
     values = [rated.loc[rated["run_date"] == date, "homogeneity_index"].to_numpy() for date in dates]
     axes.boxplot(values, positions=np.arange(len(dates)), widths=0.5, showfliers=True)
-    band = _population_band(trends)
+    band = population_band(trends)
     axes.plot(np.arange(len(dates)), band["median"], color="#bc4b51", linewidth=1, label="median page")
     axes.set_xticks(np.arange(len(dates)), [f"{date}\n{len(v)} pages" for date, v in zip(dates, values)], fontsize=7)
     axes.set_ylim(0, 1)
@@ -191,8 +198,8 @@ def similarity_histogram(data: RunData, company: str) -> Markup | None:
     """Pairs on the page against random pairs of all pages, in the index's own similarity (reference-centred cosine)."""
     from pipeline.report.svg import Chart
 
-    ok = data.ok_pictures
-    mine = [data.row_of[k] for k in ok.loc[ok["company"] == company, "content_sha256"]]
+    ok = data.ok_pictures_of_company.get(company)
+    mine = [] if ok is None else [data.row_of[k] for k in ok["content_sha256"]]
     if len(mine) < 2:
         return None
     inside = data.centred[mine] @ data.centred[mine].T

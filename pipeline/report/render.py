@@ -20,13 +20,13 @@ from pipeline.metrics.template_index import drivers, validation_of
 from pipeline.report.data import RunData, count, finite, label, load_run, thumbnail
 from pipeline.report.plots import (
     changed_plot,
+    company_trend_plot,
     forest_plot,
     population_over_time,
     population_plot,
     similarity_histogram,
     sparkline,
     trend_grid,
-    trend_plot,
 )
 from pipeline.report.projection import umap_map
 from pipeline.warehouse import Warehouse
@@ -35,7 +35,7 @@ GALLERY_LIMIT = 400  # thumbnails per audit page (largest pages are sampled, and
 EXTREMES = 5  # most generic / most distinctive photos shown
 
 
-def _photo(store: Warehouse, row: pd.Series, thumbnails: bool = True) -> dict[str, Any]:
+def _photo(store: Warehouse, row: pd.Series | dict, thumbnails: bool = True) -> dict[str, Any]:
     return {
         "label": label(row),
         "alt": f"photo: {label(row)}",
@@ -48,12 +48,11 @@ def _photo(store: Warehouse, row: pd.Series, thumbnails: bool = True) -> dict[st
 def _reuse_rows(store: Warehouse, data: RunData, company: str | None = None) -> list[dict[str, Any]]:
     if data.reuse.empty:
         return []
-    ok = data.ok_by_row
+    ok = data.ok_rows
+    positions = range(len(data.reuse)) if company is None else data.reuse_of_company.get(company, [])
     rows = []
-    for pair in data.reuse.itertuples():
-        if company is not None and company not in (pair.company_a, pair.company_b):
-            continue
-        a, b = ok.loc[(pair.company_a, pair.image_a)], ok.loc[(pair.company_b, pair.image_b)]
+    for pair in data.reuse.iloc[list(positions)].itertuples():
+        a, b = ok[(pair.company_a, pair.image_a)], ok[(pair.company_b, pair.image_b)]
         rows.append({"a": _photo(store, a), "b": _photo(store, b), "company_a": pair.company_a, "company_b": pair.company_b,
                      "similarity": float(pair.similarity), "kind": pair.kind})  # fmt: skip
     return rows
@@ -68,35 +67,30 @@ def _group_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     they are, and how many of their pairs were verified directly (the rest are implied by the group)."""
     if data.groups.empty:
         return []
-    ok = data.ok_by_row
+    ok = data.ok_rows
+    ids = sorted(data.group_members) if company is None else data.group_ids_of_company.get(company, [])
     rows = []
-    for group_id, members in data.groups.groupby("group_id", sort=True):
-        if company is not None and company not in set(members["company"]):
-            continue
-        pairs = data.pairs[data.pairs["group_id"] == group_id]
-        shown = members.sort_values(["anchor", "company", "image"], ascending=[False, True, True]).head(MAX_PHOTOS_PER_GROUP)
+    for group_id in ids[:MAX_GROUPS_SHOWN]:
+        members = data.group_members[group_id]
+        n_direct, n_implied = data.group_links.get(group_id, (0, 0))
         rows.append({
             "id": int(group_id), "size": len(members), "companies": sorted(set(members["company"])),
-            "photos": [{**_photo(store, ok.loc[(r.company, r.image)]), "company": r.company} for r in shown.itertuples()],
-            "n_direct": int((pairs["link"] == "direct").sum()), "n_implied": int((pairs["link"] == "implied").sum()),
+            "photos": [{**_photo(store, ok[(r.company, r.image)]), "company": r.company}
+                       for r in members.head(MAX_PHOTOS_PER_GROUP).itertuples()],
+            "n_direct": n_direct, "n_implied": n_implied,
         })  # fmt: skip
-        if len(rows) == MAX_GROUPS_SHOWN:
-            break
     return rows
 
 
-def _trend_values(trends: pd.DataFrame, company: str) -> list[float | None]:
-    if trends.empty:
-        return []
-    history = trends[trends["company"] == company].sort_values("run_date")
-    return [finite(v) for v in history["homogeneity_index"]]
+def _trend_values(data: RunData, company: str) -> list[float | None]:
+    history = data.trends_of_company.get(company)
+    return [] if history is None else [finite(v) for v in history["homogeneity_index"]]
 
 
-def _change(trends: pd.DataFrame, company: str, run_date: str) -> dict[str, Any] | None:
-    if trends.empty:
-        return None
-    now = trends[(trends["company"] == company) & (trends["run_date"] == run_date)]
-    if now.empty or not bool(now.iloc[0]["significant"]):
+def _change(data: RunData, company: str) -> dict[str, Any] | None:
+    history = data.trends_of_company.get(company)
+    now = None if history is None else history[history["run_date"] == data.run_date]
+    if now is None or now.empty or not bool(now.iloc[0]["significant"]):
         return None
     row = now.iloc[0]
     return {"direction": row["direction"], "change": float(row["change"]), "since": row["previous_run_date"]}
@@ -115,10 +109,10 @@ def _since_previous(store: Warehouse, data: RunData) -> dict[str, Any]:
     moved = changes[["n_replaced", "n_added", "n_removed", "n_new_copies", "n_new_faces"]].sum(axis=1) > 0
     changed = changes[moved | changes["significant"]].assign(_order=lambda t: -t["change"].abs().fillna(0))
     changed = changed.sort_values(["significant", "_order", "company"], ascending=[False, True, True])
-    ok = data.ok_by_row
-    shared = [{"a": _photo(store, ok.loc[(r.company_a, r.image_a)]), "b": _photo(store, ok.loc[(r.company_b, r.image_b)]),
+    ok = data.ok_rows
+    shared = [{"a": _photo(store, ok[(r.company_a, r.image_a)]), "b": _photo(store, ok[(r.company_b, r.image_b)]),
                "company_a": r.company_a, "company_b": r.company_b, "kind": r.kind}
-              for r in data.newly_shared.itertuples() if (r.company_a, r.image_a) in ok.index and (r.company_b, r.image_b) in ok.index]  # fmt: skip
+              for r in data.newly_shared.itertuples() if (r.company_a, r.image_a) in ok and (r.company_b, r.image_b) in ok]  # fmt: skip
     faces = [pair for pair in shared if pair["kind"] == "face"]
     return {
         "previous": previous,
@@ -155,11 +149,10 @@ MAX_HISTORY = 12  # runs told in words on an audit page, newest first (the chart
 
 def _history(data: RunData, company: str) -> list[dict[str, str]]:
     """The company's changes run by run, in words, newest first."""
-    history = data.change_history
-    if history.empty:
+    mine = data.history_of_company.get(company)
+    if mine is None:
         return []
-    mine = history[history["company"] == company].sort_values("run_date", ascending=False).head(MAX_HISTORY)
-    return [{"run_date": r.run_date, "summary": r.summary} for r in mine.itertuples()]
+    return [{"run_date": r.run_date, "summary": r.summary} for r in mine.head(MAX_HISTORY).itertuples()]
 
 
 def _failures(data: RunData) -> dict[str, Any]:
@@ -308,7 +301,7 @@ def _company_table(data: RunData) -> list[dict[str, Any]]:
             "index": finite(row.homogeneity_index), "ci_low": finite(row.ci_low), "ci_high": finite(row.ci_high),
             "near_dup_rate": finite(row.near_dup_rate), "n_clusters": int(row.n_clusters) if finite(row.n_clusters) is not None else 0,
             "largest_cluster_share": finite(row.largest_cluster_share), "n_reused": int(row.n_reused_images), "n_errors": int(row.n_errors),
-            "spark": sparkline(_trend_values(data.trends, row.company)), "change": _change(data.trends, row.company, data.run_date),
+            "spark": sparkline(_trend_values(data, row.company)), "change": _change(data, row.company),
             "signals": {column: finite(getattr(row, column, None)) for column, *_ in TEMPLATE_SIGNALS},
             "face_share": finite(getattr(row, "face_share", None)),
             "face_repeated": count(getattr(row, "n_face_repeated", None)), "face_shared": count(getattr(row, "n_face_shared", None)),
@@ -404,9 +397,9 @@ def render_runs_index(reports: Warehouse, env: Any = None) -> str:
 def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: pd.Series, env: Any = None) -> str:
     env = env or _environment()
     company = row["company"]
-    ok = data.images[(data.images["status"] == "ok") & (data.images["company"] == company)]
-    clusters = data.clusters[data.clusters["company"] == company] if len(data.clusters) else pd.DataFrame(columns=["image", "cluster_id"])
-    cluster_of = dict(zip(clusters["image"], clusters["cluster_id"]))
+    ok = data.ok_of_company.get(company, data.images.iloc[:0])
+    clusters = data.clusters_of_company.get(company)
+    cluster_of = {} if clusters is None else dict(zip(clusters["image"], clusters["cluster_id"]))
     sampled = len(ok) > GALLERY_LIMIT
     shown = ok.sample(GALLERY_LIMIT, random_state=0) if sampled else ok
     groups: dict[int, list[dict[str, Any]]] = {}
@@ -436,8 +429,8 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         reading=_reading(row, data.companies, n_reused, data.embedder, offline),
         gallery=gallery, sampled=sampled, n_ok=len(ok), generic=generic, distinctive=distinctive, reuse=reuse,
         groups=_group_rows(store, data, company),
-        population=population_plot(data.companies, company), trend=trend_plot(data.trends, company) if len(data.trends) else None,
-        histogram=similarity_histogram(data, company), change=_change(data.trends, company, data.run_date),
+        population=population_plot(data.companies, company), trend=company_trend_plot(data.trends_of_company.get(company), data.population_band),
+        histogram=similarity_histogram(data, company), change=_change(data, company),
         history=_history(data, company),
         signals=template_signals(row, data.companies), face_share=finite(row.get("face_share")),
         face_repeated=count(row.get("n_face_repeated")), face_shared=count(row.get("n_face_shared")),
