@@ -86,12 +86,10 @@ def region_candidate_pairs(
 
 def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
     """content hash -> representative of its exact group (same bytes or same decoded pixels)."""
-    representative: dict[str, str] = {}
-    for _, group in ok.groupby("pixel_sha256", sort=True):
-        contents = sorted(group["content_sha256"].unique())
-        for content in contents:
-            representative[content] = contents[0]
-    return representative
+    # Vectorised: a groupby that makes a frame per group costs ~0.15 ms a group, seconds at 100,000 photos.
+    distinct = ok[["pixel_sha256", "content_sha256"]].drop_duplicates()
+    first = distinct.groupby("pixel_sha256")["content_sha256"].transform("min")
+    return dict(zip(distinct["content_sha256"], first))
 
 
 # Verification features of at most this many photos are held at once by one worker (~0.4 MB each:
@@ -283,7 +281,10 @@ def group_tables(
     verified = {pair: s for pair, s in verified.items() if pair[0] != pair[1]}
     nodes = sorted(set(representative.values()))
     groups = duplicate_groups(nodes, set(verified), similarity, guard)
-    exact_rows = {rep: rows.to_dict("records") for rep, rows in ok.groupby(ok["content_sha256"].map(representative), sort=True)}
+    # One pass over the rows (a groupby with a frame per group costs ~2 ms a group: seconds a night at scale).
+    exact_rows: dict[str, list[dict]] = {}
+    for row in ok.to_dict("records"):
+        exact_rows.setdefault(representative[row["content_sha256"]], []).append(row)
     # Exact copies of one photograph with no edited copy are groups too.
     grouped = {node for group in groups for node in group}
     groups += [[rep] for rep in nodes if rep not in grouped and len(exact_rows[rep]) > 1]
