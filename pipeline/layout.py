@@ -4,6 +4,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
 
     objects/raw/<sha[:2]>/<sha>.<ext>                 original bytes, content-addressed (absent in no-raw mode)
     objects/thumbs/<sha[:2]>/<sha>.jpg                thumbnails, content-addressed
+    objects/keypoints/<sha[:2]>/<sha>.v<N>.npz        verification's ORB keypoints of a photo (no picture), purged with it
     staging/run_date=D/raw/<sha[:2]>/<sha>.<ext>      run-scoped originals in no-raw mode, dropped at run end
     tables/<table>/run_date=D/part-0.parquet          Parquet tables, Hive-partitioned by run date
     runs/run_date=D/run.json                          what a run did: the mark of a finished run
@@ -46,7 +47,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Literal
 
-ObjectKind = Literal["raw", "thumbs"]
+ObjectKind = Literal["raw", "thumbs", "keypoints"]
 TMP_DIR = ".tmp"
 AUDIT_SITES_FILE = "audit-sites.yaml"
 DEMO_SITES_FILE = "demo-sites.yaml"  # `homog demo` on a remote warehouse: where every worker reads the sites file
@@ -79,6 +80,10 @@ def embedder_slug(embedder_id: str) -> str:
 # ------------------------------------------------------------------ content-addressed pictures
 def object_key(kind: ObjectKind, sha256: str, ext: str) -> str:
     return f"objects/{kind}/{sha256[:2]}/{sha256}.{ext}"
+
+
+def keypoints_key(sha256: str, version: int) -> str:
+    return object_key("keypoints", sha256, f"v{version}.npz")
 
 
 def objects_folder(kind: ObjectKind) -> str:

@@ -85,9 +85,10 @@ def test_verification_in_worker_processes_gives_one_process_verdicts(tmp_path: P
 
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
     params = VerifyParams.from_thresholds()
-    alone = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
-    spread = verify_pairs(pairs, warehouse, object_of, {}, params, workers=2)
-    assert spread == alone
+    alone, found_alone = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    # The second time, in worker processes, every photo's keypoints are those the first one kept.
+    spread, found_spread = verify_pairs(pairs, warehouse, object_of, {}, params, workers=2)
+    assert spread == alone and (found_alone, found_spread) == (6, 0)
     # The copies of one photo verify; photos of different seeds do not.
     assert {pair for pair, verdict in zip(pairs, alone) if verdict.same_photo} == {pair for pair in pairs if pair[0][1] == pair[1][1]}
 
@@ -139,3 +140,50 @@ def test_face_descriptors_in_worker_processes_equal_one_process(tmp_path: Path, 
     kept = kept_descriptors(warehouse)
     for content, descriptor in zip(contents, spread):
         assert np.array_equal(unseal(kept[content], warehouse.read_bytes(f"objects/raw/{content}.jpg"), content), descriptor)
+
+
+def test_scratch_of_a_killed_run_is_deleted_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A verification killed before its clean-up leaves grey copies of photos behind: the next
+    verification deletes them, and leaves a live process's folder alone."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from pipeline.features.verify import VerifyParams
+    from pipeline.metrics.near_duplicates import verify_pairs
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    abandoned = tmp_path / "scratch" / f"homog-verify-{gone.stdout.strip()}-abc"
+    live = tmp_path / "scratch" / f"homog-verify-{os.getpid()}-def"
+    for folder in (abandoned, live):
+        folder.mkdir(parents=True)
+        (folder / "photo.npz").write_bytes(b"grey picture")
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    verify_pairs(pairs[:1], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
+    assert not abandoned.exists() and (live / "photo.npz").exists()
+
+
+def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path) -> None:
+    """Verification keeps each photo's ORB keypoints (no picture) in the warehouse: the next run reads
+    them instead of finding them again, with the same verdicts. A kept file that is unreadable or was
+    found on a plane of another size is not trusted: found again and replaced."""
+    from pipeline import layout
+    from pipeline.features.verify import KEYPOINTS_VERSION, VerifyParams, features, keypoint_bytes, usable_keypoints
+    from pipeline.metrics.near_duplicates import verify_pairs
+
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    params = VerifyParams.from_thresholds()
+    first, found = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    assert found == 6 and all(warehouse.exists(layout.keypoints_key(name, KEYPOINTS_VERSION)) for name in object_of)
+    assert "PNG" not in warehouse.read_bytes(layout.keypoints_key("o1", KEYPOINTS_VERSION)).decode("latin-1")  # no picture inside
+    warehouse.write_bytes(layout.keypoints_key("o1", KEYPOINTS_VERSION), b"not an npz")
+    other_size = keypoint_bytes(features(photo_like(100, 100, seed=9), None))
+    warehouse.write_bytes(layout.keypoints_key("s1", KEYPOINTS_VERSION), other_size)
+    again, found_again = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    assert again == first and found_again == 2
+    from pipeline.ingest.intake import load_rgb
+
+    for name in ("o1", "s1"):  # replaced by keypoints of the photo's own plane
+        plane = features(load_rgb(warehouse.uri(object_of[name])), None)[0].grey.shape
+        assert usable_keypoints(warehouse.read_bytes(layout.keypoints_key(name, KEYPOINTS_VERSION)), plane)

@@ -33,6 +33,15 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     week_ago = time.time() - 7 * 86400
     os.utime(warehouse.path(orphan), (week_ago, week_ago))
 
+    # Verification's keypoints of a photo that went and of one still listed.
+    from pipeline.features.verify import KEYPOINTS_VERSION
+    from pipeline.layout import keypoints_key
+
+    gone_keypoints = keypoints_key(images.loc[images["company"] == "bluebird-bakery", "content_sha256"].iloc[0], KEYPOINTS_VERSION)
+    kept_keypoints = keypoints_key(warehouse.read_table("images", "2026-03-01")["content_sha256"].iloc[0], KEYPOINTS_VERSION)
+    for key in (gone_keypoints, kept_keypoints):
+        warehouse.write_bytes(key, b"keypoints")
+
     policy = RetentionConfig(raw_images_days=30, thumbnails_days=365)
     dry = purge_expired(warehouse, policy, "2026-03-10", dry_run=True)
     pictures = dry["kind"].isin(["raw", "thumbs"])
@@ -53,6 +62,7 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     assert all(warehouse.exists(key) for key in kept)
     assert (log.loc[log["kind"] == "thumbs", "action"] == "keep").all()
     assert warehouse.exists(orphan)  # unreferenced, but only a week old
+    assert not warehouse.exists(gone_keypoints) and warehouse.exists(kept_keypoints)  # keypoints go with their photo
     # Metrics stay, and the decisions are on record.
     assert not warehouse.read_table("companies", "2026-01-01").empty
     assert len(pd.read_parquet(warehouse.path("tables/retention/run_date=2026-03-10/part-0.parquet"))) == len(log)

@@ -86,9 +86,10 @@ def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
     assert second["counts"]["face_descriptors_computed"] == 0 < first["counts"]["face_descriptors_computed"]  # same faces: pairs reused
     assert second["counts"]["verifications_computed"] == 0 < first["counts"]["verifications_computed"]  # verdicts from the cache
     assert second["counts"]["region_views_computed"] == 0 < first["counts"]["region_views_computed"]  # region views too
+    assert second["counts"]["keypoints_computed"] == 0 < first["counts"]["keypoints_computed"]  # and verification's keypoints
     for counts in (first["counts"], second["counts"]):
         del counts["embedded"], counts["embedding_cache_hits"], counts["faces_measured"], counts["face_descriptors_computed"]
-        del counts["verifications_computed"], counts["region_views_computed"]
+        del counts["verifications_computed"], counts["region_views_computed"], counts["keypoints_computed"]
     assert first == second
     assert files_under(tmp_path / "wh") == before  # same files, byte for byte, none added
     assert Warehouse(str(tmp_path / "wh")).run_dates() == [RUN_DATE]

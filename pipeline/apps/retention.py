@@ -7,7 +7,8 @@ seen. Objects no table references (left by an interrupted run) age by their modi
 What the caches derive from a face goes with its photo: kept face descriptors (biometric, sealed to
 the photo) and the face signals (template signals and `face_window`, a coarse descriptor of the
 face) are deleted `retention.raw_images_days` after the last run that saw the photo (rows no run
-references age by their shard's modification time); a photo seen again is measured again. Tables,
+references age by their shard's modification time), and so are verification's ORB keypoints of the
+photo (`objects/keypoints/`); a photo seen again is measured again. Tables,
 metrics, embeddings, region views and verdicts stay: they are not pictures. Brand audits keep their own
 copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
 purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
@@ -37,11 +38,17 @@ def last_seen(warehouse: Warehouse) -> dict[str, str]:
     images = warehouse.read_table("images")
     if images.empty:
         return {}
+    from pipeline.features.verify import KEYPOINTS_VERSION
+
     seen: dict[str, str] = {}
     for column in ("raw_object", "thumbnail_object"):
         referenced = images.loc[images[column].fillna("") != "", [column, "run_date"]]
         for key, date in referenced.groupby(column)["run_date"].max().items():
             seen[key] = max(date, seen.get(key, ""))
+    # A photo's verification keypoints are seen whenever the photo is (by content hash).
+    with_content = images.loc[images["content_sha256"].fillna("") != "", ["content_sha256", "run_date"]]
+    for content, date in with_content.groupby("content_sha256")["run_date"].max().items():
+        seen[layout.keypoints_key(content, KEYPOINTS_VERSION)] = date
     return seen
 
 
@@ -84,7 +91,8 @@ def purge_expired(warehouse: Warehouse, retention: RetentionConfig, today: str, 
 
 def _purge_store(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:
     seen = last_seen(warehouse)
-    limits = {"raw": retention.raw_images_days, "thumbs": retention.thumbnails_days}
+    # Keypoints are derived from the original and go with it.
+    limits = {"raw": retention.raw_images_days, "thumbs": retention.thumbnails_days, "keypoints": retention.raw_images_days}
     records = []
     for kind, limit in limits.items():
         base = warehouse.path(layout.objects_folder(kind))

@@ -173,11 +173,13 @@ def detected_face(rgb: Image.Image, score_floor: float = 0.9) -> Box | None:
     return (faces[0].x, faces[0].y, faces[0].width, faces[0].height) if faces else None
 
 
-def features(rgb: Image.Image, face: Box | None | str = "detect") -> tuple[Features, Features]:
+def features(rgb: Image.Image, face: Box | None | str = "detect", known: bytes | None = None) -> tuple[Features, Features]:
     """ORB features of a picture and of its mirror image (mirrored copies are edits too).
 
     `face`: the largest face as the faces stage stores it (`face_signals.face_boxes`: in the picture
-    downscaled to `faces.WORKING_SIDE`), None where it found none, "detect" to find it here."""
+    downscaled to `faces.WORKING_SIDE`), None where it found none, "detect" to find it here.
+    `known`: this picture's `keypoint_bytes`, kept from an earlier run: ORB (70% of the cost) is
+    skipped where they match the picture's plane, and run where they do not."""
     import cv2
 
     from pipeline.features.faces import WORKING_SIDE
@@ -196,14 +198,53 @@ def features(rgb: Image.Image, face: Box | None | str = "detect") -> tuple[Featu
         to_grey = max(grey.shape) / min(native_side, WORKING_SIDE)  # the stored box's picture -> `grey`
         box = tuple(int(round(v * to_grey)) for v in face)
 
-    def describe(plane: np.ndarray, face_box: Box | None) -> Features:
+    stored = _stored_keypoints(known, grey.shape) if known is not None else None
+
+    def describe(plane: np.ndarray, face_box: Box | None, view: str) -> Features:
+        if stored is not None:
+            points, descriptors = stored[f"{view}keypoints"], stored[f"{view}descriptors"]
+            return Features(plane, points, descriptors if len(descriptors) else None, face_box, native_side)
         # Keypoints on the equalised plane: brightness, contrast and greyscale edits stop mattering.
         keypoints, descriptors = orb.detectAndCompute(cv2.equalizeHist(plane), None)
         points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
         return Features(plane, points, descriptors, face_box, native_side)
 
     mirrored_face = None if box is None else (grey.shape[1] - box[0] - box[2], box[1], box[2], box[3])
-    return describe(grey, box), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face)  # type: ignore[arg-type]
+    return describe(grey, box, ""), describe(np.ascontiguousarray(grey[:, ::-1]), mirrored_face, "mirror_")  # type: ignore[arg-type]
+
+
+KEYPOINTS_VERSION = 1  # change with _SIDE, _N_FEATURES or the ORB settings: kept keypoints are then not reused
+
+
+def keypoint_bytes(views: tuple[Features, Features]) -> bytes:
+    """What of a picture's `features` is kept between runs (~80 KB): its ORB keypoints and descriptors
+    in both views, and the plane they were found on (its shape). Not the plane itself, which is a
+    picture: it is made again from the stored photo."""
+    import io
+
+    direct, mirrored = views
+    buffer = io.BytesIO()
+    np.savez(buffer, shape=np.asarray(direct.grey.shape), keypoints=direct.keypoints, descriptors=_stored(direct.descriptors),
+             mirror_keypoints=mirrored.keypoints, mirror_descriptors=_stored(mirrored.descriptors))  # fmt: skip
+    return buffer.getvalue()
+
+
+def usable_keypoints(data: bytes, plane_shape: tuple[int, ...]) -> bool:
+    """Whether kept `keypoint_bytes` are readable and belong to a plane of this shape (else `features` finds them anew)."""
+    return _stored_keypoints(data, plane_shape) is not None
+
+
+def _stored_keypoints(data: bytes, shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+    """`keypoint_bytes`' arrays where they are readable and were found on a plane of `shape`; None otherwise."""
+    import io
+    import zipfile
+
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+            arrays = {name: stored[name] for name in ("shape", "keypoints", "descriptors", "mirror_keypoints", "mirror_descriptors")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return arrays if tuple(arrays["shape"]) == tuple(shape) else None
 
 
 def save_features(path: str, views: tuple[Features, Features]) -> None:

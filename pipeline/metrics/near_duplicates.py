@@ -29,6 +29,7 @@ tree index over 512-d vectors and gives run-to-run label changes for borderline 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -135,13 +136,22 @@ class FeatureJob:
     scratch: str
 
 
-def compute_features(job: FeatureJob) -> None:
-    from pipeline.features.verify import save_features
+def compute_features(job: FeatureJob) -> int:
+    """Each photo's features into the scratch folder, its keypoints from the warehouse where an
+    earlier run kept them (a night's candidates are mostly unchanged photos); how many were found now."""
+    from pipeline.features.verify import KEYPOINTS_VERSION, keypoint_bytes, save_features, usable_keypoints
     from pipeline.ingest.intake import load_rgb
 
+    found_now = 0
     for content in job.contents:
-        views = features(load_rgb(job.warehouse.uri(job.object_of[content])), job.faces.get(content, "detect"))
+        key = layout.keypoints_key(content, KEYPOINTS_VERSION)
+        known = job.warehouse.read_bytes(key) if job.warehouse.exists(key) else None
+        views = features(load_rgb(job.warehouse.uri(job.object_of[content])), job.faces.get(content, "detect"), known)
+        if known is None or not usable_keypoints(known, views[0].grey.shape):  # none kept, or unreadable: found now
+            job.warehouse.write_bytes(key, keypoint_bytes(views))
+            found_now += 1
         save_features(_features_path(job.scratch, content), views)
+    return found_now
 
 
 @dataclass(frozen=True)
@@ -169,31 +179,60 @@ def _cut(items: list, workers: int) -> list[list]:
     return [items[start : start + size] for start in range(0, len(items), size)]
 
 
+_SCRATCH_PREFIX = "homog-verify-"
+
+
+def _sweep_abandoned_scratch() -> None:
+    """Delete verification scratch folders whose process is gone (killed before its `finally` ran):
+    they hold grey copies of photos, which must not outlive the run that made them."""
+    import glob
+    import shutil
+    import tempfile
+
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), f"{_SCRATCH_PREFIX}*")):
+        owner = os.path.basename(folder).removeprefix(_SCRATCH_PREFIX).split("-", 1)[0]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to clean
+        return True
+    return True
+
+
 def verify_pairs(
     pairs: list[tuple[str, str]], warehouse: Warehouse, object_of: dict[str, str], faces: dict, params: VerifyParams, workers: int
-) -> list[Verdict]:
-    """The verdicts of content pairs, in `workers` processes (pipeline/parallel.py), in two steps:
+) -> tuple[list[Verdict], int]:
+    """The verdicts of content pairs, and for how many photos ORB keypoints were found now (the rest
+    were kept by earlier runs), in `workers` processes (pipeline/parallel.py), in two steps:
     each photo's features once, into a scratch folder on this machine's disk (~0.25 MB a photo,
-    deleted at the end), then the pairs, in jobs that read the features they need from there (the
-    page cache, in practice). Cutting the pairs alone into jobs would compute a photo's features
-    again in every job with one of its pairs: 2.7x as often with 8 jobs on 414 photos."""
+    deleted at the end, or by the next run where this process was killed first), then the pairs, in
+    jobs that read the features they need from there (the page cache, in practice). Cutting the
+    pairs alone into jobs would compute a photo's features again in every job with one of its
+    pairs: 2.7x as often with 8 jobs on 414 photos."""
     import shutil
     import tempfile
 
     from pipeline.parallel import process_map
 
     photos = sorted({photo for pair in pairs for photo in pair})
-    scratch = tempfile.mkdtemp(prefix="homog-verify-")
+    _sweep_abandoned_scratch()
+    scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-")
     try:
         feature_jobs = [FeatureJob(chunk, warehouse, {c: object_of[c] for c in chunk}, {c: faces[c] for c in chunk if c in faces}, scratch)
                         for chunk in _cut(photos, workers)]  # fmt: skip
-        process_map(compute_features, feature_jobs, workers, _SECONDS_PER_PHOTO * len(photos))
+        n_keypoints = sum(process_map(compute_features, feature_jobs, workers, _SECONDS_PER_PHOTO * len(photos)))
         jobs = [VerifyJob(chunk, scratch, params) for chunk in _cut(cache_friendly_order(pairs), workers)]
         found = {pair: verdict for job, verdicts in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(pairs)))
                  for pair, verdict in zip(job.pairs, verdicts)}  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return [found[pair] for pair in pairs]
+    return [found[pair] for pair in pairs], n_keypoints
 
 
 def verified_content_pairs(
@@ -204,9 +243,10 @@ def verified_content_pairs(
     params: VerifyParams,
     faces: dict[str, tuple[int, int, int, int] | None],
     workers: int = 1,
-) -> tuple[list[tuple[str, str, float]], int]:
-    """The candidate pairs (rows of the index) that verify as the same photograph, and how many
-    content pairs were verified now (the rest came from the cache). `faces`: the faces stage's
+) -> tuple[list[tuple[str, str, float]], int, int]:
+    """The candidate pairs (rows of the index) that verify as the same photograph, how many content
+    pairs were verified now (the rest came from the cache) and for how many photos ORB keypoints
+    were found now (`verify_pairs`). `faces`: the faces stage's
     largest face per content (`face_signals.largest_faces`); photos it did not measure are detected here.
     `workers`: processes to verify in (pipeline/parallel.py).
 
@@ -227,7 +267,7 @@ def verified_content_pairs(
         return (a, b) if a < b else (b, a)
 
     todo = sorted({canonical(c) for c in candidates} - set(known))
-    verdicts = verify_pairs(todo, warehouse, object_of, faces, params, workers)
+    verdicts, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers)
     if todo:
         table = pa.table({
             "content_a": [a for a, _ in todo], "content_b": [b for _, b in todo],
@@ -237,7 +277,7 @@ def verified_content_pairs(
         warehouse.write_shard(folder, [f"{a}:{b}" for a, b in todo], table)
         known.update(zip(todo, (v.same_photo for v in verdicts)))
     logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
-    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]], len(todo)
+    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]], len(todo), n_keypoints
 
 
 def duplicate_groups(
@@ -349,6 +389,7 @@ class NearDuplicates:
     n_verifications_computed: int  # candidate content pairs verified by this run (not from the cache)
     candidates_by_source: dict[str, int]  # how candidates were found, before exact copies are set aside: each pair under its first source
     n_region_views_computed: int  # photos whose region views this run computed (not from the cache)
+    n_keypoints_computed: int  # photos whose verification keypoints this run found (not kept from an earlier run)
 
 
 def find_near_duplicates(
@@ -399,7 +440,7 @@ def find_near_duplicates(
         len(by_region),
     )
     params, faces = VerifyParams.from_thresholds(thresholds), largest_faces(warehouse, face_score_floor)
-    near, n_computed = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces, workers)
+    near, n_computed, n_keypoints = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces, workers)
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
     pairs, groups = group_tables(ok, representative, near, similarity, candidate_threshold)
@@ -409,4 +450,4 @@ def find_near_duplicates(
     clusters = style_clusters(ok, embeddings, edges, images)
     reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
     by_source = {"embedding": len(found), "face_window": len(by_face), "region_views": len(by_region)}
-    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near), n_computed, by_source, n_region_views)
+    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near), n_computed, by_source, n_region_views, n_keypoints)

@@ -122,7 +122,7 @@ def near_duplicates(ctx: RunContext) -> dict[str, Any]:
         "counts": {"near_duplicate_candidates": found.n_candidates, "near_duplicates_verified": found.n_verified,
                    "verifications_computed": found.n_verifications_computed,
                    **{f"candidates_by_{source}": n for source, n in found.candidates_by_source.items()},
-                   "region_views_computed": found.n_region_views_computed,
+                   "region_views_computed": found.n_region_views_computed, "keypoints_computed": found.n_keypoints_computed,
                    "pairs": len(found.pairs), "duplicate_groups": int(found.groups["group_id"].nunique()),
                    "cross_company_pairs": len(found.reuse)},
     }  # fmt: skip
