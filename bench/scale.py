@@ -241,8 +241,23 @@ def main() -> None:
             )
         )
         shutil.rmtree(warehouse.parent, ignore_errors=True)
-    write_result("scale", {"seed": args.seed, "sizes": results, "targets": {"changed_over_cold": 0.05, "unchanged_over_cold": 0.1,
-                                                                          "peak_rss_mb_at_100000": 8192}})  # fmt: skip
+    write_result("scale", {"seed": args.seed, "sizes": {**earlier_sizes(args.seed), **results},
+                           "targets": {"changed_over_cold": 0.05, "unchanged_over_cold": 0.1, "peak_rss_mb_at_100000": 8192}})  # fmt: skip
+
+
+def earlier_sizes(seed: int) -> dict:
+    """The sizes the last results hold for this seed, each marked with the commit and date it was
+    measured at: a run of one size replaces that size only, and never passes older figures off as its own."""
+    from bench.common import RESULTS
+
+    path = RESULTS / "scale.json"
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if earlier.get("figures", {}).get("seed") != seed:
+        return {}
+    stamp = {"measured_at_commit": earlier.get("commit", "")[:12], "measured_on": earlier.get("date", "")}
+    return {size: {**stamp, **figures} for size, figures in earlier["figures"].get("sizes", {}).items()}
 
 
 if __name__ == "__main__":

@@ -305,3 +305,23 @@ def test_an_audit_page_names_and_counts_its_photos_copied_onto_other_pages(tmp_p
     page_a = next((Path(result.outputs["report"]).parent / "companies").glob("a-*.html")).read_text()
     assert "2 of its photos are copies or near-copies of photos on other companies" in page_a
     assert "a-photo0.jpg" in page_a and "b-photo0.jpg" in page_a and "a-photo1.jpg" in page_a
+
+
+def test_the_map_is_fitted_on_a_bounded_sample_and_places_the_rest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UMAP is fitted on at most MAX_FIT_PHOTOS photos (a seeded sample, the same each time); every
+    other photo is placed among them."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pipeline.report import projection
+
+    monkeypatch.setattr(projection, "MAX_FIT_PHOTOS", 12)
+    vectors = np.random.default_rng(1).normal(size=(30, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    data = SimpleNamespace(run_date=RUN_DATE, keys=[f"k{i:02d}" for i in range(30)], vectors=vectors)
+    fitted = projection.fit_projection(data)  # type: ignore[arg-type]
+    assert len(fitted.keys) == 12 and fitted.keys == projection.fit_projection(data).keys  # type: ignore[arg-type]
+    rows = [data.keys.index(key) for key in fitted.keys]
+    assert np.array_equal(fitted.vectors, vectors[rows]) and fitted.points.shape == (12, 2)
+    assert np.isfinite(fitted.place(vectors)).all()

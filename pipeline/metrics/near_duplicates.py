@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -226,12 +227,17 @@ def verify_pairs(
     try:
         feature_jobs = [FeatureJob(chunk, warehouse, {c: object_of[c] for c in chunk}, {c: faces[c] for c in chunk if c in faces}, scratch)
                         for chunk in _cut(photos, workers)]  # fmt: skip
+        started = time.perf_counter()
         n_keypoints = sum(process_map(compute_features, feature_jobs, workers, _SECONDS_PER_PHOTO * len(photos)))
+        featured = time.perf_counter()
         jobs = [VerifyJob(chunk, scratch, params) for chunk in _cut(cache_friendly_order(pairs), workers)]
         found = {pair: verdict for job, verdicts in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(pairs)))
                  for pair, verdict in zip(job.pairs, verdicts)}  # fmt: skip
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    if pairs:
+        logger.info("verification: features of %d photo(s) in %.1f s (keypoints found now for %d, kept for the rest), %d pair(s) in %.1f s, "
+                    "%d worker(s)", len(photos), featured - started, n_keypoints, len(pairs), time.perf_counter() - featured, workers)  # fmt: skip
     return [found[pair] for pair in pairs], n_keypoints
 
 

@@ -1,7 +1,8 @@
 """The report's map: the run's photos on one fixed 2-d layout per embedder.
 
-The layout is fitted by UMAP on the first run that has enough photos and stored as plain arrays (the
-fitted photos' vectors and their places, `pipeline.layout.projection_file`, read without pickle).
+The layout is fitted by UMAP on the first run that has enough photos (on a seeded sample of
+`MAX_FIT_PHOTOS` where it has more) and stored as plain arrays (the fitted photos' vectors and their
+places, `pipeline.layout.projection_file`, read without pickle).
 Later runs place each photo at the similarity-weighted mean place of its nearest fitted photos (how
 UMAP's own transform starts), so the maps of different runs can be laid side by side.
 """
@@ -60,12 +61,22 @@ class Projection:
         return np.concatenate(places) if places else np.zeros((0, 2))
 
 
+# UMAP is fitted on at most this many photos (a seeded sample), the rest placed on it: its cost and
+# memory grow faster than linearly with the photos, and a map of 100,000 points shows no more.
+MAX_FIT_PHOTOS = 5000
+
+
 def fit_projection(data: RunData) -> Projection:
     import umap
 
-    model = umap.UMAP(n_neighbors=min(15, len(data.keys) - 1), metric="cosine", random_state=0, n_epochs=200)
-    points = model.fit_transform(data.vectors)
-    return Projection(data.run_date, list(data.keys), np.asarray(data.vectors, np.float32), np.asarray(points, np.float64))
+    rows = np.arange(len(data.keys))
+    if len(rows) > MAX_FIT_PHOTOS:
+        rows = np.sort(np.random.default_rng(0).choice(rows, MAX_FIT_PHOTOS, replace=False))
+    model = umap.UMAP(n_neighbors=min(15, len(rows) - 1), metric="cosine", random_state=0, n_epochs=200)
+    points = model.fit_transform(data.vectors[rows])
+    return Projection(
+        data.run_date, [data.keys[r] for r in rows], np.asarray(data.vectors[rows], np.float32), np.asarray(points, np.float64)
+    )
 
 
 def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
@@ -86,6 +97,11 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
         points = projection.points  # the fitting run itself: its own layout, so a regenerated report is identical
     else:
         points = projection.place(data.vectors)
+        if projection.fitted_on == data.run_date:  # the fitting run, fitted on a sample: the sample keeps its own places
+            fitted = {key: row for row, key in enumerate(projection.keys)}
+            for row, key in enumerate(data.keys):
+                if key in fitted:
+                    points[row] = projection.points[fitted[key]]
     fitted_on = projection.fitted_on
     if fitted_on == data.run_date:
         note = f"fixed projection fitted on this run ({data.run_date}); later runs with {data.embedder} are placed on it, so their maps compare"
