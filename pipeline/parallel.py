@@ -7,17 +7,20 @@ GIL is held (two threads ran at 1.25x one). Processes do: each worker runs its o
 How many: `compute.workers` in the settings, 0 (the default) for every CPU this process may use
 (its affinity mask, which a container or `taskset` narrows), never a number fitted to one machine.
 Small jobs stay in this process, where a worker's start-up (~0.5 s: an interpreter and its imports)
-would cost more than it saves.
+would cost more than it saves. Where the workers fail as a whole (one is killed, or none can start),
+the work is done in this process and the log says why.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
+logger = logging.getLogger(__name__)
 
 # Below this many seconds of work in all, worker processes cost more than they save.
 MIN_PARALLEL_SECONDS = 2.0
@@ -61,9 +64,20 @@ def process_map(
     half-held, as a fork could), which do not run the calling script's main module again, and which
     stay up for the next call of the run (identity after verification) instead of starting anew.
     `function` must be importable by name (module level) and the items must pickle."""
+    from concurrent.futures import BrokenExecutor
+
     import joblib
 
     workers = min(workers, len(items))
     if workers < 2 or estimated_seconds < MIN_PARALLEL_SECONDS:
         return [function(item) for item in items]
-    return joblib.Parallel(n_jobs=workers, backend="loky")(joblib.delayed(_in_worker)(function, item) for item in items)
+    try:
+        return joblib.Parallel(n_jobs=workers, backend="loky")(joblib.delayed(_in_worker)(function, item) for item in items)
+    except (BrokenExecutor, AssertionError) as exc:
+        # The pool broke (a worker killed, say out of memory) or could not start ("daemonic processes
+        # are not allowed to have children"): nothing is lost, the work is done here instead. A job's
+        # own error is not caught: it is raised as the job raised it.
+        if isinstance(exc, AssertionError) and "daemonic" not in str(exc):
+            raise
+        logger.warning("worker processes failed (%s): running %d item(s) in this process instead", exc, len(items))
+        return [function(item) for item in items]

@@ -40,6 +40,20 @@ def test_a_jobs_error_is_raised_to_the_caller(always_parallel: None) -> None:
         parallel.process_map(doubled_with_worker, [1, 2, -3, 4], workers=2, estimated_seconds=1.0)
 
 
+def doubled_unless_in_a_worker(value: int, parent: int) -> int:
+    if os.getpid() != parent:
+        os._exit(1)  # a worker dies, as one killed for memory does
+    return 2 * value
+
+
+def test_work_of_workers_that_die_is_done_in_this_process(always_parallel: None, caplog: pytest.LogCaptureFixture) -> None:
+    import functools
+
+    function = functools.partial(doubled_unless_in_a_worker, parent=os.getpid())
+    assert parallel.process_map(function, [1, 2, 3], workers=2, estimated_seconds=1.0) == [2, 4, 6]
+    assert "worker processes failed" in caplog.text
+
+
 def test_small_work_and_a_single_worker_stay_in_this_process() -> None:
     for workers, seconds in ((2, 0.1), (1, 100.0)):
         results = parallel.process_map(doubled_with_worker, [1, 2, 3], workers=workers, estimated_seconds=seconds)
@@ -187,3 +201,23 @@ def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path)
     for name in ("o1", "s1"):  # replaced by keypoints of the photo's own plane
         plane = features(load_rgb(warehouse.uri(object_of[name])), None)[0].grey.shape
         assert usable_keypoints(warehouse.read_bytes(layout.keypoints_key(name, KEYPOINTS_VERSION)), plane)
+
+
+def test_verification_in_blocks_computes_each_photos_features_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Pairs are verified in blocks so that the scratch folder holds only what is still needed: the
+    verdicts are those of one block, and no photo's features are computed twice."""
+    import logging
+
+    from pipeline.features.verify import VerifyParams
+    from pipeline.metrics import near_duplicates
+
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    params = VerifyParams.from_thresholds()
+    whole, _ = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    monkeypatch.setattr(near_duplicates, "_BLOCK_PAIRS", 4)
+    with caplog.at_level(logging.INFO, logger="pipeline.metrics.near_duplicates"):
+        blocks, _ = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    assert blocks == whole
+    assert "features of 6 photo(s)" in caplog.text and f"{len(pairs)} pair(s)" in caplog.text

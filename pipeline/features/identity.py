@@ -17,7 +17,7 @@ becomes unreadable once the photo is gone (a purged original, a no-raw-images ru
 its page), and `homog retention` deletes it with the photo (`retention.raw_images_days` after the
 photo was last seen). A night where 1% of the faces changed computes 1% of the descriptors and
 unseals the rest. With the setting off, descriptors exist only in memory during the run, any change
-of faces recomputes every one (~90 ms per face on 2 cores), and kept ones are deleted at the next
+of faces recomputes every one (~60 ms per face on one core, spread over worker processes), and kept ones are deleted at the next
 run. Either way only the pairs they reveal are stored in tables, and a run that compares exactly
 the faces the previous run compared (a nightly over unchanged pages) reuses that run's pairs.
 """
