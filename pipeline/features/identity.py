@@ -17,9 +17,10 @@ becomes unreadable once the photo is gone (a purged original, a no-raw-images ru
 its page), and `homog retention` deletes it with the photo (`retention.raw_images_days` after the
 photo was last seen). A night where 1% of the faces changed computes 1% of the descriptors and
 unseals the rest. With the setting off, descriptors exist only in memory during the run, any change
-of faces recomputes every one (~60 ms per face on one core, spread over worker processes), and kept ones are deleted at the next
-run. Either way only the pairs they reveal are stored in tables, and a run that compares exactly
-the faces the previous run compared (a nightly over unchanged pages) reuses that run's pairs.
+of faces recomputes every one (~60 ms per face on one core, spread over worker processes), and kept
+ones are deleted at the next run. Either way only the pairs they reveal are stored in tables, and a
+run that compares exactly the faces the previous run compared (a nightly over unchanged pages)
+reuses that run's pairs.
 """
 
 from __future__ import annotations
@@ -241,6 +242,7 @@ def compute_descriptor(job: DescriptorJob) -> tuple[np.ndarray, bytes]:
 # dlib's descriptor, per face on the machines measured (60-90 ms): the order of magnitude
 # `process_map` weighs against a worker's start-up, not a tuning.
 _SECONDS_PER_FACE = 0.06
+_READ_THREADS = 8
 
 
 def face_descriptors(
@@ -257,16 +259,17 @@ def face_descriptors(
     (privacy.keep_face_descriptors), kept descriptors are unsealed with their photo's bytes and new
     ones sealed and kept. `boxes`: faces already found by the face signals, by content hash (the
     detector runs for the rest)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from pipeline.parallel import process_map
 
     kept = kept_descriptors(warehouse) if keep else {}
     object_of = dict(zip(images["content_sha256"], images["raw_object"]))
-    found: dict[str, np.ndarray] = {}
-    for content in contents:
-        if content in kept:
-            unsealed = unseal(kept[content], warehouse.read_bytes(object_of[content]), content)
-            if unsealed is not None:
-                found[content] = unsealed
+    sealed = [content for content in contents if content in kept]
+    # Unsealing reads every kept face's photo: I/O (an object store's round trips), which threads overlap.
+    with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="unseal") as pool:
+        unsealed = pool.map(lambda content: unseal(kept[content], warehouse.read_bytes(object_of[content]), content), sealed)
+        found = {content: descriptor for content, descriptor in zip(sealed, unsealed) if descriptor is not None}
     todo = [content for content in contents if content not in found]
     jobs = [DescriptorJob(warehouse, object_of[c], c, (boxes or {}).get(c), score_floor, keep) for c in todo]
     computed = process_map(compute_descriptor, jobs, workers, _SECONDS_PER_FACE * len(jobs))
