@@ -94,9 +94,10 @@ def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
     return dict(zip(distinct["content_sha256"], first))
 
 
-# Verification features of at most this many photos are held at once by one worker (~0.4 MB each:
-# the grey picture and ORB keypoints of both views).
-FEATURE_CACHE_PHOTOS = 4096
+# Verification features of at most this many photos are held at once by one worker (~0.25 MB each:
+# the grey picture and ORB keypoints of both views; ~64 MB a worker, whatever the CPU count). A
+# miss costs a read from the scratch folder (the page cache), not a recomputation.
+FEATURE_CACHE_PHOTOS = 256
 # Seconds per photo (features) and per pair (verification) on the machines measured, for
 # `process_map`'s choice between worker processes and this one: orders of magnitude, not tunings.
 _SECONDS_PER_PHOTO, _SECONDS_PER_PAIR = 0.01, 0.005
