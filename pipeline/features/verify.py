@@ -202,8 +202,7 @@ def features(rgb: Image.Image, face: Box | None | str = "detect", known: bytes |
 
     def describe(plane: np.ndarray, face_box: Box | None, view: str) -> Features:
         if stored is not None:
-            points, descriptors = stored[f"{view}keypoints"], stored[f"{view}descriptors"]
-            return Features(plane, points, descriptors if len(descriptors) else None, face_box, native_side)
+            return _stored_view(stored, view, plane, face_box, native_side)
         # Keypoints on the equalised plane: brightness, contrast and greyscale edits stop mattering.
         keypoints, descriptors = orb.detectAndCompute(cv2.equalizeHist(plane), None)
         points = np.float32([kp.pt for kp in keypoints]).reshape(-1, 2)
@@ -222,10 +221,8 @@ def keypoint_bytes(views: tuple[Features, Features]) -> bytes:
     picture: it is made again from the stored photo."""
     import io
 
-    direct, mirrored = views
     buffer = io.BytesIO()
-    np.savez(buffer, shape=np.asarray(direct.grey.shape), keypoints=direct.keypoints, descriptors=_stored(direct.descriptors),
-             mirror_keypoints=mirrored.keypoints, mirror_descriptors=_stored(mirrored.descriptors))  # fmt: skip
+    np.savez(buffer, shape=np.asarray(views[0].grey.shape), **_keypoint_arrays(views))
     return buffer.getvalue()
 
 
@@ -241,7 +238,7 @@ def _stored_keypoints(data: bytes, shape: tuple[int, ...]) -> dict[str, np.ndarr
 
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
-            arrays = {name: stored[name] for name in ("shape", "keypoints", "descriptors", "mirror_keypoints", "mirror_descriptors")}
+            arrays = {name: stored[name] for name in ("shape", *_KEYPOINT_ARRAYS)}
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return None
     return arrays if tuple(arrays["shape"]) == tuple(shape) else None
@@ -253,11 +250,8 @@ def save_features(path: str, views: tuple[Features, Features]) -> None:
     stored: it is the direct one flipped."""
     direct, mirrored = views
     no_face = np.zeros(0, np.int64)
-    np.savez(
-        path, grey=direct.grey, native_side=direct.native_side,
-        keypoints=direct.keypoints, descriptors=_stored(direct.descriptors), face=np.asarray(direct.face or no_face),
-        mirror_keypoints=mirrored.keypoints, mirror_descriptors=_stored(mirrored.descriptors), mirror_face=np.asarray(mirrored.face or no_face),
-    )  # fmt: skip
+    np.savez(path, grey=direct.grey, native_side=direct.native_side, face=np.asarray(direct.face or no_face),
+             mirror_face=np.asarray(mirrored.face or no_face), **_keypoint_arrays(views))  # fmt: skip
 
 
 def load_features(path: str) -> tuple[Features, Features]:
@@ -266,15 +260,29 @@ def load_features(path: str) -> tuple[Features, Features]:
         grey, side = stored["grey"], int(stored["native_side"])
 
         def view(plane: np.ndarray, prefix: str) -> Features:
-            descriptors, face = stored[f"{prefix}descriptors"], stored[f"{prefix}face"]
-            return Features(plane, stored[f"{prefix}keypoints"], descriptors if len(descriptors) else None,
-                            tuple(int(v) for v in face) if len(face) else None, side)  # type: ignore[arg-type]  # fmt: skip
+            face = stored[f"{prefix}face"]
+            return _stored_view(stored, prefix, plane, tuple(int(v) for v in face) if len(face) else None, side)  # type: ignore[arg-type]
 
         return view(grey, ""), view(np.ascontiguousarray(grey[:, ::-1]), "mirror_")
 
 
-def _stored(descriptors: np.ndarray | None) -> np.ndarray:
-    return descriptors if descriptors is not None else np.zeros((0, 32), np.uint8)
+# The arrays of a picture's two views that `keypoint_bytes` keeps and `save_features` stores too.
+_KEYPOINT_ARRAYS = ("keypoints", "descriptors", "mirror_keypoints", "mirror_descriptors")
+
+
+def _keypoint_arrays(views: tuple[Features, Features]) -> dict[str, np.ndarray]:
+    """Both views' keypoints and descriptors under `_KEYPOINT_ARRAYS`' names (no descriptors: an empty array)."""
+    arrays = {}
+    for prefix, view in zip(("", "mirror_"), views):
+        arrays[f"{prefix}keypoints"] = view.keypoints
+        arrays[f"{prefix}descriptors"] = view.descriptors if view.descriptors is not None else np.zeros((0, 32), np.uint8)
+    return arrays
+
+
+def _stored_view(stored, prefix: str, plane: np.ndarray, face: Box | None, native_side: int) -> Features:  # noqa: ANN001 - an npz or a dict
+    """One view rebuilt from `_keypoint_arrays`' arrays (`prefix`: "" or "mirror_") and its plane."""
+    descriptors = stored[f"{prefix}descriptors"]
+    return Features(plane, stored[f"{prefix}keypoints"], descriptors if len(descriptors) else None, face, native_side)
 
 
 def _block_correlations(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray, block: int = _BLOCK) -> np.ndarray:
