@@ -240,9 +240,16 @@ def test_the_demo_tells_its_story_night_by_night(story_run: tuple[dict, Path, in
     assert night3.index(f"Since the previous run ({dates[1]})") < night3.index("Pages ranked by homogeneity")
     assert 'alder-architects</a>: <span class="flag up">10 of 10 photos replaced' in night3
     last = (reports / STORY_END / "index.html").read_text()
-    for alt in ("homogeneity index over runs of the pages that changed significantly", "homogeneity index over runs, one small chart per page",
-                "distribution of the pages' homogeneity index per run"):  # fmt: skip
+    for alt in (
+        "homogeneity index over runs of the pages that changed significantly",
+        "distribution of the pages' homogeneity index per run",
+    ):
         assert f'alt="{alt}"' in last
+    grid = last[last.index('aria-label="homogeneity index over runs, one small chart per page"') :]
+    panels = [part.split("</figcaption>")[0] for part in grid.split("<figure><figcaption>")[1:]]
+    assert "alder-architects" in panels and len(panels) == len(set(panels)) >= 3  # one inline chart a rated page
+    assert set(panels) <= {"northwind-legal", "bluebird-bakery", "copperleaf-consulting", "tiny-startup", "alder-architects"}
+    assert grid.count("<svg") >= len(panels)
     assert f"{NIGHTS} runs joined" in last and "No page changed" in last
     night4 = (reports / dates[3] / "index.html").read_text()
     assert "Photos newly copied across companies" in night4

@@ -325,3 +325,45 @@ def test_the_map_is_fitted_on_a_bounded_sample_and_places_the_rest(monkeypatch: 
     rows = [data.keys.index(key) for key in fitted.keys]
     assert np.array_equal(fitted.vectors, vectors[rows]) and fitted.points.shape == (12, 2)
     assert np.isfinite(fitted.place(vectors)).all()
+
+
+def test_run_report_plots_stay_bounded_however_many_pages(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 4,000 pages a chart with a row, a panel or a legend line per page would be unreadable (and
+    the forest plot a picture 160,000 px tall): the forest plot draws the most homogeneous pages, the
+    small multiples the pages that moved most (each its audit page's SVG chart), the changed-pages
+    chart the largest significant moves; a grid of one run is no trend and draws nothing."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pipeline.report import plots
+
+    monkeypatch.setattr(plots, "MAX_FOREST_ROWS", 3)
+    monkeypatch.setattr(plots, "MAX_PANELS", 2)
+    monkeypatch.setattr(plots, "MAX_CHANGED_LINES", 1)
+    drawn: list = []
+    monkeypatch.setattr(plots, "png", lambda figure: drawn.append(figure.axes[0]) or "png")
+    names = [f"page{i}" for i in range(6)]
+    companies = pd.DataFrame({"company": names, "status": ["ok"] * 5 + ["too_few_photos"],
+                              "homogeneity_index": [0.1, 0.9, 0.5, 0.7, 0.3, np.nan], "ci_low": [0.0, 0.8, 0.4, 0.6, 0.2, np.nan],
+                              "ci_high": [0.2, 1.0, 0.6, 0.8, 0.4, np.nan]})  # fmt: skip
+    assert plots.forest_plot(companies) == "png"
+    assert [label.get_text() for label in drawn[-1].get_yticklabels()] == [
+        "page2",
+        "page3",
+        "page1",
+    ]  # the three highest, the highest on top
+    moves = {"page0": 0.05, "page1": 0.4, "page2": -0.3, "page3": 0.0, "page4": 0.2}
+    trends = pd.DataFrame([{"company": c, "run_date": d, "homogeneity_index": 0.5 + (moves[c] if d == "2026-01-02" else 0), "ci_low": 0.45,
+                            "ci_high": 0.55, "change": moves[c] if d == "2026-01-02" else np.nan,
+                            "significant": d == "2026-01-02" and abs(moves[c]) > 0.1} for c in moves for d in ("2026-01-01", "2026-01-02")])  # fmt: skip
+    assert plots.changed_plot(trends) == "png" and [text.get_text() for text in drawn[-1].get_legend().texts] == [
+        "page1"
+    ]  # the largest of three significant moves
+    data = SimpleNamespace(trends=trends, population_band=plots.population_band(trends),
+                           trends_of_company={c: rows for c, rows in trends.groupby("company")})  # fmt: skip
+    grid = plots.trend_grid(data)  # type: ignore[arg-type]
+    assert [panel["company"] for panel in grid] == ["page1", "page2"]  # moved most
+    assert all(str(panel["chart"]).startswith("<svg") and 'width="260"' in str(panel["chart"]) for panel in grid)
+    one_run = SimpleNamespace(trends=trends[trends["run_date"] == "2026-01-01"], population_band=data.population_band, trends_of_company={})
+    assert plots.trend_grid(one_run) == []  # type: ignore[arg-type]

@@ -35,10 +35,16 @@ def png(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+MAX_FOREST_ROWS = 40  # a row per page: 4,000 pages would be a picture 160,000 px tall
+
+
 def forest_plot(companies: pd.DataFrame) -> str | None:
-    rated = companies[companies["status"] == "ok"].sort_values("homogeneity_index")
+    """Each rated page's index and interval, the `MAX_FOREST_ROWS` most homogeneous where there are more
+    (the ranked table lists them all)."""
+    rated = companies[companies["status"] == "ok"].sort_values(["homogeneity_index", "company"], ascending=[False, True])
     if rated.empty:
         return None
+    rated = rated.head(MAX_FOREST_ROWS).iloc[::-1]  # drawn bottom-up: the most homogeneous on top
     figure, axes = figure_and_axes(7, 0.35 * len(rated) + 1.2)
     y = np.arange(len(rated))
     axes.errorbar(rated["homogeneity_index"], y, xerr=[rated["homogeneity_index"] - rated["ci_low"], rated["ci_high"] - rated["homogeneity_index"]],
@@ -84,9 +90,10 @@ def trend_plot(trends: pd.DataFrame, company: str) -> Markup | None:
     return company_trend_plot(trends[trends["company"] == company], population_band(trends))
 
 
-def company_trend_plot(history: pd.DataFrame | None, band: pd.DataFrame) -> Markup | None:
+def company_trend_plot(history: pd.DataFrame | None, band: pd.DataFrame, small: bool = False) -> Markup | None:
     """`trend_plot` from the company's trends rows and the population's band (`population_band`),
-    which a report computes once for all its audit pages."""
+    which a report computes once for all its audit pages. `small`: a panel of the run report's small
+    multiples, without axis titles and legend (the grid states them once)."""
     from pipeline.report.svg import Chart
 
     if history is None:
@@ -100,16 +107,24 @@ def company_trend_plot(history: pd.DataFrame | None, band: pd.DataFrame) -> Mark
         """Run dates as days since the first, so that the x axis keeps time's proportions."""
         return [float((pd.Timestamp(value) - pd.Timestamp(dates[0])).days) for value in values]
 
-    chart = Chart((0, days(dates[-1:])[0]), (0, 1), "run date", "homogeneity index",
-                  "homogeneity index of this page over runs beside all pages' median and middle half")  # fmt: skip
-    shown = dates if len(dates) <= 5 else [dates[round(i * (len(dates) - 1) / 4)] for i in range(5)]
+    description = "homogeneity index of this page over runs beside all pages' median and middle half"
+    size = {"width": 260, "height": 150} if small else {}
+    chart = Chart((0, days(dates[-1:])[0]), (0, 1), "" if small else "run date", "" if small else "homogeneity index", description, **size)
+    if small:  # no legend row above, no axis title below
+        chart.top, chart.bottom = 10, 24
+    ticks = 3 if small else 5
+    shown = dates if len(dates) <= ticks else [dates[round(i * (len(dates) - 1) / (ticks - 1))] for i in range(ticks)]
     chart.x_ticks = list(zip(days(shown), shown))
+
+    def label(text: str) -> str:  # the small panels share one legend, stated above the grid
+        return "" if small else text
+
     band_days = days(band["run_date"])
-    chart.band(band_days, band["q1"], band["q3"], "#e3e7ec", label="all pages: middle half")
-    chart.line(band_days, band["median"], "#8796a5", dashed=True, label="all pages: median")
+    chart.band(band_days, band["q1"], band["q3"], "#e3e7ec", label=label("all pages: middle half"))
+    chart.line(band_days, band["median"], "#8796a5", dashed=True, label=label("all pages: median"))
     mine = days(history["run_date"])
-    chart.band(mine, history["ci_low"], history["ci_high"], "#8fb3d9", 0.5, label="this page: 95% CI")
-    chart.line(mine, history["homogeneity_index"], "#1f4e79", dots=True, label="this page")
+    chart.band(mine, history["ci_low"], history["ci_high"], "#8fb3d9", 0.5, label=label("this page: 95% CI"))
+    chart.line(mine, history["homogeneity_index"], "#1f4e79", dots=True, label=label("this page"))
     for rise, colour, rows in _significant_moves(history):
         chart.triangles(days(rows["run_date"]), rows["homogeneity_index"].tolist(), colour, rise)
     return chart.svg()
@@ -133,37 +148,32 @@ def _mark_significant(axes: Any, history: pd.DataFrame) -> None:
 MAX_PANELS = 24  # small multiples: the pages whose index moved most first
 
 
-def trend_grid(trends: pd.DataFrame) -> str | None:
-    """Small multiples: every page's index over runs with its interval, significant moves marked."""
-    rated = trends[trends["homogeneity_index"].notna()]
-    if rated["run_date"].nunique() < 2:
-        return None
+def trend_grid(data: RunData) -> list[dict[str, Any]]:
+    """Small multiples: the pages whose index moved most (at most `MAX_PANELS`), each drawn as its
+    audit page's trend chart at a small size ([{"company", "chart"}]); none before a second run.
+    Inline SVG: a matplotlib grid of 24 panels cost ~2 s a night."""
+    rated = data.trends[data.trends["homogeneity_index"].notna()] if len(data.trends) else data.trends
+    if not len(rated) or rated["run_date"].nunique() < 2:
+        return []
     spread = rated.groupby("company")["homogeneity_index"].agg(lambda v: v.max() - v.min())
     companies = sorted(spread.index, key=lambda c: (-spread[c], c))[:MAX_PANELS]
-    columns = min(4, len(companies))
-    rows = (len(companies) + columns - 1) // columns
-    figure, grid = figure_and_axes(2.3 * columns, 1.7 * rows + 0.3, rows, columns, sharex=True, sharey=True, squeeze=False)
-    for axes, company in zip(grid.flat, companies):
-        history = rated[rated["company"] == company].sort_values("run_date")
-        dates = pd.to_datetime(history["run_date"])
-        axes.fill_between(dates, history["ci_low"], history["ci_high"], color="#8fb3d9", alpha=0.5)
-        axes.plot(dates, history["homogeneity_index"], marker=".", color="#1f4e79")
-        _mark_significant(axes, history)
-        axes.set_title(printable(company, 28), fontsize=8)
-        axes.set_ylim(0, 1)
-        axes.grid(axis="y", alpha=0.3)
-    for axes in list(grid.flat)[len(companies) :]:
-        axes.set_visible(False)
-    figure.autofmt_xdate()
-    return png(figure)
+    panels = [{"company": company, "chart": company_trend_plot(data.trends_of_company.get(company), data.population_band, small=True)}
+              for company in companies]  # fmt: skip
+    return [panel for panel in panels if panel["chart"] is not None]
+
+
+MAX_CHANGED_LINES = 10  # lines on one chart that a legend can still name
 
 
 def changed_plot(trends: pd.DataFrame) -> str | None:
-    """The pages whose index moved significantly at least once, on one chart."""
+    """The pages whose index moved significantly at least once, on one chart: the
+    `MAX_CHANGED_LINES` whose largest significant move was largest, where more moved."""
     rated = trends[trends["homogeneity_index"].notna()]
-    moved = sorted(set(rated.loc[rated["significant"].fillna(False).astype(bool), "company"]))
-    if not moved:
+    significant = rated[rated["significant"].fillna(False).astype(bool)]
+    if significant.empty:
         return None
+    largest = significant.assign(size=significant["change"].abs()).groupby("company")["size"].max()
+    moved = sorted(sorted(largest.index, key=lambda company: (-largest[company], company))[:MAX_CHANGED_LINES])
     figure, axes = figure_and_axes(7, 3.0)
     for company in moved:
         history = rated[rated["company"] == company].sort_values("run_date")

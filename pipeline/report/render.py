@@ -19,6 +19,8 @@ from pipeline.context import RunContext
 from pipeline.metrics.template_index import drivers, validation_of
 from pipeline.report.data import RunData, count, finite, label, load_run, thumbnail
 from pipeline.report.plots import (
+    MAX_CHANGED_LINES,
+    MAX_FOREST_ROWS,
     changed_plot,
     company_trend_plot,
     forest_plot,
@@ -338,8 +340,11 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         groups=_group_rows(store, data), n_groups=int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
         signal_columns=[(column, signal) for column, signal, *_ in TEMPLATE_SIGNALS],
-        since=since, significant_history=_significant_history(data), trend_grid=trend_grid(data.trends) if len(data.trends) else None,
-        changed_plot=changed_plot(data.trends) if len(data.trends) else None,
+        n_rated=int((data.companies["status"] == "ok").sum()) if len(data.companies) else 0, max_forest_rows=MAX_FOREST_ROWS,
+        since=since, significant_history=_significant_history(data), trend_grid=trend_grid(data),
+        n_trend_pages=int(data.trends.loc[data.trends["homogeneity_index"].notna(), "company"].nunique()) if len(data.trends) else 0,
+        changed_plot=changed_plot(data.trends) if len(data.trends) else None, max_changed_lines=MAX_CHANGED_LINES,
+        n_significant_pages=int(data.trends.loc[data.trends["significant"].fillna(False).astype(bool), "company"].nunique()) if len(data.trends) else 0,
         population_over_time=population_over_time(data.trends) if len(data.trends) else None,
         n_runs_joined=int(data.trends["run_date"].nunique()) if len(data.trends) else 1,
         not_joined=data.not_joined.to_dict("records"),
