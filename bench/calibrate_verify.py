@@ -52,9 +52,10 @@ SPREAD_GRID = {
 }
 
 
-def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, np.ndarray]:
-    """(half, kind, both views' measures) of one pair: an original and its edit (`edit`), or two
-    corpus photos (`other`), the second one degraded by `edit` where given."""
+def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, np.ndarray, np.ndarray]:
+    """(half, kind, both views' measures, each view's face median before the refinement) of one pair:
+    an original and its edit (`edit`), or two corpus photos (`other`), the second one degraded by
+    `edit` where given."""
     from PIL import Image
 
     from pipeline.features.calibration import EDIT_KINDS
@@ -70,7 +71,9 @@ def _measure(job: tuple[str, str, str, str | None, int]) -> tuple[str, str, np.n
         other = Image.open(path).convert("RGB")
         if degrade:
             other = EDIT_KINDS[degrade](other, rng)
-    return half, kind, as_measures(measure_views(features(original), features(other)))
+    views = measure_views(features(original), features(other))
+    unrefined = np.array([np.nan if v.unrefined_face_correlation is None else v.unrefined_face_correlation for v in views])
+    return half, kind, as_measures(views), unrefined
 
 
 def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, int]]:
@@ -110,16 +113,30 @@ def jobs(per_folder: int, seed: int) -> list[tuple[str, str, str, str | None, in
     return found
 
 
-def as_array(measured: list[tuple[str, str, np.ndarray]]) -> np.ndarray:
-    return np.stack([np.asarray(views, dtype=float) for _, _, views in measured])
+def as_array(measured: list[tuple[str, str, np.ndarray, np.ndarray]]) -> np.ndarray:
+    return np.stack([np.asarray(views, dtype=float) for _, _, views, _ in measured])
 
 
-def rates(params, measured: list[tuple[str, str, np.ndarray]], views: np.ndarray, half: str) -> dict[str, float]:  # noqa: ANN001
+def refinement_gate(params, measured: list[tuple[str, str, np.ndarray, np.ndarray]], views: np.ndarray) -> dict[str, float]:  # noqa: ANN001
+    """Whether verification's face gate on the refinement (verify._FACE_REFINE_REACH) could have cost
+    an accepted view: the lowest face median before the refinement of any view these thresholds
+    accept (it must stay at or above the gate, the face median some rule needs less the reach)."""
+    from pipeline.features.verify import _FACE_REFINE_REACH
+
+    accepted = params.accepted(*(views[..., i] for i in range(views.shape[-1])))
+    unrefined = np.stack([faces for *_, faces in measured])[accepted]
+    lowest = float(np.nanmin(unrefined)) if np.isfinite(unrefined).any() else float("nan")
+    gate = params.face_needed - _FACE_REFINE_REACH
+    return {"accepted_views_with_a_face": int(np.isfinite(unrefined).sum()), "lowest_unrefined_face_median": round(lowest, 4),
+            "gate": round(gate, 4), "margin": round(lowest - gate, 4)}  # fmt: skip
+
+
+def rates(params, measured: list[tuple[str, str, np.ndarray, np.ndarray]], views: np.ndarray, half: str) -> dict[str, float]:  # noqa: ANN001
     from pipeline.features.verify import accepted_views
 
     flags = accepted_views(params, views)
     by_kind: dict[str, list[bool]] = defaultdict(list)
-    for (pair_half, kind, _), flag in zip(measured, flags):
+    for (pair_half, kind, *_), flag in zip(measured, flags):
         if pair_half == half:
             by_kind[kind].append(bool(flag))
     return {kind: round(float(np.mean(found)), 4) for kind, found in sorted(by_kind.items())}
@@ -151,8 +168,8 @@ def main() -> None:
     print(f"{len(measured)} pairs measured in {seconds:.0f} s ({1000 * seconds / len(measured) * args.workers:.0f} ms per pair per worker)")
 
     views = as_array(measured)
-    calibration = np.array([half == "calibrate" for half, _, _ in measured])
-    negative = np.array([kind.startswith("neg:") for _, kind, _ in measured])
+    calibration = np.array([half == "calibrate" for half, *_ in measured])
+    negative = np.array([kind.startswith("neg:") for _, kind, *_ in measured])
 
     def loosened(params: VerifyParams) -> VerifyParams:
         """A margin: no calibration hard negative may pass even with looser thresholds than these, or
@@ -204,8 +221,13 @@ def main() -> None:
             edits = [v for k, v in found.items() if k.startswith("edit:")]
             print(f"\n{label} thresholds, {half} half: mean recall over edit kinds {np.mean(edits):.3f}")
             for kind, rate in found.items():
-                n = sum(1 for h, k, _ in measured if h == half and k == kind)
+                n = sum(1 for h, k, *_ in measured if h == half and k == kind)
                 print(f"  {kind:34s} n={n:4d} {'recall' if kind.startswith('edit:') else 'accepted (false positives)'} {rate:.3f}")
+        figures[f"{label}:refinement_gate"] = gate = refinement_gate(params, measured, views)
+        print(
+            f"\n{label} thresholds, the face gate on the refinement: lowest face median before it of an accepted view "
+            f"{gate['lowest_unrefined_face_median']:.3f}, gate {gate['gate']:.3f} (margin {gate['margin']:.3f})"
+        )
     write_result("calibrate_verify", figures)
 
 

@@ -97,6 +97,26 @@ def test_a_residual_spread_over_the_picture_is_noise_and_one_in_the_face_is_not(
     assert _face_residual_ratio(grey.astype(np.uint8), noisy, np.zeros(grey.shape, bool), face) is None  # nothing measurable
 
 
+def test_two_faces_of_one_template_cost_no_refinement(original: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ECC refinement (most of what a pair of one template costs) runs only where the face could
+    agree: another face in the same backdrop and suit is judged without it (no rule could pass however
+    well it were aligned), while an edited copy is still refined, and accepted."""
+    import pipeline.features.verify as verify_module
+
+    face = (100, 120, 120, 150)  # x, y, w, h in the picture (under the faces stage's working side)
+    another = original.copy()
+    another.paste(photo_like(120, 150, seed=9), face[:2])  # the template's other sitter
+    refined: list[float] = []
+    real = verify_module._refine
+    monkeypatch.setattr(verify_module, "_refine", lambda *args: refined.append(args[-1]) or real(*args))
+    template_pair = verify(features(original, face), features(another, face))
+    assert not template_pair.same_photo and refined == []
+    assert template_pair.block_correlation >= VerifyParams.from_thresholds().min_block_correlation  # backdrop and suit agree
+    assert template_pair.face_correlation is not None and template_pair.face_correlation < 0.3  # the face does not
+    copy = verify(features(original, face), features(_jpeg(original, 30), face))
+    assert copy.same_photo and len(refined) >= 1
+
+
 @pytest.mark.parametrize(
     ("measures", "same"),
     [

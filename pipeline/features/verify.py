@@ -51,6 +51,9 @@ _FLOW_SIDE = 200
 _ECC_SIDE = 200
 _ALIGNED = 0.5  # inlier ratio of a real alignment (different photos of one sitter reach 0.3-0.9)
 _REFINE_REACH = 0.1  # what an affine refinement adds to the median block correlation at most (measured: < 0.06)
+# What the refinement adds to the face's median at most, with a margin: on the calibration pairs it added < 0.1 to any
+# accepted pair's, and no accepted pair's was below 0.82 before it (bench/calibrate_verify.py prints the latter).
+_FACE_REFINE_REACH = 0.3
 _MAX_OVERLAY = 0.3  # share of the picture a caption, banner or logo covers at most
 
 
@@ -130,6 +133,12 @@ class VerifyParams:
         return clean | spread
 
     @property
+    def face_needed(self) -> float:
+        """The face's median block correlation that some rule needs at least: the clean rule needs its
+        face minimum and its floor (a 10th percentile, never above the median), the spread-noise rule its floor."""
+        return min(max(self.min_face_correlation, self.min_face_floor), self.min_noisy_face_floor)
+
+    @property
     def cache_id(self) -> str:
         return (
             f"v{VERSION}-r{self.min_inlier_ratio:g}-b{self.min_block_correlation:g}-f{self.min_face_correlation:g}"
@@ -159,6 +168,7 @@ class Verdict:
     compared_side: int = 0  # the longest side both pictures were compared at
     face_floor: float | None = None  # 10th percentile of the face's block correlations
     residual_ratio: float | None = None  # the face's residual against the whole picture's (None: no face)
+    unrefined_face_correlation: float | None = None  # the face's median before the ECC refinement (what a calibration bounds)
 
 
 Box = tuple[int, int, int, int]  # x, y, width, height
@@ -498,29 +508,41 @@ def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
     valid = cv2.erode((valid == 255).astype(np.uint8), np.ones((3, 3), np.uint8)) > 0  # resampled edges are not the picture
     block = max(_MIN_BLOCK, round(_BLOCK * scale))
     correlation = _median(_block_correlations(a_small, b_small, valid, block))
-    # The refinement costs ~50 ms where it does not converge; it only matters for a pair that can pass.
-    if params is None or correlation >= params.min_block_correlation - _REFINE_REACH:
-        b_small, valid, correlation = _refine(a_small, b_small, valid, block, correlation)
-    face_correlation = face_floor = None
     face = a.face if a.face is not None else _mapped_box(b.face, back, plane)
-    if face is not None:
-        # Where two photos of one template differ is the face: it must agree on its own, in finer
-        # blocks, or a shared backdrop and suit would outvote it.
-        x, y, w, h = (round(v * scale) for v in face)
+    face_box = None if face is None else tuple(round(v * scale) for v in face)
+
+    def face_measures(b_plane: np.ndarray, b_valid: np.ndarray) -> tuple[float | None, float | None]:
+        """(median, 10th percentile) of the face's block correlations; (None, None) where too few blocks.
+        Where two photos of one template differ is the face: it must agree on its own, in finer
+        blocks, or a shared backdrop and suit would outvote it."""
+        if face_box is None:
+            return None, None
+        x, y, w, h = face_box
         face_block = max(_MIN_FACE_BLOCK, round(_FACE_BLOCK * scale))
-        in_face = _block_correlations(a_small[y : y + h, x : x + w], b_small[y : y + h, x : x + w], valid[y : y + h, x : x + w], face_block)
-        if len(in_face) >= 4:
-            face_correlation, face_floor = _median(in_face), float(np.percentile(in_face, 10))
+        in_face = _block_correlations(
+            a_small[y : y + h, x : x + w], b_plane[y : y + h, x : x + w], b_valid[y : y + h, x : x + w], face_block
+        )
+        return (_median(in_face), float(np.percentile(in_face, 10))) if len(in_face) >= 4 else (None, None)
+
+    face_correlation, face_floor = face_measures(b_small, valid)
+    unrefined_face = face_correlation
+    # The refinement (ECC, ~7 ms: most of what a pair of one template costs) only where it could make
+    # the pair pass: the blocks agree nearly as much as a rule needs, and so does the face, less what a
+    # refinement adds to it at most (`_FACE_REFINE_REACH`); two faces of one template stop here.
+    if params is None or (correlation >= params.min_block_correlation - _REFINE_REACH
+                          and (face_correlation is None or face_correlation >= params.face_needed - _FACE_REFINE_REACH)):  # fmt: skip
+        b_small, valid, correlation = _refine(a_small, b_small, valid, block, correlation)
+        face_correlation, face_floor = face_measures(b_small, valid)
     measures = (ratio, correlation, face_correlation)
     # The residual ratio is measured only where a rule could still pass with no motion and an evenly
     # spread residual (always for a calibration, where params is None): the rules decide, not a copy of them.
     could_pass = params is None or params.accepts(*measures, 0.0, side, face_floor, 0.0)
-    residual_ratio = None if face_correlation is None or not could_pass else _face_residual_ratio(a_small, b_small, valid, (x, y, w, h))
+    residual_ratio = None if face_correlation is None or not could_pass else _face_residual_ratio(a_small, b_small, valid, face_box)
     if params is not None and not params.accepts(*measures, 0.0, side, face_floor, residual_ratio):
-        return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor, residual_ratio)
+        return Verdict(False, *measures[:2], n_inliers, face_correlation, float("inf"), side, face_floor, residual_ratio, unrefined_face)
     motion = _motion(a_small, b_small, valid)
     same = params is not None and params.accepts(*measures, motion, side, face_floor, residual_ratio)
-    return Verdict(same, ratio, correlation, n_inliers, face_correlation, motion, side, face_floor, residual_ratio)
+    return Verdict(same, ratio, correlation, n_inliers, face_correlation, motion, side, face_floor, residual_ratio, unrefined_face)
 
 
 def _mapped_box(box: Box | None, transform: np.ndarray, plane: tuple[int, int]) -> Box | None:
