@@ -367,3 +367,13 @@ def test_run_report_plots_stay_bounded_however_many_pages(monkeypatch: pytest.Mo
     assert all(str(panel["chart"]).startswith("<svg") and 'width="260"' in str(panel["chart"]) for panel in grid)
     one_run = SimpleNamespace(trends=trends[trends["run_date"] == "2026-01-01"], population_band=data.population_band, trends_of_company={})
     assert plots.trend_grid(one_run) == []  # type: ignore[arg-type]
+    # A page rated in one run only has no trend: it takes no panel, and the heading counts it out.
+    newcomer = pd.concat([trends, pd.DataFrame([{"company": "a-newcomer", "run_date": "2026-01-02", "homogeneity_index": 0.5,
+                                                 "ci_low": 0.45, "ci_high": 0.55, "change": np.nan, "significant": False}])])  # fmt: skip
+    monkeypatch.setattr(plots, "MAX_PANELS", 5)
+    with_newcomer = SimpleNamespace(trends=newcomer, population_band=plots.population_band(newcomer),
+                                    trends_of_company={c: rows for c, rows in newcomer.groupby("company")})  # fmt: skip
+    grid = plots.trend_grid(with_newcomer)  # type: ignore[arg-type]
+    assert [panel["company"] for panel in grid] == ["page1", "page2", "page4", "page0", "page3"]
+    assert list(plots.pages_with_trend(newcomer).index) == ["page1", "page2", "page4", "page0", "page3"]
+    assert list(plots.pages_moved_significantly(newcomer).index) == ["page1", "page2", "page4"]

@@ -35,13 +35,56 @@ def png(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+# ------------------------------------------------------------------ which pages a chart draws
+# Each selection is one function, called by its chart and by the report that says how many pages
+# the bounded chart leaves out.
+
+
+def rated_pages(companies: pd.DataFrame) -> pd.DataFrame:
+    """The pages with an index this run, the most homogeneous first."""
+    if not len(companies):
+        return companies
+    rated = companies[companies["status"] == "ok"]
+    return rated.sort_values(["homogeneity_index", "company"], ascending=[False, True])
+
+
+def significant_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows (of a trends or changes table) where the index moved more than the two runs' intervals explain."""
+    return frame[frame["significant"].fillna(False).astype(bool)] if len(frame) else frame
+
+
+def pages_with_trend(trends: pd.DataFrame) -> pd.Series:
+    """How far each page's index moved over the runs (max - min), for the pages rated in two runs or
+    more (one run is a point, not a trend), the largest spread first."""
+    if not len(trends):
+        return pd.Series(dtype=float)
+    rated = trends[trends["homogeneity_index"].notna()]
+    by_page = rated.groupby("company")
+    spread = (by_page["homogeneity_index"].max() - by_page["homogeneity_index"].min())[by_page["run_date"].nunique() >= 2]
+    return _largest_first(spread)
+
+
+def pages_moved_significantly(trends: pd.DataFrame) -> pd.Series:
+    """Each page's largest significant move of its index (absolute), the largest first."""
+    if not len(trends):
+        return pd.Series(dtype=float)
+    moved = significant_rows(trends[trends["homogeneity_index"].notna()])
+    largest = moved.assign(size=moved["change"].abs()).groupby("company")["size"].max()
+    return _largest_first(largest)
+
+
+def _largest_first(by_page: pd.Series) -> pd.Series:
+    """Largest value first, ties by page name: the same pages are drawn night after night."""
+    return by_page.loc[sorted(by_page.index, key=lambda page: (-by_page[page], page))]
+
+
 MAX_FOREST_ROWS = 40  # a row per page: 4,000 pages would be a picture 160,000 px tall
 
 
 def forest_plot(companies: pd.DataFrame) -> str | None:
     """Each rated page's index and interval, the `MAX_FOREST_ROWS` most homogeneous where there are more
     (the ranked table lists them all)."""
-    rated = companies[companies["status"] == "ok"].sort_values(["homogeneity_index", "company"], ascending=[False, True])
+    rated = rated_pages(companies)
     if rated.empty:
         return None
     rated = rated.head(MAX_FOREST_ROWS).iloc[::-1]  # drawn bottom-up: the most homogeneous on top
@@ -60,7 +103,7 @@ def population_plot(companies: pd.DataFrame, company: str) -> Markup | None:
     """This page's index and interval against the histogram of every rated page's index."""
     from pipeline.report.svg import Chart
 
-    rated = companies[companies["status"] == "ok"]
+    rated = rated_pages(companies)
     if rated.empty:
         return None
     edges = np.linspace(0, 1, 21)
@@ -132,7 +175,7 @@ def company_trend_plot(history: pd.DataFrame | None, band: pd.DataFrame, small: 
 
 def _significant_moves(history: pd.DataFrame) -> list[tuple[bool, str, pd.DataFrame]]:
     """(a rise?, its colour, the runs) where the index moved more than the two runs' intervals explain."""
-    moved = history[history["significant"].fillna(False).astype(bool)]
+    moved = significant_rows(history)
     return [(True, "#bc4b51", moved[moved["change"] > 0]), (False, "#2d6a4f", moved[moved["change"] < 0])]
 
 
@@ -152,14 +195,9 @@ def trend_grid(data: RunData) -> list[dict[str, Any]]:
     """Small multiples: the pages whose index moved most (at most `MAX_PANELS`), each drawn as its
     audit page's trend chart at a small size ([{"company", "chart"}]); none before a second run.
     Inline SVG: a matplotlib grid of 24 panels cost ~2 s a night."""
-    rated = data.trends[data.trends["homogeneity_index"].notna()] if len(data.trends) else data.trends
-    if not len(rated) or rated["run_date"].nunique() < 2:
-        return []
-    spread = rated.groupby("company")["homogeneity_index"].agg(lambda v: v.max() - v.min())
-    companies = sorted(spread.index, key=lambda c: (-spread[c], c))[:MAX_PANELS]
-    panels = [{"company": company, "chart": company_trend_plot(data.trends_of_company.get(company), data.population_band, small=True)}
-              for company in companies]  # fmt: skip
-    return [panel for panel in panels if panel["chart"] is not None]
+    companies = pages_with_trend(data.trends).index[:MAX_PANELS]
+    return [{"company": company, "chart": company_trend_plot(data.trends_of_company.get(company), data.population_band, small=True)}
+            for company in companies]  # fmt: skip
 
 
 MAX_CHANGED_LINES = 10  # lines on one chart that a legend can still name
@@ -168,12 +206,11 @@ MAX_CHANGED_LINES = 10  # lines on one chart that a legend can still name
 def changed_plot(trends: pd.DataFrame) -> str | None:
     """The pages whose index moved significantly at least once, on one chart: the
     `MAX_CHANGED_LINES` whose largest significant move was largest, where more moved."""
-    rated = trends[trends["homogeneity_index"].notna()]
-    significant = rated[rated["significant"].fillna(False).astype(bool)]
-    if significant.empty:
+    largest = pages_moved_significantly(trends)
+    if largest.empty:
         return None
-    largest = significant.assign(size=significant["change"].abs()).groupby("company")["size"].max()
-    moved = sorted(sorted(largest.index, key=lambda company: (-largest[company], company))[:MAX_CHANGED_LINES])
+    rated = trends[trends["homogeneity_index"].notna()]
+    moved = sorted(largest.index[:MAX_CHANGED_LINES])
     figure, axes = figure_and_axes(7, 3.0)
     for company in moved:
         history = rated[rated["company"] == company].sort_values("run_date")

@@ -24,8 +24,12 @@ from pipeline.report.plots import (
     changed_plot,
     company_trend_plot,
     forest_plot,
+    pages_moved_significantly,
+    pages_with_trend,
     population_over_time,
     population_plot,
+    rated_pages,
+    significant_rows,
     similarity_histogram,
     sparkline,
     trend_grid,
@@ -141,7 +145,7 @@ def _significant_history(data: RunData) -> list[dict[str, Any]]:
     if history.empty or data.trends.empty:
         return []
     joined = set(data.trends["run_date"])
-    moved = history[history["significant"].fillna(False).astype(bool) & history["run_date"].isin(joined)]
+    moved = significant_rows(history[history["run_date"].isin(joined)])
     return [{"run_date": r.run_date, "company": r.company, "summary": r.summary, "up": float(r.change) > 0}
             for r in moved.sort_values(["run_date", "company"], ascending=[False, True]).itertuples()]  # fmt: skip
 
@@ -340,11 +344,11 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse) -> di
         groups=_group_rows(store, data), n_groups=int(data.groups["group_id"].nunique()) if len(data.groups) else 0,
         forest=forest_plot(data.companies) if len(data.companies) else None, umap=map_png, umap_note=map_note, failures=failures,
         signal_columns=[(column, signal) for column, signal, *_ in TEMPLATE_SIGNALS],
-        n_rated=int((data.companies["status"] == "ok").sum()) if len(data.companies) else 0, max_forest_rows=MAX_FOREST_ROWS,
+        n_rated=len(rated_pages(data.companies)), max_forest_rows=MAX_FOREST_ROWS,
         since=since, significant_history=_significant_history(data), trend_grid=trend_grid(data),
-        n_trend_pages=int(data.trends.loc[data.trends["homogeneity_index"].notna(), "company"].nunique()) if len(data.trends) else 0,
+        n_trend_pages=len(pages_with_trend(data.trends)),
         changed_plot=changed_plot(data.trends) if len(data.trends) else None, max_changed_lines=MAX_CHANGED_LINES,
-        n_significant_pages=int(data.trends.loc[data.trends["significant"].fillna(False).astype(bool), "company"].nunique()) if len(data.trends) else 0,
+        n_significant_pages=len(pages_moved_significantly(data.trends)),
         population_over_time=population_over_time(data.trends) if len(data.trends) else None,
         n_runs_joined=int(data.trends["run_date"].nunique()) if len(data.trends) else 1,
         not_joined=data.not_joined.to_dict("records"),
