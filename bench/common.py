@@ -10,7 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -92,8 +92,15 @@ def write_result(name: str, figures: dict[str, Any], out: Path | None = None) ->
     return path
 
 
-def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak RSS MB, stdout) of one fresh run. The peak is the process tree's: its
+class Measured(NamedTuple):
+    wall: float  # seconds
+    rss: float  # peak MB
+    stdout: str
+    stderr: str  # the run's log
+
+
+def measured(command: list[str], env: dict[str, str] | None = None) -> Measured:
+    """Wall seconds, peak RSS MB, stdout and stderr of one fresh run. The peak is the process tree's: its
     processes' resident sets summed, sampled every 0.1 s (worker processes hold memory of their
     own), or the largest single process's peak where that is higher (a spike between samples)."""
     wrapper = textwrap.dedent("""
@@ -117,10 +124,10 @@ def measured(command: list[str], env: dict[str, str] | None = None) -> tuple[flo
         wall = time.perf_counter() - started
         rss = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, tree_peak / 2**20)
         sys.stderr.write(output["stderr"][-3000:])
-        print(json.dumps({"wall": wall, "rss": rss, "rc": process.returncode, "stdout": output["stdout"]}))
+        print(json.dumps({"wall": wall, "rss": rss, "rc": process.returncode, "stdout": output["stdout"], "stderr": output["stderr"]}))
     """)
     done = subprocess.run([sys.executable, "-c", wrapper, *command], capture_output=True, text=True, env=env)
     result = json.loads(done.stdout)
     if result["rc"] != 0:
         raise RuntimeError(f"{command[0]} failed (exit {result['rc']}): {done.stderr[-1500:]}")
-    return result["wall"], result["rss"], result["stdout"]
+    return Measured(result["wall"], result["rss"], result["stdout"], result["stderr"])

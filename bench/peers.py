@@ -157,7 +157,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for name, command in runs.items():
                 try:
-                    wall, rss, out = measured(command, env)
+                    wall, rss, out, _ = measured(command, env)
                 except RuntimeError as exc:
                     print(f"{name}: {exc}")
                     figures["tools"][name] = {"failed": str(exc)[:500]}
@@ -165,11 +165,11 @@ def main() -> None:
                 record(name, wall, rss, {frozenset(flat[n] for n in pair) for pair in json.loads(out.strip().splitlines()[-1])})
             # homog: the whole run cold (a fresh warehouse each time), then the near-duplicate path alone.
             warehouse = scratch / f"warehouse-{repeat}"
-            wall, rss, out = measured([homog, "run", "--input", str(scratch / "set"), "--warehouse", str(warehouse), "--embedder", "classic",
+            wall, rss, out, _ = measured([homog, "run", "--input", str(scratch / "set"), "--warehouse", str(warehouse), "--embedder", "classic",
                                        "--run-date", "2026-01-01", "--json", "--no-progress", "--reports", str(scratch / f"reports-{repeat}")], env)  # fmt: skip
             table = pd.read_parquet(json.loads(out.strip().splitlines()[-1])["outputs"]["pairs"])
             record("homog_run_cold", wall, rss, {frozenset(p) for p in zip(table["image_a"], table["image_b"])})
-            wall, rss, out = measured([sys.executable, "-c", NEARDUP_PATH, str(scratch / "set")], {**env, "PYTHONPATH": str(REPO)})
+            wall, rss, out, _ = measured([sys.executable, "-c", NEARDUP_PATH, str(scratch / "set")], {**env, "PYTHONPATH": str(REPO)})
             line = next(line for line in out.splitlines() if line.startswith("PAIRS "))
             record("homog_neardup_path", wall, rss, {frozenset(p) for p in json.loads(line.removeprefix("PAIRS "))})
     finally:

@@ -34,6 +34,7 @@ import functools
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
@@ -191,10 +192,16 @@ def run(folder: Path, warehouse: Path, run_date: str) -> dict:
                "--run-date", run_date, "--embedder", "classic", "--no-progress", "--json"]  # fmt: skip
     from pipeline.layout import run_record
 
-    wall, rss, _ = measured(command)
+    done = measured(command)
     record = json.loads((warehouse / run_record(run_date)).read_text())
-    return {"wall_s": round(wall, 1), "peak_rss_mb": round(rss), "stage_seconds": {k: round(v, 2) for k, v in record["stage_seconds"].items()},
-            "unit_costs": record["unit_costs"], "counts": record["counts"]}  # fmt: skip
+    return {"wall_s": round(done.wall, 1), "peak_rss_mb": round(done.rss), "stage_seconds": {k: round(v, 2) for k, v in record["stage_seconds"].items()},
+            "unit_costs": record["unit_costs"], "counts": record["counts"], "timed_log": timed_lines(done.stderr)}  # fmt: skip
+
+
+def timed_lines(log: str) -> list[str]:
+    """The log lines that give seconds (a stage's phases: verification's features and pairs, identity's
+    faces): what explains a slow stage after a 90-minute run, which run.json sums per stage."""
+    return [line for line in log.splitlines() if re.search(r"\d s\b", line)]
 
 
 def main() -> None:
