@@ -39,6 +39,12 @@ def worker_count(setting: int) -> int:
     return setting if setting > 0 else usable_cpus()
 
 
+def split(items: Sequence[Item], parts: int) -> list[list[Item]]:
+    """`items` in at most `parts` consecutive runs of nearly equal length (jobs for `process_map`)."""
+    size = max(1, -(-len(items) // max(1, parts)))
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
 def _in_worker(function: Callable[[Item], Result], item: Item) -> Result:
     """`function(item)` in a worker process, which owns one CPU: a library that starts threads of its
     own (OpenCV; joblib already caps OpenMP's and BLAS's in its workers) would otherwise run

@@ -84,6 +84,38 @@ def test_report_regenerates_from_the_warehouse_alone(hostile_run: dict) -> None:
     assert missing.exit_code == 2 and "no finished run" in missing.output
 
 
+def test_audit_pages_rendered_in_worker_processes_are_the_pages_of_one_process(
+    hostile_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At 20,000 photos a night writes ~840 audit pages: they are rendered in worker processes, each
+    with the run's data, and must come out byte for byte as one process writes them."""
+    from pipeline import parallel
+    from pipeline.context import RunContext
+    from pipeline.layout import run_record
+    from pipeline.report.render import render_report
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_SECONDS", 0.0)  # two pages are worth workers here
+    spread = []
+    real_map = parallel.process_map
+    monkeypatch.setattr(
+        parallel,
+        "process_map",
+        lambda function, items, workers, seconds: spread.append((len(items), workers)) or real_map(function, items, workers, seconds),
+    )
+    pages = {}
+    for workers in (1, 2):
+        settings = hostile_run["settings"].model_copy(update={"reports": str(tmp_path / f"reports-{workers}")})
+        settings = settings.model_copy(update={"compute": settings.compute.model_copy(update={"workers": workers})})
+        ctx = RunContext(settings, RUN_DATE)
+        run = ctx.warehouse.read_json(run_record(RUN_DATE))
+        assert render_report(ctx.with_embedder(run["embedder"], 0, run.get("embedder_fallback", "")))["audit_pages"] == 2
+        pages[workers] = {
+            page.name: page.read_bytes() for page in (tmp_path / f"reports-{workers}" / RUN_DATE / "companies").glob("*.html")
+        }
+    assert spread == [(1, 1), (2, 2)]  # one job per worker
+    assert len(pages[1]) == 2 and pages[2] == pages[1]
+
+
 def test_report_similarities_are_the_index_s_centred_ones(hostile_run: dict) -> None:
     """The audit page's histogram and generic/distinctive photos use the vectors the index uses: the
     run's reference taken out (raw cosine cannot tell a templated page from a diverse one)."""

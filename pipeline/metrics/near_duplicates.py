@@ -175,12 +175,6 @@ def verify_job(job: VerifyJob) -> list[Verdict]:
     return [verify(cached(a), cached(b), job.params) for a, b in job.pairs]
 
 
-def _cut(items: list, workers: int) -> list[list]:
-    """`items` in consecutive runs, `_JOBS_PER_WORKER` per worker."""
-    size = max(1, -(-len(items) // (_JOBS_PER_WORKER * workers)))
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
 _SCRATCH_PREFIX = "homog-verify-"
 
 
@@ -228,7 +222,7 @@ def verify_pairs(
     import shutil
     import tempfile
 
-    from pipeline.parallel import process_map
+    from pipeline.parallel import process_map, split
 
     ordered = cache_friendly_order(pairs)
     last_use = {photo: position for position, pair in enumerate(ordered) for photo in pair}
@@ -244,10 +238,10 @@ def verify_pairs(
             photos = sorted({photo for pair in block for photo in pair} - at_hand)
             began = time.perf_counter()
             feature_jobs = [FeatureJob(chunk, warehouse, {c: object_of[c] for c in chunk}, {c: faces[c] for c in chunk if c in faces}, scratch)
-                            for chunk in _cut(photos, workers)]  # fmt: skip
+                            for chunk in split(photos, _JOBS_PER_WORKER * workers)]  # fmt: skip
             n_keypoints += sum(process_map(compute_features, feature_jobs, workers, _SECONDS_PER_PHOTO * len(photos)))
             featured = time.perf_counter()
-            jobs = [VerifyJob(chunk, scratch, params) for chunk in _cut(block, workers)]
+            jobs = [VerifyJob(chunk, scratch, params) for chunk in split(block, _JOBS_PER_WORKER * workers)]
             for job, verdicts in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
                 found.update(zip(job.pairs, verdicts))
             feature_seconds, pair_seconds = feature_seconds + featured - began, pair_seconds + time.perf_counter() - featured
