@@ -231,6 +231,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000])
     parser.add_argument("--work", type=Path, default=Path("var/scale"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and reports (to profile a night on them)")
     args = parser.parse_args()
 
     results = {}
@@ -270,7 +271,8 @@ def main() -> None:
                 f"{s} {cold['stage_seconds'][s]:.1f}/{runs['changed']['stage_seconds'].get(s, 0):.1f}" for s in cold["stage_seconds"]
             )
         )
-        shutil.rmtree(warehouse.parent, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(warehouse.parent, ignore_errors=True)
     write_result("scale", {"seed": args.seed, "sizes": {**earlier_sizes(args.seed), **results},
                            "targets": {"changed_over_cold": 0.05, "unchanged_over_cold": 0.1, "peak_rss_mb_at_100000": 8192}})  # fmt: skip
 
