@@ -409,3 +409,42 @@ def test_run_report_plots_stay_bounded_however_many_pages(monkeypatch: pytest.Mo
     assert [panel["company"] for panel in grid] == ["page1", "page2", "page4", "page0", "page3"]
     assert list(plots.pages_with_trend(newcomer).index) == ["page1", "page2", "page4", "page0", "page3"]
     assert list(plots.pages_moved_significantly(newcomer).index) == ["page1", "page2", "page4"]
+
+
+@pytest.mark.parametrize("n_pages", [3, 25])
+def test_the_map_colours_each_photo_by_its_page_and_names_the_pages_only_where_few(
+    n_pages: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Up to 20 pages: a layer per page, named in the legend. More (834 at 20,000 photos): one layer,
+    each photo in its page's colour (a layer and a mask per page cost ~7 s a night there)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from pipeline import layout
+    from pipeline.report import projection
+
+    drawn: list = []
+    monkeypatch.setattr(projection, "png", lambda figure: drawn.append(figure.axes[0]) or "png")
+    keys = [f"k{i:02d}" for i in range(30)]
+    pages = [f"page{i % n_pages:02d}" for i in range(30)]
+    points = np.random.default_rng(2).normal(size=(30, 2))
+    vectors = np.eye(30, 8, dtype=np.float32)
+    store = Warehouse(str(tmp_path / "wh"))
+    store.write_bytes(layout.projection_file("classic-v1"), projection.Projection(RUN_DATE, keys, vectors, points).to_bytes())
+    data = SimpleNamespace(run_date=RUN_DATE, keys=keys, vectors=vectors, embedder="classic-v1",
+                           ok_pictures=pd.DataFrame({"content_sha256": keys, "company": pages}))  # fmt: skip
+    assert projection.umap_map(store, data)[0] == "png"  # type: ignore[arg-type]
+    layers = drawn[-1].collections
+    if n_pages <= 20:
+        assert len(layers) == n_pages and [t.get_text() for t in drawn[-1].get_legend().texts] == sorted(set(pages))
+        for layer, page in zip(layers, sorted(set(pages))):
+            assert np.allclose(layer.get_offsets(), points[[p == page for p in pages]])
+    else:
+        assert len(layers) == 1 and drawn[-1].get_legend() is None
+        colours = layers[0].get_facecolors()
+        assert np.allclose(layers[0].get_offsets(), points) and len(colours) == 30
+        for i in range(30):  # one colour per page; pages 20 apart share one of the palette's 20
+            for j in range(30):
+                same_colour = np.allclose(colours[i], colours[j])
+                assert same_colour == (pages[i] == pages[j] or (i % n_pages) % 20 == (j % n_pages) % 20)

@@ -41,11 +41,8 @@ def png(figure: Any) -> str:
 
 
 def rated_pages(companies: pd.DataFrame) -> pd.DataFrame:
-    """The pages with an index this run, the most homogeneous first."""
-    if not len(companies):
-        return companies
-    rated = companies[companies["status"] == "ok"]
-    return rated.sort_values(["homogeneity_index", "company"], ascending=[False, True])
+    """The rows of the pages with an index this run (enough photos for one)."""
+    return companies[companies["status"] == "ok"] if len(companies) else companies
 
 
 def significant_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -84,7 +81,7 @@ MAX_FOREST_ROWS = 40  # a row per page: 4,000 pages would be a picture 160,000 p
 def forest_plot(companies: pd.DataFrame) -> str | None:
     """Each rated page's index and interval, the `MAX_FOREST_ROWS` most homogeneous where there are more
     (the ranked table lists them all)."""
-    rated = rated_pages(companies)
+    rated = rated_pages(companies).sort_values(["homogeneity_index", "company"], ascending=[False, True])
     if rated.empty:
         return None
     rated = rated.head(MAX_FOREST_ROWS).iloc[::-1]  # drawn bottom-up: the most homogeneous on top

@@ -110,13 +110,19 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
     ok = data.ok_pictures
     company_of = dict(zip(ok["content_sha256"], ok["company"]))
     companies = sorted({company_of[k] for k in data.keys})
+    # Each photo's page as a number, in one pass: a mask per page was pages x photos comparisons
+    # (17 million, ~3 s, at 20,000 photos on 834 pages), and a scatter layer per page another ~2 s.
+    number = {company: index for index, company in enumerate(companies)}
+    page_of = np.array([number[company_of[k]] for k in data.keys])
     figure, axes = figure_and_axes(7, 5)
     colours = __import__("matplotlib").colormaps["tab20"]
-    for index, company in enumerate(companies):
-        mask = np.array([company_of[k] == company for k in data.keys])
-        axes.scatter(points[mask, 0], points[mask, 1], s=14, color=colours(index % 20), label=printable(company, 30), alpha=0.8)
+    if len(companies) <= 20:  # few enough pages to name: a layer per page, for the legend
+        for index, company in enumerate(companies):
+            mask = page_of == index
+            axes.scatter(points[mask, 0], points[mask, 1], s=14, color=colours(index), label=printable(company, 30), alpha=0.8)
+        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
+    else:
+        axes.scatter(points[:, 0], points[:, 1], s=14, color=colours(page_of % 20), alpha=0.8)
     axes.set_xticks([])
     axes.set_yticks([])
-    if len(companies) <= 20:
-        axes.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5), frameon=False)
     return png(figure), note

@@ -194,7 +194,7 @@ def _reading(row: pd.Series, companies: pd.DataFrame, n_reused: int, embedder: s
         lines.append(f"This page had {int(row['n_images'])} usable photo(s): too few for a homogeneity index that means anything. "
                      "The numbers below describe the photos only.")  # fmt: skip
     else:
-        rated = companies[companies["status"] == "ok"]
+        rated = rated_pages(companies)
         others = rated[rated["company"] != row["company"]]
         below = int((others["homogeneity_index"] < row["homogeneity_index"]).sum())
         lines.append(f"The page's homogeneity index is {row['homogeneity_index']:.2f} (95% CI {row['ci_low']:.2f} to {row['ci_high']:.2f}): "
@@ -365,7 +365,7 @@ def render_run_report(data: RunData, store: Warehouse, reports: Warehouse, worke
         "changes": [{k: c[k] for k in ("company", "summary", "significant", "up")} for c in since["changed"]],
         "n_significant_changes": sum(c["significant"] for c in since["changed"]),
         "n_new_copies": len(since["copies"]), "n_new_faces": since["n_faces"],
-        "median_index": finite(data.companies.loc[data.companies["status"] == "ok", "homogeneity_index"].median()) if len(data.companies) else None,
+        "median_index": finite(rated_pages(data.companies)["homogeneity_index"].median()) if len(data.companies) else None,
     }  # fmt: skip
     summary_uri = reports.write_bytes(
         layout.report_summary(data.run_date), json.dumps(summary, indent=2, sort_keys=True, default=str).encode()
