@@ -24,6 +24,14 @@ class Table:
     contract: bool = False  # in the interface contract: change only with a note in docs/changelog.md
 
 
+def rows_by(table: pd.DataFrame, column: str) -> dict[str, pd.DataFrame]:
+    """A table's rows per value of `column`, in the table's order, in one pass: filtering the whole
+    table once per page costs pages x rows (834 x 20,000 at 20,000 photos, 25 times that at 100,000)."""
+    if table.empty or column not in table.columns:
+        return {}
+    return {str(value): rows for value, rows in table.groupby(column, sort=False)}
+
+
 def _images() -> list[str]:
     from pipeline.ingest.intake import IMAGE_COLUMNS
 

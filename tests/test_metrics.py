@@ -273,3 +273,16 @@ def test_vendi_score_is_the_same_from_the_photos_side_and_the_dimensions_side(n:
         eigenvalues = np.linalg.eigvalsh(gram / n)
         eigenvalues = eigenvalues[eigenvalues > 1e-12] / eigenvalues[eigenvalues > 1e-12].sum()
         assert vendi_score(vectors) == pytest.approx(float(np.exp(-(eigenvalues * np.log(eigenvalues)).sum())))
+
+
+def test_rows_by_splits_a_table_in_one_pass_keeping_its_order() -> None:
+    """Page metrics take each page's rows from one split of a table, not a filter per page (pages x
+    rows): the same rows, in the table's order; a row without a page belongs to none."""
+    from pipeline.tables import rows_by
+
+    table = pd.DataFrame({"company": ["b", "a", "b", None, "a"], "image": ["1", "2", "3", "4", "5"]})
+    split = rows_by(table, "company")
+    assert sorted(split) == ["a", "b"]
+    for company, rows in split.items():
+        assert rows.equals(table[table["company"] == company])
+    assert rows_by(table.iloc[:0], "company") == {} and rows_by(table, "missing") == {}

@@ -150,9 +150,12 @@ def remember_pairs(warehouse, key: str, pairs: list[tuple[str, str, float]]) -> 
 
 def page_counts(identities: pd.DataFrame, companies: list[str]) -> pd.DataFrame:
     """Per page: photos whose face appears in another photo on the same page, and in another company's photo."""
+    from pipeline.tables import rows_by
+
+    as_a, as_b, none = rows_by(identities, "company_a"), rows_by(identities, "company_b"), identities.iloc[:0]
     counts = []
     for company in companies:
-        mine_a, mine_b = identities[identities["company_a"] == company], identities[identities["company_b"] == company]
+        mine_a, mine_b = as_a.get(company, none), as_b.get(company, none)
         repeated = set(mine_a.loc[mine_a["same_page"], "image_a"]) | set(mine_b.loc[mine_b["same_page"], "image_b"])
         shared = set(mine_a.loc[~mine_a["same_page"], "image_a"]) | set(mine_b.loc[~mine_b["same_page"], "image_b"])
         counts.append({"company": company, "n_face_repeated": len(repeated), "n_face_shared": len(shared)})

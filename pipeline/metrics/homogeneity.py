@@ -109,8 +109,13 @@ def company_metrics(
     reference: Reference,
 ) -> pd.DataFrame:
     position = {content: i for i, content in enumerate(embeddings.content_sha256)}
-    within = pairs[pairs["company_a"] == pairs["company_b"]]
+    from pipeline.tables import rows_by
+
+    within_of = rows_by(pairs[pairs["company_a"] == pairs["company_b"]], "company_a")
     across = pairs[pairs["company_a"] != pairs["company_b"]]
+    across_as_a, across_as_b = rows_by(across, "company_a"), rows_by(across, "company_b")
+    clusters_of = rows_by(clusters, "company")
+    no_pairs = pairs.iloc[:0]
     records = []
     for company, rows in images.groupby("company", sort=True):
         ok = page_sample(rows, company, thresholds)
@@ -119,14 +124,14 @@ def company_metrics(
             "company": company, "n_images": n, "embedder": embeddings.embedder_id, "n_rows": len(rows),
             "n_errors": int((rows["status"] != "ok").sum()), "status": "ok", "index_reference": reference.id,
         }  # fmt: skip
-        dup_here = within[within["company_a"] == company]
+        dup_here = within_of.get(company, no_pairs)
         images_with_dup = set(dup_here["image_a"]) | set(dup_here["image_b"])
         record["near_dup_rate"] = len(images_with_dup & set(ok["image"])) / n if n else float("nan")
-        reused = across[(across["company_a"] == company) | (across["company_b"] == company)]
-        mine = set(reused.loc[reused["company_a"] == company, "image_a"]) | set(reused.loc[reused["company_b"] == company, "image_b"])
-        record["n_reused_images"] = len(mine)
-        record["n_partner_companies"] = len((set(reused["company_a"]) | set(reused["company_b"])) - {company})
-        company_clusters = clusters[(clusters["company"] == company) & clusters["image"].isin(ok["image"])]
+        as_a, as_b = across_as_a.get(company, no_pairs), across_as_b.get(company, no_pairs)
+        record["n_reused_images"] = len(set(as_a["image_a"]) | set(as_b["image_b"]))
+        record["n_partner_companies"] = len((set(as_a["company_b"]) | set(as_b["company_a"])) - {company})
+        company_clusters = clusters_of.get(company, clusters.iloc[:0])
+        company_clusters = company_clusters[company_clusters["image"].isin(ok["image"])]
         clustered = company_clusters[company_clusters["cluster_id"] >= 0]["cluster_id"]
         record["n_clusters"] = int(clustered.nunique())
         record["largest_cluster_share"] = float(clustered.value_counts().max() / n) if len(clustered) else 0.0

@@ -343,18 +343,20 @@ def page_table(
     sample on large pages), NaN with model "none" where no model is shipped for the embedder or the
     page has too few photos. `vectors_of`: content hash -> reference-centred unit vector."""
     from pipeline.metrics.homogeneity import duplicate_matrix, page_sample, page_seed
+    from pipeline.tables import rows_by
 
     model = load_model(embedder_id)
     signals = faces.drop_duplicates("image").set_index("image") if len(faces) else pd.DataFrame(columns=PHOTO_COLUMNS)
-    within = pairs[pairs["company_a"] == pairs["company_b"]]
+    images_of = rows_by(images, "company")
+    within_of = rows_by(pairs[pairs["company_a"] == pairs["company_b"]], "company_a")
     rows = []
     for company in companies:
         row: dict = {"company": company, **empty_row()}
-        ok = page_sample(images[images["company"] == company], company, thresholds)
+        ok = page_sample(images_of.get(company, images.iloc[:0]), company, thresholds)
         if model is not None and len(ok) >= thresholds.min_images:
             photos = signals.reindex(ok["image"]).reindex(columns=PHOTO_COLUMNS).reset_index(drop=True).astype(float)
             centred = np.stack([vectors_of[content] for content in ok["content_sha256"]])
-            duplicate = duplicate_matrix(ok["image"], within[within["company_a"] == company])
+            duplicate = duplicate_matrix(ok["image"], within_of.get(company, pairs.iloc[:0]))
             result = page_template_index(model, photos, centred, duplicate, thresholds.bootstrap_samples, page_seed(company))
             row.update(template_index=result.index, template_ci_low=result.ci_low, template_ci_high=result.ci_high, template_model=model.id)
             row.update({f"template_from_{name}": value for name, value in result.components.items()})

@@ -143,9 +143,9 @@ class RunData:
 def _by_company(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """A table's rows per company (in the table's order): one pass, where filtering per audit page
     would read the whole table once per page."""
-    if table.empty or "company" not in table.columns:
-        return {}
-    return {str(company): rows for company, rows in table.groupby("company", sort=False)}
+    from pipeline.tables import rows_by
+
+    return rows_by(table, "company")
 
 
 def _reference_centred(store: Warehouse, embedder_id: str, vectors: np.ndarray, index_reference: str) -> np.ndarray:
