@@ -45,11 +45,11 @@ class IntakeConfig(_Section):
 
 
 class ComputeConfig(_Section):
-    """How CPU-bound stages (verification, face identity) use this machine."""
+    """How CPU-bound stages (verification, face identity, the report's audit pages) use this machine."""
 
     workers: int = Field(
         0, ge=0, le=256,
-        description="Worker processes for verification and face identity; 0: one per CPU this process may use (its affinity).",
+        description="Worker processes for verification, face identity and audit pages; 0: one per CPU this process may use (its affinity).",
     )  # fmt: skip
 
 
