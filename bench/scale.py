@@ -169,8 +169,9 @@ def generate(work: Path, size: int, seed: int) -> tuple[Path, Path, list[int]]:
 
     root = work / f"n{size}-seed{seed}"
     base, changed, done = root / "base", root / "changed", root / "done.json"
-    if done.exists() and json.loads(done.read_text()).get("version") == POPULATION_VERSION:
-        return base, changed, json.loads(done.read_text())["changed"]
+    generated = json.loads(done.read_text()) if done.exists() else {}
+    if generated.get("version") == POPULATION_VERSION:
+        return base, changed, generated["changed"]
     shutil.rmtree(root, ignore_errors=True)
     _population = Population(_sources(work), seed)
     rng = np.random.default_rng([seed, size])

@@ -35,6 +35,7 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import layout
+from pipeline.tables import rows_by
 
 if TYPE_CHECKING:
     from pipeline.warehouse import Warehouse
@@ -150,8 +151,6 @@ def remember_pairs(warehouse, key: str, pairs: list[tuple[str, str, float]]) -> 
 
 def page_counts(identities: pd.DataFrame, companies: list[str]) -> pd.DataFrame:
     """Per page: photos whose face appears in another photo on the same page, and in another company's photo."""
-    from pipeline.tables import rows_by
-
     as_a, as_b, none = rows_by(identities, "company_a"), rows_by(identities, "company_b"), identities.iloc[:0]
     counts = []
     for company in companies:

@@ -27,6 +27,7 @@ import pandas as pd
 from pipeline.config import ThresholdsConfig
 from pipeline.features.embed import Embeddings
 from pipeline.features.reference import Reference
+from pipeline.tables import rows_by
 
 COMPANY_COLUMNS = [
     "company", "n_images", "near_dup_rate", "mean_pairwise_similarity", "vendi_score", "homogeneity_index",
@@ -109,8 +110,6 @@ def company_metrics(
     reference: Reference,
 ) -> pd.DataFrame:
     position = {content: i for i, content in enumerate(embeddings.content_sha256)}
-    from pipeline.tables import rows_by
-
     within_of = rows_by(pairs[pairs["company_a"] == pairs["company_b"]], "company_a")
     across = pairs[pairs["company_a"] != pairs["company_b"]]
     across_as_a, across_as_b = rows_by(across, "company_a"), rows_by(across, "company_b")

@@ -71,6 +71,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.config import ThresholdsConfig
+from pipeline.tables import rows_by
 
 MODELS = Path(__file__).resolve().parent / "template_models"
 NO_MODEL_ID = "none"
@@ -343,7 +344,6 @@ def page_table(
     sample on large pages), NaN with model "none" where no model is shipped for the embedder or the
     page has too few photos. `vectors_of`: content hash -> reference-centred unit vector."""
     from pipeline.metrics.homogeneity import duplicate_matrix, page_sample, page_seed
-    from pipeline.tables import rows_by
 
     model = load_model(embedder_id)
     signals = faces.drop_duplicates("image").set_index("image") if len(faces) else pd.DataFrame(columns=PHOTO_COLUMNS)

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline.context import RunContext
 from pipeline.ingest.intake import distinct_ok
+from pipeline.tables import rows_by
 from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -65,27 +66,27 @@ class RunData:
 
     @cached_property
     def ok_pictures_of_company(self) -> dict[str, pd.DataFrame]:
-        return _by_company(self.ok_pictures)
+        return rows_by(self.ok_pictures, "company")
 
     @cached_property
     def ok_of_company(self) -> dict[str, pd.DataFrame]:
         """Each company's ok rows of the images table (every row, duplicates included)."""
-        return _by_company(self.images[self.images["status"] == "ok"] if len(self.images) else self.images)
+        return rows_by(self.images[self.images["status"] == "ok"] if len(self.images) else self.images, "company")
 
     @cached_property
     def clusters_of_company(self) -> dict[str, pd.DataFrame]:
-        return _by_company(self.clusters)
+        return rows_by(self.clusters, "company")
 
     @cached_property
     def trends_of_company(self) -> dict[str, pd.DataFrame]:
         """Each company's trends rows, oldest run first."""
-        return _by_company(self.trends.sort_values("run_date", kind="stable") if len(self.trends) else self.trends)
+        return rows_by(self.trends.sort_values("run_date", kind="stable") if len(self.trends) else self.trends, "company")
 
     @cached_property
     def history_of_company(self) -> dict[str, pd.DataFrame]:
         """Each company's changes rows, newest run first."""
         history = self.change_history
-        return _by_company(history.sort_values("run_date", ascending=False, kind="stable") if len(history) else history)
+        return rows_by(history.sort_values("run_date", ascending=False, kind="stable") if len(history) else history, "company")
 
     @cached_property
     def group_ids_of_company(self) -> dict[str, list[int]]:
@@ -138,14 +139,6 @@ class RunData:
         rng = np.random.default_rng(0)
         a, b = rng.integers(0, len(self.centred), 4000), rng.integers(0, len(self.centred), 4000)
         return np.einsum("ij,ij->i", self.centred[a[a != b]], self.centred[b[a != b]])
-
-
-def _by_company(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """A table's rows per company (in the table's order): one pass, where filtering per audit page
-    would read the whole table once per page."""
-    from pipeline.tables import rows_by
-
-    return rows_by(table, "company")
 
 
 def _reference_centred(store: Warehouse, embedder_id: str, vectors: np.ndarray, index_reference: str) -> np.ndarray:
