@@ -16,6 +16,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     embeddings/<embedder>/shard-<digest>.parquet      embedding cache, keyed by (content hash, embedder)
     indexes/<embedder>/run_date=D/{index.faiss,ids.parquet,meta.json}   the run's FAISS index
     indexes/calibration/<machine>-d<dim>.json         exact vs IVF search speed measured on one machine
+    indexes/neighbours/<source>.npz                   the last run's nearest-neighbour lists per candidate source (no vector)
     verifications/<params>/shard-<digest>.parquet     near-duplicate verdicts per content pair
     regions/v<N>/shard-<digest>.parquet               region views (whole picture and nine windows) per content
     face_signals/v<N>/shard-<digest>.parquet          face detection and template signals per content
@@ -166,6 +167,13 @@ def index_folder(embedder_id: str, run_date: str) -> str:
 
 def search_calibration_file(machine: str, dim: int) -> str:
     return f"indexes/calibration/{machine}-d{dim}.json"
+
+
+NEIGHBOURS_FOLDER = "indexes/neighbours"
+
+
+def neighbour_lists_file(source: str) -> str:
+    return f"{NEIGHBOURS_FOLDER}/{source}.npz"
 
 
 def verifications_folder(params_id: str) -> str:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.apps.demo.data import generate_demo_images
 from pipeline.apps.retention import purge_expired
 from pipeline.config import RetentionConfig, load_settings
 from pipeline.ingest.sources import read_manifest
-from pipeline.layout import object_key
+from pipeline.layout import neighbour_lists_file, object_key
 from pipeline.stages import run_pipeline
 from pipeline.warehouse import Warehouse
 from tests.conftest import photo_like
@@ -104,6 +106,13 @@ def test_no_expired_picture_is_left_anywhere_not_even_in_a_brand_audit(tmp_path:
     left = [p for p in (tmp_path / "wh").rglob("objects/*/*/*") if p.is_file()]
     assert left == [], left  # every picture was last seen more than 30 days before
     assert not warehouse.read_table("companies", "2026-01-01").empty  # metrics stay
+    # The photos whose face signals went leave the near-duplicate search's kept neighbour lists too.
+    purged = {key.rsplit("/", 1)[1] for key in log.loc[(log["kind"] == "face_signals") & (log["action"] == "deleted"), "object"]}
+    kept_lists = warehouse.keys_matching(neighbour_lists_file("*"))
+    assert purged and kept_lists
+    for key in kept_lists:
+        with np.load(io.BytesIO(warehouse.read_bytes(key)), allow_pickle=False) as stored:
+            assert purged.isdisjoint(stored["contents"].tolist()), key
 
 
 def test_a_content_keyed_cache_keeps_only_the_contents_asked_for(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ What the caches derive from a face goes with its photo: kept face descriptors (b
 the photo) and the face signals (template signals and `face_window`, a coarse descriptor of the
 face) are deleted `retention.raw_images_days` after the last run that saw the photo (rows no run
 references age by their shard's modification time), and so are verification's ORB keypoints of the
-photo (`objects/keypoints/`); a photo seen again is measured again. Tables,
+photo (`objects/keypoints/`); a photo seen again is measured again. A photo whose face signals go
+also leaves the near-duplicate search's kept neighbour lists (`pipeline.features.neighbours`). Tables,
 metrics, embeddings, region views and verdicts stay: they are not pictures. Brand audits keep their own
 copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
 purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
@@ -24,6 +25,7 @@ import pandas as pd
 
 from pipeline import layout
 from pipeline.config import RetentionConfig
+from pipeline.features import neighbours
 from pipeline.layout import validate_run_date
 from pipeline.tables import RETENTION_COLUMNS
 from pipeline.warehouse import Warehouse
@@ -149,4 +151,6 @@ def _purge_face_caches(warehouse: Warehouse, retention: RetentionConfig, today_d
                             "action": ("would delete" if dry_run else "deleted") if expired else "keep"})  # fmt: skip
         if not dry_run and shard_of:
             warehouse.keep_contents(folder, remaining)
+            if kind == "face_signals":  # the face window's neighbour lists name it: it leaves them too
+                neighbours.forget(warehouse, set(shard_of) - remaining)
     return records

@@ -224,22 +224,23 @@ def range_pairs(vindex: VectorIndex, vectors: np.ndarray, threshold: float) -> I
 
 def knn_pairs(vindex: VectorIndex, vectors: np.ndarray, threshold: float, k: int) -> list[tuple[int, int, float]]:
     """Unordered pairs (i < j), each once, where j is among i's k nearest neighbours (or i among
-    j's) with similarity >= threshold: at most k*N pairs however uniform the collection is.
-    Vectorised per chunk, so a million queries cost seconds of Python, not minutes."""
-    n = vindex.index.ntotal
-    if n == 0:
+    j's) with similarity >= threshold: at most k*N pairs however uniform the collection is."""
+    if vindex.index.ntotal == 0:
         return []
-    found_i, found_j, found_s = [], [], []
-    for start, chunk in chunks(vectors):
-        sims, rows = knn(vindex, chunk, k + 1)
-        query = np.arange(start, start + len(chunk))[:, None].repeat(rows.shape[1], axis=1)
-        keep = (rows >= 0) & (rows != query) & (sims >= threshold)
-        found_i.append(np.minimum(query[keep], rows[keep]))
-        found_j.append(np.maximum(query[keep], rows[keep]))
-        found_s.append(sims[keep])
-    low, high, sims = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
-    _, first = np.unique(low.astype(np.int64) * n + high, return_index=True)
-    return [(int(low[x]), int(high[x]), float(sims[x])) for x in first]
+    sims, rows = knn(vindex, vectors, k + 1)
+    return neighbour_pairs(rows, sims, threshold)
+
+
+def neighbour_pairs(rows: np.ndarray, sims: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
+    """Unordered pairs (i < j), each once, where row j is in query i's neighbours (`rows[i]`, -1 for
+    none; query i is row i itself, which is never its own pair) with similarity >= threshold.
+    Vectorised, so a million queries cost seconds of Python, not minutes."""
+    query = np.arange(len(rows))[:, None].repeat(rows.shape[1], axis=1)
+    keep = (rows >= 0) & (rows != query) & (sims >= threshold)
+    low, high = np.minimum(query[keep], rows[keep]).astype(np.int64), np.maximum(query[keep], rows[keep]).astype(np.int64)
+    kept_sims = sims[keep]
+    _, first = np.unique(low * (int(high.max(initial=0)) + 1) + high, return_index=True)
+    return [(int(low[x]), int(high[x]), float(kept_sims[x])) for x in first]
 
 
 def save_index(warehouse: Warehouse, vindex: VectorIndex, embedder_id: str, run_date: str) -> str:

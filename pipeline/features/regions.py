@@ -109,35 +109,34 @@ def cached_views(warehouse: Warehouse, contents: Sequence[str], object_of: dict[
 
 
 def region_pairs(all_views: np.ndarray, threshold: float, k: int, warehouse: Warehouse | None = None) -> list[tuple[int, int, float]]:
-    """Unordered pairs (i < j), each once, where photo j's whole view is among the `k` nearest
-    whole views to any of photo i's windows (or the other way round), at or above `threshold`;
-    the similarity is the best window's. At most k pairs per photo: the windows of a uniform page
-    cannot flood verification."""
-    from pipeline.features.index import build_index, choose_kind, knn
+    """`window_pairs` of a fresh search of every photo's windows against every photo's whole view
+    (a night keeps the lists instead: pipeline/features/neighbours.py)."""
+    from pipeline.features.index import choose_kind
+    from pipeline.features.neighbours import search_lists
 
     n = len(all_views)
     if n < 2:
         return []
-    whole = np.ascontiguousarray(all_views[:, 0], dtype=np.float32)
-    vindex = build_index(whole, [str(i) for i in range(n)], choose_kind(n, DIM, warehouse)[0])
-    n_windows = N_VIEWS - 1
-    found_i, found_j, found_s = [], [], []
-    photos_per_block = max(1, 4096 // n_windows)
-    for start in range(0, n, photos_per_block):
-        block = all_views[start : start + photos_per_block, 1:]
-        sims, rows = knn(vindex, block.reshape(-1, DIM), k + 1)
-        query = np.repeat(np.arange(start, start + len(block)), n_windows * sims.shape[1])
-        sims, rows = sims.ravel(), rows.ravel()
-        keep = (rows >= 0) & (rows != query) & (sims >= threshold)
-        query, rows, sims = _best_of_each(query[keep], rows[keep], sims[keep])  # each neighbour at its best window
-        order = np.lexsort((-sims, query))
-        query, rows, sims = query[order], rows[order], sims[order]
-        keep = np.arange(len(query)) - np.searchsorted(query, query, side="left") < k  # a photo's k best neighbours
-        found_i.append(np.minimum(query[keep], rows[keep]))
-        found_j.append(np.maximum(query[keep], rows[keep]))
-        found_s.append(sims[keep])
+    lists = search_lists([str(i) for i in range(n)], all_views[:, 0], all_views[:, 1:], k + 1, choose_kind(n, DIM, warehouse)[0])  # type: ignore[arg-type]
+    return window_pairs(lists.rows, lists.sims, threshold, k)
+
+
+def window_pairs(rows: np.ndarray, sims: np.ndarray, threshold: float, k: int) -> list[tuple[int, int, float]]:
+    """Unordered pairs (i < j), each once, where photo j's whole view is among the `k` + 1 nearest
+    whole views to any of photo i's windows (`rows[i]`, `sims[i]`: (windows, at least k + 1), best
+    first, -1 for none) and not i's own, at or above `threshold`; the similarity is the best
+    window's. At most k pairs per photo: the windows of a uniform page cannot flood verification."""
+    n, n_windows = rows.shape[:2]
+    rows, sims = rows[:, :, : k + 1], sims[:, :, : k + 1]
+    query = np.repeat(np.arange(n), n_windows * rows.shape[2])
+    rows, sims = rows.ravel().astype(np.int64), sims.ravel()
+    keep = (rows >= 0) & (rows != query) & (sims >= threshold)
+    query, rows, sims = _best_of_each(query[keep], rows[keep], sims[keep])  # each neighbour at its best window
+    order = np.lexsort((-sims, query))
+    query, rows, sims = query[order], rows[order], sims[order]
+    keep = np.arange(len(query)) - np.searchsorted(query, query, side="left") < k  # a photo's k best neighbours
     # A pair found from both sides keeps its better similarity.
-    low, high, sims = _best_of_each(np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s))
+    low, high, sims = _best_of_each(np.minimum(query[keep], rows[keep]), np.maximum(query[keep], rows[keep]), sims[keep])
     return [(int(a), int(b), float(s)) for a, b, s in zip(low, high, sims)]
 
 

@@ -40,7 +40,8 @@ import pandas as pd
 from pipeline import layout
 from pipeline.config import ThresholdsConfig
 from pipeline.features.embed import Embeddings
-from pipeline.features.index import VectorIndex, knn_pairs
+from pipeline.features.index import VectorIndex, neighbour_pairs
+from pipeline.features.neighbours import SearchCount
 from pipeline.features.verify import Verdict, VerifyParams, features, verify
 from pipeline.warehouse import Warehouse
 
@@ -55,35 +56,62 @@ def embedder_family(embedder_id: str) -> str:
     return "clip" if embedder_id.startswith("clip") else "classic"
 
 
-def face_window_pairs(contents: list[str], warehouse: Warehouse, thresholds: ThresholdsConfig) -> list[tuple[int, int]]:
+def embedding_pairs(
+    embeddings: Embeddings, vector_index: VectorIndex, warehouse: Warehouse, thresholds: ThresholdsConfig
+) -> tuple[list[tuple[int, int, float]], SearchCount | None]:
+    """Pairs (i < j, rows of `embeddings`) where one is among the other's nearest neighbours (at most
+    `max_candidates_per_image`) at or above the embedder's candidate threshold."""
+    from pipeline.features.neighbours import kept_lists
+
+    if len(embeddings.content_sha256) < 2:
+        return [], None
+
+    need = thresholds.max_candidates_per_image + 1  # the photo itself comes first
+    lists, count = kept_lists(warehouse, f"embedding-{layout.embedder_slug(embeddings.embedder_id)}", embeddings.embedder_id,
+                              embeddings.content_sha256, embeddings.vectors, embeddings.vectors[:, None], need, vector_index)  # fmt: skip
+    rows, sims = lists.first(need)
+    return neighbour_pairs(rows[:, 0], sims[:, 0], thresholds.candidate[embedder_family(embeddings.embedder_id)]), count
+
+
+def face_window_pairs(
+    contents: list[str], warehouse: Warehouse, thresholds: ThresholdsConfig
+) -> tuple[list[tuple[int, int]], SearchCount | None]:
     """Pairs (i < j, positions in `contents`) whose face windows are among each other's nearest
     neighbours (at most `max_candidates_per_image`) at or above `face_window_candidate`."""
-    from pipeline.features.face_signals import face_windows
-    from pipeline.features.index import build_index
+    from pipeline.features import face_signals
+    from pipeline.features.neighbours import kept_lists
 
-    windows = face_windows(warehouse, contents)
+    windows = face_signals.face_windows(warehouse, contents)
     with_face = [i for i, content in enumerate(contents) if content in windows]
     if len(with_face) < 2:
-        return []
+        return [], None
     vectors = np.stack([windows[contents[i]] for i in with_face])
-    found = knn_pairs(build_index(vectors, [contents[i] for i in with_face]), vectors, thresholds.face_window_candidate,
-                      thresholds.max_candidates_per_image)  # fmt: skip
-    return [tuple(sorted((with_face[a], with_face[b]))) for a, b, _ in found]
+    need = thresholds.max_candidates_per_image + 1
+    lists, count = kept_lists(warehouse, "face-window", f"face_signals-v{face_signals.VERSION}", [contents[i] for i in with_face],
+                              vectors, vectors[:, None], need)  # fmt: skip
+    rows, sims = lists.first(need)
+    found = neighbour_pairs(rows[:, 0], sims[:, 0], thresholds.face_window_candidate)
+    return [tuple(sorted((with_face[a], with_face[b]))) for a, b, _ in found], count
 
 
 def region_candidate_pairs(
     contents: list[str], object_of: dict[str, str], warehouse: Warehouse, thresholds: ThresholdsConfig
-) -> tuple[list[tuple[int, int]], int]:
+) -> tuple[list[tuple[int, int]], int, SearchCount | None]:
     """Pairs (i < j, positions in `contents`) where one photo's whole picture matches a window of the
     other's (`thresholds.region_candidate`, at most `region_candidates_per_image` a photo), and how
     many photos' region views were computed now (the rest came from their cache)."""
-    from pipeline.features.regions import cached_views, region_pairs
+    from pipeline.features import regions
+    from pipeline.features.neighbours import kept_lists
 
-    if thresholds.region_candidates_per_image == 0:
-        return [], 0
-    all_views, n_computed = cached_views(warehouse, contents, object_of)
-    found = region_pairs(all_views, thresholds.region_candidate, thresholds.region_candidates_per_image, warehouse)
-    return [(i, j) for i, j, _ in found], n_computed
+    k = thresholds.region_candidates_per_image
+    if k == 0:
+        return [], 0, None
+    all_views, n_computed = regions.cached_views(warehouse, contents, object_of)
+    if len(contents) < 2:
+        return [], n_computed, None
+    lists, count = kept_lists(warehouse, "region-views", f"regions-v{regions.VERSION}", contents, all_views[:, 0], all_views[:, 1:], k + 1)
+    found = regions.window_pairs(*lists.first(k + 1), thresholds.region_candidate, k)
+    return [(i, j) for i, j, _ in found], n_computed, count
 
 
 def _exact_groups(ok: pd.DataFrame) -> dict[str, str]:
@@ -413,6 +441,7 @@ class NearDuplicates:
     candidates_by_source: dict[str, int]  # how candidates were found, before exact copies are set aside: each pair under its first source
     n_region_views_computed: int  # photos whose region views this run computed (not from the cache)
     n_keypoints_computed: int  # photos whose verification keypoints this run found (not kept from an earlier run)
+    candidate_search: dict[str, SearchCount]  # per candidate source: what its kept neighbour lists needed searched
 
 
 def find_near_duplicates(
@@ -444,14 +473,16 @@ def find_near_duplicates(
     def similarity(a: str, b: str) -> float:
         return cosine(position[a], position[b])
 
-    found = knn_pairs(vector_index, embeddings.vectors, candidate_threshold, thresholds.max_candidates_per_image)
+    found, by_embedding_search = embedding_pairs(embeddings, vector_index, warehouse, thresholds)
     by_embedding = {(i, j) for i, j, _ in found}
-    by_face = [
-        (i, j, cosine(i, j)) for i, j in face_window_pairs(embeddings.content_sha256, warehouse, thresholds) if (i, j) not in by_embedding
-    ]
+    face_found, by_face_search = face_window_pairs(embeddings.content_sha256, warehouse, thresholds)
+    by_face = [(i, j, cosine(i, j)) for i, j in face_found if (i, j) not in by_embedding]
     seen = by_embedding | {(i, j) for i, j, _ in by_face}
-    region_found, n_region_views = region_candidate_pairs(embeddings.content_sha256, object_of, warehouse, thresholds)
+    region_found, n_region_views, by_region_search = region_candidate_pairs(embeddings.content_sha256, object_of, warehouse, thresholds)
     by_region = [(i, j, cosine(i, j)) for i, j in region_found if (i, j) not in seen]
+    searches = {"embedding": by_embedding_search, "face_window": by_face_search, "region_views": by_region_search}
+    searches = {source: count for source, count in searches.items() if count is not None}
+    logger.info("candidate search: %s", "; ".join(f"{source}: {count.describe()}" for source, count in searches.items()))
     candidates = [
         (i, j, s) for i, j, s in found + by_face + by_region
         if representative[embeddings.content_sha256[i]] != representative[embeddings.content_sha256[j]]
@@ -473,4 +504,6 @@ def find_near_duplicates(
     clusters = style_clusters(ok, embeddings, edges, images)
     reuse = pairs[pairs["company_a"] != pairs["company_b"]].reset_index(drop=True)
     by_source = {"embedding": len(found), "face_window": len(by_face), "region_views": len(by_region)}
-    return NearDuplicates(pairs, groups, clusters, reuse, len(candidates), len(near), n_computed, by_source, n_region_views, n_keypoints)
+    return NearDuplicates(
+        pairs, groups, clusters, reuse, len(candidates), len(near), n_computed, by_source, n_region_views, n_keypoints, searches
+    )

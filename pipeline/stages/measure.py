@@ -123,6 +123,7 @@ def near_duplicates(ctx: RunContext) -> dict[str, Any]:
                    "verifications_computed": found.n_verifications_computed,
                    **{f"candidates_by_{source}": n for source, n in found.candidates_by_source.items()},
                    "region_views_computed": found.n_region_views_computed, "keypoints_computed": found.n_keypoints_computed,
+                   **{f"candidate_search_{source}_photos": count.photos_searched for source, count in found.candidate_search.items()},
                    "pairs": len(found.pairs), "duplicate_groups": int(found.groups["group_id"].nunique()),
                    "cross_company_pairs": len(found.reuse)},
     }  # fmt: skip
