@@ -420,7 +420,7 @@ def style_clusters(ok: pd.DataFrame, embeddings: Embeddings, edges: Iterable[tup
     sizes = row_component.value_counts()
     big = sizes[sizes >= 2]
     # Deterministic ids: biggest first, ties by the smallest content hash in the component.
-    first_content = {comp: min(ok.loc[row_component == comp, "content_sha256"]) for comp in big.index}
+    first_content = ok["content_sha256"].groupby(row_component.to_numpy()).min()  # one pass, not a mask per cluster
     ordered = sorted(big.index, key=lambda comp: (-big[comp], first_content[comp]))
     cluster_of = {comp: cluster_id for cluster_id, comp in enumerate(ordered)}
     clusters = all_rows[["image", "company"]].copy()
