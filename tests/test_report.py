@@ -116,6 +116,23 @@ def test_audit_pages_rendered_in_worker_processes_are_the_pages_of_one_process(
     assert len(pages[1]) == 2 and pages[2] == pages[1]
 
 
+def test_a_page_larger_than_the_gallery_shows_a_seeded_sample(hostile_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.context import RunContext
+    from pipeline.layout import run_record
+    from pipeline.report import render
+
+    monkeypatch.setattr(render, "GALLERY_LIMIT", 4)  # each page has 6 photos
+    pages = []
+    for attempt in range(2):
+        settings = hostile_run["settings"].model_copy(update={"reports": str(tmp_path / f"reports-{attempt}")})
+        ctx = RunContext(settings, RUN_DATE)
+        run = ctx.warehouse.read_json(run_record(RUN_DATE))
+        render.render_report(ctx.with_embedder(run["embedder"], 0, run.get("embedder_fallback", "")))
+        pages.append(sorted(page.read_text() for page in (tmp_path / f"reports-{attempt}" / RUN_DATE / "companies").glob("*.html")))
+    assert len(pages[0]) == 2 and all("6 photos: a seeded sample is shown." in page for page in pages[0])
+    assert pages[0] == pages[1]  # the same sample every time
+
+
 def test_report_similarities_are_the_index_s_centred_ones(hostile_run: dict) -> None:
     """The audit page's histogram and generic/distinctive photos use the vectors the index uses: the
     run's reference taken out (raw cosine cannot tell a templated page from a diverse one)."""
@@ -298,7 +315,7 @@ def test_audit_page_charts_are_inline_svg_with_escaped_text_and_no_missing_numbe
     ticks, labels escaped, gaps (NaN) left out rather than written as "nan", the same bytes every time."""
     import pandas as pd
 
-    from pipeline.report.plots import population_plot, trend_plot
+    from pipeline.report.plots import RatedPages, population_plot, trend_plot
     from pipeline.report.svg import Chart, nice_ticks
 
     assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0] and nice_ticks(-0.33, 1, 8) == [-0.2, 0, 0.2, 0.4, 0.6, 0.8, 1.0]
@@ -310,7 +327,8 @@ def test_audit_page_charts_are_inline_svg_with_escaped_text_and_no_missing_numbe
     assert "nan" not in svg.lower() and svg.startswith("<svg") and 'role="img"' in svg
     companies = pd.DataFrame({"company": ["a", "b"], "status": ["ok", "ok"], "homogeneity_index": [0.3, 0.5],
                               "ci_low": [0.2, float("nan")], "ci_high": [0.4, float("nan")]})  # fmt: skip
-    assert population_plot(companies, "b") == population_plot(companies, "b") and "nan" not in str(population_plot(companies, "b"))
+    rated = RatedPages.of(companies)
+    assert population_plot(rated, "b") == population_plot(RatedPages.of(companies), "b") and "nan" not in str(population_plot(rated, "b"))
     trends = pd.DataFrame({"company": ["a", "a", "b", "b"], "run_date": ["2026-01-01", "2026-01-03"] * 2,
                            "homogeneity_index": [0.3, 0.6, 0.5, 0.5], "ci_low": [0.2, 0.5, 0.4, 0.4], "ci_high": [0.4, 0.7, 0.6, 0.6],
                            "significant": [False, True, False, False], "change": [float("nan"), 0.3, float("nan"), 0.0]})  # fmt: skip
@@ -448,3 +466,27 @@ def test_the_map_colours_each_photo_by_its_page_and_names_the_pages_only_where_f
             for j in range(30):
                 same_colour = np.allclose(colours[i], colours[j])
                 assert same_colour == (pages[i] == pages[j] or (i % n_pages) % 20 == (j % n_pages) % 20)
+
+
+def test_each_pages_comparisons_with_the_others_come_from_one_sort_a_run() -> None:
+    """An audit page compares its page with every other page (its rank, the other pages' median of each
+    template signal): from one sorted copy a run, the same numbers as filtering the others out."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.report.plots import RatedPages, median_without
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.uniform(0, 1, 41), 2)  # rounded: ties occur
+    values[[3, 9]] = np.nan  # pages without the signal
+    companies = pd.DataFrame({"company": [f"c{i}" for i in range(41)], "homogeneity_index": values, "signal": values[::-1],
+                              "status": ["ok" if np.isfinite(v) else "too_few_images" for v in values]})  # fmt: skip
+    rated = RatedPages.of(companies)
+    ascending = np.sort(companies["signal"].dropna().to_numpy())
+    for row in companies.to_dict("records"):
+        others = companies[companies["company"] != row["company"]]
+        assert median_without(ascending, row["signal"]) == others["signal"].median()
+        if row["status"] == "ok":
+            ok_others = others[others["status"] == "ok"]
+            assert rated.below(row["homogeneity_index"]) == (ok_others["homogeneity_index"] < row["homogeneity_index"]).sum()
+    assert median_without(np.array([]), 0.5) is None and median_without(np.array([0.5]), 0.5) is None

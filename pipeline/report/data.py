@@ -65,6 +65,15 @@ class RunData:
         return {(row["company"], row["image"]): row for row in ok.to_dict("records")}
 
     @cached_property
+    def ok_records_of_company(self) -> dict[str, list[dict]]:
+        """`ok_of_company` as plain records, in the same order: made once a run, where a frame's
+        records cost ~3 ms a page (834 pages a night at 20,000 photos)."""
+        records: dict[str, list[dict]] = {}
+        for row in (self.images[self.images["status"] == "ok"] if len(self.images) else self.images).to_dict("records"):
+            records.setdefault(row["company"], []).append(row)
+        return records
+
+    @cached_property
     def ok_pictures_of_company(self) -> dict[str, pd.DataFrame]:
         return rows_by(self.ok_pictures, "company")
 
@@ -125,6 +134,19 @@ class RunData:
         from pipeline.report.plots import population_band
 
         return population_band(self.trends) if len(self.trends) else pd.DataFrame(columns=["run_date", "q1", "median", "q3"])
+
+    @cached_property
+    def rated(self):  # noqa: ANN201 - plots.RatedPages (plots imports this module)
+        """The rated pages as every audit page compares itself with them (`plots.RatedPages`)."""
+        from pipeline.report.plots import RatedPages
+
+        return RatedPages.of(self.companies)
+
+    @cached_property
+    def ascending_columns(self) -> dict[str, np.ndarray]:
+        """Each numeric column of the companies table: its finite values, sorted (`plots.median_without`)."""
+        numeric = self.companies.select_dtypes("number")
+        return {column: np.sort(values[np.isfinite(values)]) for column, values in ((c, numeric[c].to_numpy(float)) for c in numeric)}
 
     @cached_property
     def centre(self) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -96,25 +97,54 @@ def forest_plot(companies: pd.DataFrame) -> str | None:
     return png(figure)
 
 
-def population_plot(companies: pd.DataFrame, company: str) -> Markup | None:
+@dataclass(frozen=True)
+class RatedPages:
+    """Every rated page's index this run, as each audit page compares itself with it: made once a run
+    (`RunData.rated`), where a filter of the companies table per page costs pages^2."""
+
+    rows: dict[str, dict]  # company -> its companies row
+    ascending: np.ndarray  # the rated pages' indexes, sorted
+    counts: np.ndarray  # their histogram over `HISTOGRAM_EDGES`
+
+    @classmethod
+    def of(cls, companies: pd.DataFrame) -> RatedPages:
+        rated = rated_pages(companies)
+        values = rated["homogeneity_index"].to_numpy(float) if len(rated) else np.zeros(0)
+        counts, _ = np.histogram(np.clip(values, 0, 1), bins=HISTOGRAM_EDGES)
+        return cls({row["company"]: row for row in rated.to_dict("records")}, np.sort(values), counts)
+
+    def below(self, index: float) -> int:
+        """How many rated pages have an index below `index`."""
+        return int(np.searchsorted(self.ascending, index, side="left"))
+
+
+HISTOGRAM_EDGES = np.linspace(0, 1, 21)
+
+
+def population_plot(rated: RatedPages, company: str) -> Markup | None:
     """This page's index and interval against the histogram of every rated page's index."""
     from pipeline.report.svg import Chart
 
-    rated = rated_pages(companies)
-    if rated.empty:
+    if not rated.rows:
         return None
-    edges = np.linspace(0, 1, 21)
-    counts, _ = np.histogram(rated["homogeneity_index"].clip(0, 1), bins=edges)
-    chart = Chart((0, 1), (0, max(1, int(counts.max())) * 1.15), "homogeneity index", "pages",
+    chart = Chart((0, 1), (0, max(1, int(rated.counts.max())) * 1.15), "homogeneity index", "pages",
                   "this page's index against the distribution of all pages")  # fmt: skip
-    chart.bars(edges, counts, "#c9d6e3", "all pages this run")
-    mine = rated[rated["company"] == company]
-    if len(mine):
-        row = mine.iloc[0]
+    chart.bars(HISTOGRAM_EDGES, rated.counts, "#c9d6e3", "all pages this run")
+    row = rated.rows.get(company)
+    if row is not None:
         if np.isfinite(row["ci_low"]) and np.isfinite(row["ci_high"]):
             chart.vspan(row["ci_low"], row["ci_high"], "#f4a259", 0.35, "this page: 95% CI")
         chart.vline(row["homogeneity_index"], "#bc4b51", "this page")
     return chart.svg()
+
+
+def median_without(ascending: np.ndarray, value: float | None) -> float | None:
+    """The median of the finite values `ascending` (sorted) with one occurrence of `value` left out
+    (where it is among them): the median of the other pages, from one sort a run instead of one a page."""
+    position = int(np.searchsorted(ascending, value)) if value is not None and np.isfinite(value) else len(ascending)
+    if position < len(ascending) and ascending[position] == value:
+        ascending = np.delete(ascending, position)
+    return float(np.median(ascending)) if len(ascending) else None
 
 
 def population_band(trends: pd.DataFrame) -> pd.DataFrame:

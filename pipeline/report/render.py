@@ -22,9 +22,11 @@ from pipeline.report.data import RunData, count, finite, label, load_run, thumbn
 from pipeline.report.plots import (
     MAX_CHANGED_LINES,
     MAX_FOREST_ROWS,
+    RatedPages,
     changed_plot,
     company_trend_plot,
     forest_plot,
+    median_without,
     pages_moved_significantly,
     pages_with_trend,
     population_over_time,
@@ -187,18 +189,17 @@ def _failures(data: RunData) -> dict[str, Any]:
     }
 
 
-def _reading(row: pd.Series, companies: pd.DataFrame, n_reused: int, embedder: str, offline: bool) -> list[str]:
+def _reading(row: pd.Series, rated: RatedPages, n_reused: int, embedder: str, offline: bool) -> list[str]:
     """The audit page's plain-language reading of the numbers, and of what they do not say."""
     lines = []
     if row["status"] != "ok":
         lines.append(f"This page had {int(row['n_images'])} usable photo(s): too few for a homogeneity index that means anything. "
                      "The numbers below describe the photos only.")  # fmt: skip
     else:
-        rated = rated_pages(companies)
-        others = rated[rated["company"] != row["company"]]
-        below = int((others["homogeneity_index"] < row["homogeneity_index"]).sum())
+        below = rated.below(row["homogeneity_index"])  # the page itself is not below itself
+        n_others = len(rated.rows) - (row["company"] in rated.rows)
         lines.append(f"The page's homogeneity index is {row['homogeneity_index']:.2f} (95% CI {row['ci_low']:.2f} to {row['ci_high']:.2f}): "
-                     f"more homogeneous than {below} of the {len(others)} other pages measured in this run.")  # fmt: skip
+                     f"more homogeneous than {below} of the {n_others} other pages measured in this run.")  # fmt: skip
         lines.append(f"Its {int(row['n_images'])} photos behave like {row['vendi_score']:.1f} distinct photos (Vendi score) "
                      f"and fall into {int(row['n_clusters'])} style cluster(s); the largest holds {row['largest_cluster_share']:.0%} of them.")  # fmt: skip
     lines.append(f"{row['near_dup_rate']:.0%} of its photos have a near-copy on the same page.")
@@ -222,13 +223,13 @@ TEMPLATE_SIGNALS = [  # column, label, direction that means "more templated", wh
 ]
 
 
-def template_signals(row: pd.Series, companies: pd.DataFrame) -> list[dict[str, Any]]:
-    """Each template signal of a page against the median of the other pages, with a plain reading."""
-    others = companies[companies["company"] != row["company"]]
+def template_signals(row: pd.Series, ascending_columns: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+    """Each template signal of a page against the median of the other pages (`RunData.ascending_columns`:
+    every page's values), with a plain reading."""
     signals = []
     for column, signal, direction, meaning in TEMPLATE_SIGNALS:
         value = finite(row.get(column))
-        median = finite(others[column].median()) if column in others and len(others) else None
+        median = finite(median_without(ascending_columns[column], value)) if column in ascending_columns else None
         templated = value is not None and median is not None and (value < median if direction == "lower" else value > median)
         signals.append({"label": signal, "value": value, "median": median, "templated": templated, "reading": meaning if templated else ""})
     return signals
@@ -439,28 +440,29 @@ def render_audit_pages(data: RunData, store: Warehouse, reports: Warehouse, work
 def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: pd.Series, env: Any = None) -> str:
     env = env or _environment()
     company = row["company"]
-    ok = data.ok_of_company.get(company, data.images.iloc[:0])
+    records = data.ok_records_of_company.get(company, [])
     clusters = data.clusters_of_company.get(company)
     cluster_of = {} if clusters is None else dict(zip(clusters["image"], clusters["cluster_id"]))
-    sampled = len(ok) > GALLERY_LIMIT
-    shown = ok.sample(GALLERY_LIMIT, random_state=0) if sampled else ok
+    sampled = len(records) > GALLERY_LIMIT
+    shown = data.ok_of_company[company].sample(GALLERY_LIMIT, random_state=0).to_dict("records") if sampled else records
     groups: dict[int, list[dict[str, Any]]] = {}
-    for _, photo in shown.iterrows():
+    for photo in shown:
         groups.setdefault(int(cluster_of.get(photo["image"], -1)), []).append(_photo(store, photo))
     shared = sorted(((c, p) for c, p in groups.items() if c != -1 and len(p) > 1), key=lambda item: (-len(item[1]), item[0]))
     alone = [photo for c, p in sorted(groups.items()) if c == -1 or len(p) == 1 for photo in p]
     gallery = [{"cluster": c, "photos": p} for c, p in shared] + ([{"cluster": -1, "photos": alone}] if alone else [])
 
     generic, distinctive = [], []
-    if len(data.keys) and len(ok):
+    if len(data.keys) and records:
         # In the index's own terms: the run's centre and each photo's cosine to it, reference taken out.
-        unique = ok.drop_duplicates("content_sha256")
-        scores = data.centred[[data.row_of[k] for k in unique["content_sha256"]]] @ data.centre
+        first_rows: dict[str, dict] = {}
+        for record in records:
+            first_rows.setdefault(record["content_sha256"], record)  # each picture once, as its first row
+        unique = list(first_rows.values())
+        scores = data.centred[[data.row_of[record["content_sha256"]] for record in unique]] @ data.centre
         order = np.argsort(-scores)
-        generic = [{**_photo(store, unique.iloc[i]), "score": float(scores[i])} for i in order[:EXTREMES]]
-        distinctive = [
-            {**_photo(store, unique.iloc[i]), "score": float(scores[i])} for i in order[::-1][:EXTREMES] if i not in order[:EXTREMES]
-        ]
+        generic = [{**_photo(store, unique[i]), "score": float(scores[i])} for i in order[:EXTREMES]]
+        distinctive = [{**_photo(store, unique[i]), "score": float(scores[i])} for i in order[::-1][:EXTREMES] if i not in order[:EXTREMES]]
 
     reuse = _reuse_rows(store, data, company)
     n_reused = len({r["a"]["file"] if r["company_a"] == company else r["b"]["file"] for r in reuse})
@@ -468,16 +470,16 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
     page = env.get_template("audit_page.html.j2").render(
         run_date=data.run_date, embedder=data.embedder, embedder_fallback=data.embedder_fallback, offline=offline,
         company=company, row={k: (finite(v) if isinstance(v, (int, float, np.floating, np.integer)) else v) for k, v in row.items()},
-        reading=_reading(row, data.companies, n_reused, data.embedder, offline),
-        gallery=gallery, sampled=sampled, n_ok=len(ok), generic=generic, distinctive=distinctive, reuse=reuse,
+        reading=_reading(row, data.rated, n_reused, data.embedder, offline),
+        gallery=gallery, sampled=sampled, n_ok=len(records), generic=generic, distinctive=distinctive, reuse=reuse,
         groups=_group_rows(store, data, company),
-        population=population_plot(data.companies, company), trend=company_trend_plot(data.trends_of_company.get(company), data.population_band),
+        population=population_plot(data.rated, company), trend=company_trend_plot(data.trends_of_company.get(company), data.population_band),
         histogram=similarity_histogram(data, company), change=_change(data, company),
         history=_history(data, company),
-        signals=template_signals(row, data.companies), face_share=finite(row.get("face_share")),
+        signals=template_signals(row, data.ascending_columns), face_share=finite(row.get("face_share")),
         face_repeated=count(row.get("n_face_repeated")), face_shared=count(row.get("n_face_shared")),
         zero_shot=_zero_shot(row), template=template_index_view(row),
-        thumbnails_off=bool(len(ok)) and ok["thumbnail_object"].fillna("").eq("").all(),
+        thumbnails_off=bool(records) and not any(isinstance(r["thumbnail_object"], str) and r["thumbnail_object"] for r in records),
         back_link="../index.html",
     )  # fmt: skip
     return reports.write_bytes(f"{data.run_date}/{layout.company_page(company)}", page.encode("utf-8"))
