@@ -22,7 +22,8 @@ Printed per size: photos per second cold; the changed run's and the unchanged ru
 of the cold run (targets: 1% changed at most 0.05, nothing changed at most 0.1, whole-process wall
 time); peak RSS (target at 100,000 photos: at most 8 GB).
 
-    .venv/bin/python -m bench.scale [--sizes 2000 20000] [--work var/scale] [--seed 0]
+    .venv/bin/python -m bench.scale [--sizes 2000 20000] [--work var/scale] [--seed 0] [--keep]
+    .venv/bin/python -m bench.scale --sizes 20000 --night 4 2026-01-09   # one more 1% night on a kept warehouse
 
 Generated populations are kept under `--work` (per size and seed) and reused; the warehouse of each
 measurement is made afresh. Generating takes ~25 ms per photo per core.
@@ -221,6 +222,29 @@ def run(folder: Path, warehouse: Path, run_date: str) -> dict:
             "unit_costs": record["unit_costs"], "counts": record["counts"], "timed_log": timed_lines(done.stderr)}  # fmt: skip
 
 
+def later_night(work: Path, size: int, seed: int, version: int, run_date: str) -> dict:
+    """Another night on the warehouse that `--keep` kept: 1% of the photos, none replaced before,
+    replaced by their `version` (2 or more), and one `homog run` of `run_date`. What a night costs
+    after many nights (the kept caches and lists as a nightly has them), and with the code of now."""
+    global _population
+    root = work / f"n{size}-seed{seed}"
+    photos, warehouse = root / "measure" / "photos", root / "measure" / "warehouse"
+    if not (warehouse / "runs").exists():
+        raise SystemExit(f"no kept warehouse at {warehouse}: run `--sizes {size} --keep` first")
+    replaced_file = root / "measure" / "replaced.json"
+    replaced = set(json.loads(replaced_file.read_text() if replaced_file.exists() else (root / "done.json").read_text())["changed"])
+    order = np.random.default_rng([seed, size, version]).permutation(size)
+    chosen = sorted(int(i) for i in order if int(i) not in replaced)[: max(1, round(CHANGED_SHARE * size))]
+    _population = Population(_sources(work), seed)
+    for i in chosen:
+        for old in photos.glob(_name(i, "*")):
+            old.unlink()  # a hard link to the base population: unlinked, never written through
+        data, suffix = _population.photo(i, version)
+        (photos / _name(i, suffix)).write_bytes(data)
+    replaced_file.write_text(json.dumps({"changed": sorted(replaced | set(chosen))}))
+    return {"photos_changed": len(chosen), "version": version, "run_date": run_date, **run(photos, warehouse, run_date)}
+
+
 def timed_lines(log: str) -> list[str]:
     """The log lines that give seconds (a stage's phases: verification's features and pairs, identity's
     faces): what explains a slow stage after a 90-minute run, which run.json sums per stage."""
@@ -233,7 +257,25 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("var/scale"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and reports (to profile a night on them)")
+    parser.add_argument("--night", nargs=2, metavar=("VERSION", "RUN_DATE"),
+                        help="instead: one more 1%% night on the warehouse --keep kept (photos replaced by their VERSION, 2 or more), "
+                             "against the cold run of the last results")  # fmt: skip
     args = parser.parse_args()
+    if args.night:
+        version, run_date = int(args.night[0]), args.night[1]
+        if version < 2:
+            parser.error("VERSION 0 and 1 are the base and the changed population: use 2 or more")
+        nights = {}
+        for size in args.sizes:
+            night = later_night(args.work, size, args.seed, version, run_date)
+            cold = earlier_sizes(args.seed).get(str(size), {})
+            cold_s = cold.get("runs", {}).get("cold", {}).get("wall_s")
+            nights[str(size)] = {**night, "cold_wall_s": cold_s, "cold_measured_at_commit": cold.get("measured_at_commit"),
+                                 "over_cold": round(night["wall_s"] / cold_s, 4) if cold_s else None}  # fmt: skip
+            share = f" = {night['wall_s'] / cold_s:.3f} of the cold run ({cold_s:.0f} s)" if cold_s else ""
+            print(f"{size} photos, 1% night {run_date}: {night['wall_s']:.0f} s{share}; stages: {night['stage_seconds']}")
+        write_result("scale-night", {"seed": args.seed, "sizes": nights})
+        return
 
     results = {}
     for size in args.sizes:
