@@ -218,3 +218,33 @@ def test_the_classic_embedder_ships_a_model() -> None:
     assert model is not None and set(model.weights) == set(COMPONENTS)
     assert sum(model.weights.values()) == pytest.approx(1.0)
     assert len(model.reference_whole) == len(model.reference_signals) > 30
+
+
+def test_two_pages_listing_the_same_file_names_keep_their_own_photos_signals(
+    model: template_index.TemplateModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Image names are each page's own: two pages may both list "team/1.jpg" and mean different photos."""
+    from pipeline.config import ThresholdsConfig
+
+    monkeypatch.setattr(template_index, "load_model", lambda _embedder: model)
+    rng = np.random.default_rng(5)
+    images, faces, vectors_of = [], [], {}
+    for company, templated in (("a", True), ("b", False)):
+        signals = _photos(rng, 6, templated)
+        for i, vector in enumerate(_vectors(rng, 6, 0.0)):
+            content = f"{company}{i:063d}"
+            images.append({"company": company, "image": f"team/{i}.jpg", "content_sha256": content, "status": "ok"})
+            faces.append({"company": company, "image": f"team/{i}.jpg", "content_sha256": content, **signals.iloc[i].to_dict()})
+            vectors_of[content] = vector
+    images, faces = pd.DataFrame(images), pd.DataFrame(faces)
+    pairs = pd.DataFrame(columns=["company_a", "company_b", "image_a", "image_b"])
+
+    def table(companies: list[str]) -> pd.DataFrame:
+        mine = images["company"].isin(companies)
+        found = template_index.page_table(companies, images[mine], faces[mine], vectors_of, pairs, "test", ThresholdsConfig())
+        return found.set_index("company")
+
+    both = table(["a", "b"])
+    for company in ("a", "b"):
+        pd.testing.assert_series_equal(both.loc[company], table([company]).loc[company])
+    assert both.loc["a", "template_index"] > both.loc["b", "template_index"]

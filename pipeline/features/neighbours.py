@@ -188,25 +188,33 @@ def kept_lists(
     need: int,
     vindex: VectorIndex | None = None,
 ) -> tuple[NeighbourLists, SearchCount]:
-    """The lists of one candidate source (`source`, e.g. "regions") for the population `contents`,
+    """The lists of one candidate source (`source`, e.g. "region-views") for the population `contents`,
     brought up to date from the last run's where they were made from the same vectors (`basis`),
     else searched afresh; kept for the next run. Targets, queries and `vindex` as for `search_lists`."""
     depth = depth_for(need)
     key = layout.neighbour_lists_file(source)
     previous, why = _read(warehouse, key, basis, depth, queries.shape[1]) if warehouse.exists(key) else (None, "none kept")
+    n_new = n_gone = 0
     if previous is not None:
         known, now = set(previous.contents), set(contents)
         n_new, n_gone = len(now - known), len(known - now)
         if n_new + n_gone > len(contents) / 2:
             previous, why = None, f"{n_new} photo(s) new and {n_gone} gone of {len(contents)}"
-    if previous is None or len(contents) < 2:
-        kind = choose_kind(len(contents), targets.shape[1], warehouse)[0] if vindex is None else vindex.kind
+    kind = (
+        vindex.kind
+        if vindex is not None
+        else "flat"
+        if previous is not None
+        else choose_kind(len(contents), targets.shape[1], warehouse)[0]
+    )
+    if previous is None:
         lists = search_lists(contents, targets, queries, depth, kind, vindex)  # type: ignore[arg-type]
         count = SearchCount(len(contents), 0, 0, fresh=True, why_fresh=why)
     else:
-        lists, searched_again = update_lists(previous, contents, targets, queries, need, "flat" if vindex is None else vindex.kind, vindex)  # type: ignore[arg-type]
-        count = SearchCount(len(now - known), len(known - now), searched_again, fresh=False)
-    if count.fresh or count.photos_searched or count.photos_gone or lists.contents != previous.contents:  # type: ignore[union-attr]
+        # Flat where no index is given: only the new photos and the lists that ran short meet the whole population.
+        lists, searched_again = update_lists(previous, contents, targets, queries, need, kind, vindex)  # type: ignore[arg-type]
+        count = SearchCount(n_new, n_gone, searched_again, fresh=False)
+    if previous is None or count.photos_searched or count.photos_gone or lists.contents != previous.contents:
         _write(warehouse, key, basis, lists)  # else the kept file holds these very lists: a rerun rewrites nothing
     return lists, count
 

@@ -346,7 +346,9 @@ def page_table(
     from pipeline.metrics.homogeneity import duplicate_matrix, page_sample, page_seed
 
     model = load_model(embedder_id)
-    signals = faces.drop_duplicates("image").set_index("image") if len(faces) else pd.DataFrame(columns=PHOTO_COLUMNS)
+    # By content (signals are measured once per content): image names are a page's own, and two pages
+    # may both list a "team/1.jpg" that are different photos.
+    signals = faces.drop_duplicates("content_sha256").set_index("content_sha256") if len(faces) else pd.DataFrame(columns=PHOTO_COLUMNS)
     images_of = rows_by(images, "company")
     within_of = rows_by(pairs[pairs["company_a"] == pairs["company_b"]], "company_a")
     rows = []
@@ -354,7 +356,7 @@ def page_table(
         row: dict = {"company": company, **empty_row()}
         ok = page_sample(images_of.get(company, images.iloc[:0]), company, thresholds)
         if model is not None and len(ok) >= thresholds.min_images:
-            photos = signals.reindex(ok["image"]).reindex(columns=PHOTO_COLUMNS).reset_index(drop=True).astype(float)
+            photos = signals.reindex(ok["content_sha256"]).reindex(columns=PHOTO_COLUMNS).reset_index(drop=True).astype(float)
             centred = np.stack([vectors_of[content] for content in ok["content_sha256"]])
             duplicate = duplicate_matrix(ok["image"], within_of.get(company, pairs.iloc[:0]))
             result = page_template_index(model, photos, centred, duplicate, thresholds.bootstrap_samples, page_seed(company))
