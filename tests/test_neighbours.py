@@ -127,6 +127,17 @@ def test_what_cannot_be_brought_up_to_date_is_searched_afresh_with_the_reason(tm
     assert count.fresh and count.why_fresh.startswith("unreadable")
     assert_same_first_entries(lists, replaced, population)
     assert not kept_lists(warehouse, "test", "basis-2", replaced, *population.arrays(replaced), NEED)[1].fresh
+    # A well-formed file whose lists name rows past the population is not trusted either.
+    key = layout.neighbour_lists_file("test")
+    with np.load(io.BytesIO(warehouse.read_bytes(key)), allow_pickle=False) as stored:
+        tampered = {name: stored[name] for name in stored.files}
+    tampered["rows"] = tampered["rows"] + len(replaced)
+    buffer = io.BytesIO()
+    np.savez(buffer, **tampered)
+    warehouse.write_bytes(key, buffer.getvalue())
+    lists, count = kept_lists(warehouse, "test", "basis-2", replaced, *population.arrays(replaced), NEED)
+    assert count.fresh and "name no photo" in count.why_fresh
+    assert_same_first_entries(lists, replaced, population)
 
 
 def test_kept_lists_hold_row_numbers_and_similarities_not_vectors(tmp_path: Path) -> None:

@@ -230,6 +230,8 @@ def _read(warehouse: Warehouse, key: str, basis: str, depth: int, n_views: int) 
         return None, f"made from other vectors ({kept_basis})"
     if rows.ndim != 3 or rows.shape != sims.shape or rows.shape[0] != len(contents) or rows.shape[1] != n_views or rows.shape[2] < depth:
         return None, f"kept {rows.shape} lists, {n_views} view(s) of {depth} needed"
+    if rows.size and (rows.min() < -1 or rows.max() >= len(contents)) or len(set(contents)) != len(contents):
+        return None, "unreadable (rows that name no photo, or a photo twice)"
     return NeighbourLists(contents, rows[:, :, :depth], sims[:, :, :depth]), ""
 
 

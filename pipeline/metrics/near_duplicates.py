@@ -11,7 +11,8 @@ Near-duplicates, in two stages so that cost grows ~N log N and no N x N matrix i
    verification of each candidate (pipeline/features/verify.py),
    which keeps edited copies of one photograph and drops different photos of one sitter or
    template. Bounding candidates per photo keeps a uniform studio page, where every pair looks
-   "similar", from costing N^2 verifications.
+   "similar", from costing N^2 verifications. The three searches keep their nearest-neighbour lists
+   from run to run (pipeline/features/neighbours.py): a night searches what changed, not everyone.
 
 Duplicate groups ("these five pictures are one photograph") are the connected components of the
 verified pairs, with a guard against chaining unrelated photos through a series of small steps:
