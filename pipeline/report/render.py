@@ -60,10 +60,10 @@ def _reuse_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     ok = data.ok_rows
     positions = range(len(data.reuse)) if company is None else data.reuse_of_company.get(company, [])
     rows = []
-    for pair in data.reuse.iloc[list(positions)].itertuples():
-        a, b = ok[(pair.company_a, pair.image_a)], ok[(pair.company_b, pair.image_b)]
-        rows.append({"a": _photo(store, a), "b": _photo(store, b), "company_a": pair.company_a, "company_b": pair.company_b,
-                     "similarity": float(pair.similarity), "kind": pair.kind})  # fmt: skip
+    for pair in (data.reuse_records[position] for position in positions):
+        a, b = ok[(pair["company_a"], pair["image_a"])], ok[(pair["company_b"], pair["image_b"])]
+        rows.append({"a": _photo(store, a), "b": _photo(store, b), "company_a": pair["company_a"], "company_b": pair["company_b"],
+                     "similarity": float(pair["similarity"]), "kind": pair["kind"]})  # fmt: skip
     return rows
 
 
@@ -80,12 +80,11 @@ def _group_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     ids = sorted(data.group_members) if company is None else data.group_ids_of_company.get(company, [])
     rows = []
     for group_id in ids[:MAX_GROUPS_SHOWN]:
-        members = data.group_members[group_id]
+        members = data.group_member_records[group_id]
         n_direct, n_implied = data.group_links.get(group_id, (0, 0))
         rows.append({
-            "id": int(group_id), "size": len(members), "companies": sorted(set(members["company"])),
-            "photos": [{**_photo(store, ok[(r.company, r.image)]), "company": r.company}
-                       for r in members.head(MAX_PHOTOS_PER_GROUP).itertuples()],
+            "id": int(group_id), "size": len(members), "companies": sorted({r["company"] for r in members}),
+            "photos": [{**_photo(store, ok[(r["company"], r["image"])]), "company": r["company"]} for r in members[:MAX_PHOTOS_PER_GROUP]],
             "n_direct": n_direct, "n_implied": n_implied,
         })  # fmt: skip
     return rows
@@ -97,11 +96,9 @@ def _trend_values(data: RunData, company: str) -> list[float | None]:
 
 
 def _change(data: RunData, company: str) -> dict[str, Any] | None:
-    history = data.trends_of_company.get(company)
-    now = None if history is None else history[history["run_date"] == data.run_date]
-    if now is None or now.empty or not bool(now.iloc[0]["significant"]):
+    row = data.trends_now.get(company)
+    if row is None or not bool(row["significant"]):
         return None
-    row = now.iloc[0]
     return {"direction": row["direction"], "change": float(row["change"]), "since": row["previous_run_date"]}
 
 
@@ -158,10 +155,7 @@ MAX_HISTORY = 12  # runs told in words on an audit page, newest first (the chart
 
 def _history(data: RunData, company: str) -> list[dict[str, str]]:
     """The company's changes run by run, in words, newest first."""
-    mine = data.history_of_company.get(company)
-    if mine is None:
-        return []
-    return [{"run_date": r.run_date, "summary": r.summary} for r in mine.head(MAX_HISTORY).itertuples()]
+    return [{"run_date": r["run_date"], "summary": r["summary"]} for r in data.history_records_of_company.get(company, [])[:MAX_HISTORY]]
 
 
 def _failures(data: RunData) -> dict[str, Any]:
