@@ -14,7 +14,7 @@ import pandas as pd
 
 from pipeline.context import RunContext
 from pipeline.ingest.intake import distinct_ok
-from pipeline.tables import rows_by
+from pipeline.tables import records_by, rows_by
 from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -57,21 +57,22 @@ class RunData:
         return distinct_ok(self.images)
 
     @cached_property
+    def ok_images(self) -> pd.DataFrame:
+        """The images table's ok rows (every row, duplicates included)."""
+        return self.images[self.images["status"] == "ok"] if len(self.images) else self.images
+
+    @cached_property
     def ok_rows(self) -> dict[tuple[str, str], dict]:
         """The run's ok rows as plain records by (company, image), a row listed twice counting once, as
         the first: a lookup per photo shown, where a pandas multi-index lookup costs ~0.2 ms and a
         report shows thousands."""
-        ok = self.images[self.images["status"] == "ok"].drop_duplicates(["company", "image"])
+        ok = self.ok_images.drop_duplicates(["company", "image"])
         return {(row["company"], row["image"]): row for row in ok.to_dict("records")}
 
     @cached_property
     def ok_records_of_company(self) -> dict[str, list[dict]]:
-        """`ok_of_company` as plain records, in the same order: made once a run, where a frame's
-        records cost ~3 ms a page (834 pages a night at 20,000 photos)."""
-        records: dict[str, list[dict]] = {}
-        for row in (self.images[self.images["status"] == "ok"] if len(self.images) else self.images).to_dict("records"):
-            records.setdefault(row["company"], []).append(row)
-        return records
+        """Each company's ok rows as plain records, in the table's order."""
+        return records_by(self.ok_images, "company")
 
     @cached_property
     def ok_pictures_of_company(self) -> dict[str, pd.DataFrame]:
@@ -79,8 +80,8 @@ class RunData:
 
     @cached_property
     def ok_of_company(self) -> dict[str, pd.DataFrame]:
-        """Each company's ok rows of the images table (every row, duplicates included)."""
-        return rows_by(self.images[self.images["status"] == "ok"] if len(self.images) else self.images, "company")
+        """Each company's ok rows as a frame (a page's gallery sample is drawn from it)."""
+        return rows_by(self.ok_images, "company")
 
     @cached_property
     def clusters_of_company(self) -> dict[str, pd.DataFrame]:
@@ -92,24 +93,16 @@ class RunData:
         return rows_by(self.trends.sort_values("run_date", kind="stable") if len(self.trends) else self.trends, "company")
 
     @cached_property
-    def history_of_company(self) -> dict[str, pd.DataFrame]:
+    def history_of_company(self) -> dict[str, list[dict]]:
         """Each company's changes rows, newest run first."""
         history = self.change_history
-        return rows_by(history.sort_values("run_date", ascending=False, kind="stable") if len(history) else history, "company")
-
-    @cached_property
-    def history_records_of_company(self) -> dict[str, list[dict]]:
-        """`history_of_company` as plain records (newest run first): small frames' rows cost ~1 ms a page."""
-        return {company: rows.to_dict("records") for company, rows in self.history_of_company.items()}
+        return records_by(history.sort_values("run_date", ascending=False, kind="stable") if len(history) else history, "company")
 
     @cached_property
     def trends_now(self) -> dict[str, dict]:
         """Each company's trends row of this run, the first where there are several."""
         now = self.trends[self.trends["run_date"] == self.run_date] if len(self.trends) else self.trends
-        records: dict[str, dict] = {}
-        for row in now.to_dict("records"):
-            records.setdefault(row["company"], row)
-        return records
+        return {company: rows[0] for company, rows in records_by(now, "company").items()}
 
     @cached_property
     def group_ids_of_company(self) -> dict[str, list[int]]:
@@ -119,15 +112,10 @@ class RunData:
         return {company: sorted(set(ids)) for company, ids in self.groups.groupby("company", sort=False)["group_id"]}
 
     @cached_property
-    def group_members(self) -> dict[int, pd.DataFrame]:
+    def group_members(self) -> dict[int, list[dict]]:
         """Each group's member rows, its anchor first, then by company and image."""
         ordered = self.groups.sort_values(["group_id", "anchor", "company", "image"], ascending=[True, False, True, True])
-        return {int(group_id): members for group_id, members in ordered.groupby("group_id", sort=True)}
-
-    @cached_property
-    def group_member_records(self) -> dict[int, list[dict]]:
-        """`group_members` as plain records, in the same order."""
-        return {group_id: members.to_dict("records") for group_id, members in self.group_members.items()}
+        return records_by(ordered, "group_id")
 
     @cached_property
     def reuse_records(self) -> list[dict]:

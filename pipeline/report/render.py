@@ -80,7 +80,7 @@ def _group_rows(store: Warehouse, data: RunData, company: str | None = None) -> 
     ids = sorted(data.group_members) if company is None else data.group_ids_of_company.get(company, [])
     rows = []
     for group_id in ids[:MAX_GROUPS_SHOWN]:
-        members = data.group_member_records[group_id]
+        members = data.group_members[group_id]
         n_direct, n_implied = data.group_links.get(group_id, (0, 0))
         rows.append({
             "id": int(group_id), "size": len(members), "companies": sorted({r["company"] for r in members}),
@@ -155,7 +155,7 @@ MAX_HISTORY = 12  # runs told in words on an audit page, newest first (the chart
 
 def _history(data: RunData, company: str) -> list[dict[str, str]]:
     """The company's changes run by run, in words, newest first."""
-    return [{"run_date": r["run_date"], "summary": r["summary"]} for r in data.history_records_of_company.get(company, [])[:MAX_HISTORY]]
+    return [{"run_date": r["run_date"], "summary": r["summary"]} for r in data.history_of_company.get(company, [])[:MAX_HISTORY]]
 
 
 def _failures(data: RunData) -> dict[str, Any]:
