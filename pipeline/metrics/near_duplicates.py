@@ -57,21 +57,29 @@ def embedder_family(embedder_id: str) -> str:
     return "clip" if embedder_id.startswith("clip") else "classic"
 
 
+def _kept_pairs(
+    warehouse: Warehouse, source: str, basis: str, contents: list[str], vectors: np.ndarray, thresholds: ThresholdsConfig,
+    threshold: float, vindex: VectorIndex | None = None,
+) -> tuple[list[tuple[int, int, float]], SearchCount]:  # fmt: skip
+    """Pairs (i < j, rows of `vectors`) where one is among the other's nearest neighbours (at most
+    `max_candidates_per_image`) at or above `threshold`, from the source's kept lists."""
+    from pipeline.features.neighbours import kept_lists
+
+    need = thresholds.max_candidates_per_image + 1  # the photo itself comes first
+    lists, count = kept_lists(warehouse, source, basis, contents, vectors, vectors[:, None], need, vindex)
+    rows, sims = lists.first(need)
+    return neighbour_pairs(rows[:, 0], sims[:, 0], threshold), count
+
+
 def embedding_pairs(
     embeddings: Embeddings, vector_index: VectorIndex, warehouse: Warehouse, thresholds: ThresholdsConfig
 ) -> tuple[list[tuple[int, int, float]], SearchCount | None]:
-    """Pairs (i < j, rows of `embeddings`) where one is among the other's nearest neighbours (at most
-    `max_candidates_per_image`) at or above the embedder's candidate threshold."""
-    from pipeline.features.neighbours import kept_lists
-
+    """Pairs (i < j, rows of `embeddings`) by the whole-picture embedding, at or above the embedder's candidate threshold."""
     if len(embeddings.content_sha256) < 2:
         return [], None
-
-    need = thresholds.max_candidates_per_image + 1  # the photo itself comes first
-    lists, count = kept_lists(warehouse, f"embedding-{layout.embedder_slug(embeddings.embedder_id)}", embeddings.embedder_id,
-                              embeddings.content_sha256, embeddings.vectors, embeddings.vectors[:, None], need, vector_index)  # fmt: skip
-    rows, sims = lists.first(need)
-    return neighbour_pairs(rows[:, 0], sims[:, 0], thresholds.candidate[embedder_family(embeddings.embedder_id)]), count
+    return _kept_pairs(warehouse, f"embedding-{layout.embedder_slug(embeddings.embedder_id)}", embeddings.embedder_id,
+                       embeddings.content_sha256, embeddings.vectors, thresholds,
+                       thresholds.candidate[embedder_family(embeddings.embedder_id)], vector_index)  # fmt: skip
 
 
 def face_window_pairs(
@@ -80,18 +88,13 @@ def face_window_pairs(
     """Pairs (i < j, positions in `contents`) whose face windows are among each other's nearest
     neighbours (at most `max_candidates_per_image`) at or above `face_window_candidate`."""
     from pipeline.features import face_signals
-    from pipeline.features.neighbours import kept_lists
 
     windows = face_signals.face_windows(warehouse, contents)
     with_face = [i for i, content in enumerate(contents) if content in windows]
     if len(with_face) < 2:
         return [], None
-    vectors = np.stack([windows[contents[i]] for i in with_face])
-    need = thresholds.max_candidates_per_image + 1
-    lists, count = kept_lists(warehouse, "face-window", f"face_signals-v{face_signals.VERSION}", [contents[i] for i in with_face],
-                              vectors, vectors[:, None], need)  # fmt: skip
-    rows, sims = lists.first(need)
-    found = neighbour_pairs(rows[:, 0], sims[:, 0], thresholds.face_window_candidate)
+    found, count = _kept_pairs(warehouse, "face-window", f"face_signals-v{face_signals.VERSION}", [contents[i] for i in with_face],
+                               np.stack([windows[contents[i]] for i in with_face]), thresholds, thresholds.face_window_candidate)  # fmt: skip
     return [tuple(sorted((with_face[a], with_face[b]))) for a, b, _ in found], count
 
 
