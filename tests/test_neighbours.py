@@ -164,6 +164,10 @@ def test_forgotten_photos_leave_every_kept_list_and_the_next_night_is_still_exac
             assert not purged & set(stored["contents"].tolist())
             assert stored["rows"].max() < len(stored["contents"])
     assert forget(warehouse, purged) == 0  # nothing left to take out
+    # A damaged file may name them and cannot be edited: it goes (the next run searches afresh), the rest stays.
+    warehouse.write_bytes(layout.neighbour_lists_file("damaged"), b"not an npz file")
+    assert forget(warehouse, purged) == 0
+    assert not warehouse.exists(layout.neighbour_lists_file("damaged")) and warehouse.exists(layout.neighbour_lists_file("test"))
     remaining = [c for c in contents if c not in purged]
     lists, count = kept_lists(warehouse, "test", "basis-1", remaining, *population.arrays(remaining), NEED)
     assert not count.fresh and count.photos_gone == 0

@@ -141,12 +141,8 @@ def update_lists(
     added = np.array([i for i, content in enumerate(contents) if content not in known], np.int64)
 
     # The kept photos' lists, their entries renumbered, those of departed photos dropped (order kept).
-    old_rows, old_sims = previous.rows[kept_old], previous.sims[kept_old]
-    complete = (old_rows >= 0).sum(axis=2) == len(previous.contents)  # the list held the whole population
-    rows = np.where(old_rows >= 0, old_to_new[np.maximum(old_rows, 0)], -1)
-    sims = np.where(rows >= 0, old_sims, -np.inf).astype(np.float32)
-    order = np.argsort(rows < 0, axis=2, kind="stable")  # survivors first, in their order
-    rows, sims = np.take_along_axis(rows, order, 2), np.take_along_axis(sims, order, 2)
+    complete = (previous.rows[kept_old] >= 0).sum(axis=2) == len(previous.contents)  # the list held the whole population
+    rows, sims = _renumbered(previous.rows[kept_old], previous.sims[kept_old], old_to_new)
     survivors = (rows >= 0).sum(axis=2)
     last = np.take_along_axis(sims, np.maximum(survivors - 1, 0)[..., None], 2)[..., 0]
     # A new photo joins a list at or above its last surviving entry (anywhere, where the list held
@@ -219,13 +215,28 @@ def kept_lists(
     return lists, count
 
 
+def _renumbered(rows: np.ndarray, sims: np.ndarray, new_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lists whose entries are renumbered by `new_row` (old row -> new row, -1: the photo left), the
+    entries of photos that left dropped and the rest kept in their order, first."""
+    rows = np.where(rows >= 0, new_row[np.maximum(rows, 0)], -1)
+    sims = np.where(rows >= 0, sims, -np.inf).astype(np.float32)
+    order = np.argsort(rows < 0, axis=2, kind="stable")
+    return np.take_along_axis(rows, order, 2), np.take_along_axis(sims, order, 2)
+
+
+def _load(warehouse: Warehouse, key: str) -> tuple[str, NeighbourLists]:
+    """(basis, lists) as written by `_write`; OSError, ValueError or KeyError where the file is not one."""
+    with np.load(io.BytesIO(warehouse.read_bytes(key)), allow_pickle=False) as stored:
+        return str(stored["basis"]), NeighbourLists(stored["contents"].tolist(), stored["rows"], stored["sims"])
+
+
 def _read(warehouse: Warehouse, key: str, basis: str, depth: int, n_views: int) -> tuple[NeighbourLists | None, str]:
     """The kept lists, or None and why they cannot be brought up to date."""
     try:
-        with np.load(io.BytesIO(warehouse.read_bytes(key)), allow_pickle=False) as stored:
-            kept_basis, rows, sims, contents = str(stored["basis"]), stored["rows"], stored["sims"], stored["contents"].tolist()
+        kept_basis, kept = _load(warehouse, key)
     except (OSError, ValueError, KeyError) as error:
         return None, f"unreadable ({error})"
+    rows, sims, contents = kept.rows, kept.sims, kept.contents
     if kept_basis != basis:
         return None, f"made from other vectors ({kept_basis})"
     if rows.ndim != 3 or rows.shape != sims.shape or rows.shape[0] != len(contents) or rows.shape[1] != n_views or rows.shape[2] < depth:
@@ -247,18 +258,16 @@ def forget(warehouse: Warehouse, contents: set[str]) -> int:
     still holds the nearest of what is left, and is searched again when too short."""
     taken = 0
     for key in warehouse.keys_matching(layout.neighbour_lists_file("*")):
-        with np.load(io.BytesIO(warehouse.read_bytes(key)), allow_pickle=False) as stored:
-            basis, rows, sims, kept = str(stored["basis"]), stored["rows"], stored["sims"], stored["contents"].tolist()
-        stay = np.array([content not in contents for content in kept], bool)
+        try:
+            basis, kept = _load(warehouse, key)
+        except (OSError, ValueError, KeyError):
+            warehouse.remove(key)  # it may name them and cannot be edited: the next run searches afresh
+            logger.warning("neighbour lists %s unreadable: deleted", key)
+            continue
+        stay = np.array([content not in contents for content in kept.contents], bool)
         if stay.all():
             continue
-        renumbered = np.where(stay, np.cumsum(stay) - 1, -1)
-        rows, sims = rows[stay], sims[stay]
-        rows = np.where(rows >= 0, renumbered[np.maximum(rows, 0)], -1)
-        sims = np.where(rows >= 0, sims, -np.inf).astype(np.float32)
-        order = np.argsort(rows < 0, axis=2, kind="stable")
-        lists = NeighbourLists([c for c, s in zip(kept, stay) if s], np.take_along_axis(rows, order, 2).astype(np.int32),
-                               np.take_along_axis(sims, order, 2))  # fmt: skip
-        _write(warehouse, key, basis, lists)
+        rows, sims = _renumbered(kept.rows[stay], kept.sims[stay], np.where(stay, np.cumsum(stay) - 1, -1))
+        _write(warehouse, key, basis, NeighbourLists([c for c, s in zip(kept.contents, stay) if s], rows.astype(np.int32), sims))
         taken = max(taken, int((~stay).sum()))
     return taken
