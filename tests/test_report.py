@@ -377,6 +377,39 @@ def test_the_map_is_fitted_on_a_bounded_sample_and_places_the_rest(monkeypatch: 
     assert np.isfinite(fitted.place(vectors)).all()
 
 
+def test_the_map_is_fitted_on_exact_neighbours_handed_to_umap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """UMAP is given each photo's exact cosine neighbours (itself first, even where another photo has
+    the very same vector) and never runs its own neighbour search, whose numba compilation cost
+    seconds of every run that fits a map."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import umap.umap_
+
+    from pipeline.report import projection
+
+    vectors = np.random.default_rng(2).normal(size=(40, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    vectors[7] = vectors[3]  # one vector twice: either may come first in the search
+    rows, distances = projection.cosine_knn(vectors, 5)
+    similarity = vectors @ vectors.T
+    for row in range(len(vectors)):
+        assert rows[row, 0] == row and distances[row, 0] == 0.0
+        others = np.delete(np.arange(len(vectors)), row)
+        expected = np.sort(1.0 - similarity[row, others])[:4]
+        assert np.allclose(distances[row, 1:], expected, atol=1e-5)
+        assert np.allclose(distances[row, 1:], 1.0 - similarity[row, rows[row, 1:]], atol=1e-5)
+    assert 3 in rows[7] and 7 in rows[3]
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("UMAP searched for neighbours itself")
+
+    monkeypatch.setattr(umap.umap_, "nearest_neighbors", refuse)
+    data = SimpleNamespace(run_date=RUN_DATE, keys=[f"k{i:02d}" for i in range(40)], vectors=vectors)
+    fitted = projection.fit_projection(data)  # type: ignore[arg-type]
+    assert fitted.points.shape == (40, 2) and np.isfinite(fitted.points).all()
+
+
 def test_run_report_plots_stay_bounded_however_many_pages(monkeypatch: pytest.MonkeyPatch) -> None:
     """At 4,000 pages a chart with a row, a panel or a legend line per page would be unreadable (and
     the forest plot a picture 160,000 px tall): the forest plot draws the most homogeneous pages, the

@@ -9,8 +9,10 @@ UMAP's own transform starts), so the maps of different runs can be laid side by 
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,11 +74,56 @@ def fit_projection(data: RunData) -> Projection:
     rows = np.arange(len(data.keys))
     if len(rows) > MAX_FIT_PHOTOS:
         rows = np.sort(np.random.default_rng(0).choice(rows, MAX_FIT_PHOTOS, replace=False))
-    model = umap.UMAP(n_neighbors=min(15, len(rows) - 1), metric="cosine", random_state=0, n_epochs=200)
-    points = model.fit_transform(data.vectors[rows])
-    return Projection(
-        data.run_date, [data.keys[r] for r in rows], np.asarray(data.vectors[rows], np.float32), np.asarray(points, np.float64)
+    vectors = np.ascontiguousarray(data.vectors[rows], np.float32)
+    neighbours = min(15, len(rows) - 1)
+    _compile_once()
+    model = umap.UMAP(
+        n_neighbors=neighbours, metric="cosine", random_state=0, n_epochs=200, precomputed_knn=cosine_knn(vectors, neighbours)
     )
+    with warnings.catch_warnings():
+        # Neither is news: the seed makes UMAP single-threaded, and the map places later photos
+        # itself (Projection.place), never with UMAP's transform, which needs UMAP's own search index.
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"precomputed_knn\[2\]", category=UserWarning)
+        points = model.fit_transform(vectors)
+    return Projection(data.run_date, [data.keys[r] for r in rows], vectors, np.asarray(points, np.float64))
+
+
+def cosine_knn(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cosine distances) of each unit vector's k nearest, itself first, as UMAP's own search
+    gives them: FAISS's exact search instead, because UMAP's compiles a parallel numba argsort on
+    every fitting run (~6 s of the run, on any number of photos)."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(vectors)
+    similarity, rows = index.search(vectors, k + 1)
+    # Itself first, then its k - 1 nearest others: where another photo has the very same vector, the
+    # search may put that one first.
+    own = np.arange(len(vectors))[:, None]
+    others = np.argsort(rows == own, axis=1, kind="stable")[:, : k - 1]
+    rows = np.hstack([own, np.take_along_axis(rows, others, axis=1)])
+    similarity = np.hstack([np.ones_like(own, np.float32), np.take_along_axis(similarity, others, axis=1)])
+    return rows.astype(np.int32), np.clip(1.0 - similarity, 0.0, 2.0).astype(np.float32)
+
+
+@functools.cache
+def _compile_once() -> None:
+    """UMAP's fitting functions compiled once per installation instead of once per process (~6 s of
+    every run that fits a map): umap-learn does not ask numba to cache them, so this does. numba keeps
+    the compiled code beside the package, or in the user's cache folder where that is read-only; with
+    neither writable it compiles in memory, as before."""
+    import umap.layouts
+    import umap.umap_
+
+    for module, name in ((umap.umap_, "smooth_knn_dist"), (umap.umap_, "compute_membership_strengths"),
+                         (umap.layouts, "_nb_optimize_layout_euclidean_single_epoch")):  # fmt: skip
+        function = getattr(module, name, None)  # private to umap-learn: a version without it compiles as before
+        try:
+            if function is not None:
+                function.enable_caching()
+        except (AttributeError, RuntimeError) as exc:  # not a numba function, or no cache location numba can write to
+            logger.info("report: UMAP's %s is compiled in memory only (%s)", name, exc)
 
 
 def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
