@@ -62,6 +62,42 @@ def test_descriptor_of_a_face_is_stable_under_resizing_and_absent_without_a_face
     assert face_descriptor(Image.new("RGB", (200, 200), "grey")) is None
 
 
+def test_the_descriptor_network_is_dlibs_own() -> None:
+    """The ResNet run by torch with the weights read from dlib's model file gives dlib's descriptors
+    (on faces and on noise, in one batch or one by one); a file of another layout is refused."""
+    import dlib
+    import face_recognition_models as models
+
+    from pipeline.features.face_network import FaceNetwork, _layers, _structure
+    from pipeline.features.identity import _models, describe, face_chip
+    from tests.fixture_site import face_pictures
+
+    landmarks, network = _models()
+    reference = dlib.face_recognition_model_v1(models.face_recognition_model_location())
+    pictures = [Image.open(io.BytesIO(data)).convert("RGB") for data in face_pictures(3)]
+    pictures.append(Image.fromarray(np.random.default_rng(0).integers(0, 256, (180, 160, 3), np.uint8)))  # noise, any box
+    chips, expected = [], []
+    for picture in pictures:
+        rgb = np.ascontiguousarray(np.asarray(picture))
+        shape = landmarks(rgb, dlib.rectangle(20, 20, picture.width - 20, picture.height - 20))
+        chips.append(np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25)))
+        expected.append(np.asarray(reference.compute_face_descriptor(rgb, shape), np.float32))
+    batch = describe(chips)
+    assert batch.shape == (4, 128) and np.abs(batch - np.stack(expected)).max() < 1e-4
+    # A face's descriptor does not depend on what else was described with it, to the last bit (a kept
+    # descriptor and a recomputed one give the same pairs).
+    assert np.array_equal(describe(chips[:1])[0], batch[0]) and np.array_equal(describe(chips[2:] + chips[:2])[0], batch[2])
+    assert face_chip(pictures[0]) is not None and describe([]).shape == (0, 128)
+
+    with open(models.face_recognition_model_location(), "rb") as file:
+        layers = _layers(file.read())
+    with pytest.raises(ValueError, match="not the layout"):
+        _structure(layers[:10] + layers[14:])  # a residual block missing
+    with pytest.raises(ValueError, match="not the layout"):
+        FaceNetwork(models.pose_predictor_five_point_model_location())  # another model file
+    assert isinstance(network, FaceNetwork)
+
+
 def test_the_face_signals_detection_serves_identity_unchanged(tmp_path: Path) -> None:
     """Identity reuses the box the face signals stored instead of running the detector again: the same
     descriptor; a box detected at another score floor, or a cache without boxes, is not used."""
