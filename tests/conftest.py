@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import http.server
 import io
+import os
+import shutil
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +17,13 @@ import pytest
 from PIL import Image
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "headshots"
+
+# numba keeps the code it compiles for UMAP (pipeline/report/projection.py) beside the installed package
+# by default: the suite keeps it in a temporary folder of its own instead (set before numba is imported,
+# and inherited by the worker processes), so that tests write only in temporary folders.
+if "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="homog-tests-numba-")
+    atexit.register(shutil.rmtree, os.environ["NUMBA_CACHE_DIR"], True)
 
 
 def photo_like(width: int = 160, height: int = 200, seed: int = 0) -> Image.Image:
