@@ -117,6 +117,38 @@ def test_two_faces_of_one_template_cost_no_refinement(original: Image.Image, mon
     assert copy.same_photo and len(refined) >= 1
 
 
+@pytest.mark.parametrize("block", [25, 12, 6, 4])
+def test_block_correlations_are_each_blocks_centred_correlation(block: int) -> None:
+    """The correlation of each textured block inside the overlap, as centring the block and correlating
+    gives it; a block whose standard deviation is exactly 4 counts as textured, one just below does
+    not; blocks partly outside the overlap, and blocks of b that are flat, are left out."""
+    from pipeline.features.verify import _block_correlations
+
+    rng = np.random.default_rng(block)
+    rows, cols = 9, 7
+    a = rng.integers(0, 256, (rows * block + 3, cols * block + 2)).astype(np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-40, 41, a.shape), 0, 255).astype(np.uint8)
+    tile = lambda plane, r, c: plane[r * block : (r + 1) * block, c * block : (c + 1) * block]  # noqa: E731
+    n = block * block
+    # Values whose standard deviation is exactly 4: half at 100 -+ 4 (n even), or 16/25 of them at
+    # 100 -+ 5 and the rest at 100 (n = 625).
+    exact = [96, 104] * (n // 2) if n % 2 == 0 else [95, 105] * (8 * n // 25) + [100] * (9 * n // 25)
+    tile(a, 0, 0)[:] = rng.permutation(exact).reshape(block, block)
+    tile(a, 0, 1)[:] = rng.permutation(np.resize([97, 104], n)).reshape(block, block)  # std ~3.5: flat
+    tile(b, 1, 1)[:] = 50  # b flat there: nothing to correlate
+    valid = np.ones(a.shape, bool)
+    valid[: block // 2, cols * block - 1] = False  # the last column's top block is partly outside the overlap
+
+    expected = []
+    for r in range(rows):
+        for c in range(cols):
+            x, y = tile(a, r, c).astype(float).ravel(), tile(b, r, c).astype(float).ravel()
+            if tile(valid, r, c).mean() >= 0.99 and x.std() >= 4 - 1e-9 and y.std() > 0:
+                expected.append(np.corrcoef(x, y)[0, 1])
+    found = _block_correlations(a, b, valid, block)
+    assert np.std(tile(a, 0, 0)) == 4.0 and len(found) == rows * cols - 3 and np.allclose(found, expected, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("measures", "same"),
     [
