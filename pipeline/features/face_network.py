@@ -84,13 +84,8 @@ def _layers(data: bytes) -> list[tuple]:
             params = read.tensor()
             layers.append(("affine", params[: len(params) // 2], params[len(params) // 2 :]))
         elif name in ("max_pool_2", "avg_pool_2"):
-            rows, columns, stride, padding = (
-                read.integer(),
-                read.integer(),
-                (read.integer(), read.integer()),
-                (read.integer(), read.integer()),
-            )
-            layers.append((name[:3], (rows, columns), stride, padding))
+            shape, stride, padding = ((read.integer(), read.integer()) for _ in range(3))  # read in this order
+            layers.append((name[:3], shape, stride, padding))
         else:  # fc_2: outputs, inputs, then the (inputs x outputs) matrix
             outputs, inputs = read.integer(), read.integer()
             layers.append(("fc", read.tensor().reshape(inputs, outputs)))
