@@ -311,7 +311,7 @@ def _block_correlations(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray, 
 
     a_int, b_int = a[:height, :width].astype(np.int32), b_warped[:height, :width].astype(np.int32)
     sum_a, sum_b = sums(a_int), sums(b_int)
-    # n² times each block's variance and covariance, exact in int64 (at most 4e10 for 8-bit blocks of 200 px sides)
+    # n² times each block's variance and covariance: exact in int64 (under 2e14 even for 8-bit blocks of 200 px sides)
     spread_a, spread_b = n * sums(a_int * a_int) - sum_a * sum_a, n * sums(b_int * b_int) - sum_b * sum_b
     inside = sums(valid[:height, :width].astype(np.int32)) >= 0.99 * n  # outside the overlap: borders, cropped-away parts
     textured = spread_a >= 16 * n * n  # a flat backdrop says nothing about sameness
