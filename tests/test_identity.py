@@ -168,6 +168,30 @@ def test_a_sealed_descriptor_opens_only_with_its_photo() -> None:
 
 
 @pytest.mark.parametrize("keep", [False, True])
+def test_a_job_describes_each_photo_and_marks_the_faceless(tmp_path: Path, keep: bool) -> None:
+    """A worker's job: a descriptor per photo in order, NaN for a photo with no face (kept too, so it
+    is not looked for again), each sealed to its own photo where descriptors are kept."""
+    from pipeline.features.identity import DescriptorJob, compute_descriptors
+    from pipeline.warehouse import Warehouse
+    from tests.conftest import encode
+    from tests.fixture_site import face_pictures
+
+    warehouse = Warehouse(str(tmp_path))
+    photos = [face_pictures(1)[0], encode(Image.new("RGB", (200, 200), "grey"))]
+    for i, data in enumerate(photos):
+        warehouse.write_bytes(f"objects/raw/{i}.jpg", data)
+    job = DescriptorJob(warehouse, [("face", "objects/raw/0.jpg", None), ("blank", "objects/raw/1.jpg", None)], 0.9, keep)
+    (face, face_sealed), (blank, blank_sealed) = compute_descriptors(job)
+    assert np.isfinite(face).all() and np.array_equal(face, face_descriptor(Image.open(io.BytesIO(photos[0]))))
+    assert np.isnan(blank).all()
+    if keep:
+        assert np.array_equal(unseal(face_sealed, photos[0], "face"), face) and unseal(face_sealed, photos[1], "face") is None
+        assert np.isnan(unseal(blank_sealed, photos[1], "blank")).all()
+    else:
+        assert face_sealed == blank_sealed == b""
+
+
+@pytest.mark.parametrize("keep", [False, True])
 def test_unchanged_faces_reuse_the_pairs_and_kept_descriptors_make_a_change_cost_only_new_faces(
     face_folder: Path, tmp_path: Path, keep: bool
 ) -> None:

@@ -129,21 +129,30 @@ def _structure(layers: list[tuple]) -> tuple[np.ndarray, _Convolution, tuple, tu
 class FaceNetwork:
     """`describe(chips)`: 128-d descriptors of (n, 150, 150, 3) uint8 RGB face chips, as dlib computes them.
 
-    Each convolution is one matrix product (numpy's BLAS) of the face's sliding windows with the
-    filters, channels last. Faces go through one at a time: a face's descriptor is then the same to
-    the last bit whatever else was described with it (a kept one and a recomputed one, a night's and
-    a fresh warehouse's), and no framework is loaded: torch would add ~0.5 GB to every worker process
+    Each convolution is one matrix product (numpy's BLAS, on one thread) of the face's sliding
+    windows with the filters, channels last. Faces go through one at a time: a face's descriptor is
+    then the same to the last bit on one machine whatever else was described with it and wherever
+    (a kept one and a recomputed one, a night's and a fresh warehouse's, a worker's and the main
+    process's), and no framework is loaded: torch would add ~0.5 GB to every worker process
     for a gain of a third (measured: ~7 ms a face in its batches against ~11 ms here, on one core)."""
 
     def __init__(self, path: str) -> None:
+        from threadpoolctl import ThreadpoolController
+
         with open(path, "rb") as file:
             mean, stem, stem_affine, pool, blocks, linear = _structure(_layers(file.read()))
+        self._blas = ThreadpoolController()
         self._mean, self._linear = mean, linear
         self._stem, self._stem_affine, self._pool = _Filters.of(stem), stem_affine, pool
         self._blocks = [(_Filters.of(b.first), b.first_affine, _Filters.of(b.second), b.second_affine, b.pool) for b in blocks]
 
     def describe(self, chips: np.ndarray) -> np.ndarray:
-        return np.stack([self._describe(chip) for chip in chips]) if len(chips) else np.zeros((0, self._linear.shape[1]), np.float32)
+        # On one BLAS thread: the products' sums are ordered by how the BLAS splits them among its
+        # threads, so a descriptor computed in a worker (one thread) and in the main process (all of
+        # them) would differ in the last bits.
+        with self._blas.limit(limits=1, user_api="blas"):
+            described = [self._describe(chip) for chip in chips]
+        return np.stack(described) if described else np.zeros((0, self._linear.shape[1]), np.float32)
 
     def _describe(self, chip: np.ndarray) -> np.ndarray:
         # dlib's input layer: each channel less its mean over the training set, divided by 256.
