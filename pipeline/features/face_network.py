@@ -19,6 +19,7 @@ Any other layout is refused with a clear error instead of being run wrongly.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,7 +106,7 @@ class _Block:
 def _structure(layers: list[tuple]) -> tuple[np.ndarray, _Convolution, tuple, tuple, list[_Block], np.ndarray]:
     """(input mean, stem convolution, its affine, max pool, residual blocks, linear layer), or ValueError."""
     kinds = "".join({"input": "i", "con": "c", "affine": "a", "max": "m", "avg": "p", "fc": "f"}[layer[0]] for layer in layers)
-    if not re.fullmatch(r"icam(?:caca(?:p)?)+pf", kinds) or layers[-2][1] != (0, 0):
+    if not re.fullmatch(r"icam(?:cacap?)+pf", kinds) or layers[-2][1] != (0, 0):
         raise ValueError(f"not the layout of dlib's face recognition ResNet (layers: {kinds})")
     blocks, position = [], 4
     while layers[position][0] == "con":
@@ -127,7 +128,7 @@ def _structure(layers: list[tuple]) -> tuple[np.ndarray, _Convolution, tuple, tu
 
 
 class FaceNetwork:
-    """`describe(chips)`: 128-d descriptors of (n, 150, 150, 3) uint8 RGB face chips, as dlib computes them.
+    """`describe(chips)`: 128-d descriptors of 150 x 150 x 3 uint8 RGB face chips, as dlib computes them.
 
     Each convolution is one matrix product (numpy's BLAS, on one thread) of the face's sliding
     windows with the filters, channels last. Faces go through one at a time: a face's descriptor is
@@ -146,7 +147,7 @@ class FaceNetwork:
         self._stem, self._stem_affine, self._pool = _Filters.of(stem), stem_affine, pool
         self._blocks = [(_Filters.of(b.first), b.first_affine, _Filters.of(b.second), b.second_affine, b.pool) for b in blocks]
 
-    def describe(self, chips: np.ndarray) -> np.ndarray:
+    def describe(self, chips: Sequence[np.ndarray]) -> np.ndarray:
         # On one BLAS thread: the products' sums are ordered by how the BLAS splits them among its
         # threads, so a descriptor computed in a worker (one thread) and in the main process (all of
         # them) would differ in the last bits.

@@ -96,7 +96,7 @@ def face_chip(picture: Image.Image, score_floor: float = 0.9, working_side: int 
 def describe(chips: list[np.ndarray]) -> np.ndarray:
     """(n, 128) descriptors of face chips (pipeline/features/face_network.py)."""
     _, network = _models()
-    return network.describe(np.stack(chips)) if chips else np.zeros((0, 128), np.float32)
+    return network.describe(chips)
 
 
 def face_descriptor(picture: Image.Image, score_floor: float = 0.9, working_side: int = 512, box: Box | None = None) -> np.ndarray | None:
