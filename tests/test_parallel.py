@@ -112,25 +112,59 @@ def test_stored_features_read_back_equal(tmp_path: Path) -> None:
 
     for picture, face in ((photo_like(200, 260, seed=5), (20, 30, 60, 70)), (Image.new("RGB", (64, 64), "grey"), None)):
         views = features(picture, face)
-        save_features(str(tmp_path / "f.npz"), views)
-        for saved, loaded in zip(views, load_features(str(tmp_path / "f.npz"))):
+        save_features(str(tmp_path / "f.pickle"), views)
+        for saved, loaded in zip(views, load_features(str(tmp_path / "f.pickle"))):
             assert np.array_equal(saved.grey, loaded.grey) and np.array_equal(saved.keypoints, loaded.keypoints)
             assert saved.face == loaded.face and saved.native_side == loaded.native_side
             assert (saved.descriptors is None and loaded.descriptors is None) or np.array_equal(saved.descriptors, loaded.descriptors)
     assert views[0].descriptors is None  # a flat picture has no keypoints: stored and read back as none
 
 
-def test_verification_scratch_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_verification_scratch_is_removed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: bool) -> None:
     import tempfile
 
     from pipeline.features.verify import VerifyParams
-    from pipeline.metrics.near_duplicates import verify_pairs
+    from pipeline.metrics import near_duplicates
 
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     (tmp_path / "scratch").mkdir()
+    (tmp_path / "memory").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(tmp_path / ("memory" if in_memory else "no such folder")),))
+    real_mkdtemp, made = tempfile.mkdtemp, []
+
+    def recorded_mkdtemp(**where: str) -> str:
+        made.append(real_mkdtemp(**where))
+        return made[-1]
+
+    monkeypatch.setattr(tempfile, "mkdtemp", recorded_mkdtemp)
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
-    verify_pairs(pairs[:3], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
-    assert list((tmp_path / "scratch").iterdir()) == []
+    near_duplicates.verify_pairs(pairs[:3], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
+    assert [Path(folder).parent.name for folder in made] == ["memory" if in_memory else "scratch"]
+    assert list((tmp_path / "scratch").iterdir()) == list((tmp_path / "memory").iterdir()) == []
+
+
+def test_scratch_goes_to_memory_only_where_it_has_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first memory folder with room for twice the photos' features; the temporary folder where
+    none has room, is missing or cannot be written."""
+    import shutil
+    import tempfile
+
+    from pipeline.metrics import near_duplicates
+
+    full, roomy, read_only = tmp_path / "full", tmp_path / "roomy", tmp_path / "read-only"
+    for folder in (full, roomy, read_only):
+        folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=0) if Path(path) == full else real_usage(path))
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != read_only)
+    monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(tmp_path / "missing"), str(read_only), str(full), str(roomy)))
+    assert near_duplicates.scratch_parent(100) == str(roomy)
+    too_many = real_usage(roomy).free // 300_000 + 1  # more than half of what the folder holds
+    assert near_duplicates.scratch_parent(too_many) == str(tmp_path)
+    monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(full),))
+    assert near_duplicates.scratch_parent(1) == str(tmp_path)
 
 
 # ------------------------------------------------------------------ identity
@@ -164,18 +198,19 @@ def test_scratch_of_a_killed_run_is_deleted_by_the_next(tmp_path: Path, monkeypa
     import tempfile
 
     from pipeline.features.verify import VerifyParams
-    from pipeline.metrics.near_duplicates import verify_pairs
+    from pipeline.metrics import near_duplicates
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
+    monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(tmp_path / "memory"),))
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    abandoned = tmp_path / "scratch" / f"homog-verify-{gone.stdout.strip()}-abc"
+    abandoned = [tmp_path / parent / f"homog-verify-{gone.stdout.strip()}-abc" for parent in ("scratch", "memory")]
     live = tmp_path / "scratch" / f"homog-verify-{os.getpid()}-def"
-    for folder in (abandoned, live):
+    for folder in (*abandoned, live):
         folder.mkdir(parents=True)
-        (folder / "photo.npz").write_bytes(b"grey picture")
+        (folder / "photo.pickle").write_bytes(b"grey picture")
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
-    verify_pairs(pairs[:1], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
-    assert not abandoned.exists() and (live / "photo.npz").exists()
+    near_duplicates.verify_pairs(pairs[:1], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
+    assert not any(folder.exists() for folder in abandoned) and (live / "photo.pickle").exists()
 
 
 def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path) -> None:
