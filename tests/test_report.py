@@ -116,6 +116,28 @@ def test_audit_pages_rendered_in_worker_processes_are_the_pages_of_one_process(
     assert len(pages[1]) == 2 and pages[2] == pages[1]
 
 
+def test_a_workers_share_of_the_run_holds_its_pages_vectors_and_the_whole_runs_figures(hostile_run: dict) -> None:
+    """What a worker gets (`RunData.for_pages`): the centred vectors of its pages' photos only, as the
+    whole run has them, no raw vectors, and the population's figures of the whole run."""
+    import numpy as np
+
+    from pipeline.context import RunContext
+    from pipeline.layout import run_record
+    from pipeline.report.data import load_run
+
+    ctx = RunContext(hostile_run["settings"], RUN_DATE)
+    run = ctx.warehouse.read_json(run_record(RUN_DATE))
+    whole = load_run(ctx.with_embedder(run["embedder"], 0, run.get("embedder_fallback", "")))
+    part = whole.for_pages(["plain & simple"])
+    mine = set(whole.ok_images.loc[whole.ok_images["company"] == "plain & simple", "content_sha256"])
+    assert set(part.keys) == mine and len(mine) == 6 and len(whole.keys) == 12
+    for key in part.keys:
+        assert np.array_equal(part.centred[part.row_of[key]], whole.centred[whole.row_of[key]])
+    assert len(part.vectors) == 0
+    assert np.array_equal(part.centre, whole.centre) and np.array_equal(part.population_similarities, whole.population_similarities)
+    assert whole.for_pages(["no such page"]).centred.shape == (0, whole.centred.shape[1])
+
+
 def test_a_page_larger_than_the_gallery_shows_a_seeded_sample(hostile_run: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline.context import RunContext
     from pipeline.layout import run_record

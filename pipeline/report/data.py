@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -44,6 +45,21 @@ class RunData:
     # the similarities the homogeneity index is made of, so the report's plots agree with it.
     centred: np.ndarray
     index_reference: str
+
+    def for_pages(self, companies: list[str]) -> RunData:
+        """This run as these companies' audit pages read it, to send to a worker: the centred vectors
+        of their pictures only (the whole run's are ~125 MB at 20,000 photos, sent once per worker),
+        none of the raw ones (the map is drawn from them, once), and the population's figures
+        (`centre`, `population_similarities`) from the whole run, as every page shows them."""
+        ok = self.ok_images
+        keys = sorted(set(ok.loc[ok["company"].isin(companies), "content_sha256"]) & set(self.row_of)) if len(ok) else []
+        part = dataclasses.replace(self, vectors=self.vectors[:0], keys=keys, centred=self.centred[[self.row_of[key] for key in keys]])
+        # The population's figures, and what this process has already worked out from the tables
+        # (cached_property keeps it in the instance's __dict__), but for the part's own row numbers.
+        self.centre, self.population_similarities  # noqa: B018 - computed here, once, for every part
+        fields = {field.name for field in dataclasses.fields(self)}
+        part.__dict__.update({name: value for name, value in self.__dict__.items() if name not in fields and name != "row_of"})
+        return part
 
     # What every audit page of a run shares, computed once per run rather than once per page.
     @cached_property

@@ -405,7 +405,7 @@ _SECONDS_PER_AUDIT_PAGE = 0.03
 
 @dataclass(frozen=True)
 class AuditJob:
-    """Audit pages for one worker: the run's data travels once per job, so there is one job per worker."""
+    """Audit pages for one worker: the run's data (`RunData.for_pages`) travels once per job, so there is one job per worker."""
 
     data: RunData
     store: Warehouse
@@ -427,7 +427,9 @@ def render_audit_pages(data: RunData, store: Warehouse, reports: Warehouse, work
     from pipeline.parallel import process_map, split
 
     rows = [row._asdict() for row in data.companies.itertuples(index=False)]  # numpy scalars kept, as the pages read them
-    jobs = [AuditJob(data, store, reports, chunk) for chunk in split(rows, workers)]
+    chunks = split(rows, workers)
+    parts = [data.for_pages([row["company"] for row in chunk]) for chunk in chunks] if len(chunks) > 1 else [data]
+    jobs = [AuditJob(part, store, reports, chunk) for part, chunk in zip(parts, chunks)]
     return sum(process_map(render_audit_job, jobs, workers, _SECONDS_PER_AUDIT_PAGE * len(rows)))
 
 
