@@ -191,6 +191,34 @@ def test_a_job_describes_each_photo_and_marks_the_faceless(tmp_path: Path, keep:
         assert face_sealed == blank_sealed == b""
 
 
+@pytest.mark.parametrize("root", ["local", "memory://"])
+def test_kept_descriptors_are_read_back_with_their_photos_from_a_disk_and_from_a_store(tmp_path: Path, root: str) -> None:
+    """Kept descriptors are unsealed in this thread from a local disk and in threads from a store
+    (round trips): the same descriptors either way; a photo whose bytes changed under its key cannot
+    open its descriptor, and its face is described again."""
+    import uuid
+
+    import pandas as pd
+
+    from pipeline.features.identity import face_descriptors
+    from pipeline.warehouse import Warehouse
+    from tests.fixture_site import face_pictures
+
+    warehouse = Warehouse(str(tmp_path / "wh") if root == "local" else f"memory://wh-{uuid.uuid4().hex}")
+    assert warehouse.is_local == (root == "local")
+    pictures = face_pictures(3)
+    contents = [f"c{i}" for i in range(len(pictures))]
+    for content, data in zip(contents, pictures):
+        warehouse.write_bytes(f"objects/raw/{content}.jpg", data)
+    images = pd.DataFrame({"content_sha256": contents, "raw_object": [f"objects/raw/{c}.jpg" for c in contents]})
+    first, computed = face_descriptors(warehouse, images, contents, keep=True)
+    again, computed_again = face_descriptors(warehouse, images, contents, keep=True)
+    assert (computed, computed_again) == (3, 0) and np.array_equal(first, again) and np.isfinite(first).all()
+    warehouse.write_bytes("objects/raw/c1.jpg", pictures[2])  # other bytes under c1's key: its seal does not open
+    changed, computed_changed = face_descriptors(warehouse, images, contents, keep=True)
+    assert computed_changed == 1 and np.array_equal(changed[[0, 2]], first[[0, 2]]) and np.array_equal(changed[1], first[2])
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_unchanged_faces_reuse_the_pairs_and_kept_descriptors_make_a_change_cost_only_new_faces(
     face_folder: Path, tmp_path: Path, keep: bool

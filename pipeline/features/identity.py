@@ -284,16 +284,24 @@ def face_descriptors(
     ones sealed and kept. `boxes`: faces already found by the face signals, by content hash (the
     detector runs for the rest)."""
     from concurrent.futures import ThreadPoolExecutor
+    from contextlib import nullcontext
 
     from pipeline.parallel import process_map, split
 
     kept = kept_descriptors(warehouse) if keep else {}
     object_of = dict(zip(images["content_sha256"], images["raw_object"]))
     sealed = [content for content in contents if content in kept]
-    # Unsealing reads every kept face's photo: I/O (an object store's round trips), which threads overlap.
-    with ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="unseal") as pool:
-        unsealed = pool.map(lambda content: unseal(kept[content], warehouse.read_bytes(object_of[content]), content), sealed)
-        found = {content: descriptor for content, descriptor in zip(sealed, unsealed) if descriptor is not None}
+
+    def unsealed(content: str) -> np.ndarray | None:
+        return unseal(kept[content], warehouse.read_bytes(object_of[content]), content)
+
+    # Unsealing reads every kept face's photo. From an object store that is round trips, which threads
+    # overlap; from a local disk it is ~0.1 ms of Python a photo, which threads only slow down (the
+    # GIL: 19,800 photos took 2.4-3.3 s in 8 threads and 1.1 s in this one).
+    threads = nullcontext() if warehouse.is_local else ThreadPoolExecutor(max_workers=_READ_THREADS, thread_name_prefix="unseal")
+    with threads as pool:
+        opened = pool.map(unsealed, sealed) if pool else map(unsealed, sealed)
+        found = {content: descriptor for content, descriptor in zip(sealed, opened) if descriptor is not None}
     todo = [content for content in contents if content not in found]
     photos = [(content, object_of[content], (boxes or {}).get(content)) for content in todo]
     jobs = [DescriptorJob(warehouse, batch, score_floor, keep) for batch in split(photos, max(-(-len(photos) // _BATCH), workers))]
