@@ -146,7 +146,7 @@ def test_verification_scratch_is_removed(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_scratch_goes_to_memory_only_where_it_has_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The first memory folder with room for twice the photos' features; the temporary folder where
-    none has room, is missing or cannot be written."""
+    none has room, is missing or cannot be written, or where the machine has not that much memory."""
     import shutil
     import tempfile
 
@@ -165,6 +165,9 @@ def test_scratch_goes_to_memory_only_where_it_has_room(tmp_path: Path, monkeypat
     assert near_duplicates.scratch_parent(too_many) == str(tmp_path)
     monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(full),))
     assert near_duplicates.scratch_parent(1) == str(tmp_path)
+    monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(roomy),))
+    monkeypatch.setattr(near_duplicates, "_available_memory", lambda: 2 * 100 * 300_000 - 1)  # the machine is short of memory
+    assert near_duplicates.scratch_parent(100) == str(tmp_path)
 
 
 # ------------------------------------------------------------------ identity

@@ -217,22 +217,32 @@ _SCRATCH_BYTES_PER_PHOTO = 300_000
 
 def scratch_parent(n_photos: int) -> str:
     """Where verification's scratch folder goes: the first memory-backed folder with room for twice
-    the features of `n_photos` photos (the most it holds at once), else the temporary folder.
-    Written and read back from memory, a night's ~8,000 features cost about half what they do on a
-    virtual machine's disk (measured at 20,000 photos), and the grey copies of photos never reach a
-    disk. A memory folder is its own size limit (a tmpfs takes half the machine's memory by default,
-    a container's 64 MB), so a run too large for it writes to the disk instead of failing."""
+    the features of `n_photos` photos (more than it ever holds at once), where the machine also has
+    that much memory available, else the temporary folder. Written and read back from memory, a
+    night's ~8,000 features cost about half what they do on a virtual machine's disk (measured at
+    20,000 photos), and the grey copies of photos never reach a disk. What sits there is memory
+    that no process's RSS counts: at 20,000 photos cold, up to ~16,000 photos' features (~3 GB)
+    at once. A memory folder is its own size limit (a tmpfs takes half the machine's memory by
+    default, a container's 64 MB), so a run too large for it writes to the disk instead of failing."""
     import shutil
     import tempfile
 
     needed = 2 * n_photos * _SCRATCH_BYTES_PER_PHOTO
-    for folder in MEMORY_FOLDERS:
-        try:
-            if os.access(folder, os.W_OK) and shutil.disk_usage(folder).free >= needed:
-                return folder
-        except OSError:  # gone, or not a folder: the next place
-            continue
+    if needed <= _available_memory():
+        for folder in MEMORY_FOLDERS:
+            try:
+                if os.access(folder, os.W_OK) and shutil.disk_usage(folder).free >= needed:
+                    return folder
+            except OSError:  # gone, or not a folder: the next place
+                continue
     return tempfile.gettempdir()
+
+
+def _available_memory() -> int:
+    """Bytes of memory the machine can give without swapping (psutil's estimate)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
 
 
 def _sweep_abandoned_scratch() -> None:
