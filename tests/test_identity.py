@@ -49,6 +49,8 @@ def test_identity_table_leaves_out_copies_of_one_photo_and_counts_pages() -> Non
     assert sorted(map(tuple, table[["image_a", "image_b", "same_page"]].values.tolist())) == [("a1", "a2", True), ("a2", "b1", False)]
     counts = page_counts(table, ["a", "b", "c"]).set_index("company")
     assert counts.loc["a"].tolist() == [2, 1] and counts.loc["b"].tolist() == [0, 1] and counts.loc["c"].tolist() == [0, 0]
+    for nothing in (table.iloc[:0], pd.DataFrame()):  # no pair found; a run without the table at all
+        assert page_counts(nothing, ["a", "b"])[["n_face_repeated", "n_face_shared"]].values.tolist() == [[0, 0], [0, 0]]
 
 
 def test_descriptor_of_a_face_is_stable_under_resizing_and_absent_without_a_face() -> None:

@@ -37,7 +37,6 @@ import pandas as pd
 from PIL import Image
 
 from pipeline import layout
-from pipeline.tables import rows_by
 
 if TYPE_CHECKING:
     from pipeline.warehouse import Warehouse
@@ -171,14 +170,18 @@ def remember_pairs(warehouse, key: str, pairs: list[tuple[str, str, float]]) -> 
 
 def page_counts(identities: pd.DataFrame, companies: list[str]) -> pd.DataFrame:
     """Per page: photos whose face appears in another photo on the same page, and in another company's photo."""
-    as_a, as_b, none = rows_by(identities, "company_a"), rows_by(identities, "company_b"), identities.iloc[:0]
-    counts = []
-    for company in companies:
-        mine_a, mine_b = as_a.get(company, none), as_b.get(company, none)
-        repeated = set(mine_a.loc[mine_a["same_page"], "image_a"]) | set(mine_b.loc[mine_b["same_page"], "image_b"])
-        shared = set(mine_a.loc[~mine_a["same_page"], "image_a"]) | set(mine_b.loc[~mine_b["same_page"], "image_b"])
-        counts.append({"company": company, "n_face_repeated": len(repeated), "n_face_shared": len(shared)})
-    return pd.DataFrame(counts, columns=["company", "n_face_repeated", "n_face_shared"])
+    # Each pair names two photos: every (page, photo, same page?) once, counted per page in one pass
+    # (a loop over pages cost ~1.5 ms a page: over a second a night at 20,000 photos).
+    if identities.empty:  # none found, or no table at all (a run without the stage): no columns to read
+        return pd.DataFrame({"company": companies, "n_face_repeated": 0, "n_face_shared": 0})
+    columns = ["company", "image", "same_page"]
+    sides = [identities[[f"company_{side}", f"image_{side}", "same_page"]].set_axis(columns, axis=1) for side in "ab"]
+    photos = pd.concat(sides, ignore_index=True).drop_duplicates()
+    per_page = photos.groupby(["company", "same_page"]).size().unstack(fill_value=0).reindex(columns=[True, False], fill_value=0)
+    per_page = per_page.reindex(companies, fill_value=0)
+    return pd.DataFrame(
+        {"company": companies, "n_face_repeated": per_page[True].to_numpy(int), "n_face_shared": per_page[False].to_numpy(int)}
+    )
 
 
 def photo_key(photo: bytes) -> bytes:
