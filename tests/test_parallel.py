@@ -221,7 +221,7 @@ def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path)
     them instead of finding them again, with the same verdicts. A kept file that is unreadable or was
     found on a plane of another size is not trusted: found again and replaced."""
     from pipeline import layout
-    from pipeline.features.verify import KEYPOINTS_VERSION, VerifyParams, features, keypoint_bytes, usable_keypoints
+    from pipeline.features.verify import KEYPOINTS_VERSION, VerifyParams, features, keypoint_bytes, keypoints_fit, read_keypoints
     from pipeline.metrics.near_duplicates import verify_pairs
 
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
@@ -238,7 +238,7 @@ def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path)
 
     for name in ("o1", "s1"):  # replaced by keypoints of the photo's own plane
         plane = features(load_rgb(warehouse.uri(object_of[name])), None)[0].grey.shape
-        assert usable_keypoints(warehouse.read_bytes(layout.keypoints_key(name, KEYPOINTS_VERSION)), plane)
+        assert keypoints_fit(read_keypoints(warehouse.read_bytes(layout.keypoints_key(name, KEYPOINTS_VERSION))), plane)
 
 
 def test_verification_in_blocks_computes_each_photos_features_once(

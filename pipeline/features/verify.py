@@ -236,11 +236,6 @@ def keypoint_bytes(views: tuple[Features, Features]) -> bytes:
     return buffer.getvalue()
 
 
-def usable_keypoints(data: bytes, plane_shape: tuple[int, ...]) -> bool:
-    """Whether kept `keypoint_bytes` are readable and belong to a plane of this shape (else `features` finds them anew)."""
-    return keypoints_fit(read_keypoints(data), plane_shape)
-
-
 def read_keypoints(data: bytes) -> dict[str, np.ndarray] | None:
     """`keypoint_bytes`' arrays; None where they are unreadable. Read once per photo and run: an
     .npz's arrays each cost a header parse, ~0.1 ms."""
@@ -285,7 +280,7 @@ def load_features(path: str) -> tuple[Features, Features]:
     return direct, dataclasses.replace(mirrored, grey=np.ascontiguousarray(direct.grey[:, ::-1]))
 
 
-# The arrays of a picture's two views that `keypoint_bytes` keeps and `save_features` stores too.
+# The arrays of a picture's two views that `keypoint_bytes` keeps.
 _KEYPOINT_ARRAYS = ("keypoints", "descriptors", "mirror_keypoints", "mirror_descriptors")
 
 
@@ -298,7 +293,7 @@ def _keypoint_arrays(views: tuple[Features, Features]) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _stored_view(stored, prefix: str, plane: np.ndarray, face: Box | None, native_side: int) -> Features:  # noqa: ANN001 - an npz or a dict
+def _stored_view(stored: dict[str, np.ndarray], prefix: str, plane: np.ndarray, face: Box | None, native_side: int) -> Features:
     """One view rebuilt from `_keypoint_arrays`' arrays (`prefix`: "" or "mirror_") and its plane."""
     descriptors = stored[f"{prefix}descriptors"]
     return Features(plane, stored[f"{prefix}keypoints"], descriptors if len(descriptors) else None, face, native_side)
