@@ -135,7 +135,7 @@ def test_pairs_find_the_planted_copies(demo_run: dict) -> None:
 def test_companies_table(demo_run: dict) -> None:
     companies = demo_run["companies"].set_index("company")
     assert list(demo_run["companies"].columns) == [
-        *COMPANY_COLUMNS, *PAGE_COLUMNS, *TEMPLATE_COLUMNS, *ZERO_SHOT_COLUMNS, "n_face_repeated", "n_face_shared"
+        *COMPANY_COLUMNS, *PAGE_COLUMNS, *TEMPLATE_COLUMNS, *ZERO_SHOT_COLUMNS, "n_face_repeated", "n_face_shared", "inputs_digest"
     ]  # fmt: skip
     assert companies.loc["tiny-startup", "status"] == "too_few_images"
     assert np.isnan(companies.loc["tiny-startup", "homogeneity_index"])
@@ -153,6 +153,94 @@ def test_companies_table(demo_run: dict) -> None:
     assert companies.loc["copperleaf-consulting", "n_reused_images"] == 1
     assert companies.loc["copperleaf-consulting", "n_partner_companies"] == 1
     assert (companies["embedder"] == "classic-v1").all()
+
+
+# ------------------------------------------------------------- rows kept from an earlier run
+def _page_inputs(images: pd.DataFrame, pairs: pd.DataFrame, clusters: pd.DataFrame, **thresholds: object):  # noqa: ANN202
+    """What the pages stage hands the page metrics, for classic vectors drawn from the content hashes."""
+    from pipeline.features.embed import Embeddings
+    from pipeline.features.reference import fit_reference
+    from pipeline.metrics.pages import PageInputs
+    from pipeline.metrics.template_index import load_model
+
+    dim = load_model("classic-v1").reference_whole.shape[1]
+
+    def vectors_of(contents: list[str]) -> np.ndarray:
+        vectors = np.stack([np.random.default_rng(int(c[1:])).normal(size=dim) for c in contents]).astype(np.float32)
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    contents = sorted(set(images["content_sha256"]))
+    vectors = vectors_of(contents)
+    reference = fit_reference(vectors_of([f"c{i}" for i in range(10)]), "classic-v1", "ten photos")  # fixed, as the run's is
+    tables = {"pairs": pairs, "clusters": clusters}
+    return PageInputs(
+        settings=load_settings(thresholds=thresholds) if thresholds else load_settings(),
+        images=images, embeddings=Embeddings("classic-v1", contents, vectors, n_embedded=0),
+        reference=reference, read=lambda table: tables.get(table, pd.DataFrame()),
+    )  # fmt: skip
+
+
+def _pages(n_pages: int = 5, per_page: int = 6) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    companies = [f"page-{p}" for p in range(n_pages) for _ in range(per_page)]
+    images = pd.DataFrame({
+        "company": companies, "image": [f"{c}/{i % per_page}.jpg" for i, c in enumerate(companies)],
+        "content_sha256": [f"c{i}" for i in range(len(companies))], "status": "ok", "uri": "elsewhere",
+    })  # fmt: skip
+    pairs = pd.DataFrame({"image_a": ["page-0/0.jpg", "page-1/0.jpg"], "image_b": ["page-0/1.jpg", "page-2/0.jpg"],
+                          "company_a": ["page-0", "page-1"], "company_b": ["page-0", "page-2"], "similarity": 1.0})  # fmt: skip
+    clusters = images[["image", "company"]].assign(cluster_id=-1)
+    clusters.loc[[0, 1, 2], "cluster_id"] = 0  # three photos of page-0 in the run's largest cluster
+    clusters.loc[[6, 7], "cluster_id"] = 1
+    return images, pairs, clusters
+
+
+def test_a_page_whose_inputs_are_unchanged_keeps_its_row_and_a_changed_one_is_computed_as_afresh() -> None:
+    from pipeline.metrics.pages import companies_table
+
+    images, pairs, clusters = _pages()
+    first, n_first = companies_table(_page_inputs(images, pairs, clusters))
+    again, n_again = companies_table(_page_inputs(images, pairs, clusters), first)
+    assert (n_first, n_again) == (5, 0)
+    pd.testing.assert_frame_equal(again, first)
+    assert first["template_index"].notna().all() and first["inputs_digest"].is_unique
+
+    # What a night changes. page-3: a photo replaced by another (new content); page-4: a photo's
+    # status (refused now); page-2: another company's photo now copies one of its own (a pair that
+    # names it, and page-1's). A cluster found elsewhere renumbers every cluster id of the run:
+    # pages 0 and 1 are grouped as before, so that alone changes nothing.
+    changed_images = images.copy()
+    changed_images.loc[18, "content_sha256"] = "c99"
+    changed_images.loc[24, "status"] = "error"
+    changed_pairs = pd.concat([pairs, pd.DataFrame({"image_a": ["page-1/1.jpg"], "image_b": ["page-2/1.jpg"],
+                                                    "company_a": ["page-1"], "company_b": ["page-2"], "similarity": 1.0})])  # fmt: skip
+    renumbered = clusters.assign(cluster_id=clusters["cluster_id"].map({-1: -1, 0: 1, 1: 2}))
+    night = _page_inputs(changed_images, changed_pairs, renumbered)
+    kept, n_computed = companies_table(night, first)
+    afresh, _ = companies_table(night)
+    pd.testing.assert_frame_equal(kept, afresh)
+    assert n_computed == 4  # pages 1 and 2 (the new pair), 3 and 4; page-0 kept
+    assert list(kept["inputs_digest"] != first["inputs_digest"]) == [False, True, True, True, True]
+    assert kept.loc[3, "homogeneity_index"] != first.loc[3, "homogeneity_index"] and kept.loc[4, "n_errors"] == 1
+
+    # Each of these is a change to a page, even though its set of rows is the same.
+    reordered = images.iloc[[1, 0, *range(2, len(images))]].reset_index(drop=True)  # its sample and bootstrap follow the order
+    regrouped = clusters.assign(cluster_id=clusters["cluster_id"].where(clusters.index != 2, -1))  # one photo leaves its cluster
+    for inputs in (_page_inputs(reordered, pairs, clusters), _page_inputs(images, pairs, regrouped)):
+        table, n_computed = companies_table(inputs, first)
+        assert n_computed == 1 and list(table["inputs_digest"] != first["inputs_digest"]) == [True, False, False, False, False]
+        pd.testing.assert_frame_equal(table, companies_table(inputs)[0])
+
+
+def test_rows_of_other_settings_or_another_version_are_computed_again() -> None:
+    from pipeline.metrics.pages import companies_table
+
+    images, pairs, clusters = _pages(n_pages=3)
+    first, _ = companies_table(_page_inputs(images, pairs, clusters))
+    assert companies_table(_page_inputs(images, pairs, clusters, bootstrap_samples=500), first)[1] == 3
+    assert companies_table(_page_inputs(images, pairs, clusters), first.drop(columns="inputs_digest"))[1] == 3  # an older table
+    assert companies_table(_page_inputs(images, pairs, clusters), first.drop(columns="vendi_score"))[1] == 3
+    forged = first.assign(inputs_digest="0" * 32)
+    assert companies_table(_page_inputs(images, pairs, clusters), forged)[1] == 3
 
 
 def test_clusters_table(demo_run: dict) -> None:

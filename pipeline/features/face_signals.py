@@ -305,9 +305,10 @@ def face_windows(warehouse, contents) -> dict[str, np.ndarray]:  # noqa: ANN001
 
 
 def page_table(faces, companies: list[str]):  # noqa: ANN001, ANN201
-    """Each page's template-signal columns (NaN where a page had no photo, or no face was measured)."""
+    """The template-signal columns of these companies' pages (NaN where a page had no photo, or no face was measured)."""
     import pandas as pd
 
+    faces = faces[faces["company"].isin(companies)] if len(faces) else faces
     if faces.empty:
         return pd.DataFrame({"company": companies, **{column: math.nan for column in PAGE_COLUMNS}})
     per_page = pd.DataFrame({company: page_signals(group) for company, group in faces.groupby("company")}).T
