@@ -273,8 +273,8 @@ TABLES: tuple[Table, ...] = (
             "ai_share", "ai_ci_low", "ai_ci_high")},
         "n_face_repeated": "photos whose face appears in another photo on the page (empty where privacy.face_identity is off)",
         "n_face_shared": "photos whose face appears in another company's photo",
-        "inputs_digest": "digest of all the row is computed from (the page's rows of the tables it reads, embedder, reference, "
-                         "thresholds, code): a later run keeps a row whose inputs are unchanged instead of computing it again",
+        "inputs_digest": "per page metric, a digest of all its values are computed from (the page's rows of the tables it reads, "
+                         "embedder, reference, thresholds, code): a later run keeps values whose inputs are unchanged",
     }, contract=True),
     Table("trends", "pages", "a company in a run comparable with this one, with the change since its previous run", _trends, {
         "company": "as in `images`",

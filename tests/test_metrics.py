@@ -156,7 +156,7 @@ def test_companies_table(demo_run: dict) -> None:
 
 
 # ------------------------------------------------------------- rows kept from an earlier run
-def _page_inputs(images: pd.DataFrame, pairs: pd.DataFrame, clusters: pd.DataFrame, **thresholds: object):  # noqa: ANN202
+def _page_inputs(images: pd.DataFrame, tables: dict[str, pd.DataFrame], **thresholds: object):  # noqa: ANN202
     """What the pages stage hands the page metrics, for classic vectors drawn from the content hashes."""
     from pipeline.features.embed import Embeddings
     from pipeline.features.reference import fit_reference
@@ -170,77 +170,96 @@ def _page_inputs(images: pd.DataFrame, pairs: pd.DataFrame, clusters: pd.DataFra
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
     contents = sorted(set(images["content_sha256"]))
-    vectors = vectors_of(contents)
     reference = fit_reference(vectors_of([f"c{i}" for i in range(10)]), "classic-v1", "ten photos")  # fixed, as the run's is
-    tables = {"pairs": pairs, "clusters": clusters}
     return PageInputs(
         settings=load_settings(thresholds=thresholds) if thresholds else load_settings(),
-        images=images, embeddings=Embeddings("classic-v1", contents, vectors, n_embedded=0),
+        images=images, embeddings=Embeddings("classic-v1", contents, vectors_of(contents), n_embedded=0),
         reference=reference, read=lambda table: tables.get(table, pd.DataFrame()),
     )  # fmt: skip
 
 
-def _pages(n_pages: int = 5, per_page: int = 6) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _pairs(*pairs: tuple[str, str], **columns: object) -> pd.DataFrame:
+    """Pairs of images ("page-0/1.jpg", ...) with the companies their names give."""
+    return pd.DataFrame({"image_a": [a for a, _ in pairs], "image_b": [b for _, b in pairs], "company_a": [a.split("/")[0] for a, _ in pairs],
+                         "company_b": [b.split("/")[0] for _, b in pairs], **columns})  # fmt: skip
+
+
+def _pages(n_pages: int = 5, per_page: int = 6) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     companies = [f"page-{p}" for p in range(n_pages) for _ in range(per_page)]
     images = pd.DataFrame({
         "company": companies, "image": [f"{c}/{i % per_page}.jpg" for i, c in enumerate(companies)],
         "content_sha256": [f"c{i}" for i in range(len(companies))], "status": "ok", "uri": "elsewhere",
     })  # fmt: skip
-    pairs = pd.DataFrame({"image_a": ["page-0/0.jpg", "page-1/0.jpg"], "image_b": ["page-0/1.jpg", "page-2/0.jpg"],
-                          "company_a": ["page-0", "page-1"], "company_b": ["page-0", "page-2"], "similarity": 1.0})  # fmt: skip
     clusters = images[["image", "company"]].assign(cluster_id=-1)
     clusters.loc[[0, 1, 2], "cluster_id"] = 0  # three photos of page-0 in the run's largest cluster
     clusters.loc[[6, 7], "cluster_id"] = 1
-    return images, pairs, clusters
+    tables = {
+        "pairs": _pairs(("page-0/0.jpg", "page-0/1.jpg"), ("page-1/0.jpg", "page-2/0.jpg"), similarity=1.0),
+        "clusters": clusters,
+        "identities": _pairs(("page-0/2.jpg", "page-3/2.jpg"), distance=0.3, same_page=False),
+    }
+    return images, tables
 
 
-def test_a_page_whose_inputs_are_unchanged_keeps_its_row_and_a_changed_one_is_computed_as_afresh() -> None:
-    from pipeline.metrics.pages import companies_table
+def test_page_metrics_whose_inputs_are_unchanged_keep_their_values_and_changed_ones_are_computed_as_afresh() -> None:
+    from pipeline.metrics.pages import PAGE_METRICS, companies_table
 
-    images, pairs, clusters = _pages()
-    first, n_first = companies_table(_page_inputs(images, pairs, clusters))
-    again, n_again = companies_table(_page_inputs(images, pairs, clusters), first)
-    assert (n_first, n_again) == (5, 0)
+    images, tables = _pages()
+    first, computed_first = companies_table(_page_inputs(images, tables))
+    again, computed_again = companies_table(_page_inputs(images, tables), first)
+    assert computed_first == {metric.name: 5 for metric in PAGE_METRICS}
+    assert computed_again == {metric.name: 0 for metric in PAGE_METRICS}
     pd.testing.assert_frame_equal(again, first)
     assert first["template_index"].notna().all() and first["inputs_digest"].is_unique
+    assert first.set_index("company").loc[["page-0", "page-3"], "n_face_shared"].tolist() == [1, 1]
 
     # What a night changes. page-3: a photo replaced by another (new content); page-4: a photo's
     # status (refused now); page-2: another company's photo now copies one of its own (a pair that
-    # names it, and page-1's). A cluster found elsewhere renumbers every cluster id of the run:
-    # pages 0 and 1 are grouped as before, so that alone changes nothing.
-    changed_images = images.copy()
-    changed_images.loc[18, "content_sha256"] = "c99"
-    changed_images.loc[24, "status"] = "error"
-    changed_pairs = pd.concat([pairs, pd.DataFrame({"image_a": ["page-1/1.jpg"], "image_b": ["page-2/1.jpg"],
-                                                    "company_a": ["page-1"], "company_b": ["page-2"], "similarity": 1.0})])  # fmt: skip
-    renumbered = clusters.assign(cluster_id=clusters["cluster_id"].map({-1: -1, 0: 1, 1: 2}))
-    night = _page_inputs(changed_images, changed_pairs, renumbered)
-    kept, n_computed = companies_table(night, first)
-    afresh, _ = companies_table(night)
-    pd.testing.assert_frame_equal(kept, afresh)
-    assert n_computed == 4  # pages 1 and 2 (the new pair), 3 and 4; page-0 kept
+    # names it, and page-1's); page-4's face is now found in page-1's photo too. A cluster found
+    # elsewhere renumbers every cluster id of the run: pages 0 and 1 are grouped as before, so that
+    # alone changes nothing.
+    changed = images.copy()
+    changed.loc[18, "content_sha256"] = "c99"
+    changed.loc[24, "status"] = "error"
+    night = {
+        "pairs": pd.concat([tables["pairs"], _pairs(("page-1/1.jpg", "page-2/1.jpg"), similarity=1.0)], ignore_index=True),
+        "clusters": tables["clusters"].assign(cluster_id=tables["clusters"]["cluster_id"].map({-1: -1, 0: 1, 1: 2})),
+        "identities": pd.concat([tables["identities"], _pairs(("page-1/3.jpg", "page-4/3.jpg"), distance=0.3, same_page=False)]),
+    }
+    kept, computed = companies_table(_page_inputs(changed, night), first)
+    pd.testing.assert_frame_equal(kept, companies_table(_page_inputs(changed, night))[0])
+    # pages 1 and 2 (the new pair), 3 and 4 (their photos); the face counts of pages 1 and 4; no faces table to change
+    assert computed == {"homogeneity": 4, "template_signals": 0, "template_index": 4, "zero_shot": 0, "face_identity": 2}
     assert list(kept["inputs_digest"] != first["inputs_digest"]) == [False, True, True, True, True]
     assert kept.loc[3, "homogeneity_index"] != first.loc[3, "homogeneity_index"] and kept.loc[4, "n_errors"] == 1
+    assert kept.loc[[1, 4], "n_face_shared"].tolist() == [1, 1]
 
-    # Each of these is a change to a page, even though its set of rows is the same.
+    # Each of these changes a page's values although its set of rows is the same.
     reordered = images.iloc[[1, 0, *range(2, len(images))]].reset_index(drop=True)  # its sample and bootstrap follow the order
+    clusters = tables["clusters"]
     regrouped = clusters.assign(cluster_id=clusters["cluster_id"].where(clusters.index != 2, -1))  # one photo leaves its cluster
-    for inputs in (_page_inputs(reordered, pairs, clusters), _page_inputs(images, pairs, regrouped)):
-        table, n_computed = companies_table(inputs, first)
-        assert n_computed == 1 and list(table["inputs_digest"] != first["inputs_digest"]) == [True, False, False, False, False]
+    for inputs, metrics in ((_page_inputs(reordered, tables), ("homogeneity", "template_index")),
+                            (_page_inputs(images, {**tables, "clusters": regrouped}), ("homogeneity",))):  # fmt: skip
+        table, computed = companies_table(inputs, first)
+        assert computed == {metric.name: int(metric.name in metrics) for metric in PAGE_METRICS}
+        assert list(table["inputs_digest"] != first["inputs_digest"]) == [True, False, False, False, False]
         pd.testing.assert_frame_equal(table, companies_table(inputs)[0])
 
 
-def test_rows_of_other_settings_or_another_version_are_computed_again() -> None:
+def test_page_metrics_of_other_settings_or_another_version_are_computed_again() -> None:
     from pipeline.metrics.pages import companies_table
 
-    images, pairs, clusters = _pages(n_pages=3)
-    first, _ = companies_table(_page_inputs(images, pairs, clusters))
-    assert companies_table(_page_inputs(images, pairs, clusters, bootstrap_samples=500), first)[1] == 3
-    assert companies_table(_page_inputs(images, pairs, clusters), first.drop(columns="inputs_digest"))[1] == 3  # an older table
-    assert companies_table(_page_inputs(images, pairs, clusters), first.drop(columns="vendi_score"))[1] == 3
-    forged = first.assign(inputs_digest="0" * 32)
-    assert companies_table(_page_inputs(images, pairs, clusters), forged)[1] == 3
+    images, tables = _pages(n_pages=3)
+    first, _ = companies_table(_page_inputs(images, tables))
+    for earlier, inputs in (
+        (first, _page_inputs(images, tables, bootstrap_samples=500)),  # other thresholds
+        (first.drop(columns="inputs_digest"), _page_inputs(images, tables)),  # an older version's table
+        (first.drop(columns="vendi_score"), _page_inputs(images, tables)),
+        (first.assign(inputs_digest="homogeneity:0 template_index:0"), _page_inputs(images, tables)),  # digests of other inputs
+        (first.assign(inputs_digest=["not a digest", None, ""]), _page_inputs(images, tables)),  # damaged
+    ):
+        computed = companies_table(inputs, earlier)[1]
+        assert computed["homogeneity"] == computed["template_index"] == 3
 
 
 def test_clusters_table(demo_run: dict) -> None:

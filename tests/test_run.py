@@ -87,13 +87,15 @@ def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
     assert second["counts"]["verifications_computed"] == 0 < first["counts"]["verifications_computed"]  # verdicts from the cache
     assert second["counts"]["region_views_computed"] == 0 < first["counts"]["region_views_computed"]  # region views too
     assert second["counts"]["keypoints_computed"] == 0 < first["counts"]["keypoints_computed"]  # and verification's keypoints
-    assert second["counts"]["pages_computed"] == 0 < first["counts"]["pages_computed"] == second["counts"]["pages_kept"]  # page rows
+    assert (
+        second["counts"]["page_metrics_computed"] == 0 < first["counts"]["page_metrics_computed"] == second["counts"]["page_metrics_kept"]
+    )
     searched = [key for key in first["counts"] if key.startswith("candidate_search_")]  # the candidate search's kept lists too
     assert searched and all(second["counts"][key] == 0 < first["counts"][key] for key in searched)
     for counts in (first["counts"], second["counts"]):
         del counts["embedded"], counts["embedding_cache_hits"], counts["faces_measured"], counts["face_descriptors_computed"]
         del counts["verifications_computed"], counts["region_views_computed"], counts["keypoints_computed"]
-        del counts["pages_computed"], counts["pages_kept"]
+        del counts["page_metrics_computed"], counts["page_metrics_kept"]  # the page rows
         for key in searched:
             del counts[key]
     assert first == second

@@ -8,12 +8,13 @@ nothing else changes hands.
 
 Every metric of a page is a function of that page's own rows alone (its photos, their vectors and
 signals, the pairs and clusters that name it) and of what the run fixes for every page (embedder,
-reference, thresholds, this code). Each row therefore carries `inputs_digest`, a digest of exactly
-that, and a night keeps an earlier row whose digest is unchanged instead of computing it again: at
-20,000 photos a 1% night changes about a fifth of the pages, and the stage then costs about that
-share of what it did. Ids the near-duplicate stage numbers afresh over the whole run (style
-clusters) enter a digest as which of the page's photos they put together, not as numbers, or one
-new cluster anywhere would renumber every page's.
+reference, thresholds, this code). Each row therefore carries `inputs_digest`: per metric, a digest
+of exactly what that metric reads of the page. A night keeps an earlier row's values of a metric
+whose digest is unchanged instead of computing them again, so a photo replaced on one page costs
+that page's metrics, and a face it shares with a photo of another page costs that page's face counts
+only. Ids the near-duplicate stage numbers afresh over the whole run (style clusters) enter a digest
+as which of the page's photos they put together, not as numbers, or one new cluster anywhere would
+renumber every page's.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class PageInputs:
 @dataclass(frozen=True)
 class PageMetric:
     name: str
-    reads: tuple[str, ...]  # the run's tables it reads (besides images and vectors)
+    reads: tuple[str, ...]  # the run's tables it reads (vectors follow the content hashes of `images`)
     columns: tuple[str, ...]
     compute: Callable[[PageInputs, list[str]], pd.DataFrame]  # (inputs, companies) -> company + columns
 
@@ -111,59 +112,68 @@ RENUMBERED = ("cluster_id",)  # a whole-run numbering: read as which rows of the
 _PAGE_NAMES = ("company", "company_a", "company_b")
 
 PAGE_METRICS: tuple[PageMetric, ...] = (
-    PageMetric("homogeneity", ("pairs", "clusters"), tuple(COMPANY_COLUMNS[1:]), _homogeneity),
+    PageMetric("homogeneity", ("images", "pairs", "clusters"), tuple(COMPANY_COLUMNS[1:]), _homogeneity),
     PageMetric("template_signals", ("faces",), tuple(face_signals.PAGE_COLUMNS), _template_signals),
-    PageMetric("template_index", ("faces", "pairs"), tuple(template_index.PAGE_COLUMNS), _template_index),
+    PageMetric("template_index", ("images", "faces", "pairs"), tuple(template_index.PAGE_COLUMNS), _template_index),
     PageMetric("zero_shot", ("zero_shot",), tuple(zero_shot.PAGE_COLUMNS), _zero_shot),
     PageMetric("face_identity", ("identities",), FACE_COUNT_COLUMNS, _face_identity),
 )
 
 
-def companies_table(inputs: PageInputs, earlier: pd.DataFrame | None = None) -> tuple[pd.DataFrame, int]:
-    """Every page metric of every company, in registry order, and how many pages were computed: the
-    rest are `earlier`'s rows (a companies table of another run) whose inputs are unchanged."""
+def companies_table(inputs: PageInputs, earlier: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict[str, int]]:
+    """Every page metric of every company, in registry order, and for how many pages each metric was
+    computed: the others keep `earlier`'s values (a companies table of another run) where that
+    metric's inputs are unchanged (module doc)."""
     companies = sorted(set(inputs.images["company"])) if len(inputs.images) else []
-    digests = dict(zip(companies, page_digests(inputs, companies)))
-    kept = _kept_rows(earlier, digests)
-    kept_companies = set(kept["company"])
-    todo = [company for company in companies if company not in kept_companies]
-    computed = _computed_rows(inputs, todo) if todo or kept.empty else None
-    table = kept if computed is None else computed if kept.empty else pd.concat([kept, computed], ignore_index=True)
-    table = table.sort_values("company", ignore_index=True) if len(table) > 1 else table.reset_index(drop=True)
-    table[INPUTS_DIGEST] = [digests[company] for company in table["company"]]
-    return table[page_columns()], len(todo)
+    digests = page_digests(inputs, companies)
+    known = _earlier_digests(earlier)
+    table, computed = pd.DataFrame({"company": pd.Series(companies, dtype=inputs.images["company"].dtype)}), {}
+    for metric in PAGE_METRICS:
+        columns = ["company", *metric.columns]
+        keep = [company for company, digest in zip(companies, digests[metric.name]) if known.get(company, {}).get(metric.name) == digest]
+        kept = set(keep)
+        todo = [company for company in companies if company not in kept]
+        parts = [earlier.loc[earlier["company"].isin(kept), columns]] if keep else []
+        if todo or not keep:  # computed for no page at all where there is none: the columns' types
+            part_inputs = replace(inputs, images=inputs.images[inputs.images["company"].isin(todo)])
+            parts.append(metric.compute(part_inputs, todo)[columns])
+        table = table.merge(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], on="company", how="left")
+        computed[metric.name] = len(todo)
+    table[INPUTS_DIGEST] = [
+        " ".join(f"{metric.name}:{digests[metric.name][row]}" for metric in PAGE_METRICS) for row in range(len(companies))
+    ]
+    return table[page_columns()], computed
 
 
-def _kept_rows(earlier: pd.DataFrame | None, digests: dict[str, str]) -> pd.DataFrame:
-    """`earlier`'s rows whose page has the same inputs now (none from a table of other columns: an
-    older version's, whose digests, if any, were of other inputs)."""
+def _earlier_digests(earlier: pd.DataFrame | None) -> dict[str, dict[str, str]]:
+    """company -> metric -> the digest of the inputs of `earlier`'s values; none from a table of
+    other columns (an older version's, whose digests, if any, were of other inputs)."""
     if earlier is None or list(earlier.columns) != page_columns():
-        return pd.DataFrame(columns=page_columns())
-    same = earlier["inputs_digest"].to_numpy() == earlier["company"].map(digests).to_numpy()
-    return earlier[same].drop_duplicates("company").reset_index(drop=True)
+        return {}
+    return {
+        company: dict(part.split(":", 1) for part in str(digest).split() if ":" in part)  # anything else: nothing known
+        for company, digest in zip(earlier["company"], earlier[INPUTS_DIGEST])
+    }
 
 
-def _computed_rows(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
-    """Every metric of these companies' pages."""
-    first, *rest = PAGE_METRICS
-    inputs = replace(inputs, images=inputs.images[inputs.images["company"].isin(companies)])
-    table = first.compute(inputs, companies)
-    for metric in rest:
-        table = table.merge(metric.compute(inputs, companies)[["company", *metric.columns]], on="company", how="left")
-    return table
-
-
-def page_digests(inputs: PageInputs, companies: list[str]) -> list[str]:
-    """Per company, a digest of everything its row of the companies table is computed from (module
-    doc): equal digests, equal rows. Each table's rows are hashed (two 64-bit hashes each) and
-    summed per page they name, so the cost is a pass over each table, whatever the pages."""
+def page_digests(inputs: PageInputs, companies: list[str]) -> dict[str, list[str]]:
+    """Per metric, per company, a digest of everything the metric's columns of the company's row are
+    computed from (module doc): equal digests, equal values. Each table's rows are hashed (two
+    64-bit hashes each) and summed per page they name: a pass over each table, whatever the pages."""
     run = json.dumps({
         "code": _code_digest(), "embedder": inputs.embeddings.embedder_id, "reference": inputs.reference.id,
         "thresholds": inputs.settings.thresholds.model_dump(mode="json"), "face_identity": inputs.settings.privacy.face_identity,
     }, sort_keys=True).encode()  # fmt: skip
-    sums = [_page_sums(inputs.images if table == "images" else inputs.read(table), read, companies) for table, read in PAGE_READS.items()]
-    per_page = np.concatenate(sums, axis=1)
-    return [hashlib.sha256(run + company.encode() + row.tobytes()).hexdigest()[:32] for company, row in zip(companies, per_page)]
+    tables = {table for metric in PAGE_METRICS for table in metric.reads}
+    sums = {table: _page_sums(inputs.images if table == "images" else inputs.read(table), PAGE_READS[table], companies) for table in tables}
+    digests = {}
+    for metric in PAGE_METRICS:
+        per_page = np.concatenate([sums[table] for table in metric.reads], axis=1)
+        salt = run + metric.name.encode()
+        digests[metric.name] = [
+            hashlib.sha256(salt + company.encode() + row.tobytes()).hexdigest()[:16] for company, row in zip(companies, per_page)
+        ]
+    return digests
 
 
 _ROW_HASH_KEYS = ("homog-page-rows1", "homog-page-rows2")  # pandas' row hash takes a 16-character key
@@ -186,8 +196,9 @@ def _page_sums(frame: pd.DataFrame, read: TableRead, companies: list[str]) -> np
         hashed["position on the page"] = position
     hashed["columns"] = ",".join(columns)  # a column missing from an older table is a change too
     hashes = np.stack([pd.util.hash_pandas_object(hashed, index=False, hash_key=key).to_numpy() for key in _ROW_HASH_KEYS], axis=1)
+    pages = pd.Index(companies)
     for name in names:
-        codes = pd.Categorical(frame[name], categories=companies).codes
+        codes = pages.get_indexer(frame[name])  # -1: a page not in this run (a pair with a photo refused now)
         np.add.at(sums, codes[codes >= 0], hashes[codes >= 0])
     return sums
 

@@ -181,8 +181,8 @@ def identity(ctx: RunContext) -> dict[str, Any]:
 
 
 def pages(ctx: RunContext) -> dict[str, Any]:
-    """The `companies` table (every registered page metric; a page whose inputs are unchanged keeps
-    its earlier row) and the `trends` table."""
+    """The `companies` table (every registered page metric; where a metric's inputs of a page are
+    unchanged, the earlier row's values) and the `trends` table."""
     from pipeline.features.reference import run_reference
     from pipeline.metrics.pages import PageInputs, companies_table
     from pipeline.metrics.trends import trends_table
@@ -195,13 +195,15 @@ def pages(ctx: RunContext) -> dict[str, Any]:
     # Rows to keep: this date's from an earlier attempt, else the latest run's before it.
     measured = [date for date in warehouse.run_dates("companies") if date <= ctx.run_date]
     earlier = warehouse.read_table("companies", measured[-1]) if measured else None
-    companies, n_computed = companies_table(inputs, earlier)
+    companies, computed = companies_table(inputs, earlier)
+    logger.info("pages: metrics computed for %s of %d page(s), the rest kept", computed, len(companies))
     trends = trends_table(warehouse.read_table("companies"), companies, ctx.run_date)
     return {
         "outputs": {"companies": warehouse.write_table("companies", ctx.run_date, companies),
                     "trends": warehouse.write_table("trends", ctx.run_date, trends)},
         "counts": {"significant_changes": int(trends.loc[trends["run_date"] == ctx.run_date, "significant"].sum()),
-                   "pages_computed": n_computed, "pages_kept": len(companies) - n_computed},
+                   "page_metrics_computed": sum(computed.values()),
+                   "page_metrics_kept": len(companies) * len(computed) - sum(computed.values())},
     }  # fmt: skip
 
 
