@@ -545,3 +545,16 @@ def test_each_pages_comparisons_with_the_others_come_from_one_sort_a_run() -> No
             ok_others = others[others["status"] == "ok"]
             assert rated.below(row["homogeneity_index"]) == (ok_others["homogeneity_index"] < row["homogeneity_index"]).sum()
     assert median_without(np.array([]), 0.5) is None and median_without(np.array([0.5]), 0.5) is None
+
+
+def test_a_thumbnail_shows_where_it_is_stored_and_a_purged_or_unkept_one_is_left_out(warehouse_root: str) -> None:
+    import base64
+
+    from pipeline.report.data import thumbnail
+
+    store = Warehouse(warehouse_root)
+    store.write_bytes("objects/thumbnails/kept.jpg", b"\xff\xd8 a thumbnail")
+    assert thumbnail(store, "objects/thumbnails/kept.jpg") == "data:image/jpeg;base64," + base64.b64encode(b"\xff\xd8 a thumbnail").decode()
+    assert thumbnail(store, "objects/thumbnails/purged.jpg") is None  # listed in the images table, removed by retention since
+    for not_kept in (None, float("nan"), ""):  # keep_thumbnails off: no key at all
+        assert thumbnail(store, not_kept) is None

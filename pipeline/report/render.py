@@ -441,9 +441,16 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
     cluster_of = {} if clusters is None else dict(zip(clusters["image"], clusters["cluster_id"]))
     sampled = len(records) > GALLERY_LIMIT
     shown = data.ok_of_company[company].sample(GALLERY_LIMIT, random_state=0).to_dict("records") if sampled else records
+    described: dict[str, dict[str, Any]] = {}
+
+    def photo_view(record: dict[str, Any]) -> dict[str, Any]:  # the page's photos are in its gallery and its extremes: read once
+        if record["image"] not in described:
+            described[record["image"]] = _photo(store, record)
+        return described[record["image"]]
+
     groups: dict[int, list[dict[str, Any]]] = {}
     for photo in shown:
-        groups.setdefault(int(cluster_of.get(photo["image"], -1)), []).append(_photo(store, photo))
+        groups.setdefault(int(cluster_of.get(photo["image"], -1)), []).append(photo_view(photo))
     shared = sorted(((c, p) for c, p in groups.items() if c != -1 and len(p) > 1), key=lambda item: (-len(item[1]), item[0]))
     alone = [photo for c, p in sorted(groups.items()) if c == -1 or len(p) == 1 for photo in p]
     gallery = [{"cluster": c, "photos": p} for c, p in shared] + ([{"cluster": -1, "photos": alone}] if alone else [])
@@ -457,8 +464,8 @@ def render_audit_page(data: RunData, store: Warehouse, reports: Warehouse, row: 
         unique = list(first_rows.values())
         scores = data.centred[[data.row_of[record["content_sha256"]] for record in unique]] @ data.centre
         order = np.argsort(-scores)
-        generic = [{**_photo(store, unique[i]), "score": float(scores[i])} for i in order[:EXTREMES]]
-        distinctive = [{**_photo(store, unique[i]), "score": float(scores[i])} for i in order[::-1][:EXTREMES] if i not in order[:EXTREMES]]
+        generic = [{**photo_view(unique[i]), "score": float(scores[i])} for i in order[:EXTREMES]]
+        distinctive = [{**photo_view(unique[i]), "score": float(scores[i])} for i in order[::-1][:EXTREMES] if i not in order[:EXTREMES]]
 
     reuse = _reuse_rows(store, data, company)
     n_reused = len({r["a"]["file"] if r["company_a"] == company else r["b"]["file"] for r in reuse})
