@@ -216,10 +216,17 @@ def test_scratch_of_a_killed_run_is_deleted_by_the_next(tmp_path: Path, monkeypa
     assert not any(folder.exists() for folder in abandoned) and (live / "photo.pickle").exists()
 
 
-def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path) -> None:
+def _sizes(warehouse: object, object_of: dict[str, str]) -> dict[str, tuple[int, int]]:
+    """(width, height) of each stored photo, as the images table has them."""
+    return {name: Image.open(io.BytesIO(warehouse.read_bytes(key))).size for name, key in object_of.items()}
+
+
+@pytest.mark.parametrize("with_sizes", [False, True])
+def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path, with_sizes: bool) -> None:
     """Verification keeps each photo's ORB keypoints (no picture) in the warehouse: the next run reads
     them instead of finding them again, with the same verdicts. A kept file that is unreadable or was
-    found on a plane of another size is not trusted: found again and replaced."""
+    found on a plane of another size is not trusted: found again and replaced (also where the photos'
+    sizes let verification leave photos undecoded)."""
     from pipeline import layout
     from pipeline.features.verify import KEYPOINTS_VERSION, VerifyParams, features, keypoint_bytes, keypoints_fit, read_keypoints
     from pipeline.metrics.near_duplicates import verify_pairs
@@ -232,7 +239,8 @@ def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path)
     warehouse.write_bytes(layout.keypoints_key("o1", KEYPOINTS_VERSION), b"not an npz")
     other_size = keypoint_bytes(features(photo_like(100, 100, seed=9), None))
     warehouse.write_bytes(layout.keypoints_key("s1", KEYPOINTS_VERSION), other_size)
-    again, found_again = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    sizes = _sizes(warehouse, object_of) if with_sizes else None
+    again, found_again = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1, sizes=sizes)
     assert again == first and found_again == 2
     from pipeline.ingest.intake import load_rgb
 
@@ -259,3 +267,42 @@ def test_verification_in_blocks_computes_each_photos_features_once(
         blocks, _ = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
     assert blocks == whole
     assert "features of 6 photo(s)" in caplog.text and f"{len(pairs)} pair(s)" in caplog.text
+
+
+def test_photos_with_kept_keypoints_are_decoded_only_for_a_pair_that_aligns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_parallel: None
+) -> None:
+    """A night's candidates are mostly photos verified before, whose keypoints are kept: where the
+    images table gives their size, verification reads the keypoints alone and decodes a photo only
+    when one of its pairs aligns, with the verdicts that decoding every photo gives."""
+    from pipeline.features.verify import VerifyParams
+    from pipeline.metrics import near_duplicates
+
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    buffer = io.BytesIO()
+    photo_like(260, 240, seed=7).save(buffer, "PNG")
+    warehouse.write_bytes("objects/raw/u.png", buffer.getvalue())
+    object_of["u"] = "objects/raw/u.png"
+    pairs += [("o1", "u"), ("s2", "u")]  # unrelated: they do not align
+    params, sizes = VerifyParams.from_thresholds(), _sizes(warehouse, object_of)
+    eager, found = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    assert found == 7
+    for workers in (1, 2):
+        lazy, found_lazy = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers, sizes=sizes)
+        assert lazy == eager and found_lazy == 0
+
+    # In one job: the features step decodes nothing; the pairs decode the copies (they align), never u.
+    decoded = []
+    photo_features = near_duplicates._photo_features
+    monkeypatch.setattr(
+        near_duplicates, "_photo_features", lambda job, content, known: decoded.append(content) or photo_features(job, content, known)
+    )
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    planes = {name: near_duplicates.plane_shape(*size) for name, size in sizes.items()}
+    assert near_duplicates.compute_features(
+        near_duplicates.FeatureJob(sorted(object_of), warehouse, object_of, {}, str(scratch), planes)
+    ) == (0, 7)
+    assert decoded == []
+    verdicts, n_decoded = near_duplicates.verify_job(near_duplicates.VerifyJob(pairs, str(scratch), params, warehouse, object_of, {}))
+    assert verdicts == eager and n_decoded == 6 and sorted(decoded) == ["j1", "j2", "o1", "o2", "s1", "s2"]

@@ -40,6 +40,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from pipeline.config import ThresholdsConfig
 
 _SIDE = 400  # longest side at which keypoints are found and pictures are compared at most
@@ -198,10 +200,10 @@ def features(rgb: Image.Image, face: Box | None | str = "detect", known: dict[st
         face = detected_face(rgb)
     grey = np.asarray(ImageOps.grayscale(rgb))
     native_side = max(grey.shape)
-    scale = _SIDE / native_side
+    height, width = plane_shape(rgb.width, rgb.height)
     # Area averaging to shrink; a smooth (not blocky) enlargement, whose pixel steps would be corners to ORB.
-    resample = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
-    grey = cv2.resize(grey, (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale))), interpolation=resample)
+    resample = cv2.INTER_AREA if _SIDE < native_side else cv2.INTER_CUBIC
+    grey = cv2.resize(grey, (width, height), interpolation=resample)
     orb = cv2.ORB_create(nfeatures=_N_FEATURES, fastThreshold=5)
     box = None
     if isinstance(face, tuple):
@@ -223,6 +225,25 @@ def features(rgb: Image.Image, face: Box | None | str = "detect", known: dict[st
 
 
 KEYPOINTS_VERSION = 1  # change with _SIDE, _N_FEATURES or the ORB settings: kept keypoints are then not reused
+
+
+def plane_shape(width: int, height: int) -> tuple[int, int]:
+    """(rows, columns) of the plane `features` finds keypoints on, for a picture of this size (as
+    intake stores it: after EXIF orientation): its longest side at `_SIDE`."""
+    scale = _SIDE / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def keypoint_views(kept: dict[str, np.ndarray]) -> tuple[Features, Features]:
+    """A picture's two views from its kept keypoints alone (`read_keypoints`), without its plane: what
+    `verify` needs to find that a pair does not align (most candidates of a night), for which the
+    photo is then never decoded. Their plane, face and side are placeholders, read only by a
+    comparison after an alignment, for which `verify` takes the full views (`with_planes`)."""
+    return _stored_view(kept, "", _NO_PLANE, None, 0), _stored_view(kept, "mirror_", _NO_PLANE, None, 0)
+
+
+def has_plane(views: tuple[Features, Features]) -> bool:
+    return views[0].grey.size > 0
 
 
 def keypoint_bytes(views: tuple[Features, Features]) -> bytes:
@@ -328,7 +349,10 @@ def _median(values: np.ndarray) -> float:
     return float(np.median(values)) if len(values) else 0.0
 
 
-def _similarity_transform(a: Features, b: Features) -> tuple[np.ndarray | None, float, int]:
+Alignment = tuple["np.ndarray | None", float, int]  # `_similarity_transform`'s (transform, inlier ratio, inliers)
+
+
+def _similarity_transform(a: Features, b: Features) -> Alignment:
     """(2x3 transform from a's to b's plane, inlier ratio, inliers) from ORB matches and RANSAC."""
     import cv2
 
@@ -495,12 +519,13 @@ def _motion(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:
     return float(np.percentile(medians, 90))
 
 
-def _compare(a: Features, b: Features, params: VerifyParams | None) -> Verdict:
-    """Align b onto a and measure them at the smaller picture's scale; the motion (the costly
-    measure) only where the others pass `params` (always, where params is None: calibration)."""
+def _compare(a: Features, b: Features, params: VerifyParams | None, alignment: Alignment | None = None) -> Verdict:
+    """Align b onto a (or take `alignment`, `_similarity_transform`'s of the two) and measure them at
+    the smaller picture's scale; the motion (the costly measure) only where the others pass `params`
+    (always, where params is None: calibration)."""
     import cv2
 
-    transform, ratio, n_inliers = _similarity_transform(a, b)
+    transform, ratio, n_inliers = alignment if alignment is not None else _similarity_transform(a, b)
     # Both rules need a real alignment: without one, nothing else is measured (most candidates of a
     # uniform studio page end here, before the warps, the refinement and the flow).
     if transform is None or (params is not None and ratio < params.min_inlier_ratio):
@@ -595,7 +620,12 @@ def _face_residual_ratio(a: np.ndarray, b: np.ndarray, valid: np.ndarray, face: 
     return level(in_face) / max(level(inside), _RESIDUAL_FLOOR)
 
 
-def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams | None = None) -> Verdict:
+def verify(
+    a: tuple[Features, Features],
+    b: tuple[Features, Features],
+    params: VerifyParams | None = None,
+    with_planes: Callable[[], tuple[tuple[Features, Features], tuple[Features, Features]]] | None = None,
+) -> Verdict:
     """Whether a and b are one photograph (default thresholds where `params` is None): b aligned
     onto a, then, where that aligned but was not accepted, a onto b.
 
@@ -603,13 +633,31 @@ def verify(a: tuple[Features, Features], b: tuple[Features, Features], params: V
     and the comparison runs on the first picture's plane. A copy whose face was lost (a crop through
     it, a downscale too small for the detector) is measured by its original's face only the other
     way round, so a pair's verdict must not depend on which picture came first (the content hashes'
-    order). A pair that did not align either way is not compared twice."""
+    order). A pair that did not align either way is not compared twice.
+
+    `with_planes`: where a or b are `keypoint_views` (no plane), what gives both pictures' full
+    views, called only where b aligns onto a in a view: the verdict is the one the full views give."""
     params = params or VerifyParams.from_thresholds()
-    forward = _verify_one_way(a, b, params)
+    alignments = _forward_alignments(a, b, params)
+    if with_planes is not None and not all(_unaligned(alignment, params) for alignment in alignments):
+        a, b = with_planes()
+    forward = _verify_one_way(a, b, params, alignments)
     if forward.same_photo or not _worth_reversing(forward.inlier_ratio, forward.block_correlation, params):
         return forward
     backward = _verify_one_way(b, a, params)
     return backward if backward.same_photo else forward
+
+
+def _forward_alignments(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams) -> list[Alignment | None]:
+    """b's direct view aligned onto a, and its mirror image's where the direct one did not align
+    (None: left to `_compare`, which a pair that aligns directly may never reach)."""
+    direct = _similarity_transform(a[0], b[0])
+    return [direct, _similarity_transform(a[0], b[1]) if _unaligned(direct, params) else None]
+
+
+def _unaligned(alignment: Alignment | None, params: VerifyParams) -> bool:
+    """Where `_compare` stops before the planes: no transform, or too few of the matches fit it."""
+    return alignment is not None and (alignment[0] is None or alignment[1] < params.min_inlier_ratio)
 
 
 def _worth_reversing(ratio, correlation, params: VerifyParams):  # noqa: ANN001, ANN201 - numbers or arrays alike
@@ -621,11 +669,14 @@ def _worth_reversing(ratio, correlation, params: VerifyParams):  # noqa: ANN001,
     )
 
 
-def _verify_one_way(a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams) -> Verdict:
-    """Compare picture a with b, then (if that fails) with b's mirror image."""
+def _verify_one_way(
+    a: tuple[Features, Features], b: tuple[Features, Features], params: VerifyParams, alignments: list[Alignment | None] | None = None
+) -> Verdict:
+    """Compare picture a with b, then (if that fails) with b's mirror image (`alignments`: of b's
+    views onto a, where known)."""
     best = Verdict(False, 0.0, 0.0, 0)
-    for b_view in b:
-        verdict = _compare(a[0], b_view, params)
+    for view, b_view in enumerate(b):
+        verdict = _compare(a[0], b_view, params, None if alignments is None else alignments[view])
         if verdict.same_photo:
             return verdict
         if verdict.inlier_ratio > best.inlier_ratio:

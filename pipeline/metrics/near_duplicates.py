@@ -33,7 +33,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -43,7 +43,7 @@ from pipeline.config import ThresholdsConfig
 from pipeline.features.embed import Embeddings
 from pipeline.features.index import VectorIndex, neighbour_pairs
 from pipeline.features.neighbours import SearchCount
-from pipeline.features.verify import Verdict, VerifyParams, features, verify
+from pipeline.features.verify import Features, Verdict, VerifyParams, features, plane_shape, verify
 from pipeline.warehouse import Warehouse
 
 logger = logging.getLogger(__name__)
@@ -168,43 +168,81 @@ class FeatureJob:
     object_of: dict[str, str]  # content hash -> raw object key
     faces: dict[str, tuple[int, int, int, int] | None]  # the faces stage's largest face, where it measured the photo
     scratch: str
+    planes: dict[str, tuple[int, int]] = field(default_factory=dict)  # content hash -> its `plane_shape`, where known
 
 
-def compute_features(job: FeatureJob) -> int:
-    """Each photo's features into the scratch folder, its keypoints from the warehouse where an
-    earlier run kept them (a night's candidates are mostly unchanged photos); how many were found now."""
-    from pipeline.features.verify import KEYPOINTS_VERSION, keypoint_bytes, keypoints_fit, read_keypoints, save_features
+def _photo_features(job: FeatureJob | VerifyJob, content: str, known: dict[str, np.ndarray] | None) -> tuple[Features, Features]:
     from pipeline.ingest.intake import load_rgb
 
-    found_now = 0
+    return features(load_rgb(job.warehouse.uri(job.object_of[content])), job.faces.get(content, "detect"), known)
+
+
+def _kept_keypoints(warehouse: Warehouse, content: str) -> dict[str, np.ndarray] | None:
+    from pipeline.features.verify import KEYPOINTS_VERSION, read_keypoints
+
+    key = layout.keypoints_key(content, KEYPOINTS_VERSION)
+    try:
+        return read_keypoints(warehouse.read_bytes(key))
+    except FileNotFoundError:
+        return None
+
+
+def compute_features(job: FeatureJob) -> tuple[int, int]:
+    """Each photo's features into the scratch folder, its keypoints from the warehouse where an
+    earlier run kept them (a night's candidates are mostly unchanged photos): (photos whose keypoints
+    were found now, photos left undecoded). A photo whose kept keypoints fit its plane (`planes`) is
+    not decoded here: its keypoints alone go to the scratch folder (`keypoint_views`), and its plane
+    is made by the verification of a pair that aligns (`verify_job`); most of a night's do not."""
+    from pipeline.features.verify import KEYPOINTS_VERSION, keypoint_bytes, keypoint_views, keypoints_fit, save_features
+
+    found_now = undecoded = 0
     for content in job.contents:
-        key = layout.keypoints_key(content, KEYPOINTS_VERSION)
-        known = read_keypoints(job.warehouse.read_bytes(key)) if job.warehouse.exists(key) else None
-        views = features(load_rgb(job.warehouse.uri(job.object_of[content])), job.faces.get(content, "detect"), known)
+        known = _kept_keypoints(job.warehouse, content)
+        if content in job.planes and keypoints_fit(known, job.planes[content]):
+            save_features(_features_path(job.scratch, content), keypoint_views(known))
+            undecoded += 1
+            continue
+        views = _photo_features(job, content, known)
         if not keypoints_fit(known, views[0].grey.shape):  # none kept, unreadable or of another plane: found now
-            job.warehouse.write_bytes(key, keypoint_bytes(views))
+            job.warehouse.write_bytes(layout.keypoints_key(content, KEYPOINTS_VERSION), keypoint_bytes(views))
             found_now += 1
         save_features(_features_path(job.scratch, content), views)
-    return found_now
+    return found_now, undecoded
 
 
 @dataclass(frozen=True)
 class VerifyJob:
-    """Consecutive pairs of the cache-friendly order, whose photos' features are in `scratch`."""
+    """Consecutive pairs of the cache-friendly order, whose photos' features are in `scratch`; where
+    those are keypoints alone, the photos' planes are made from the warehouse when a pair needs them."""
 
     pairs: list[tuple[str, str]]
     scratch: str
     params: VerifyParams
+    warehouse: Warehouse
+    object_of: dict[str, str]  # of the job's photos
+    faces: dict[str, tuple[int, int, int, int] | None]
 
 
-def verify_job(job: VerifyJob) -> list[Verdict]:
-    """The verdicts of a job's pairs, in order."""
+def verify_job(job: VerifyJob) -> tuple[list[Verdict], int]:
+    """The verdicts of a job's pairs, in order, and how many photos it decoded (each once per job)."""
     from functools import lru_cache
 
-    from pipeline.features.verify import load_features
+    from pipeline.features.verify import has_plane, load_features
 
-    cached = lru_cache(maxsize=FEATURE_CACHE_PHOTOS)(lambda content: load_features(_features_path(job.scratch, content)))
-    return [verify(cached(a), cached(b), job.params) for a, b in job.pairs]
+    stored = lru_cache(maxsize=FEATURE_CACHE_PHOTOS)(lambda content: load_features(_features_path(job.scratch, content)))
+    decoded = lru_cache(maxsize=FEATURE_CACHE_PHOTOS)(
+        lambda content: _photo_features(job, content, _kept_keypoints(job.warehouse, content))
+    )
+
+    def full(content: str) -> tuple[Features, Features]:
+        return stored(content) if has_plane(stored(content)) else decoded(content)
+
+    verdicts = []
+    for a, b in job.pairs:
+        views_a, views_b = stored(a), stored(b)
+        with_planes = None if has_plane(views_a) and has_plane(views_b) else lambda a=a, b=b: (full(a), full(b))
+        verdicts.append(verify(views_a, views_b, job.params, with_planes))
+    return verdicts, decoded.cache_info().misses
 
 
 _SCRATCH_PREFIX = "homog-verify-"
@@ -275,10 +313,18 @@ _BLOCK_PAIRS = 20_000
 
 
 def verify_pairs(
-    pairs: list[tuple[str, str]], warehouse: Warehouse, object_of: dict[str, str], faces: dict, params: VerifyParams, workers: int
+    pairs: list[tuple[str, str]],
+    warehouse: Warehouse,
+    object_of: dict[str, str],
+    faces: dict,
+    params: VerifyParams,
+    workers: int,
+    sizes: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[Verdict], int]:
     """The verdicts of content pairs, and for how many photos ORB keypoints were found now (the rest
-    were kept by earlier runs), in `workers` processes (pipeline/parallel.py).
+    were kept by earlier runs), in `workers` processes (pipeline/parallel.py). `sizes`: content hash
+    -> (width, height) as the images table has them, where known: a photo with kept keypoints is
+    then decoded only for a pair that aligns (`compute_features`).
 
     Pairs go in the cache-friendly order, in blocks, each in two steps: the features of the block's
     photos not yet at hand, once each, into a scratch folder on this machine (in memory where there
@@ -298,20 +344,24 @@ def verify_pairs(
     scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_parent(len(last_use)))
     found: dict[tuple[str, str], Verdict] = {}
     at_hand: set[str] = set()
-    n_photos = n_keypoints = 0
+    n_photos = n_keypoints = n_undecoded = n_decoded_later = 0
     feature_seconds = pair_seconds = 0.0
+    planes = {content: plane_shape(*size) for content, size in (sizes or {}).items()}
     try:
         for start in range(0, len(ordered), _BLOCK_PAIRS):
             block = ordered[start : start + _BLOCK_PAIRS]
             photos = sorted({photo for pair in block for photo in pair} - at_hand)
             began = time.perf_counter()
-            feature_jobs = [FeatureJob(chunk, warehouse, {c: object_of[c] for c in chunk}, {c: faces[c] for c in chunk if c in faces}, scratch)
+            feature_jobs = [FeatureJob(chunk, warehouse, *_photos_of(chunk, object_of, faces), scratch, {c: planes[c] for c in chunk if c in planes})
                             for chunk in split(photos, _JOBS_PER_WORKER * workers)]  # fmt: skip
-            n_keypoints += sum(process_map(compute_features, feature_jobs, workers, _SECONDS_PER_PHOTO * len(photos)))
+            for found_now, undecoded in process_map(compute_features, feature_jobs, workers, _SECONDS_PER_PHOTO * len(photos)):
+                n_keypoints, n_undecoded = n_keypoints + found_now, n_undecoded + undecoded
             featured = time.perf_counter()
-            jobs = [VerifyJob(chunk, scratch, params) for chunk in split(block, _JOBS_PER_WORKER * workers)]
-            for job, verdicts in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
+            jobs = [VerifyJob(chunk, scratch, params, warehouse, *_photos_of({photo for pair in chunk for photo in pair}, object_of, faces))
+                    for chunk in split(block, _JOBS_PER_WORKER * workers)]  # fmt: skip
+            for job, (verdicts, decoded) in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
                 found.update(zip(job.pairs, verdicts))
+                n_decoded_later += decoded
             feature_seconds, pair_seconds = feature_seconds + featured - began, pair_seconds + time.perf_counter() - featured
             n_photos += len(photos)
             at_hand |= set(photos)
@@ -321,9 +371,17 @@ def verify_pairs(
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     if pairs:
-        logger.info("verification: features of %d photo(s) in %.1f s (keypoints found now for %d, kept for the rest), %d pair(s) in %.1f s, "
-                    "%d worker(s)", n_photos, feature_seconds, n_keypoints, len(pairs), pair_seconds, workers)  # fmt: skip
+        logger.info("verification: features of %d photo(s) in %.1f s (keypoints found now for %d, kept for the rest; keypoints alone "
+                    "for %d, decoded later %d time(s) for a pair that aligned), %d pair(s) in %.1f s, %d worker(s)", n_photos, feature_seconds,
+                    n_keypoints, n_undecoded, n_decoded_later, len(pairs), pair_seconds, workers)  # fmt: skip
     return [found[pair] for pair in pairs], n_keypoints
+
+
+def _photos_of(
+    contents: Iterable[str], object_of: dict[str, str], faces: dict
+) -> tuple[dict[str, str], dict[str, tuple[int, int, int, int] | None]]:
+    """The objects and faces of these photos: what a worker needs to decode them."""
+    return {c: object_of[c] for c in contents}, {c: faces[c] for c in contents if c in faces}
 
 
 def verified_content_pairs(
@@ -334,12 +392,13 @@ def verified_content_pairs(
     params: VerifyParams,
     faces: dict[str, tuple[int, int, int, int] | None],
     workers: int = 1,
+    sizes: dict[str, tuple[int, int]] | None = None,
 ) -> tuple[list[tuple[str, str, float]], int, int]:
     """The candidate pairs (rows of the index) that verify as the same photograph, how many content
     pairs were verified now (the rest came from the cache) and for how many photos ORB keypoints
     were found now (`verify_pairs`). `faces`: the faces stage's
     largest face per content (`face_signals.largest_faces`); photos it did not measure are detected here.
-    `workers`: processes to verify in (pipeline/parallel.py).
+    `workers`: processes to verify in (pipeline/parallel.py). `sizes`: as `verify_pairs` takes them.
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
@@ -358,7 +417,7 @@ def verified_content_pairs(
         return (a, b) if a < b else (b, a)
 
     todo = sorted({canonical(c) for c in candidates} - set(known))
-    verdicts, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers)
+    verdicts, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, sizes)
     if todo:
         table = pa.table({
             "content_a": [a for a, _ in todo], "content_b": [b for _, b in todo],
@@ -534,7 +593,10 @@ def find_near_duplicates(
         len(by_region),
     )
     params, faces = VerifyParams.from_thresholds(thresholds), largest_faces(warehouse, face_score_floor)
-    near, n_computed, n_keypoints = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces, workers)
+    sizes = (
+        dict(zip(ok["content_sha256"], zip(ok["width"].astype(int), ok["height"].astype(int)))) if {"width", "height"} <= set(ok) else None
+    )
+    near, n_computed, n_keypoints = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces, workers, sizes)
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
     pairs, groups = group_tables(ok, representative, near, similarity, candidate_threshold)
