@@ -234,7 +234,7 @@ def later_night(work: Path, size: int, seed: int, version: int, run_date: str) -
     replaced_file = root / "measure" / "replaced.json"
     replaced = set(json.loads(replaced_file.read_text() if replaced_file.exists() else (root / "done.json").read_text())["changed"])
     order = np.random.default_rng([seed, size, version]).permutation(size)
-    # The first of a random order (until 2026-12-04 the lowest numbers: the first ~10 pages, not photos across the run).
+    # The first of a random order (until 2026-12-03 22:20 the lowest numbers: the first ~10 pages, not photos across the run).
     chosen = sorted([int(i) for i in order if int(i) not in replaced][: max(1, round(CHANGED_SHARE * size))])
     _population = Population(_sources(work), seed)
     for i in chosen:

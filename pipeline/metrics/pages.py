@@ -2,9 +2,8 @@
 
 Every metric that describes a page registers here (`PAGE_METRICS`): its name, the run tables it
 reads, its columns and the function that computes them, and `PAGE_READS` says what it reads of each
-of those tables. The first one (near-duplicate rate, clusters, the homogeneity index) has a row for
-every company; each later one is joined on the company, so a new metric is one entry here and
-nothing else changes hands.
+of those tables. Each metric's columns are joined on the company (every company of the run's
+images table has a row), so a new metric is one entry here and nothing else changes hands.
 
 Every metric of a page is a function of that page's own rows alone (its photos, their vectors and
 signals, the pairs and clusters that name it) and of what the run fixes for every page (embedder,
