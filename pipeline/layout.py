@@ -25,6 +25,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     zero_shot/<embedder>/prompts-<digest>.npz         CLIP text vectors of the zero-shot prompts
     references/<embedder>.npz                         the homogeneity index's reference (mean headshot)
     projections/<embedder>/map-v2.npz                 the report's fixed map: fitted photos, their vectors and places
+    projections/<embedder>/places-v1.npz              the last run's photos' places on that map (content hashes, no vector)
     audits/<company>/<date>/                          a brand audit: a whole warehouse of its own
     audit-sites.yaml                                  the sites file of the latest URL audit
     .tmp/                                             in-flight writes; never read, swept when stale
@@ -208,6 +209,10 @@ def projection_file(embedder_id: str) -> str:
     # Arrays only (.npz, read without pickle): a pickled model in a shared bucket would run the code of
     # whoever can write there. Older warehouses' umap.pkl beside it is never read.
     return f"projections/{embedder_slug(embedder_id)}/map-v2.npz"
+
+
+def projection_places_file(embedder_id: str) -> str:
+    return f"projections/{embedder_slug(embedder_id)}/places-v1.npz"
 
 
 AUDIT_ROOTS_GLOB = "audits/*/*"  # every brand audit's own warehouse

@@ -558,3 +558,56 @@ def test_a_thumbnail_shows_where_it_is_stored_and_a_purged_or_unkept_one_is_left
     assert thumbnail(store, "objects/thumbnails/purged.jpg") is None  # listed in the images table, removed by retention since
     for not_kept in (None, float("nan"), ""):  # keep_thumbnails off: no key at all
         assert thumbnail(store, not_kept) is None
+
+
+def test_a_run_places_only_photos_the_last_run_did_not_place_on_the_same_map(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo's place on the map depends on it and the map alone: a night keeps the last run's places
+    and places its new photos; another map, or a damaged or planted places file, places every photo."""
+    import io
+
+    import numpy as np
+
+    from pipeline.layout import projection_places_file
+    from pipeline.report.projection import Projection, placed
+
+    rng = np.random.default_rng(0)
+    unit = lambda n: (v := rng.normal(size=(n, 8)).astype(np.float32)) / np.linalg.norm(v, axis=1, keepdims=True)  # noqa: E731
+    projection = Projection("2026-01-01", [f"f{i}" for i in range(30)], unit(30), rng.normal(size=(30, 2)))
+    store = Warehouse(str(tmp_path / "wh"))
+    vectors = unit(12)
+    keys = [f"p{i}" for i in range(12)]
+    placed_rows = []
+    place = Projection.place
+    monkeypatch.setattr(Projection, "place", lambda self, v: placed_rows.append(len(v)) or place(self, v))
+
+    first = placed(store, projection, "classic-v1", keys[:10], vectors[:10])
+    night = placed(store, projection, "classic-v1", keys[2:], vectors[2:])  # two left, two came
+    assert placed_rows == [10, 2]
+    assert np.allclose(night, place(projection, vectors[2:])) and np.array_equal(night[:8], first[2:])
+    placed_rows.clear()
+    refitted = Projection("2026-01-05", projection.keys, projection.vectors, projection.points + 1.0)
+    assert np.allclose(placed(store, refitted, "classic-v1", keys[2:], vectors[2:]), night + 1.0) and placed_rows == [10]
+
+    class Payload:
+        def __reduce__(self):  # noqa: ANN204
+            return (print, ("never run",))
+
+    for damaged in (
+        b"not an npz",
+        _npz(projection=np.array(refitted.id), keys=np.array([Payload()], dtype=object), points=np.zeros((1, 2))),
+    ):
+        store.write_bytes(projection_places_file("classic-v1"), damaged)
+        placed_rows.clear()
+        assert np.allclose(placed(store, refitted, "classic-v1", keys, vectors), place(refitted, vectors)) and placed_rows == [12]
+    stored = np.load(io.BytesIO(store.read_bytes(projection_places_file("classic-v1"))), allow_pickle=False)
+    assert list(stored["keys"]) == keys and str(stored["projection"]) == refitted.id  # this run's photos, no vector
+
+
+def _npz(**arrays: object) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()

@@ -4,7 +4,10 @@ The layout is fitted by UMAP on the first run that has enough photos (on a seede
 `MAX_FIT_PHOTOS` where it has more) and stored as plain arrays (the fitted photos' vectors and their
 places, `pipeline.layout.projection_file`, read without pickle).
 Later runs place each photo at the similarity-weighted mean place of its nearest fitted photos (how
-UMAP's own transform starts), so the maps of different runs can be laid side by side.
+UMAP's own transform starts), so the maps of different runs can be laid side by side. A photo's place
+depends on it and the map alone, so a run keeps the places of the last run's photos
+(`layout.projection_places_file`) and places only its new ones: at 20,000 photos, searching every
+photo's nearest fitted photos was ~4 s of every night's report.
 """
 
 from __future__ import annotations
@@ -46,6 +49,15 @@ class Projection:
         with np.load(io.BytesIO(data), allow_pickle=False) as stored:
             return cls(str(stored["fitted_on"]), [str(k) for k in stored["keys"]], stored["vectors"], stored["points"])
 
+    @functools.cached_property
+    def id(self) -> str:
+        """Equal ids, equal maps: what kept places are valid for."""
+        import hashlib
+
+        digest = hashlib.sha256(self.fitted_on.encode() + "\n".join(self.keys).encode())
+        digest.update(np.ascontiguousarray(self.vectors, np.float32).tobytes() + np.ascontiguousarray(self.points, np.float64).tobytes())
+        return digest.hexdigest()[:32]
+
     def place(self, vectors: np.ndarray) -> np.ndarray:
         """Each photo at the similarity-weighted mean place of its nearest fitted photos."""
         import faiss
@@ -61,6 +73,33 @@ class Projection:
             weights = np.clip(similarity, 0.0, None) + 1e-6
             places.append((weights[..., None] * self.points[rows]).sum(axis=1) / weights.sum(axis=1, keepdims=True))
         return np.concatenate(places) if places else np.zeros((0, 2))
+
+
+def placed(store: Warehouse, projection: Projection, embedder_id: str, keys: list[str], vectors: np.ndarray) -> np.ndarray:
+    """The places of these photos (content hashes, their vectors) on `projection`: the last run's
+    where it placed the photo on this same map, the others placed now; then these become the kept
+    places (so a photo that left the run leaves them)."""
+    key = layout.projection_places_file(embedder_id)
+    kept: dict[str, np.ndarray] = {}
+    try:
+        with np.load(io.BytesIO(store.read_bytes(key)), allow_pickle=False) as stored:
+            if str(stored["projection"]) == projection.id:
+                kept = dict(zip((str(k) for k in stored["keys"]), np.asarray(stored["points"], np.float64)))
+    except FileNotFoundError:
+        pass
+    except (ValueError, OSError, KeyError) as exc:  # not ours, cut short, or object arrays (refused unread): placed anew
+        logger.warning("report: the kept map places %s are unreadable (%s); placing every photo", store.uri(key), exc)
+    points = np.zeros((len(keys), 2))
+    todo = [row for row, content in enumerate(keys) if content not in kept]
+    for row, content in enumerate(keys):
+        if content in kept:
+            points[row] = kept[content]
+    if todo:
+        points[todo] = projection.place(np.ascontiguousarray(vectors[todo], np.float32))
+    buffer = io.BytesIO()
+    np.savez(buffer, projection=np.array(projection.id), keys=np.array(keys, dtype=str), points=points)
+    store.write_bytes(key, buffer.getvalue())
+    return points
 
 
 # UMAP is fitted on at most this many photos (a seeded sample), the rest placed on it: its cost and
@@ -143,7 +182,7 @@ def umap_map(store: Warehouse, data: RunData) -> tuple[str | None, str]:
     if projection.fitted_on == data.run_date and projection.keys == data.keys:
         points = projection.points  # the fitting run itself: its own layout, so a regenerated report is identical
     else:
-        points = projection.place(data.vectors)
+        points = placed(store, projection, data.embedder, data.keys, data.vectors)
         if projection.fitted_on == data.run_date:  # the fitting run, fitted on a sample: the sample keeps its own places
             fitted = {key: row for row, key in enumerate(projection.keys)}
             for row, key in enumerate(data.keys):
