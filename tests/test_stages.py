@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import layout
 from pipeline.apps.orchestration import dag_stages
-from pipeline.metrics.pages import PAGE_METRICS, page_columns
+from pipeline.metrics.pages import PAGE_METRICS, PAGE_READS, page_columns
 from pipeline.stages import BY_NAME, STAGES, needs
 from pipeline.tables import TABLES
 
@@ -43,6 +43,7 @@ def test_needs_are_the_last_earlier_writers() -> None:
 def test_the_pages_stage_reads_what_its_page_metrics_read() -> None:
     metric_reads = {table for metric in PAGE_METRICS for table in metric.reads}
     assert metric_reads <= set(BY_NAME["pages"].reads)
+    assert metric_reads <= set(PAGE_READS)  # and says what of each table a page's digest covers
 
 
 def test_page_metrics_register_disjoint_columns() -> None:

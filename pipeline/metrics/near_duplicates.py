@@ -593,9 +593,9 @@ def find_near_duplicates(
         len(by_region),
     )
     params, faces = VerifyParams.from_thresholds(thresholds), largest_faces(warehouse, face_score_floor)
-    sizes = (
-        dict(zip(ok["content_sha256"], zip(ok["width"].astype(int), ok["height"].astype(int)))) if {"width", "height"} <= set(ok) else None
-    )
+    # A photo's size gives its plane's, so verification can leave photos with kept keypoints undecoded.
+    sized = ok.dropna(subset=["width", "height"]) if {"width", "height"} <= set(ok) else ok.iloc[:0]
+    sizes = dict(zip(sized["content_sha256"], zip(sized["width"].astype(int), sized["height"].astype(int))))
     near, n_computed, n_keypoints = verified_content_pairs(candidates, embeddings, object_of, warehouse, params, faces, workers, sizes)
     logger.info("near-duplicates: %d candidate pair(s) at >= %.2f, %d verified", len(candidates), candidate_threshold, len(near))
 
