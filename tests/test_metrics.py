@@ -193,7 +193,9 @@ def _pages(n_pages: int = 5, per_page: int = 6) -> tuple[pd.DataFrame, dict[str,
     clusters = images[["image", "company"]].assign(cluster_id=-1)
     clusters.loc[[0, 1, 2], "cluster_id"] = 0  # three photos of page-0 in the run's largest cluster
     clusters.loc[[6, 7], "cluster_id"] = 1
+    styles = {column: np.nan for column in ZERO_SHOT_COLUMNS}
     tables = {
+        "zero_shot": pd.DataFrame({"company": [f"page-{p}" for p in range(n_pages)], **styles, "zero_shot_status": "no text tower"}),
         "pairs": _pairs(("page-0/0.jpg", "page-0/1.jpg"), ("page-1/0.jpg", "page-2/0.jpg"), similarity=1.0),
         "clusters": clusters,
         "identities": _pairs(("page-0/2.jpg", "page-3/2.jpg"), distance=0.3, same_page=False),
@@ -207,6 +209,8 @@ def test_page_metrics_whose_inputs_are_unchanged_keep_their_values_and_changed_o
     images, tables = _pages()
     first, computed_first = companies_table(_page_inputs(images, tables))
     again, computed_again = companies_table(_page_inputs(images, tables), first)
+    twice = companies_table(_page_inputs(images, tables), pd.concat([first, first.iloc[[2]]], ignore_index=True))[0]  # a page listed twice
+    pd.testing.assert_frame_equal(twice, first)
     assert computed_first == {metric.name: 5 for metric in PAGE_METRICS}
     assert computed_again == {metric.name: 0 for metric in PAGE_METRICS}
     pd.testing.assert_frame_equal(again, first)
@@ -225,14 +229,17 @@ def test_page_metrics_whose_inputs_are_unchanged_keep_their_values_and_changed_o
         "pairs": pd.concat([tables["pairs"], _pairs(("page-1/1.jpg", "page-2/1.jpg"), similarity=1.0)], ignore_index=True),
         "clusters": tables["clusters"].assign(cluster_id=tables["clusters"]["cluster_id"].map({-1: -1, 0: 1, 1: 2})),
         "identities": pd.concat([tables["identities"], _pairs(("page-1/3.jpg", "page-4/3.jpg"), distance=0.3, same_page=False)]),
+        "zero_shot": tables["zero_shot"].assign(ai_share=[np.nan, 0.5, np.nan, np.nan, np.nan]),  # page-1's styles measured anew
     }
     kept, computed = companies_table(_page_inputs(changed, night), first)
     pd.testing.assert_frame_equal(kept, companies_table(_page_inputs(changed, night))[0])
-    # pages 1 and 2 (the new pair), 3 and 4 (their photos); the face counts of pages 1 and 4; no faces table to change
-    assert computed == {"homogeneity": 4, "template_signals": 0, "template_index": 4, "zero_shot": 0, "face_identity": 2}
+    # pages 1 and 2 (the new pair), 3 and 4 (their photos); the face counts of pages 1 and 4; page-1's
+    # styles (the one metric computed for page-1 alone, from a table of every page); no faces table to change
+    assert computed == {"homogeneity": 4, "template_signals": 0, "template_index": 4, "zero_shot": 1, "face_identity": 2}
     assert list(kept["inputs_digest"] != first["inputs_digest"]) == [False, True, True, True, True]
     assert kept.loc[3, "homogeneity_index"] != first.loc[3, "homogeneity_index"] and kept.loc[4, "n_errors"] == 1
     assert kept.loc[[1, 4], "n_face_shared"].tolist() == [1, 1]
+    assert kept["ai_share"].fillna(-1).tolist() == [-1, 0.5, -1, -1, -1]
 
     # Each of these changes a page's values although its set of rows is the same.
     reordered = images.iloc[[1, 0, *range(2, len(images))]].reset_index(drop=True)  # its sample and bootstrap follow the order

@@ -76,7 +76,11 @@ def _template_index(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
 
 def _zero_shot(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
     styles = inputs.read("zero_shot")
-    return styles if len(styles) else pd.DataFrame({"company": companies, **{c: np.nan for c in zero_shot.PAGE_COLUMNS}})
+    return (
+        styles[styles["company"].isin(companies)]
+        if len(styles)
+        else pd.DataFrame({"company": companies, **{c: np.nan for c in zero_shot.PAGE_COLUMNS}})
+    )
 
 
 def _face_identity(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
@@ -125,6 +129,7 @@ def companies_table(inputs: PageInputs, earlier: pd.DataFrame | None = None) -> 
     metric's inputs are unchanged (module doc)."""
     companies = sorted(set(inputs.images["company"])) if len(inputs.images) else []
     digests = page_digests(inputs, companies)
+    earlier = earlier.drop_duplicates("company") if earlier is not None and "company" in earlier else None  # one row a company, as here
     known = _earlier_digests(earlier)
     table, computed = pd.DataFrame({"company": pd.Series(companies, dtype=inputs.images["company"].dtype)}), {}
     for metric in PAGE_METRICS:
@@ -135,7 +140,8 @@ def companies_table(inputs: PageInputs, earlier: pd.DataFrame | None = None) -> 
         parts = [earlier.loc[earlier["company"].isin(kept), columns]] if keep else []
         if todo or not keep:  # computed for no page at all where there is none: the columns' types
             part_inputs = replace(inputs, images=inputs.images[inputs.images["company"].isin(todo)])
-            parts.append(metric.compute(part_inputs, todo)[columns])
+            found = metric.compute(part_inputs, todo)
+            parts.append(found.loc[found["company"].isin(todo), columns])  # each page once, from one source
         table = table.merge(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], on="company", how="left")
         computed[metric.name] = len(todo)
     table[INPUTS_DIGEST] = [
