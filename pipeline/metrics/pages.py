@@ -75,12 +75,8 @@ def _template_index(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
 
 
 def _zero_shot(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
-    styles = inputs.read("zero_shot")
-    return (
-        styles[styles["company"].isin(companies)]
-        if len(styles)
-        else pd.DataFrame({"company": companies, **{c: np.nan for c in zero_shot.PAGE_COLUMNS}})
-    )
+    styles = inputs.read("zero_shot")  # every page's: companies_table keeps the rows of the pages it asked for
+    return styles if len(styles) else pd.DataFrame({"company": companies, **{c: np.nan for c in zero_shot.PAGE_COLUMNS}})
 
 
 def _face_identity(inputs: PageInputs, companies: list[str]) -> pd.DataFrame:
