@@ -114,8 +114,7 @@ def _tables(warehouse: Path, run_date: str) -> dict[str, pd.DataFrame]:
     tables = {}
     for table in CONTRACT_TABLES:
         frame = pd.read_parquet(warehouse / "tables" / table / f"run_date={run_date}" / "part-0.parquet")
-        # File times differ between warehouses, and so do the page-metric digests: they cover image names, which hold the warehouse's path here.
-        frame = frame.drop(columns=[c for c in ("source_fingerprint", "inputs_digest") if c in frame])
+        frame = frame.drop(columns=[c for c in ("source_fingerprint",) if c in frame])  # file times differ between warehouses
         frame = frame.replace(str(warehouse), "W", regex=True)
         tables[table] = frame.sort_values(list(frame.columns[:3])).reset_index(drop=True)
     return tables

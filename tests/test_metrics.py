@@ -253,6 +253,29 @@ def test_page_metrics_whose_inputs_are_unchanged_keep_their_values_and_changed_o
         pd.testing.assert_frame_equal(table, companies_table(inputs)[0])
 
 
+def test_page_digests_name_photos_relative_to_their_warehouse() -> None:
+    """Crawled photos are named by where the warehouse stores them: a run's digests are the same in
+    any warehouse (a distributed run's equal a local one's), and only the part inside it counts."""
+    from dataclasses import replace
+
+    from pipeline.metrics.pages import page_digests
+
+    images, tables = _pages(n_pages=3)
+
+    def stored_in(root: str, frame: pd.DataFrame) -> pd.DataFrame:
+        columns = [column for column in ("image", "image_a", "image_b") if column in frame]
+        return frame.assign(**{column: root.rstrip("/") + "/objects/" + frame[column] for column in columns})
+
+    def digests(root: str, renamed: str = "") -> dict[str, list[str]]:
+        named = stored_in(renamed or root, images)
+        inputs = replace(_page_inputs(named, {name: stored_in(renamed or root, t) for name, t in tables.items()}), warehouse_uri=root)
+        return page_digests(inputs, ["page-0", "page-1", "page-2"])
+
+    local = digests("/srv/warehouse")
+    assert digests("s3://bucket/warehouse") == local == digests("s3://bucket/warehouse/")
+    assert digests("/srv/warehouse", renamed="/srv/elsewhere") != local  # names outside it are taken whole
+
+
 def test_page_metrics_of_other_settings_or_another_version_are_computed_again() -> None:
     from pipeline.metrics.pages import companies_table
 

@@ -46,6 +46,9 @@ class PageInputs:
     embeddings: Embeddings  # the run's distinct ok pictures
     reference: Reference  # what the homogeneity index takes out before cosine
     read: Callable[[str], pd.DataFrame]  # one of the run's tables by name (empty where the run has none)
+    # Where the warehouse is: crawled photos are named by where they are stored in it, and enter a
+    # digest relative to it, so the same inputs give the same digests in any warehouse.
+    warehouse_uri: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,7 @@ PAGE_READS: dict[str, TableRead] = {
 }
 RENUMBERED = ("cluster_id",)  # a whole-run numbering: read as which rows of the page share a value
 _PAGE_NAMES = ("company", "company_a", "company_b")
+_IMAGE_NAMES = ("image", "image_a", "image_b")
 
 PAGE_METRICS: tuple[PageMetric, ...] = (
     PageMetric("homogeneity", ("images", "pairs", "clusters"), tuple(COMPANY_COLUMNS[1:]), _homogeneity),
@@ -166,7 +170,10 @@ def page_digests(inputs: PageInputs, companies: list[str]) -> dict[str, list[str
         "thresholds": inputs.settings.thresholds.model_dump(mode="json"), "face_identity": inputs.settings.privacy.face_identity,
     }, sort_keys=True).encode()  # fmt: skip
     tables = {table for metric in PAGE_METRICS for table in metric.reads}
-    sums = {table: _page_sums(inputs.images if table == "images" else inputs.read(table), PAGE_READS[table], companies) for table in tables}
+    sums = {
+        table: _page_sums(inputs.images if table == "images" else inputs.read(table), PAGE_READS[table], companies, inputs.warehouse_uri)
+        for table in tables
+    }
     digests = {}
     for metric in PAGE_METRICS:
         per_page = np.concatenate([sums[table] for table in metric.reads], axis=1)
@@ -180,14 +187,18 @@ def page_digests(inputs: PageInputs, companies: list[str]) -> dict[str, list[str
 _ROW_HASH_KEYS = ("homog-page-rows1", "homog-page-rows2")  # pandas' row hash takes a 16-character key
 
 
-def _page_sums(frame: pd.DataFrame, read: TableRead, companies: list[str]) -> np.ndarray:
-    """(companies, 2) uint64: the sums (wrapping) of the hashes of the rows that name each company."""
+def _page_sums(frame: pd.DataFrame, read: TableRead, companies: list[str], warehouse_uri: str = "") -> np.ndarray:
+    """(companies, 2) uint64: the sums (wrapping) of the hashes of the rows that name each company,
+    with image names under `warehouse_uri` taken relative to it."""
     sums = np.zeros((len(companies), len(_ROW_HASH_KEYS)), np.uint64)
     names = [column for column in _PAGE_NAMES if column in frame]
     if frame.empty or not names:
         return sums
     columns = list(frame.columns) if read.columns is None else [column for column in read.columns if column in frame]
     hashed = frame[columns].reset_index(drop=True)
+    for column in _IMAGE_NAMES:
+        if warehouse_uri and column in hashed:
+            hashed[column] = hashed[column].astype(str).str.removeprefix(warehouse_uri.rstrip("/") + "/")
     position = frame["company"].groupby(frame["company"].to_numpy()).cumcount().to_numpy() if "company" in frame else None
     for column in RENUMBERED:
         if column in hashed and position is not None:

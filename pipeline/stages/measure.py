@@ -191,7 +191,7 @@ def pages(ctx: RunContext) -> dict[str, Any]:
     embeddings = _run_embeddings(ctx)
     reference = run_reference(warehouse, embeddings.embedder_id, embeddings.vectors, settings.thresholds.reference_min_photos, ctx.run_date)
     inputs = PageInputs(settings=settings, images=_images(ctx), embeddings=embeddings, reference=reference,
-                        read=lambda table: warehouse.read_table(table, ctx.run_date))  # fmt: skip
+                        read=lambda table: warehouse.read_table(table, ctx.run_date), warehouse_uri=warehouse.uri())  # fmt: skip
     # Rows to keep: this date's from an earlier attempt, else the latest run's before it.
     measured = [date for date in warehouse.run_dates("companies") if date <= ctx.run_date]
     earlier = warehouse.read_table("companies", measured[-1]) if measured else None
