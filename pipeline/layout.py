@@ -158,8 +158,11 @@ def intake_part(run_date: str, company: str) -> str:
 
 
 # ------------------------------------------------------------------ caches and models
+EMBEDDINGS_ROOT = "embeddings"  # one folder per embedder below it
+
+
 def embeddings_folder(embedder_id: str) -> str:
-    return f"embeddings/{embedder_slug(embedder_id)}"
+    return f"{EMBEDDINGS_ROOT}/{embedder_slug(embedder_id)}"
 
 
 def index_folder(embedder_id: str, run_date: str) -> str:

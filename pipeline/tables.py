@@ -324,7 +324,8 @@ TABLES: tuple[Table, ...] = (
     }),
     Table("retention", "homog retention", "a stored picture or kept face descriptor checked by the retention purge, and what was done", _retention, {
         "object": "warehouse key of the picture; for a face descriptor, its folder and the photo's content hash",
-        "kind": "`raw` (original), `thumbs`, `face_descriptor` or `face_signals` (the last two go with the original's limit)",
+        "kind": "`raw` (original), `thumbs`, `keypoints`, `face_descriptor`, `face_signals`, `embedding` or `region_views` "
+        "(all but `thumbs` go with the original's limit)",
         "last_seen": "latest run date that referenced it, or its photo (or its modification date)",
         "age_days": "days since",
         "limit_days": "the retention setting that applies",

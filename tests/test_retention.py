@@ -9,10 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipeline.apps.demo.data import generate_demo_images
 from pipeline.apps.retention import purge_expired
 from pipeline.config import RetentionConfig, load_settings
+from pipeline.features.embed import vectors_for
 from pipeline.ingest.sources import read_manifest
 from pipeline.layout import neighbour_lists_file, object_key
 from pipeline.stages import run_pipeline
@@ -49,10 +51,10 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     pictures = dry["kind"].isin(["raw", "thumbs"])
     assert set(dry.loc[pictures & (dry["action"] == "would delete"), "object"]) == gone
     assert all(warehouse.exists(key) for key in gone)  # a dry run deletes nothing
-    # What the caches derive from the faces of the photos that went (kept descriptors, face
-    # signals), and only that, goes with them.
+    # What the caches derive from the photos that went (kept descriptors, face signals, embedding
+    # vectors, region views), and only that, goes with them.
     gone_contents = set(images.loc[images["company"] == "bluebird-bakery", "content_sha256"])
-    for kind in ("face_descriptor", "face_signals"):
+    for kind in ("face_descriptor", "face_signals", "embedding", "region_views"):
         derived = dry[dry["kind"] == kind]
         assert {key.rsplit("/", 1)[1] for key in derived.loc[derived["action"] == "would delete", "object"]} <= gone_contents
         assert {key.rsplit("/", 1)[1] for key in derived.loc[derived["action"] == "keep", "object"]}.isdisjoint(gone_contents)
@@ -65,6 +67,15 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     assert (log.loc[log["kind"] == "thumbs", "action"] == "keep").all()
     assert warehouse.exists(orphan)  # unreferenced, but only a week old
     assert not warehouse.exists(gone_keypoints) and warehouse.exists(kept_keypoints)  # keypoints go with their photo
+    from pipeline.features.embed import cached_keys
+    from pipeline.features.regions import VERSION as REGIONS_VERSION
+    from pipeline.layout import regions_folder
+
+    kept_contents = set(warehouse.read_table("images", "2026-03-01")["content_sha256"])
+    assert cached_keys(warehouse, "classic-v1") == kept_contents  # the vectors of the photos that went, and only those, are gone
+    assert set(warehouse.shards_by_content(regions_folder(REGIONS_VERSION))) == kept_contents
+    with pytest.raises(RuntimeError, match="retention deleted them"):  # an old run's vectors: a clear error, not a wrong figure
+        vectors_for(warehouse, "classic-v1", sorted(gone_contents), 0)
     # Metrics stay, and the decisions are on record.
     assert not warehouse.read_table("companies", "2026-01-01").empty
     assert len(pd.read_parquet(warehouse.path("tables/retention/run_date=2026-03-10/part-0.parquet"))) == len(log)
@@ -84,6 +95,7 @@ def test_a_purged_original_is_fetched_again_by_the_next_run(tmp_path: Path) -> N
     purge_expired(warehouse, RetentionConfig(raw_images_days=0, thumbnails_days=0), "2026-01-05")
     second = run_pipeline(read_manifest(str(manifest)), settings, "2026-01-06", progress=False)
     assert second.counts["ok"] == first.counts["ok"] == 3
+    assert second.counts["embedded"] == first.counts["embedded"] == 1  # its vector went with it, and is computed again
     raw = warehouse.read_table("images", "2026-01-06")["raw_object"].iloc[0]
     assert warehouse.exists(raw)
 

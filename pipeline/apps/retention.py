@@ -4,13 +4,15 @@ An object's age is the latest run date whose `images` table references it, so a 
 on a company's page keeps being refreshed by the nightly run, and one that disappeared is purged
 `retention.raw_images_days` (originals) or `retention.thumbnails_days` (thumbnails) after it was last
 seen. Objects no table references (left by an interrupted run) age by their modification time.
-What the caches derive from a face goes with its photo: kept face descriptors (biometric, sealed to
-the photo) and the face signals (template signals and `face_window`, a coarse descriptor of the
-face) are deleted `retention.raw_images_days` after the last run that saw the photo (rows no run
-references age by their shard's modification time), and so are verification's ORB keypoints of the
-photo (`objects/keypoints/`); a photo seen again is measured again. A photo whose face signals go
-also leaves the near-duplicate search's kept neighbour lists (`pipeline.features.neighbours`). Tables,
-metrics, embeddings, region views and verdicts stay: they are not pictures. Brand audits keep their own
+What the caches derive from a photo goes with it: kept face descriptors (biometric, sealed to the
+photo), the face signals (template signals and `face_window`, a coarse descriptor of the face), the
+embedding vectors of every embedder and the region views are deleted `retention.raw_images_days`
+after the last run that saw the photo (rows no run references age by their shard's modification
+time), and so are verification's ORB keypoints of the photo (`objects/keypoints/`); a photo seen
+again is measured again. A photo whose face signals or vectors go also leaves the near-duplicate
+search's kept neighbour lists (`pipeline.features.neighbours`). Without this the vector caches would
+keep every photo ever seen, and every night would read them whole. Tables, metrics and verdicts (the
+measures of a pair, keyed by content hashes) stay: they are not pictures. Brand audits keep their own
 copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
 purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
 table, and a dry run decides and logs without deleting.
@@ -81,12 +83,12 @@ def purge_expired(warehouse: Warehouse, retention: RetentionConfig, today: str, 
     today_date = dt.date.fromisoformat(validate_run_date(today))
     records = []
     for prefix, store in picture_stores(warehouse):
-        found = _purge_store(store, retention, today_date, dry_run) + _purge_face_caches(store, retention, today_date, dry_run)
+        found = _purge_store(store, retention, today_date, dry_run) + _purge_photo_caches(store, retention, today_date, dry_run)
         records += [{**record, "object": prefix + record["object"]} for record in found]
     log = pd.DataFrame(records, columns=LOG_COLUMNS)
     removed = int((log["action"] != "keep").sum()) if len(log) else 0
     verb = "would be deleted" if dry_run else "deleted"
-    logger.info("retention %s: %d of %d stored picture(s) and face-derived cache row(s) %s", today, removed, len(log), verb)
+    logger.info("retention %s: %d of %d stored picture(s) and photo-derived cache row(s) %s", today, removed, len(log), verb)
     warehouse.write_table("retention", today, log)
     return log
 
@@ -117,23 +119,30 @@ def _purge_store(warehouse: Warehouse, retention: RetentionConfig, today_date: d
     return records
 
 
-def _face_caches() -> tuple[tuple[str, str], ...]:
-    """The caches derived from faces, deleted with the photo they come from: (kind in the retention table, folder)."""
-    from pipeline.features import face_signals, identity
+def _photo_caches(warehouse: Warehouse) -> tuple[tuple[str, str], ...]:
+    """The content-keyed caches derived from a photo, deleted with it: (kind in the retention table, folder)."""
+    from pipeline.features import face_signals, identity, regions
 
+    embedders = sorted({key.rsplit("/", 1)[0] for key in warehouse.keys_matching(f"{layout.EMBEDDINGS_ROOT}/*/shard-*.parquet")})
     return (
         ("face_descriptor", layout.face_descriptors_folder(identity.VERSION)),  # biometric, sealed to the photo
         ("face_signals", layout.face_signals_folder(face_signals.VERSION)),  # holds face_window, a coarse face descriptor
+        *(("embedding", folder) for folder in embedders),  # a CLIP vector of a face photo can link the person across sites
+        ("region_views", layout.regions_folder(regions.VERSION)),  # coarse layouts of the picture and its windows
     )
 
 
-def _purge_face_caches(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:
-    """Rows of the face-derived caches whose photo was last seen more than `raw_images_days` ago:
+_SEARCHED = ("face_signals", "embedding", "region_views")  # the near-duplicate search's kept lists name these photos
+
+
+def _purge_photo_caches(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:
+    """Rows of the photo-derived caches whose photo was last seen more than `raw_images_days` ago:
     deleted with it (rows no run references age by their shard's modification time)."""
     images = warehouse.read_table("images")
     seen = images.groupby("content_sha256")["run_date"].max().to_dict() if len(images) else {}
     records = []
-    for kind, folder in _face_caches():
+    gone: set[str] = set()
+    for kind, folder in _photo_caches(warehouse):
         shard_of = warehouse.shards_by_content(folder)
         modified: dict[str, dt.date | None] = {}
         remaining = set()
@@ -151,6 +160,8 @@ def _purge_face_caches(warehouse: Warehouse, retention: RetentionConfig, today_d
                             "action": ("would delete" if dry_run else "deleted") if expired else "keep"})  # fmt: skip
         if not dry_run and shard_of:
             warehouse.keep_contents(folder, remaining)
-            if kind == "face_signals":  # the face window's neighbour lists name it: it leaves them too
-                neighbours.forget(warehouse, set(shard_of) - remaining)
+            if kind in _SEARCHED:
+                gone |= set(shard_of) - remaining
+    if gone:  # one pass over the lists, whichever caches the photos left
+        neighbours.forget(warehouse, gone)
     return records

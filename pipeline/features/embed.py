@@ -87,7 +87,11 @@ def vectors_for(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], dim
     position = {key: row for row, key in enumerate(cached_keys)}
     missing = [key for key in keys if key not in position]
     if missing:
-        raise RuntimeError(f"{len(missing)} image(s) have no {embedder_id} vector in the cache: run the embed stage first")
+        raise RuntimeError(
+            f"{len(missing)} image(s) have no {embedder_id} vector in the cache: the embed stage has not run for them, or retention "
+            "deleted them with their photo (last seen more than retention.raw_images_days ago: that run's tables stay, "
+            "but nothing that needs its vectors can be computed again)"
+        )
     return cached[[position[key] for key in keys]] if len(keys) else np.zeros((0, dim), np.float32)
 
 
