@@ -180,8 +180,11 @@ def neighbour_lists_file(source: str) -> str:
     return f"{NEIGHBOURS_FOLDER}/{source}.npz"
 
 
+VERIFICATIONS_ROOT = "verifications"  # one folder per set of verification parameters below it
+
+
 def verifications_folder(params_id: str) -> str:
-    return f"verifications/{params_id}"
+    return f"{VERIFICATIONS_ROOT}/{params_id}"
 
 
 def regions_folder(version: int) -> str:

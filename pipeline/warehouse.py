@@ -8,6 +8,7 @@ replaces it in one step, which makes a rerun of the same run date idempotent.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -177,10 +178,11 @@ class Warehouse:
                 where.update(dict.fromkeys(pq.read_table(handle, columns=["content_sha256"]).column("content_sha256").to_pylist(), shard))
         return where
 
-    def keep_contents(self, folder: str, contents: set[str]) -> int:
-        """Rewrite a content-keyed cache without the rows whose content hash is not in `contents`
-        (retention); returns how many rows were deleted. The kept rows go to a new shard before the
-        old shards are removed, so an interruption leaves at worst a row twice, never one lost."""
+    def keep_contents(self, folder: str, contents: set[str], columns: tuple[str, ...] = ("content_sha256",)) -> int:
+        """Rewrite a content-keyed cache without the rows whose content hash (in any of `columns`:
+        both of a pair) is not in `contents` (retention); returns how many rows were deleted. The
+        kept rows go to a new shard before the old shards are removed, so an interruption leaves at
+        worst a row twice, never one lost."""
         import pyarrow as pa
         import pyarrow.compute as pc
 
@@ -189,10 +191,15 @@ class Warehouse:
         if not tables:
             return 0
         every = pa.concat_tables(tables, promote_options="default")
-        kept = every.filter(pc.is_in(every.column("content_sha256"), value_set=pa.array(sorted(contents), pa.string())))
+        allowed = pa.array(sorted(contents), pa.string())
+        keep = functools.reduce(pc.and_, [pc.is_in(every.column(column), value_set=allowed) for column in columns])
+        kept = every.filter(keep)
         if kept.num_rows == every.num_rows:
             return 0
-        new_shard = self.write_shard(folder, kept.column("content_sha256").to_pylist(), kept) if kept.num_rows else None
+        names = [
+            ":".join(row) for row in zip(*(kept.column(column).to_pylist() for column in columns))
+        ]  # the shard's name follows its rows
+        new_shard = self.write_shard(folder, names, kept) if kept.num_rows else None
         for shard in old_shards:
             if shard != new_shard:
                 self.remove(shard)

@@ -46,6 +46,15 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     for key in (gone_keypoints, kept_keypoints):
         warehouse.write_bytes(key, b"keypoints")
 
+    from pipeline.features.verify import VerifyParams
+    from pipeline.layout import verifications_folder
+
+    def verdicts() -> set[tuple[str, str]]:
+        tables = warehouse.read_shards(verifications_folder(VerifyParams.from_thresholds(settings.thresholds).cache_id))
+        return {pair for table in tables for pair in zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist())}
+
+    before = verdicts()
+
     policy = RetentionConfig(raw_images_days=30, thumbnails_days=365)
     dry = purge_expired(warehouse, policy, "2026-03-10", dry_run=True)
     pictures = dry["kind"].isin(["raw", "thumbs"])
@@ -74,6 +83,9 @@ def test_purge_follows_last_run_that_saw_each_picture(tmp_path: Path) -> None:
     kept_contents = set(warehouse.read_table("images", "2026-03-01")["content_sha256"])
     assert cached_keys(warehouse, "classic-v1") == kept_contents  # the vectors of the photos that went, and only those, are gone
     assert set(warehouse.shards_by_content(regions_folder(REGIONS_VERSION))) == kept_contents
+    # Verdicts of pairs with a photo that went go too; the others stay.
+    assert any(set(pair) & gone_contents for pair in before) and any(set(pair) <= kept_contents for pair in before)
+    assert verdicts() == {pair for pair in before if not set(pair) & gone_contents}
     with pytest.raises(RuntimeError, match="retention deleted them"):  # an old run's vectors: a clear error, not a wrong figure
         vectors_for(warehouse, "classic-v1", sorted(gone_contents), 0)
     # Metrics stay, and the decisions are on record.
@@ -142,3 +154,7 @@ def test_a_content_keyed_cache_keeps_only_the_contents_asked_for(tmp_path: Path)
     assert store.read_shards(folder)[0].column("value").to_pylist() == [1.0, 1.0]  # rows kept whole
     assert store.keep_contents(folder, set()) == 2 and store.shards_by_content(folder) == {}
     assert store.keep_contents("nothing/here", {"a"}) == 0  # a cache never written: nothing to do
+    pairs = "verifications/v9"  # keyed by two contents: a row stays only where both do
+    store.write_shard(pairs, ["a:b", "a:c"], pa.table({"content_a": ["a", "a"], "content_b": ["b", "c"], "same_photo": [True, False]}))
+    assert store.keep_contents(pairs, {"a", "c"}, ("content_a", "content_b")) == 1
+    assert store.read_shards(pairs)[0].to_pydict() == {"content_a": ["a"], "content_b": ["c"], "same_photo": [False]}

@@ -10,9 +10,9 @@ embedding vectors of every embedder and the region views are deleted `retention.
 after the last run that saw the photo (rows no run references age by their shard's modification
 time), and so are verification's ORB keypoints of the photo (`objects/keypoints/`); a photo seen
 again is measured again. A photo whose face signals or vectors go also leaves the near-duplicate
-search's kept neighbour lists (`pipeline.features.neighbours`). Without this the vector caches would
-keep every photo ever seen, and every night would read them whole. Tables, metrics and verdicts (the
-measures of a pair, keyed by content hashes) stay: they are not pictures. Brand audits keep their own
+search's kept neighbour lists (`pipeline.features.neighbours`), and verification's verdicts of its
+pairs go. Without this the caches would keep every photo ever seen, and every night would read them
+whole. Tables and metrics stay: they are not pictures. Brand audits keep their own
 copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
 purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
 table, and a dry run decides and logs without deleting.
@@ -164,4 +164,24 @@ def _purge_photo_caches(warehouse: Warehouse, retention: RetentionConfig, today_
                 gone |= set(shard_of) - remaining
     if gone:  # one pass over the lists, whichever caches the photos left
         neighbours.forget(warehouse, gone)
+    expired = {content for content, date in seen.items() if (today_date - dt.date.fromisoformat(date)).days > retention.raw_images_days}
+    if not dry_run and expired:
+        _forget_verdicts(warehouse, expired)
     return records
+
+
+def _forget_verdicts(warehouse: Warehouse, expired: set[str]) -> None:
+    """Verification's verdicts of pairs with a photo whose vectors and keypoints went: no run can ask
+    for them again (a photo seen again is verified again), and every night reads the cache whole.
+    Measures of a pair, not of a person: not listed row by row in the retention table."""
+    pair = ("content_a", "content_b")
+    folders = sorted({key.rsplit("/", 1)[0] for key in warehouse.keys_matching(f"{layout.VERIFICATIONS_ROOT}/*/shard-*.parquet")})
+    for folder in folders:
+        named = {
+            content
+            for table in warehouse.read_shards(folder, columns=list(pair))
+            for column in pair
+            for content in table.column(column).to_pylist()
+        }
+        deleted = warehouse.keep_contents(folder, named - expired, pair)
+        logger.info("retention: %d verdict(s) of pairs with an expired photo deleted from %s", deleted, folder)
