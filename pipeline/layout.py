@@ -13,13 +13,13 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     crawl/runs/run_date=D/<company>/{manifest.csv,log.parquet}   one company's crawl (Airflow fan-out)
     crawl/runs/run_date=D/manifest.csv                the run's joined crawl manifest
     intake/runs/run_date=D/<company>.parquet          one company's intake part (Airflow fan-out)
-    embeddings/<embedder>/shard-<digest>.parquet      embedding cache, keyed by (content hash, embedder)
+    embeddings/<embedder>/shard-<digest>.parquet      embedding cache, keyed by (content hash, embedder), purged with the photo
     indexes/<embedder>/run_date=D/{index.faiss,ids.parquet,meta.json}   the run's FAISS index
     indexes/calibration/<machine>-d<dim>.json         exact vs IVF search speed measured on one machine
     indexes/neighbours/<source>.npz                   the last run's nearest-neighbour lists per candidate source (no vector)
-    verifications/<params>/shard-<digest>.parquet     near-duplicate verdicts per content pair
-    regions/v<N>/shard-<digest>.parquet               region views (whole picture and nine windows) per content
-    face_signals/v<N>/shard-<digest>.parquet          face detection and template signals per content
+    verifications/<params>/shard-<digest>.parquet     near-duplicate verdicts per content pair, purged with either photo
+    regions/v<N>/shard-<digest>.parquet               region views (whole picture and nine windows) per content, purged with it
+    face_signals/v<N>/shard-<digest>.parquet          face detection and template signals per content, purged with it
     face_identity/v<N>/shard-<digest>.parquet         face descriptors sealed to their photo (privacy.keep_face_descriptors)
     face_identity/pairs-v<N>.json                     the last run's same-face pairs (no descriptor)
     zero_shot/<embedder>/prompts-<digest>.npz         CLIP text vectors of the zero-shot prompts

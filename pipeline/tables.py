@@ -322,7 +322,7 @@ TABLES: tuple[Table, ...] = (
         "kind": "`copy` (the same photograph, as in `reuse`) or `face` (the same person in another photograph, as in `identities`)",
         "first_seen": "this run's date",
     }),
-    Table("retention", "homog retention", "a stored picture or kept face descriptor checked by the retention purge, and what was done", _retention, {
+    Table("retention", "homog retention", "a stored picture, or a cache row derived from one, checked by the retention purge, and what was done", _retention, {
         "object": "warehouse key of the picture; for a face descriptor, its folder and the photo's content hash",
         "kind": "`raw` (original), `thumbs`, `keypoints`, `face_descriptor`, `face_signals`, `embedding` or `region_views` "
         "(all but `thumbs` go with the original's limit)",
