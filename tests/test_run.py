@@ -62,6 +62,8 @@ def test_run_follows_the_json_contract(demo: Path, tmp_path: Path) -> None:
     run_record = json.loads((tmp_path / "wh" / "runs" / f"run_date={RUN_DATE}" / "run.json").read_text())
     assert run_record["embedder_requested"] == "auto" and run_record["source"] == str(demo)
     assert set(run_record["stage_seconds"]) == set(result["stages_run"]) and min(run_record["stage_seconds"].values()) >= 0
+    peaks = run_record["stage_peak_rss_mb"]  # and which stage needed the memory (none where it cannot be measured: tests/test_memory.py)
+    assert set(peaks) == set(result["stages_run"]) and all(peak is None or peak > 0 for peak in peaks.values())
     costs = run_record["unit_costs"]  # a slow night explains itself: ms per unit each costly stage computed
     assert set(costs) == {"faces_ms_per_photo", "embed_ms_per_photo", "near_duplicates_ms_per_verified_pair", "identity_ms_per_face"}
     assert costs["faces_ms_per_photo"] > 0 and costs["embed_ms_per_photo"] > 0

@@ -98,13 +98,17 @@ def needs(stage: Stage) -> list[str]:
 
 
 def timed(run: Callable[..., StageResult]) -> Callable[..., StageResult]:
-    """Add the stage's wall time to what it returns (`seconds`), so run.json says where a run spent it."""
+    """Add the stage's wall time (`seconds`) and peak memory (`peak_rss_mb`, pipeline/memory.py) to
+    what it returns, so run.json says where a run spent them."""
 
     @functools.wraps(run)
     def timed_run(*args: Any, **kwargs: Any) -> StageResult:
+        from pipeline import memory
+
+        measuring = memory.reset_peaks()
         start = time.perf_counter()
         returned = run(*args, **kwargs)
-        return {**returned, "seconds": round(time.perf_counter() - start, 3)}
+        return {**returned, "seconds": round(time.perf_counter() - start, 3), "peak_rss_mb": memory.peak_mb(measuring)}
 
     return timed_run
 
@@ -247,6 +251,7 @@ def finish_run(ctx: RunContext, results: dict[str, StageResult], source: str = "
             "started_at": started,
             "finished_at": dt.datetime.now(dt.UTC).isoformat(),
             "stage_seconds": {name: stage["seconds"] for name, stage in results.items() if "seconds" in stage},
+            "stage_peak_rss_mb": {name: stage["peak_rss_mb"] for name, stage in results.items() if "peak_rss_mb" in stage},
             "unit_costs": unit_costs(results),
             "embedder_requested": settings.embedder,
             "index_kind": results["index"]["index_kind"],
