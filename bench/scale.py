@@ -219,6 +219,7 @@ def run(folder: Path, warehouse: Path, run_date: str) -> dict:
     done = measured(command)
     record = json.loads((warehouse / run_record(run_date)).read_text())
     return {"wall_s": round(done.wall, 1), "peak_rss_mb": round(done.rss), "stage_seconds": {k: round(v, 2) for k, v in record["stage_seconds"].items()},
+            "stage_peak_rss_mb": record.get("stage_peak_rss_mb", {}),
             "unit_costs": record["unit_costs"], "counts": record["counts"], "timed_log": timed_lines(done.stderr)}  # fmt: skip
 
 
@@ -315,6 +316,7 @@ def main() -> None:
                 f"{s} {cold['stage_seconds'][s]:.1f}/{runs['changed']['stage_seconds'].get(s, 0):.1f}" for s in cold["stage_seconds"]
             )
         )
+        print("  stage peak RSS MB cold: " + ", ".join(f"{s} {mb}" for s, mb in cold["stage_peak_rss_mb"].items()))
         if not args.keep:
             shutil.rmtree(warehouse.parent, ignore_errors=True)
     write_result("scale", {"seed": args.seed, "sizes": {**earlier_sizes(args.seed), **results},
