@@ -167,6 +167,11 @@ class Warehouse:
             self.write_table_file(key, table)
         return key
 
+    def cache_folders(self, root: str) -> list[str]:
+        """The cache folders directly below `root` that hold shards (one per embedder, per set of
+        verification parameters, ...)."""
+        return sorted({key.rsplit("/", 1)[0] for key in self.keys_matching(f"{root}/*/shard-*.parquet")})
+
     def shards_by_content(self, folder: str) -> dict[str, str]:
         """content hash -> the key of the shard of a content-keyed cache (`content_sha256` column)
         that holds it; retention ages rows no run references by their shard."""

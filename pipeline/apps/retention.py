@@ -123,11 +123,12 @@ def _photo_caches(warehouse: Warehouse) -> tuple[tuple[str, str], ...]:
     """The content-keyed caches derived from a photo, deleted with it: (kind in the retention table, folder)."""
     from pipeline.features import face_signals, identity, regions
 
-    embedders = sorted({key.rsplit("/", 1)[0] for key in warehouse.keys_matching(f"{layout.EMBEDDINGS_ROOT}/*/shard-*.parquet")})
     return (
         ("face_descriptor", layout.face_descriptors_folder(identity.VERSION)),  # biometric, sealed to the photo
         ("face_signals", layout.face_signals_folder(face_signals.VERSION)),  # holds face_window, a coarse face descriptor
-        *(("embedding", folder) for folder in embedders),  # a CLIP vector of a face photo can link the person across sites
+        *(
+            ("embedding", folder) for folder in warehouse.cache_folders(layout.EMBEDDINGS_ROOT)
+        ),  # a CLIP vector of a face photo can link the person across sites
         ("region_views", layout.regions_folder(regions.VERSION)),  # coarse layouts of the picture and its windows
     )
 
@@ -175,8 +176,7 @@ def _forget_verdicts(warehouse: Warehouse, expired: set[str]) -> None:
     for them again (a photo seen again is verified again), and every night reads the cache whole.
     Measures of a pair, not of a person: not listed row by row in the retention table."""
     pair = ("content_a", "content_b")
-    folders = sorted({key.rsplit("/", 1)[0] for key in warehouse.keys_matching(f"{layout.VERIFICATIONS_ROOT}/*/shard-*.parquet")})
-    for folder in folders:
+    for folder in warehouse.cache_folders(layout.VERIFICATIONS_ROOT):
         named = {
             content
             for table in warehouse.read_shards(folder, columns=list(pair))
