@@ -10,10 +10,7 @@ it), there is no figure: a lifetime peak would blame a stage for what an earlier
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
-
-logger = logging.getLogger(__name__)
 
 
 def _processes() -> list[int]:

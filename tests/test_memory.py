@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -13,15 +11,7 @@ from pipeline.stages import timed
 MB = 2**20
 
 
-def _can_measure() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-needs_linux = pytest.mark.skipif(not _can_measure(), reason="no per-process high-water mark to reset here")
+needs_linux = pytest.mark.skipif(not memory.reset_peaks(), reason="no per-process high-water mark to reset here")
 
 
 def _holding(megabytes: int) -> dict:
