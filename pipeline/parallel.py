@@ -41,7 +41,12 @@ def worker_count(setting: int) -> int:
 
 def split(items: Sequence[Item], parts: int) -> list[list[Item]]:
     """`items` in at most `parts` consecutive runs of nearly equal length (jobs for `process_map`)."""
-    size = max(1, -(-len(items) // max(1, parts)))
+    return chunked(items, -(-len(items) // max(1, parts)))
+
+
+def chunked(items: Sequence[Item], size: int) -> list[list[Item]]:
+    """`items` in consecutive runs of `size` (the last one shorter)."""
+    size = max(1, size)
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 

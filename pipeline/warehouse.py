@@ -8,6 +8,7 @@ replaces it in one step, which makes a rerun of the same run date idempotent.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import json
@@ -15,6 +16,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import fsspec
@@ -26,6 +28,11 @@ if TYPE_CHECKING:
     import pyarrow
 
 logger = logging.getLogger(__name__)
+
+# Photos per chunk of a stage that caches per photo (embeddings, face signals, region views, face
+# descriptors): a chunk is a minute or two of work (25-100 ms a photo on a CPU), so a run killed
+# half-way loses at most that; fewer, larger chunks would lose more, smaller ones write more shards.
+CHECKPOINT_PHOTOS = 2_000
 
 
 class Warehouse:
@@ -166,6 +173,32 @@ class Warehouse:
         if not self.exists(key):
             self.write_table_file(key, table)
         return key
+
+    @contextlib.contextmanager
+    def checkpoints(self, folder: str) -> Iterator[Callable[[list[str], pyarrow.Table], None]]:
+        """A writer of a long computation's results to a cache, chunk by chunk: each chunk's shard is
+        written as soon as the chunk is done, so a run killed half-way (a lost worker, an Airflow task
+        timeout) keeps what it finished, and its retry finds those rows cached and computes only the
+        rest. When the block ends without an error, this computation's chunks are merged into one
+        shard, the one a single write at the end would have left (a cache of one shard per run reads
+        in one request instead of one per chunk). The merged shard is written before the chunks are
+        removed: an interruption leaves at worst a row twice, which every cache reader takes once."""
+        import pyarrow as pa
+
+        keys: list[str] = []
+        chunks: list[tuple[str, pyarrow.Table]] = []
+
+        def write(chunk_keys: list[str], table: pyarrow.Table) -> None:
+            if table.num_rows:
+                chunks.append((self.write_shard(folder, chunk_keys, table), table))
+                keys.extend(chunk_keys)
+
+        yield write
+        if len(chunks) > 1:
+            merged = self.write_shard(folder, keys, pa.concat_tables([table for _, table in chunks], promote_options="default"))
+            for shard, _ in chunks:
+                if shard != merged:
+                    self.remove(shard)
 
     def cache_folders(self, root: str) -> list[str]:
         """The cache folders directly below `root` that hold shards (one per embedder, per set of

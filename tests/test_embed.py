@@ -184,7 +184,7 @@ def test_rerun_embeds_only_new_content(tmp_path: Path) -> None:
     first = embed_images(images, warehouse, embedder, progress=False)
     second = embed_images(images, warehouse, embedder, progress=False)
     third = embed_images(images.iloc[:-1], warehouse, embedder, progress=False)
-    assert embedder.calls == [first.n_embedded, 0, 0]  # the model sees nothing on a rerun
+    assert embedder.calls == [first.n_embedded]  # the model is not even called on a rerun
     assert first.n_embedded == images["content_sha256"].nunique()
     assert np.array_equal(first.vectors, second.vectors)
     assert third.content_sha256 == first.content_sha256[: len(third.content_sha256)]
@@ -246,3 +246,34 @@ def test_model_loads_only_when_something_must_be_embedded(tiny_checkpoint: Path)
     embedder = ClipEmbedder(TINY_TEST_MODEL, checkpoint=tiny_checkpoint)
     assert embedder._model is None and embedder.dim == 32 and embedder.input_side == 64
     assert embedder.embed_uris([]).shape == (0, 32) and embedder._model is None
+
+
+def test_an_interrupted_embed_keeps_the_chunks_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Vectors reach the cache chunk by chunk: an embed killed in its third chunk keeps the first two,
+    and the retry embeds only the rest, with the vectors of a run that was never interrupted."""
+    import pipeline.warehouse
+    from pipeline.config import IntakeConfig, PrivacyConfig
+    from pipeline.ingest.intake import ingest
+
+    monkeypatch.setattr(pipeline.warehouse, "CHECKPOINT_PHOTOS", 2)
+    manifest = generate_demo_images(tmp_path / "demo", per_company=3)
+    warehouse = Warehouse(str(tmp_path / "wh"))
+    images = ingest(read_manifest(str(manifest)), warehouse, "2026-01-01", IntakeConfig(), PrivacyConfig(), progress=False)
+    distinct = images["content_sha256"].nunique()
+    assert distinct > 4
+
+    class FailingThird(CountingEmbedder):
+        def embed_uris(self, uris, progress=False):  # type: ignore[override]
+            if len(self.calls) == 2:
+                raise MemoryError("killed")
+            return super().embed_uris(uris, progress)
+
+    with pytest.raises(MemoryError):
+        embed_images(images, warehouse, FailingThird(), progress=False)
+    assert len(load_cache(warehouse, EMBEDDER_ID)[0]) == 4
+    retry = CountingEmbedder()
+    resumed = embed_images(images, warehouse, retry, progress=False)
+    assert resumed.n_embedded == distinct - 4 and sum(retry.calls) == distinct - 4
+    objects = dict(zip(images["content_sha256"], images["raw_object"]))
+    never_interrupted = ClassicEmbedder().embed_uris([warehouse.uri(objects[content]) for content in resumed.content_sha256])
+    assert np.array_equal(resumed.vectors, never_interrupted)

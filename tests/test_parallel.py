@@ -306,3 +306,41 @@ def test_photos_with_kept_keypoints_are_decoded_only_for_a_pair_that_aligns(
     assert decoded == []
     verdicts, n_decoded = near_duplicates.verify_job(near_duplicates.VerifyJob(pairs, str(scratch), params, warehouse, object_of, {}))
     assert verdicts == eager and n_decoded == 6 and sorted(decoded) == ["j1", "j2", "o1", "o2", "s1", "s2"]
+
+
+def test_an_interrupted_verification_keeps_the_blocks_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each block's verdicts reach the cache as soon as the block is verified: a run killed in its
+    third block keeps the first two, and the retry verifies only the rest, with the pairs a run that
+    was never interrupted finds; its blocks are merged into one shard."""
+    from pipeline import layout
+    from pipeline.features.embed import Embeddings
+    from pipeline.features.verify import VerifyParams
+    from pipeline.metrics import near_duplicates
+
+    warehouse, object_of, pairs = _stored_pictures(tmp_path)
+    names = sorted(object_of)
+    embeddings = Embeddings("test", names, np.zeros((len(names), 2), np.float32), 0)
+    candidates = [(names.index(a), names.index(b), 0.9) for a, b in pairs]
+    params = VerifyParams.from_thresholds()
+    folder = layout.verifications_folder(params.cache_id)
+    monkeypatch.setattr(near_duplicates, "_BLOCK_PAIRS", 4)
+    verified = near_duplicates.verify_job
+    done: list[int] = []
+
+    def killed_in_the_third_block(job: near_duplicates.VerifyJob) -> tuple[list, int]:
+        if sum(done) >= 8:
+            raise MemoryError("worker killed")
+        done.append(len(job.pairs))
+        return verified(job)
+
+    monkeypatch.setattr(near_duplicates, "verify_job", killed_in_the_third_block)
+    with pytest.raises(MemoryError):
+        near_duplicates.verified_content_pairs(candidates, embeddings, object_of, warehouse, params, {})
+    assert sum(table.num_rows for table in warehouse.read_shards(folder)) == 8
+    monkeypatch.setattr(near_duplicates, "verify_job", verified)
+    resumed, n_verified, _ = near_duplicates.verified_content_pairs(candidates, embeddings, object_of, warehouse, params, {})
+    assert n_verified == len(pairs) - 8 == 7
+    assert len(warehouse.read_shards(folder)) == 3  # the killed run's two blocks, the retry's two merged into one
+    fresh, object_of_fresh, _ = _stored_pictures(tmp_path / "fresh")
+    whole, n_whole, _ = near_duplicates.verified_content_pairs(candidates, embeddings, object_of_fresh, fresh, params, {})
+    assert n_whole == len(pairs) and sorted(resumed) == sorted(whole) and len(whole) == 6

@@ -111,3 +111,42 @@ def test_exclusive_create_lets_exactly_one_writer_in(warehouse_root: str) -> Non
     assert warehouse.create_exclusive("runs/run_date=2026-01-01/lease.json", b"first")
     assert not warehouse.create_exclusive("runs/run_date=2026-01-01/lease.json", b"second")
     assert warehouse.read_bytes("runs/run_date=2026-01-01/lease.json") == b"first"
+
+
+def test_checkpointed_chunks_merge_into_the_shard_one_write_would_leave(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    chunks = [["k1", "k2"], ["k3"], ["k4", "k5"]]
+    checkpointed, whole = Warehouse(str(tmp_path / "a")), Warehouse(str(tmp_path / "b"))
+    with checkpointed.checkpoints("cache/v1") as write:
+        for keys in chunks:
+            write(keys, pa.table({"content_sha256": keys, "value": [float(len(k)) for k in keys]}))
+            write([], pa.table({"content_sha256": pa.array([], pa.string()), "value": pa.array([], pa.float64())}))  # nothing: no shard
+        assert len(checkpointed.keys_matching("cache/v1/shard-*.parquet")) == 3  # each chunk on disk as soon as it is done
+    every = [k for keys in chunks for k in keys]
+    whole.write_shard("cache/v1", every, pa.table({"content_sha256": every, "value": [2.0] * 5}))
+    assert [k.rsplit("/", 1)[1] for k in checkpointed.keys_matching("cache/v1/shard-*.parquet")] == [
+        k.rsplit("/", 1)[1] for k in whole.keys_matching("cache/v1/shard-*.parquet")
+    ]
+    assert checkpointed.read_shards("cache/v1")[0].to_pylist() == whole.read_shards("cache/v1")[0].to_pylist()
+    with checkpointed.checkpoints("cache/v2"):
+        pass  # nothing computed: nothing written
+    assert not checkpointed.exists("cache/v2")
+
+
+def test_an_interrupted_computation_keeps_its_finished_chunks(tmp_path: Path) -> None:
+    """A chunk whose computation failed writes nothing; the chunks before it stay, unmerged, for the
+    retry to find; the error reaches the caller."""
+    import pyarrow as pa
+
+    warehouse = Warehouse(str(tmp_path / "w"))
+    with pytest.raises(RuntimeError, match="worker lost"), warehouse.checkpoints("cache/v1") as write:
+        write(["a"], pa.table({"content_sha256": ["a"], "face_window": [None]}))  # a column of nulls in one chunk ...
+        write(["b"], pa.table({"content_sha256": ["b"], "face_window": [[0.5, 0.25]]}))
+        raise RuntimeError("worker lost")
+    shards = warehouse.read_shards("cache/v1")
+    assert sorted(row["content_sha256"] for table in shards for row in table.to_pylist()) == ["a", "b"]
+    with warehouse.checkpoints("cache/v1") as write:  # ... merges with a chunk that has the type
+        write(["c"], pa.table({"content_sha256": ["c"], "face_window": [None]}))
+        write(["d"], pa.table({"content_sha256": ["d"], "face_window": [[1.0]]}))
+    assert len(warehouse.read_shards("cache/v1")) == 3  # the retry's two chunks merged; the earlier run's left as they were

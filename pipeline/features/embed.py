@@ -95,19 +95,33 @@ def vectors_for(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], dim
     return cached[[position[key] for key in keys]] if len(keys) else np.zeros((0, dim), np.float32)
 
 
-def write_cache_shard(warehouse: Warehouse, embedder_id: str, keys: Sequence[str], vectors: np.ndarray) -> str | None:
-    """Add vectors to the cache as one immutable shard."""
+def _cache_table(embedder_id: str, keys: Sequence[str], vectors: np.ndarray):  # noqa: ANN202 - a pyarrow Table
+    """One shard of the vector cache: content hashes and float32 vectors, named by their embedder."""
     import pyarrow as pa
 
-    if not len(keys):
-        return None
-    table = pa.table(
+    return pa.table(
         {
             "content_sha256": pa.array(list(keys), pa.string()),
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.astype(np.float32).ravel()), vectors.shape[1]),
         }
     ).replace_schema_metadata({"embedder": embedder_id})
-    return warehouse.write_shard(layout.embeddings_folder(embedder_id), list(keys), table)
+
+
+def embed_into_cache(
+    warehouse: Warehouse, embedder: Embedder, contents: Sequence[str], objects: Sequence[str], progress: bool
+) -> np.ndarray:
+    """Vectors of these contents (their pictures' object keys `objects`), written to the cache chunk by
+    chunk as they are computed (`Warehouse.checkpoints`: a run killed half-way keeps the chunks it finished)."""
+    from pipeline.parallel import chunked
+    from pipeline.warehouse import CHECKPOINT_PHOTOS
+
+    vectors = [np.zeros((0, embedder.dim), np.float32)]
+    with warehouse.checkpoints(layout.embeddings_folder(embedder.id)) as write:
+        for chunk in chunked(list(zip(contents, objects)), CHECKPOINT_PHOTOS):
+            keys = [content for content, _ in chunk]
+            vectors.append(embedder.embed_uris([warehouse.uri(key) for _, key in chunk], progress=progress))
+            write(keys, _cache_table(embedder.id, keys, vectors[-1]))
+    return np.concatenate(vectors)
 
 
 @dataclass
@@ -133,8 +147,7 @@ def embed_shard(images: pd.DataFrame, warehouse: Warehouse, embedder: Embedder, 
     missing = ok[~ok["content_sha256"].isin(cached_keys(warehouse, embedder.id))]
     mine = missing.iloc[[row for row, content in enumerate(missing["content_sha256"]) if shard_of(content, n_shards) == shard]]
     logger.info("embed %s, shard %d of %d: %d of %d uncached images", embedder.id, shard, n_shards, len(mine), len(missing))
-    fresh = embedder.embed_uris([warehouse.uri(key) for key in mine["raw_object"]], progress=False)
-    write_cache_shard(warehouse, embedder.id, list(mine["content_sha256"]), fresh)
+    embed_into_cache(warehouse, embedder, list(mine["content_sha256"]), list(mine["raw_object"]), progress=False)
     return len(mine)
 
 
@@ -146,8 +159,7 @@ def embed_images(images: pd.DataFrame, warehouse: Warehouse, embedder: Embedder,
     position = {key: i for i, key in enumerate(cached_keys)}
     missing = ok[~ok["content_sha256"].isin(position)]
     logger.info("embed %s: %d distinct images, %d cached, %d to embed", embedder.id, len(wanted), len(wanted) - len(missing), len(missing))
-    fresh = embedder.embed_uris([warehouse.uri(key) for key in missing["raw_object"]], progress=progress)
-    write_cache_shard(warehouse, embedder.id, list(missing["content_sha256"]), fresh)
+    fresh = embed_into_cache(warehouse, embedder, list(missing["content_sha256"]), list(missing["raw_object"]), progress)
     fresh_position = {key: i for i, key in enumerate(missing["content_sha256"])}
     vectors = np.zeros((len(wanted), embedder.dim), np.float32)
     for row, key in enumerate(wanted):

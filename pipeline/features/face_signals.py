@@ -250,6 +250,8 @@ def measure_images(images, warehouse, score_floor: float = 0.9, workers: int = 2
     import pyarrow as pa
 
     from pipeline.ingest.intake import distinct_ok, load_rgb
+    from pipeline.parallel import chunked
+    from pipeline.warehouse import CHECKPOINT_PHOTOS
 
     ok = images[images["status"] == "ok"]
     known: dict[str, dict] = {}
@@ -262,12 +264,15 @@ def measure_images(images, warehouse, score_floor: float = 0.9, workers: int = 2
     def measure(object_key: str) -> dict:
         return photo_signals(load_rgb(warehouse.uri(object_key)), score_floor).as_row()
 
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faces") as pool:
-        fresh = list(pool.map(measure, todo["raw_object"]))
-    if fresh:
-        shard = pa.Table.from_pylist([{"content_sha256": key, **row} for key, row in zip(todo["content_sha256"], fresh)])
-        warehouse.write_shard(layout.face_signals_folder(VERSION), list(todo["content_sha256"]), shard)
-        known.update(zip(todo["content_sha256"], fresh))
+    with (
+        ThreadPoolExecutor(max_workers=workers, thread_name_prefix="faces") as pool,
+        warehouse.checkpoints(layout.face_signals_folder(VERSION)) as write,
+    ):
+        for chunk in chunked(list(zip(todo["content_sha256"], todo["raw_object"])), CHECKPOINT_PHOTOS):
+            contents = [content for content, _ in chunk]
+            fresh = list(pool.map(measure, [object_key for _, object_key in chunk]))
+            write(contents, pa.Table.from_pylist([{"content_sha256": key, **row} for key, row in zip(contents, fresh)]))
+            known.update(zip(contents, fresh))
     rows = [
         {"company": r.company, "image": r.image, "content_sha256": r.content_sha256, **known[r.content_sha256]} for r in ok.itertuples()
     ]

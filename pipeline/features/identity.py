@@ -289,7 +289,8 @@ def face_descriptors(
     from concurrent.futures import ThreadPoolExecutor
     from contextlib import nullcontext
 
-    from pipeline.parallel import process_map, split
+    from pipeline.parallel import chunked, process_map, split
+    from pipeline.warehouse import CHECKPOINT_PHOTOS
 
     kept = kept_descriptors(warehouse) if keep else {}
     object_of = dict(zip(images["content_sha256"], images["raw_object"]))
@@ -306,11 +307,15 @@ def face_descriptors(
         opened = pool.map(unsealed, sealed) if pool else map(unsealed, sealed)
         found = {content: descriptor for content, descriptor in zip(sealed, opened) if descriptor is not None}
     todo = [content for content in contents if content not in found]
-    photos = [(content, object_of[content], (boxes or {}).get(content)) for content in todo]
-    jobs = [DescriptorJob(warehouse, batch, score_floor, keep) for batch in split(photos, max(-(-len(photos) // _BATCH), workers))]
-    computed = [result for results in process_map(compute_descriptors, jobs, workers, _SECONDS_PER_FACE * len(todo)) for result in results]
-    found.update((content, descriptor) for content, (descriptor, _) in zip(todo, computed))
-    if keep and todo:
-        warehouse.write_shard(layout.face_descriptors_folder(VERSION), todo, _descriptor_table(todo, [sealed for _, sealed in computed]))
+    with warehouse.checkpoints(layout.face_descriptors_folder(VERSION)) as write:
+        for chunk in chunked(todo, CHECKPOINT_PHOTOS):
+            photos = [(content, object_of[content], (boxes or {}).get(content)) for content in chunk]
+            jobs = [DescriptorJob(warehouse, batch, score_floor, keep) for batch in split(photos, max(-(-len(photos) // _BATCH), workers))]
+            computed = [
+                result for results in process_map(compute_descriptors, jobs, workers, _SECONDS_PER_FACE * len(chunk)) for result in results
+            ]
+            found.update((content, descriptor) for content, (descriptor, _) in zip(chunk, computed))
+            if keep:
+                write(chunk, _descriptor_table(chunk, [sealed for _, sealed in computed]))
     descriptors = np.stack([found[content] for content in contents]) if contents else np.zeros((0, 128), np.float32)
     return descriptors, len(todo)

@@ -85,6 +85,8 @@ def cached_views(warehouse: Warehouse, contents: Sequence[str], object_of: dict[
     import pyarrow as pa
 
     from pipeline.ingest.intake import load_rgb
+    from pipeline.parallel import chunked
+    from pipeline.warehouse import CHECKPOINT_PHOTOS
 
     folder = layout.regions_folder(VERSION)
     wanted, known = set(contents), {}
@@ -94,15 +96,14 @@ def cached_views(warehouse: Warehouse, contents: Sequence[str], object_of: dict[
             if content in wanted:
                 known[content] = flat[row]
     todo = sorted(wanted - known.keys())
-    if todo:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regions") as pool:
-            computed = list(pool.map(lambda content: views(load_rgb(warehouse.uri(object_of[content]))).astype(np.float16), todo))
-        table = pa.table({
-            "content_sha256": pa.array(todo, pa.string()),
-            "views": pa.FixedSizeListArray.from_arrays(pa.array(np.stack(computed).ravel()), N_VIEWS * DIM),
-        })  # fmt: skip
-        warehouse.write_shard(folder, todo, table)
-        known.update(zip(todo, computed))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="regions") as pool, warehouse.checkpoints(folder) as write:
+        for chunk in chunked(todo, CHECKPOINT_PHOTOS):
+            computed = list(pool.map(lambda content: views(load_rgb(warehouse.uri(object_of[content]))).astype(np.float16), chunk))
+            write(chunk, pa.table({
+                "content_sha256": pa.array(chunk, pa.string()),
+                "views": pa.FixedSizeListArray.from_arrays(pa.array(np.stack(computed).ravel()), N_VIEWS * DIM),
+            }))  # fmt: skip
+            known.update(zip(chunk, computed))
     logger.info("region views: %d photo(s), %d computed now", len(contents), len(todo))
     stacked = np.stack([known[content] for content in contents]) if len(contents) else np.zeros((0, N_VIEWS, DIM), np.float16)
     return stacked, len(todo)

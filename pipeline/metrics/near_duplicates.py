@@ -320,11 +320,13 @@ def verify_pairs(
     params: VerifyParams,
     workers: int,
     sizes: dict[str, tuple[int, int]] | None = None,
+    block_done: Callable[[list[tuple[str, str]], list[Verdict]], None] | None = None,
 ) -> tuple[list[Verdict], int]:
     """The verdicts of content pairs, and for how many photos ORB keypoints were found now (the rest
     were kept by earlier runs), in `workers` processes (pipeline/parallel.py). `sizes`: content hash
     -> (width, height) as the images table has them, where known: a photo with kept keypoints is
-    then decoded only for a pair that aligns (`compute_features`).
+    then decoded only for a pair that aligns (`compute_features`). `block_done`: called with each
+    block's pairs and verdicts as soon as the block is verified (what caches them).
 
     Pairs go in the cache-friendly order, in blocks, each in two steps: the features of the block's
     photos not yet at hand, once each, into a scratch folder on this machine (in memory where there
@@ -362,6 +364,8 @@ def verify_pairs(
             for job, (verdicts, decoded) in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
                 found.update(zip(job.pairs, verdicts))
                 n_decoded_later += decoded
+            if block_done is not None:
+                block_done(block, [found[pair] for pair in block])
             feature_seconds, pair_seconds = feature_seconds + featured - began, pair_seconds + time.perf_counter() - featured
             n_photos += len(photos)
             at_hand |= set(photos)
@@ -402,6 +406,8 @@ def verified_content_pairs(
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
+    Each block of `verify_pairs` is cached as soon as it is verified: a run killed half-way through
+    a long verification keeps the blocks it finished.
     """
     import pyarrow as pa
 
@@ -417,15 +423,19 @@ def verified_content_pairs(
         return (a, b) if a < b else (b, a)
 
     todo = sorted({canonical(c) for c in candidates} - set(known))
-    verdicts, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, sizes)
-    if todo:
-        table = pa.table({
-            "content_a": [a for a, _ in todo], "content_b": [b for _, b in todo],
-            "same_photo": [v.same_photo for v in verdicts], "inlier_ratio": [v.inlier_ratio for v in verdicts],
-            "block_correlation": [v.block_correlation for v in verdicts], "face_correlation": [v.face_correlation for v in verdicts],
-        })  # fmt: skip
-        warehouse.write_shard(folder, [f"{a}:{b}" for a, b in todo], table)
-        known.update(zip(todo, (v.same_photo for v in verdicts)))
+    with warehouse.checkpoints(folder) as write:
+
+        def cache(pairs: list[tuple[str, str]], verdicts: list[Verdict]) -> None:
+            table = pa.table({
+                "content_a": [a for a, _ in pairs], "content_b": [b for _, b in pairs],
+                "same_photo": [v.same_photo for v in verdicts], "inlier_ratio": [v.inlier_ratio for v in verdicts],
+                "block_correlation": [v.block_correlation for v in verdicts],
+                "face_correlation": pa.array([v.face_correlation for v in verdicts], pa.float64()),
+            })  # fmt: skip
+            write([f"{a}:{b}" for a, b in pairs], table)
+            known.update(zip(pairs, (v.same_photo for v in verdicts)))
+
+        _, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, sizes, block_done=cache)
     logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
     return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]], len(todo), n_keypoints
 
