@@ -611,3 +611,44 @@ def _npz(**arrays: object) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
+
+
+def test_audit_pages_of_pages_whose_photos_are_shared_are_the_same_in_a_worker_of_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker holds its pages' rows only (`RunData.for_pages`), yet a page shows photos of other
+    companies (a copy on another page, a duplicate group across pages) and the page's history: on the
+    demo's second night, with a worker per page, every page comes out byte for byte as one process
+    writes it, and no worker holds another page's rows or the run's tables."""
+    from pipeline import parallel
+    from pipeline.apps.demo.data import write_pictures
+    from pipeline.apps.demo.story import night_pictures
+    from pipeline.context import RunContext
+    from pipeline.layout import run_record
+    from pipeline.report.data import load_run
+    from pipeline.report.render import render_audit_pages
+
+    settings = load_settings(None, warehouse=str(tmp_path / "wh"), reports=str(tmp_path / "reports"), embedder="classic")
+    for night, run_date in ((1, "2026-03-01"), (2, "2026-03-02")):
+        manifest = write_pictures(tmp_path / "site", night_pictures(night, per_company=4))
+        run_pipeline(read_manifest(str(manifest)), settings, run_date=run_date, progress=False)
+    ctx = RunContext(settings, "2026-03-02")
+    data = load_run(ctx.with_embedder(ctx.warehouse.read_json(run_record("2026-03-02"))["embedder"], 0, ""))
+    assert len(data.reuse) and data.groups["company"].nunique() > 1 and data.trends["run_date"].nunique() == 2  # what is to be cut
+
+    part = data.for_pages(["copperleaf-consulting"])
+    assert part.images.empty and part.trends.empty and part.change_history.empty
+    assert set(part.ok_records_of_company) == {"copperleaf-consulting"} and len(data.ok_records_of_company) == 5
+    assert set(part.trends_of_company) == set(data.trends_of_company) & {"copperleaf-consulting"} and len(data.trends_of_company) > 1
+    assert {company for company, _ in part.ok_rows} == {"copperleaf-consulting", "northwind-legal"}  # the shared photo's other page
+    assert len(part.ok_rows) < len(data.ok_rows)
+
+    monkeypatch.setattr(parallel, "MIN_PARALLEL_SECONDS", 0.0)
+    pages = {}
+    for workers in (1, len(data.companies)):
+        reports = Warehouse(str(tmp_path / f"reports-{workers}"))
+        assert render_audit_pages(data, ctx.warehouse, reports, workers) == len(data.companies) == 5
+        pages[workers] = {page.name: page.read_bytes() for page in (tmp_path / f"reports-{workers}").rglob("*.html")}
+    assert len(pages[1]) == 5 and pages[5] == pages[1]
+    shared = pages[1][next(name for name in pages[1] if "copperleaf" in name)].decode()
+    assert "northwind-legal" in shared  # the page shows its photo's copy on the other company's page

@@ -49,16 +49,36 @@ class RunData:
     def for_pages(self, companies: list[str]) -> RunData:
         """This run as these companies' audit pages read it, to send to a worker: the centred vectors
         of their pictures only (the whole run's are ~60 MB at 20,000 photos, sent once per worker),
-        none of the raw ones (the map is drawn from them, once), and the population's figures
-        (`centre`, `population_similarities`) from the whole run, as every page shows them."""
+        none of the raw ones (the map is drawn from them, once), and of the run's tables only what
+        their pages show, as this process works it out once for every part: their own
+        rows, and the rows of their photos' partners in other companies (reuse pairs, duplicate
+        groups). The whole run's tables went to every worker before: ~40 MB a worker at 20,000
+        photos. The population's figures (`centre`, `population_similarities`, the rated pages,
+        the band of the index over time) are the whole run's, as every page shows them.
+
+        An audit page reads the run through these caches only: a page that read a table of the
+        part directly would find it empty (the byte-equal pages with one and several workers are
+        what tests that)."""
+        mine = set(companies)
+        group_ids = sorted({group_id for company in mine for group_id in self.group_ids_of_company.get(company, [])})
+        partners = {(r["company"], r["image"]) for group_id in group_ids for r in self.group_members[group_id]}
+        for position in {position for company in mine for position in self.reuse_of_company.get(company, [])}:
+            pair = self.reuse_records[position]
+            partners |= {(pair["company_a"], pair["image_a"]), (pair["company_b"], pair["image_b"])}
         ok = self.ok_images
-        keys = sorted(set(ok.loc[ok["company"].isin(companies), "content_sha256"]) & set(self.row_of)) if len(ok) else []
-        part = dataclasses.replace(self, vectors=self.vectors[:0], keys=keys, centred=self.centred[[self.row_of[key] for key in keys]])
-        # The population's figures, and what this process has already worked out from the tables
-        # (cached_property keeps it in the instance's __dict__), but for the part's own row numbers.
-        self.centre, self.population_similarities  # noqa: B018 - computed here, once, for every part
-        fields = {field.name for field in dataclasses.fields(self)}
-        part.__dict__.update({name: value for name, value in self.__dict__.items() if name not in fields and name != "row_of"})
+        keys = sorted(set(ok.loc[ok["company"].isin(mine), "content_sha256"]) & set(self.row_of)) if len(ok) else []
+        part = dataclasses.replace(
+            self, **{name: getattr(self, name).iloc[:0] for name in _TABLES_PAGES_DO_NOT_READ},
+            groups=self.groups[self.groups["group_id"].isin(group_ids)] if len(self.groups) else self.groups,
+            vectors=self.vectors[:0], keys=keys, centred=self.centred[[self.row_of[key] for key in keys]],
+        )  # fmt: skip
+        part.__dict__.update({name: getattr(self, name) for name in _RUN_WIDE_CACHES})
+        part.__dict__.update({name: {c: value for c, value in getattr(self, name).items() if c in mine} for name in _COMPANY_CACHES})
+        part.__dict__.update({
+            "group_members": {g: self.group_members[g] for g in group_ids},
+            "group_links": {g: self.group_links[g] for g in group_ids if g in self.group_links},
+            "ok_rows": {key: self.ok_rows[key] for key in partners if key in self.ok_rows},
+        })  # fmt: skip
         return part
 
     # What every audit page of a run shares, computed once per run rather than once per page.
@@ -189,6 +209,18 @@ class RunData:
         rng = np.random.default_rng(0)
         a, b = rng.integers(0, len(self.centred), 4000), rng.integers(0, len(self.centred), 4000)
         return np.einsum("ij,ij->i", self.centred[a[a != b]], self.centred[b[a != b]])
+
+
+# What an audit page reads of a run, besides its rows of the companies table and its vectors
+# (`RunData.for_pages`): the figures of the whole run that every page shows, the caches by company
+# (cut to a worker's pages), and the groups and photos of its pages' partners in other companies.
+_RUN_WIDE_CACHES = ("rated", "population_band", "ascending_columns", "centre", "population_similarities", "reuse_records")
+_COMPANY_CACHES = (
+    "ok_records_of_company", "ok_pictures_of_company", "ok_of_company", "clusters_of_company", "trends_of_company",
+    "history_of_company", "trends_now", "group_ids_of_company", "reuse_of_company",
+)  # fmt: skip
+# The tables an audit page reads only through those caches: a worker's part holds none of their rows.
+_TABLES_PAGES_DO_NOT_READ = ("images", "pairs", "clusters", "trends", "changes", "change_history", "newly_shared", "crawl_log")
 
 
 def _reference_centred(store: Warehouse, embedder_id: str, vectors: np.ndarray, index_reference: str) -> np.ndarray:
