@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -67,9 +67,21 @@ def process_map(
     estimated_seconds: float,
 ) -> list[Result]:
     """`[function(item) for item in items]`, in worker processes where there are several and the work
-    is worth them (`estimated_seconds` in one process, an order of magnitude: at least
-    `MIN_PARALLEL_SECONDS`). Results come back in the items' order; an exception in a job is raised
-    here.
+    is worth them (`process_imap`, all at once)."""
+    return list(process_imap(function, items, workers, estimated_seconds))
+
+
+def process_imap(
+    function: Callable[[Item], Result],
+    items: Sequence[Item],
+    workers: int,
+    estimated_seconds: float,
+) -> Iterator[Result]:
+    """`function(item)` for each item, in worker processes where there are several and the work is
+    worth them (`estimated_seconds` in one process, an order of magnitude: at least
+    `MIN_PARALLEL_SECONDS`). Results come back in the items' order, each as soon as it and those
+    before it are done (what a caller that saves its work as it goes needs); an exception in a job is
+    raised here.
 
     joblib's loky workers: fresh interpreters (no lock or thread pool of this process copied into them
     half-held, as a fork could), which do not run the calling script's main module again, and which
@@ -81,14 +93,23 @@ def process_map(
 
     workers = min(workers, len(items))
     if workers < 2 or estimated_seconds < MIN_PARALLEL_SECONDS:
-        return [function(item) for item in items]
+        yield from (function(item) for item in items)
+        return
+    done = 0
+    results = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator")(
+        joblib.delayed(_in_worker)(function, item) for item in items
+    )
     try:
-        return joblib.Parallel(n_jobs=workers, backend="loky")(joblib.delayed(_in_worker)(function, item) for item in items)
+        for result in results:
+            done += 1
+            yield result
     except (BrokenExecutor, AssertionError) as exc:
         # The pool broke (a worker killed, say out of memory) or could not start ("daemonic processes
-        # are not allowed to have children"): nothing is lost, the work is done here instead. A job's
-        # own error is not caught: it is raised as the job raised it.
+        # are not allowed to have children"): what came back is kept, the rest is done here instead.
+        # A job's own error is not caught: it is raised as the job raised it.
         if isinstance(exc, AssertionError) and "daemonic" not in str(exc):
             raise
-        logger.warning("worker processes failed (%s): running %d item(s) in this process instead", exc, len(items))
-        return [function(item) for item in items]
+        logger.warning("worker processes failed (%s): running the %d item(s) left in this process instead", exc, len(items) - done)
+        yield from (function(item) for item in items[done:])
+    finally:
+        results.close()  # a caller that stops early (an error of its own) cancels the jobs not started

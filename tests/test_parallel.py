@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,24 @@ def test_work_of_workers_that_die_is_done_in_this_process(always_parallel: None,
     function = functools.partial(doubled_unless_in_a_worker, parent=os.getpid())
     assert parallel.process_map(function, [1, 2, 3], workers=2, estimated_seconds=1.0) == [2, 4, 6]
     assert "worker processes failed" in caplog.text
+
+
+def doubled_unless_a_worker_reaches(value: int, parent: int, dying_from: int) -> tuple[int, int]:
+    if os.getpid() != parent and value >= dying_from:
+        time.sleep(0.5)  # the results before it are taken first
+        os._exit(1)
+    return 2 * value, os.getpid()
+
+
+def test_what_workers_gave_back_before_one_died_is_kept(always_parallel: None) -> None:
+    """Results come one by one, in order (`process_imap`): those a caller took before a worker died are
+    not done again; the rest are done in this process."""
+    import functools
+
+    function = functools.partial(doubled_unless_a_worker_reaches, parent=os.getpid(), dying_from=6)
+    results = list(parallel.process_imap(function, list(range(8)), workers=2, estimated_seconds=1.0))
+    assert [value for value, _ in results] == [2 * i for i in range(8)]
+    assert results[0][1] != os.getpid() and all(pid == os.getpid() for _, pid in results[6:])
 
 
 def test_small_work_and_a_single_worker_stay_in_this_process() -> None:
@@ -309,9 +328,9 @@ def test_photos_with_kept_keypoints_are_decoded_only_for_a_pair_that_aligns(
 
 
 def test_an_interrupted_verification_keeps_the_blocks_it_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each block's verdicts reach the cache as soon as the block is verified: a run killed in its
-    third block keeps the first two, and the retry verifies only the rest, with the pairs a run that
-    was never interrupted finds; its blocks are merged into one shard."""
+    """Verdicts reach the cache as each job's come back: a run killed in its third block keeps the
+    first two, and the retry verifies only the rest, with the pairs a run that was never interrupted
+    finds; its jobs' shards are merged into one."""
     from pipeline import layout
     from pipeline.features.embed import Embeddings
     from pipeline.features.verify import VerifyParams
@@ -340,7 +359,7 @@ def test_an_interrupted_verification_keeps_the_blocks_it_finished(tmp_path: Path
     monkeypatch.setattr(near_duplicates, "verify_job", verified)
     resumed, n_verified, _ = near_duplicates.verified_content_pairs(candidates, embeddings, object_of, warehouse, params, {})
     assert n_verified == len(pairs) - 8 == 7
-    assert len(warehouse.read_shards(folder)) == 3  # the killed run's two blocks, the retry's two merged into one
+    assert len(warehouse.read_shards(folder)) == len(done) + 1  # the killed run's jobs' shards, and the retry's merged into one
     fresh, object_of_fresh, _ = _stored_pictures(tmp_path / "fresh")
     whole, n_whole, _ = near_duplicates.verified_content_pairs(candidates, embeddings, object_of_fresh, fresh, params, {})
     assert n_whole == len(pairs) and sorted(resumed) == sorted(whole) and len(whole) == 6

@@ -320,13 +320,13 @@ def verify_pairs(
     params: VerifyParams,
     workers: int,
     sizes: dict[str, tuple[int, int]] | None = None,
-    block_done: Callable[[list[tuple[str, str]], list[Verdict]], None] | None = None,
+    verified: Callable[[list[tuple[str, str]], list[Verdict]], None] | None = None,
 ) -> tuple[list[Verdict], int]:
     """The verdicts of content pairs, and for how many photos ORB keypoints were found now (the rest
     were kept by earlier runs), in `workers` processes (pipeline/parallel.py). `sizes`: content hash
     -> (width, height) as the images table has them, where known: a photo with kept keypoints is
-    then decoded only for a pair that aligns (`compute_features`). `block_done`: called with each
-    block's pairs and verdicts as soon as the block is verified (what caches them).
+    then decoded only for a pair that aligns (`compute_features`). `verified`: called with each
+    job's pairs and verdicts as soon as they are known (what caches them as the work goes).
 
     Pairs go in the cache-friendly order, in blocks, each in two steps: the features of the block's
     photos not yet at hand, once each, into a scratch folder on this machine (in memory where there
@@ -338,7 +338,7 @@ def verify_pairs(
     import shutil
     import tempfile
 
-    from pipeline.parallel import process_map, split
+    from pipeline.parallel import process_imap, process_map, split
 
     ordered = cache_friendly_order(pairs)
     last_use = {photo: position for position, pair in enumerate(ordered) for photo in pair}
@@ -361,11 +361,11 @@ def verify_pairs(
             featured = time.perf_counter()
             jobs = [VerifyJob(chunk, scratch, params, warehouse, *_photos_of({photo for pair in chunk for photo in pair}, object_of, faces))
                     for chunk in split(block, _JOBS_PER_WORKER * workers)]  # fmt: skip
-            for job, (verdicts, decoded) in zip(jobs, process_map(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
+            for job, (verdicts, decoded) in zip(jobs, process_imap(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
                 found.update(zip(job.pairs, verdicts))
                 n_decoded_later += decoded
-            if block_done is not None:
-                block_done(block, [found[pair] for pair in block])
+                if verified is not None:
+                    verified(job.pairs, verdicts)
             feature_seconds, pair_seconds = feature_seconds + featured - began, pair_seconds + time.perf_counter() - featured
             n_photos += len(photos)
             at_hand |= set(photos)
@@ -406,8 +406,8 @@ def verified_content_pairs(
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
-    Each block of `verify_pairs` is cached as soon as it is verified: a run killed half-way through
-    a long verification keeps the blocks it finished.
+    Verdicts are cached as they come back from the workers (a job's pairs at a time): a run killed
+    half-way through a long verification keeps what it verified.
     """
     import pyarrow as pa
 
@@ -435,7 +435,7 @@ def verified_content_pairs(
             write([f"{a}:{b}" for a, b in pairs], table)
             known.update(zip(pairs, (v.same_photo for v in verdicts)))
 
-        _, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, sizes, block_done=cache)
+        _, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, sizes, verified=cache)
     logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
     return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]], len(todo), n_keypoints
 
