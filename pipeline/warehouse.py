@@ -185,19 +185,26 @@ class Warehouse:
         in one request instead of one per chunk). The merged shard is written before the chunks are
         removed: an interruption leaves at worst a row twice, which every cache reader takes once."""
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
         keys: list[str] = []
-        chunks: list[tuple[str, pyarrow.Table]] = []
+        shards: list[str] = []
 
         def write(chunk_keys: list[str], table: pyarrow.Table) -> None:
             if table.num_rows:
-                chunks.append((self.write_shard(folder, chunk_keys, table), table))
+                shards.append(self.write_shard(folder, chunk_keys, table))
                 keys.extend(chunk_keys)
 
         yield write
-        if len(chunks) > 1:
-            merged = self.write_shard(folder, keys, pa.concat_tables([table for _, table in chunks], promote_options="default"))
-            for shard, _ in chunks:
+        if len(shards) > 1:
+            # Read back rather than held: the chunks' results are in the caller's hands already (the
+            # vectors of 100,000 photos are 314 MB), and a second copy would be held for the whole stage.
+            tables = []
+            for shard in shards:
+                with self.fs.open(self.path(shard), "rb") as handle:
+                    tables.append(pq.read_table(handle))
+            merged = self.write_shard(folder, keys, pa.concat_tables(tables, promote_options="default"))
+            for shard in shards:
                 if shard != merged:
                     self.remove(shard)
 
