@@ -112,3 +112,39 @@ def test_a_detected_face_gets_every_signal() -> None:
     signals = photo_signals(picture)
     assert signals.n_faces == 1 and 0.3 < signals.face_x < 0.7 and 0.2 < signals.face_scale < 0.7
     assert 0.5 < signals.symmetry <= 1 and signals.skin_detail > 0 and signals.background_std >= 0
+
+
+def test_an_interrupted_measurement_keeps_the_photos_it_finished(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Face signals reach the cache chunk by chunk: a run that fails in its third chunk keeps the first
+    two, and the retry measures only the rest, with the signals of a run never interrupted."""
+    import pipeline.warehouse
+    from pipeline.features import face_signals
+    from pipeline.warehouse import Warehouse
+    from tests.conftest import encode, photo_like
+
+    monkeypatch.setattr(pipeline.warehouse, "CHECKPOINT_PHOTOS", 2)
+    warehouse, fresh = Warehouse(str(tmp_path / "wh")), Warehouse(str(tmp_path / "fresh"))
+    rows = []
+    for i in range(6):
+        key = f"objects/raw/{i:02d}/{i}.jpg"
+        for store in (warehouse, fresh):
+            store.write_bytes(key, encode(photo_like(seed=i)))
+        rows.append({"company": "a", "image": f"{i}.jpg", "content_sha256": f"c{i}", "status": "ok", "raw_object": key})
+    images = pd.DataFrame(rows)
+    measured = face_signals.photo_signals
+    calls: list[int] = []
+
+    def failing_in_the_third_chunk(rgb, score_floor):  # noqa: ANN001, ANN202
+        calls.append(1)
+        if len(calls) > 4:
+            raise OSError("disk gone")
+        return measured(rgb, score_floor)
+
+    monkeypatch.setattr(face_signals, "photo_signals", failing_in_the_third_chunk)
+    with pytest.raises(OSError, match="disk gone"):
+        face_signals.measure_images(images, warehouse, workers=1)
+    monkeypatch.setattr(face_signals, "photo_signals", measured)
+    resumed, n_measured = face_signals.measure_images(images, warehouse, workers=1)
+    assert n_measured == 2
+    never_interrupted, _ = face_signals.measure_images(images, fresh, workers=1)
+    pd.testing.assert_frame_equal(resumed, never_interrupted)
