@@ -38,6 +38,14 @@ Shards (`shard-<digest>.parquet`) are immutable and named by the keys they hold,
 writers of different keys never collide and a brand audit can copy the nightly's caches shard by
 shard (`REUSABLE_CACHES`). Changing a key here moves data: existing warehouses keep the old one,
 so any change needs a migration note in docs/changelog.md.
+
+The caches are written as the work goes (`Warehouse.checkpoints`): embeddings, face signals, region
+views and kept face descriptors every 500 photos, verdicts as each verification job's come back. A
+run killed half-way (a lost worker, an out-of-memory kill, an Airflow task timeout) keeps what it
+finished, and its retry computes only the rest. A stage that ends merges the shards it wrote into
+one, the shard a single write at the end would have left; a killed run's shards stay as they are
+until retention rewrites the cache. Every reader takes a row that an interrupted merge left twice
+once.
 """
 
 from __future__ import annotations
