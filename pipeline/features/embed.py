@@ -112,15 +112,21 @@ def embed_into_cache(
 ) -> np.ndarray:
     """Vectors of these contents (their pictures' object keys `objects`), written to the cache chunk by
     chunk as they are computed (`Warehouse.checkpoints`: a run killed half-way keeps the chunks it finished)."""
+    from tqdm.auto import tqdm
+
     from pipeline.parallel import chunked
     from pipeline.warehouse import CHECKPOINT_PHOTOS
 
     vectors = [np.zeros((0, embedder.dim), np.float32)]
-    with warehouse.checkpoints(layout.embeddings_folder(embedder.id)) as write:
+    with (
+        warehouse.checkpoints(layout.embeddings_folder(embedder.id)) as write,
+        tqdm(total=len(contents), desc=f"embed {embedder.id}", unit="img", disable=not progress or not contents) as bar,
+    ):
         for chunk in chunked(list(zip(contents, objects)), CHECKPOINT_PHOTOS):
             keys = [content for content, _ in chunk]
-            vectors.append(embedder.embed_uris([warehouse.uri(key) for _, key in chunk], progress=progress))
+            vectors.append(embedder.embed_uris([warehouse.uri(key) for _, key in chunk]))
             write(keys, _cache_table(embedder.id, keys, vectors[-1]))
+            bar.update(len(chunk))  # one bar for the whole stage, not one per chunk
     return np.concatenate(vectors)
 
 

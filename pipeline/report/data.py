@@ -52,8 +52,8 @@ class RunData:
         none of the raw ones (the map is drawn from them, once), and of the run's tables only what
         their pages show, as this process works it out once for every part: their own
         rows, and the rows of their photos' partners in other companies (reuse pairs, duplicate
-        groups). The whole run's tables went to every worker before: ~40 MB a worker at 20,000
-        photos. The population's figures (`centre`, `population_similarities`, the rated pages,
+        groups). Every worker got the whole run's tables before, and worked the whole run's caches
+        out of them again: ~60 MB a worker at 20,000 photos. The population's figures (`centre`, `population_similarities`, the rated pages,
         the band of the index over time) are the whole run's, as every page shows them.
 
         An audit page reads the run through these caches only: a page that read a table of the
