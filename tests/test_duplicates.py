@@ -290,3 +290,27 @@ def test_the_calibrations_decision_on_many_pairs_is_verifys(original: Image.Imag
     for params in (default, dataclasses.replace(default, min_block_correlation=0.99, min_noisy_correlation=0.99),
                    dataclasses.replace(default, max_motion_share=0.02, min_face_floor=-1.0)):  # fmt: skip
         assert list(accepted_views(params, views)) == [verify(original_features, other, params).same_photo for other in pairs]
+
+
+def test_a_runs_content_pairs_as_integer_keys() -> None:
+    """The verdict cache is read into integer keys (`_PairKeys`): a pair's key does not depend on which
+    photo comes first, keys sort as the canonical content pairs (a < b) sort, a cached pair of a photo
+    the run does not show has none (-1), and a pair without a verdict is an error, not a guess."""
+    import pyarrow as pa
+
+    from pipeline.metrics.near_duplicates import _PairKeys
+
+    contents = ["f0", "a1", "c2", "b3"]  # the run's rows, in no order
+    pairs = _PairKeys(contents)
+    rows_a, rows_b = np.array([0, 1, 3, 2]), np.array([1, 0, 2, 1])
+    keys = pairs.of_rows(rows_a, rows_b)
+    assert keys[0] == keys[1]  # (f0, a1) and (a1, f0)
+    assert pairs.contents(keys) == [("a1", "f0"), ("a1", "f0"), ("b3", "c2"), ("a1", "c2")]
+    assert pairs.contents(np.sort(keys)) == sorted(pairs.contents(keys))
+    cached = pairs.of_contents(pa.chunked_array([["a1", "b3", "zz"]]), pa.chunked_array([["f0", "c2", "a1"]]))
+    assert cached[:2].tolist() == keys[[0, 2]].tolist() and cached[2] == -1
+    same = pairs.same_photo(keys, np.concatenate([cached[:2], cached[:1], keys[3:]]), np.array([True, False, True, False]))
+    assert same.tolist() == [True, True, False, False]  # a pair listed twice: its one verdict
+    with pytest.raises(RuntimeError, match="no verdict"):
+        pairs.same_photo(keys, cached[:2], np.array([True, False]))
+    assert pairs.same_photo(keys[:0], cached[:0], np.zeros(0, bool)).tolist() == []

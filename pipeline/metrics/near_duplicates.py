@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -320,13 +320,32 @@ def verify_pairs(
     params: VerifyParams,
     workers: int,
     sizes: dict[str, tuple[int, int]] | None = None,
-    verified: Callable[[list[tuple[str, str]], list[Verdict]], None] | None = None,
 ) -> tuple[list[Verdict], int]:
-    """The verdicts of content pairs, and for how many photos ORB keypoints were found now (the rest
-    were kept by earlier runs), in `workers` processes (pipeline/parallel.py). `sizes`: content hash
-    -> (width, height) as the images table has them, where known: a photo with kept keypoints is
-    then decoded only for a pair that aligns (`compute_features`). `verified`: called with each
-    job's pairs and verdicts as soon as they are known (what caches them as the work goes).
+    """The verdicts of content pairs, in their order, and for how many photos ORB keypoints were found
+    now (`stream_verdicts`, all at once)."""
+    found: dict[tuple[str, str], Verdict] = {}
+    n_keypoints = stream_verdicts(
+        pairs, warehouse, object_of, faces, params, workers, lambda done, verdicts: found.update(zip(done, verdicts)), sizes
+    )
+    return [found[pair] for pair in pairs], n_keypoints
+
+
+def stream_verdicts(
+    pairs: list[tuple[str, str]],
+    warehouse: Warehouse,
+    object_of: dict[str, str],
+    faces: dict,
+    params: VerifyParams,
+    workers: int,
+    verified: Callable[[list[tuple[str, str]], list[Verdict]], None],
+    sizes: dict[str, tuple[int, int]] | None = None,
+) -> int:
+    """Verify content pairs in `workers` processes (pipeline/parallel.py), handing each job's pairs
+    and verdicts to `verified` as soon as they are known (what caches them as the work goes; nothing
+    is held here: 1.4 million verdicts at 100,000 photos), and return for how many photos ORB
+    keypoints were found now (the rest were kept by earlier runs). `sizes`: content hash -> (width,
+    height) as the images table has them, where known: a photo with kept keypoints is then decoded
+    only for a pair that aligns (`compute_features`).
 
     Pairs go in the cache-friendly order, in blocks, each in two steps: the features of the block's
     photos not yet at hand, once each, into a scratch folder on this machine (in memory where there
@@ -344,7 +363,6 @@ def verify_pairs(
     last_use = {photo: position for position, pair in enumerate(ordered) for photo in pair}
     _sweep_abandoned_scratch()
     scratch = tempfile.mkdtemp(prefix=f"{_SCRATCH_PREFIX}{os.getpid()}-", dir=scratch_parent(len(last_use)))
-    found: dict[tuple[str, str], Verdict] = {}
     at_hand: set[str] = set()
     n_photos = n_keypoints = n_undecoded = n_decoded_later = 0
     feature_seconds = pair_seconds = 0.0
@@ -362,10 +380,8 @@ def verify_pairs(
             jobs = [VerifyJob(chunk, scratch, params, warehouse, *_photos_of({photo for pair in chunk for photo in pair}, object_of, faces))
                     for chunk in split(block, _JOBS_PER_WORKER * workers)]  # fmt: skip
             for job, (verdicts, decoded) in zip(jobs, process_imap(verify_job, jobs, workers, _SECONDS_PER_PAIR * len(block))):
-                found.update(zip(job.pairs, verdicts))
                 n_decoded_later += decoded
-                if verified is not None:
-                    verified(job.pairs, verdicts)
+                verified(job.pairs, verdicts)
             feature_seconds, pair_seconds = feature_seconds + featured - began, pair_seconds + time.perf_counter() - featured
             n_photos += len(photos)
             at_hand |= set(photos)
@@ -378,7 +394,7 @@ def verify_pairs(
         logger.info("verification: features of %d photo(s) in %.1f s (keypoints found now for %d, kept for the rest; keypoints alone "
                     "for %d, decoded later %d time(s) for a pair that aligned), %d pair(s) in %.1f s, %d worker(s)", n_photos, feature_seconds,
                     n_keypoints, n_undecoded, n_decoded_later, len(pairs), pair_seconds, workers)  # fmt: skip
-    return [found[pair] for pair in pairs], n_keypoints
+    return n_keypoints
 
 
 def _photos_of(
@@ -400,9 +416,9 @@ def verified_content_pairs(
 ) -> tuple[list[tuple[str, str, float]], int, int]:
     """The candidate pairs (rows of the index) that verify as the same photograph, how many content
     pairs were verified now (the rest came from the cache) and for how many photos ORB keypoints
-    were found now (`verify_pairs`). `faces`: the faces stage's
+    were found now (`stream_verdicts`). `faces`: the faces stage's
     largest face per content (`face_signals.largest_faces`); photos it did not measure are detected here.
-    `workers`: processes to verify in (pipeline/parallel.py). `sizes`: as `verify_pairs` takes them.
+    `workers`: processes to verify in (pipeline/parallel.py). `sizes`: as `stream_verdicts` takes them.
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
@@ -412,32 +428,78 @@ def verified_content_pairs(
     import pyarrow as pa
 
     folder = layout.verifications_folder(params.cache_id)
-    known: dict[tuple[str, str], bool] = {}
-    for table in warehouse.read_shards(folder):
-        known.update(
-            zip(zip(table.column("content_a").to_pylist(), table.column("content_b").to_pylist()), table.column("same_photo").to_pylist())
-        )
-
-    def canonical(candidate: tuple[int, int, float]) -> tuple[str, str]:
-        a, b = embeddings.content_sha256[candidate[0]], embeddings.content_sha256[candidate[1]]
-        return (a, b) if a < b else (b, a)
-
-    todo = sorted({canonical(c) for c in candidates} - set(known))
+    pairs = _PairKeys(embeddings.content_sha256)
+    wanted = pairs.of_rows(np.array([c[0] for c in candidates], np.int64), np.array([c[1] for c in candidates], np.int64))
+    known_keys, known_same = [np.zeros(0, np.int64)], [np.zeros(0, bool)]
+    for table in warehouse.read_shards(folder, columns=["content_a", "content_b", "same_photo"]):
+        keys = pairs.of_contents(table.column("content_a"), table.column("content_b"))
+        known_keys.append(keys[keys >= 0])  # a verdict of a photo this run does not show is not held
+        known_same.append(table.column("same_photo").to_numpy(zero_copy_only=False)[keys >= 0])
+    todo = pairs.contents(np.setdiff1d(wanted, np.concatenate(known_keys)))  # sorted, as the content pairs sort
     with warehouse.checkpoints(folder) as write:
 
-        def cache(pairs: list[tuple[str, str]], verdicts: list[Verdict]) -> None:
+        def cache(done: list[tuple[str, str]], verdicts: list[Verdict]) -> None:
             table = pa.table({
-                "content_a": [a for a, _ in pairs], "content_b": [b for _, b in pairs],
+                "content_a": [a for a, _ in done], "content_b": [b for _, b in done],
                 "same_photo": [v.same_photo for v in verdicts], "inlier_ratio": [v.inlier_ratio for v in verdicts],
                 "block_correlation": [v.block_correlation for v in verdicts],
                 "face_correlation": pa.array([v.face_correlation for v in verdicts], pa.float64()),
             })  # fmt: skip
-            write([f"{a}:{b}" for a, b in pairs], table)
-            known.update(zip(pairs, (v.same_photo for v in verdicts)))
+            write([f"{a}:{b}" for a, b in done], table)
+            known_keys.append(pairs.of_contents(table.column("content_a"), table.column("content_b")))
+            known_same.append(table.column("same_photo").to_numpy(zero_copy_only=False))
 
-        _, n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, sizes, verified=cache)
+        n_keypoints = stream_verdicts(todo, warehouse, object_of, faces, params, workers, cache, sizes)
     logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
-    return [(*canonical(c), c[2]) for c in candidates if known[canonical(c)]], len(todo), n_keypoints
+    accepted = np.flatnonzero(pairs.same_photo(wanted, np.concatenate(known_keys), np.concatenate(known_same)))
+    return [(*pair, candidates[i][2]) for i, pair in zip(accepted, pairs.contents(wanted[accepted]))], len(todo), n_keypoints
+
+
+class _PairKeys:
+    """The content pairs of one run's photos as integers, so that a verdict cache of millions of pairs
+    is held as arrays rather than as a dict of string tuples (247 MB for the 340,000 verdicts of five
+    nights at 20,000 photos): a content's rank among the run's sorted content hashes, and a pair as
+    lower rank x n + higher rank. Keys sort as the canonical content pairs (a < b) do."""
+
+    def __init__(self, contents: Sequence[str]) -> None:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        self.names = sorted(set(contents))
+        self._sorted = pa.array(self.names, pa.string())
+        self._rank_of_row = (
+            pc.index_in(pa.array(list(contents), pa.string()), value_set=self._sorted).to_numpy(zero_copy_only=False).astype(np.int64)
+        )
+
+    def of_rows(self, rows_a: np.ndarray, rows_b: np.ndarray) -> np.ndarray:
+        """Keys of pairs given as rows of the run's content list."""
+        return self._key(self._rank_of_row[rows_a], self._rank_of_row[rows_b])
+
+    def of_contents(self, a, b) -> np.ndarray:  # noqa: ANN001 - pyarrow string arrays
+        """Keys of pairs given as content hashes (pyarrow columns); -1 where a photo is not the run's."""
+        import pyarrow.compute as pc
+
+        rank_a, rank_b = (
+            pc.index_in(column, value_set=self._sorted).fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64) for column in (a, b)
+        )
+        return np.where((rank_a < 0) | (rank_b < 0), -1, self._key(rank_a, rank_b))
+
+    def contents(self, keys: np.ndarray) -> list[tuple[str, str]]:
+        """The canonical content pairs (a < b) of keys."""
+        n = len(self.names)
+        return [(self.names[key // n], self.names[key % n]) for key in keys.tolist()]
+
+    def same_photo(self, wanted: np.ndarray, keys: np.ndarray, same: np.ndarray) -> np.ndarray:
+        """Each wanted pair's verdict among (keys, same) (a pair listed twice has one verdict)."""
+        order = np.argsort(keys, kind="stable")
+        keys, same = keys[order], same[order]
+        at = np.minimum(np.searchsorted(keys, wanted), max(0, len(keys) - 1))
+        if len(wanted) and (not len(keys) or not np.array_equal(keys[at], wanted)):
+            raise RuntimeError("a candidate pair has no verdict: the verdict cache changed while the run read it")
+        return same[at] if len(wanted) else np.zeros(0, bool)
+
+    def _key(self, rank_a: np.ndarray, rank_b: np.ndarray) -> np.ndarray:
+        return np.minimum(rank_a, rank_b) * len(self.names) + np.maximum(rank_a, rank_b)
 
 
 def duplicate_groups(
