@@ -112,15 +112,23 @@ def _stored_pictures(tmp_path: Path) -> tuple[object, dict[str, str], list[tuple
     return warehouse, object_of, [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
 
 
+def verified_pairs(pairs: list[tuple[str, str]], *args: object, **kwargs: object) -> tuple[list, int]:
+    """`verify_pairs`' verdicts, in the pairs' order, and its count of photos whose keypoints were found now."""
+    from pipeline.metrics import near_duplicates
+
+    found: dict = {}
+    n_keypoints = near_duplicates.verify_pairs(pairs, *args, verified=lambda done, verdicts: found.update(zip(done, verdicts)), **kwargs)
+    return [found[pair] for pair in pairs], n_keypoints
+
+
 def test_verification_in_worker_processes_gives_one_process_verdicts(tmp_path: Path, always_parallel: None) -> None:
     from pipeline.features.verify import VerifyParams
-    from pipeline.metrics.near_duplicates import verify_pairs
 
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
     params = VerifyParams.from_thresholds()
-    alone, found_alone = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    alone, found_alone = verified_pairs(pairs, warehouse, object_of, {}, params, workers=1)
     # The second time, in worker processes, every photo's keypoints are those the first one kept.
-    spread, found_spread = verify_pairs(pairs, warehouse, object_of, {}, params, workers=2)
+    spread, found_spread = verified_pairs(pairs, warehouse, object_of, {}, params, workers=2)
     assert spread == alone and (found_alone, found_spread) == (6, 0)
     # The copies of one photo verify; photos of different seeds do not.
     assert {pair for pair, verdict in zip(pairs, alone) if verdict.same_photo} == {pair for pair in pairs if pair[0][1] == pair[1][1]}
@@ -158,7 +166,7 @@ def test_verification_scratch_is_removed(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(tempfile, "mkdtemp", recorded_mkdtemp)
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
-    near_duplicates.verify_pairs(pairs[:3], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
+    verified_pairs(pairs[:3], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
     assert [Path(folder).parent.name for folder in made] == ["memory" if in_memory else "scratch"]
     assert list((tmp_path / "scratch").iterdir()) == list((tmp_path / "memory").iterdir()) == []
 
@@ -231,7 +239,7 @@ def test_scratch_of_a_killed_run_is_deleted_by_the_next(tmp_path: Path, monkeypa
         folder.mkdir(parents=True)
         (folder / "photo.pickle").write_bytes(b"grey picture")
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
-    near_duplicates.verify_pairs(pairs[:1], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
+    verified_pairs(pairs[:1], warehouse, object_of, {}, VerifyParams.from_thresholds(), workers=1)
     assert not any(folder.exists() for folder in abandoned) and (live / "photo.pickle").exists()
 
 
@@ -248,18 +256,17 @@ def test_kept_keypoints_are_reused_and_unusable_ones_found_again(tmp_path: Path,
     sizes let verification leave photos undecoded)."""
     from pipeline import layout
     from pipeline.features.verify import KEYPOINTS_VERSION, VerifyParams, features, keypoint_bytes, keypoints_fit, read_keypoints
-    from pipeline.metrics.near_duplicates import verify_pairs
 
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
     params = VerifyParams.from_thresholds()
-    first, found = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    first, found = verified_pairs(pairs, warehouse, object_of, {}, params, workers=1)
     assert found == 6 and all(warehouse.exists(layout.keypoints_key(name, KEYPOINTS_VERSION)) for name in object_of)
     assert "PNG" not in warehouse.read_bytes(layout.keypoints_key("o1", KEYPOINTS_VERSION)).decode("latin-1")  # no picture inside
     warehouse.write_bytes(layout.keypoints_key("o1", KEYPOINTS_VERSION), b"not an npz")
     other_size = keypoint_bytes(features(photo_like(100, 100, seed=9), None))
     warehouse.write_bytes(layout.keypoints_key("s1", KEYPOINTS_VERSION), other_size)
     sizes = _sizes(warehouse, object_of) if with_sizes else None
-    again, found_again = verify_pairs(pairs, warehouse, object_of, {}, params, workers=1, sizes=sizes)
+    again, found_again = verified_pairs(pairs, warehouse, object_of, {}, params, workers=1, sizes=sizes)
     assert again == first and found_again == 2
     from pipeline.ingest.intake import load_rgb
 
@@ -280,10 +287,10 @@ def test_verification_in_blocks_computes_each_photos_features_once(
 
     warehouse, object_of, pairs = _stored_pictures(tmp_path)
     params = VerifyParams.from_thresholds()
-    whole, _ = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    whole, _ = verified_pairs(pairs, warehouse, object_of, {}, params, workers=1)
     monkeypatch.setattr(near_duplicates, "_BLOCK_PAIRS", 4)
     with caplog.at_level(logging.INFO, logger="pipeline.metrics.near_duplicates"):
-        blocks, _ = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+        blocks, _ = verified_pairs(pairs, warehouse, object_of, {}, params, workers=1)
     assert blocks == whole
     assert "features of 6 photo(s)" in caplog.text and f"{len(pairs)} pair(s)" in caplog.text
 
@@ -304,10 +311,10 @@ def test_photos_with_kept_keypoints_are_decoded_only_for_a_pair_that_aligns(
     object_of["u"] = "objects/raw/u.png"
     pairs += [("o1", "u"), ("s2", "u")]  # unrelated: they do not align
     params, sizes = VerifyParams.from_thresholds(), _sizes(warehouse, object_of)
-    eager, found = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers=1)
+    eager, found = verified_pairs(pairs, warehouse, object_of, {}, params, workers=1)
     assert found == 7
     for workers in (1, 2):
-        lazy, found_lazy = near_duplicates.verify_pairs(pairs, warehouse, object_of, {}, params, workers, sizes=sizes)
+        lazy, found_lazy = verified_pairs(pairs, warehouse, object_of, {}, params, workers, sizes=sizes)
         assert lazy == eager and found_lazy == 0
 
     # In one job: the features step decodes nothing; the pairs decode the copies (they align), never u.

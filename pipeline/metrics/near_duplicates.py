@@ -319,24 +319,6 @@ def verify_pairs(
     faces: dict,
     params: VerifyParams,
     workers: int,
-    sizes: dict[str, tuple[int, int]] | None = None,
-) -> tuple[list[Verdict], int]:
-    """The verdicts of content pairs, in their order, and for how many photos ORB keypoints were found
-    now (`stream_verdicts`, all at once)."""
-    found: dict[tuple[str, str], Verdict] = {}
-    n_keypoints = stream_verdicts(
-        pairs, warehouse, object_of, faces, params, workers, lambda done, verdicts: found.update(zip(done, verdicts)), sizes
-    )
-    return [found[pair] for pair in pairs], n_keypoints
-
-
-def stream_verdicts(
-    pairs: list[tuple[str, str]],
-    warehouse: Warehouse,
-    object_of: dict[str, str],
-    faces: dict,
-    params: VerifyParams,
-    workers: int,
     verified: Callable[[list[tuple[str, str]], list[Verdict]], None],
     sizes: dict[str, tuple[int, int]] | None = None,
 ) -> int:
@@ -416,9 +398,9 @@ def verified_content_pairs(
 ) -> tuple[list[tuple[str, str, float]], int, int]:
     """The candidate pairs (rows of the index) that verify as the same photograph, how many content
     pairs were verified now (the rest came from the cache) and for how many photos ORB keypoints
-    were found now (`stream_verdicts`). `faces`: the faces stage's
+    were found now (`verify_pairs`). `faces`: the faces stage's
     largest face per content (`face_signals.largest_faces`); photos it did not measure are detected here.
-    `workers`: processes to verify in (pipeline/parallel.py). `sizes`: as `stream_verdicts` takes them.
+    `workers`: processes to verify in (pipeline/parallel.py). `sizes`: as `verify_pairs` takes them.
 
     Verdicts are cached in the warehouse per (content pair, verification parameters): a nightly
     rerun over unchanged pages verifies nothing again, and changed thresholds start a fresh cache.
@@ -449,7 +431,7 @@ def verified_content_pairs(
             known_keys.append(pairs.of_contents(table.column("content_a"), table.column("content_b")))
             known_same.append(table.column("same_photo").to_numpy(zero_copy_only=False))
 
-        n_keypoints = stream_verdicts(todo, warehouse, object_of, faces, params, workers, cache, sizes)
+        n_keypoints = verify_pairs(todo, warehouse, object_of, faces, params, workers, cache, sizes)
     logger.info("verification: %d candidate pair(s), %d from the cache", len(candidates), len(candidates) - len(todo))
     accepted = np.flatnonzero(pairs.same_photo(wanted, np.concatenate(known_keys), np.concatenate(known_same)))
     return [(*pair, candidates[i][2]) for i, pair in zip(accepted, pairs.contents(wanted[accepted]))], len(todo), n_keypoints
