@@ -24,9 +24,13 @@ time); peak RSS (target at 100,000 photos: at most 8 GB).
 
     .venv/bin/python -m bench.scale [--sizes 2000 20000] [--work var/scale] [--seed 0] [--keep]
     .venv/bin/python -m bench.scale --sizes 20000 --night 4 2026-01-09   # one more 1% night on a kept warehouse
+    .venv/bin/python -m bench.scale --sizes 100000 --resume   # carry on where a killed bench process stopped
 
 Generated populations are kept under `--work` (per size and seed) and reused; the warehouse of each
-measurement is made afresh. Generating takes ~25 ms per photo per core.
+measurement is made afresh, except with `--resume`. Generating takes ~25 ms per photo per core; an
+interrupted generation carries on from the photos it wrote. A run that `--resume` finishes is
+marked resumed: its peak memory per stage is a whole stage's (run.json), its wall time and stage
+seconds are its last attempt's only.
 """
 
 from __future__ import annotations
@@ -155,11 +159,18 @@ _population: Population | None = None
 
 
 def _write(task: tuple[str, int, int]) -> str:
+    """Photo i's file in `folder` (its name, relative): written whole or not at all, and left as it is
+    where an earlier, interrupted generation wrote it (a photo's bytes depend on its number only)."""
     folder, i, version = task
+    written = sorted(Path(folder).glob(_name(i, "*")))
+    if written:
+        return written[0].relative_to(folder).as_posix()
     data, suffix = _population.photo(i, version)  # type: ignore[union-attr]
     path = Path(folder) / _name(i, suffix)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
     return path.relative_to(folder).as_posix()
 
 
@@ -173,7 +184,12 @@ def generate(work: Path, size: int, seed: int) -> tuple[Path, Path, list[int]]:
     generated = json.loads(done.read_text()) if done.exists() else {}
     if generated.get("version") == POPULATION_VERSION:
         return base, changed, generated["changed"]
-    shutil.rmtree(root, ignore_errors=True)
+    if generated or not (root / "generating.json").exists() or json.loads((root / "generating.json").read_text()) != POPULATION_VERSION:
+        shutil.rmtree(root, ignore_errors=True)  # another version's: nothing of it is reused
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "generating.json").write_text(json.dumps(POPULATION_VERSION))  # an interrupted generation carries on from its files
+    shutil.rmtree(changed, ignore_errors=True)
+    shutil.rmtree(root / "replacements", ignore_errors=True)
     _population = Population(_sources(work), seed)
     rng = np.random.default_rng([seed, size])
     changed_ids = sorted(int(i) for i in rng.choice(size, max(1, round(CHANGED_SHARE * size)), replace=False))
@@ -191,6 +207,7 @@ def generate(work: Path, size: int, seed: int) -> tuple[Path, Path, list[int]]:
     shutil.rmtree(root / "replacements")
     print(f"  generated {size} photos (+{len(changed_ids)} replacements) in {time.perf_counter() - started:.0f} s")
     done.write_text(json.dumps({"changed": changed_ids, "version": POPULATION_VERSION}))
+    (root / "generating.json").unlink()
     return base, changed, changed_ids
 
 
@@ -259,6 +276,10 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("var/scale"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", action="store_true", help="keep each size's warehouse and reports (to profile a night on them)")
+    parser.add_argument("--resume", action="store_true",
+                        help="carry on a measurement that an earlier bench process left unfinished (killed, or out of time): its finished "
+                             "runs are read back, and the unfinished one runs again on the same warehouse, where its stages find what "
+                             "the killed attempt cached; that run is marked resumed (its wall time is the last attempt's only)")  # fmt: skip
     parser.add_argument("--night", nargs=2, metavar=("VERSION", "RUN_DATE"),
                         help="instead: one more 1%% night on the warehouse --keep kept (photos replaced by their VERSION, 2 or more), "
                              "against the cold run of the last results")  # fmt: skip
@@ -284,12 +305,23 @@ def main() -> None:
         print(f"{size} photos")
         base, changed, changed_ids = generate(args.work, size, args.seed)
         warehouse = args.work / f"n{size}-seed{args.seed}" / "measure" / "warehouse"
-        shutil.rmtree(warehouse.parent, ignore_errors=True)
+        progress = warehouse.parent / "progress.json"  # the runs done, and the one started
+        if not (args.resume and progress.exists()):
+            shutil.rmtree(warehouse.parent, ignore_errors=True)
+            warehouse.parent.mkdir(parents=True)
+            progress.write_text(json.dumps({"runs": {}, "started": None}))
         photos = warehouse.parent / "photos"
-        mirror(base, photos)
-        runs = {"cold": run(photos, warehouse, RUN_DATES["cold"])}
-        mirror(changed, photos)
-        runs |= {"changed": run(photos, warehouse, RUN_DATES["changed"]), "unchanged": run(photos, warehouse, RUN_DATES["unchanged"])}
+        done = json.loads(progress.read_text())
+        runs = done["runs"]
+        for name, population in (("cold", base), ("changed", changed), ("unchanged", changed)):
+            if name in runs:
+                print(f"  {name}: read back from {progress}")
+                continue
+            resumed = done["started"] == name
+            progress.write_text(json.dumps({"runs": runs, "started": name}))
+            mirror(population, photos)
+            runs[name] = {**run(photos, warehouse, RUN_DATES[name]), "resumed": resumed}
+            progress.write_text(json.dumps({"runs": runs, "started": None}))
         cold = runs["cold"]
         figures = {
             "photos": size,
@@ -306,6 +338,10 @@ def main() -> None:
             "peak_rss_mb": max(r["peak_rss_mb"] for r in runs.values()),
         }  # fmt: skip
         results[str(size)] = figures
+        resumed = [name for name, measured in runs.items() if measured.get("resumed")]
+        if resumed:
+            figures["resumed"] = resumed
+            print(f"  RESUMED after an interrupted attempt: {', '.join(resumed)} (wall time and stage seconds are the last attempt's only)")
         print(f"  cold {cold['wall_s']:.0f} s ({figures['cold_photos_per_s']} photos/s), peak RSS {cold['peak_rss_mb']} MB")
         for name in ("changed", "unchanged"):
             target = 0.05 if name == "changed" else 0.1
