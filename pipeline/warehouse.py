@@ -151,10 +151,8 @@ class Warehouse:
 
     def read_frame(self, key: str) -> pd.DataFrame:
         """One Parquet file of the warehouse as a data frame."""
-        import pyarrow.parquet as pq
 
-        with self.fs.open(self.path(key), "rb") as handle:
-            return pq.read_table(handle).to_pandas()
+        return self._read_parquet(self.path(key)).to_pandas()
 
     def write_table_file(self, key: str, table: pyarrow.Table) -> str:
         """Atomically write one Parquet file at `key`."""
@@ -185,7 +183,6 @@ class Warehouse:
         in one request instead of one per chunk). The merged shard is written before the chunks are
         removed: an interruption leaves at worst a row twice, which every cache reader takes once."""
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         keys: list[str] = []
         shards: list[str] = []
@@ -199,10 +196,7 @@ class Warehouse:
         if len(shards) > 1:
             # Read back rather than held: the chunks' results are in the caller's hands already (the
             # vectors of 100,000 photos are 314 MB), and a second copy would be held for the whole stage.
-            tables = []
-            for shard in shards:
-                with self.fs.open(self.path(shard), "rb") as handle:
-                    tables.append(pq.read_table(handle))
+            tables = [self._read_parquet(self.path(shard)) for shard in shards]
             merged = self.write_shard(folder, keys, pa.concat_tables(tables, promote_options="default"))
             for shard in shards:
                 if shard != merged:
@@ -216,12 +210,13 @@ class Warehouse:
     def shards_by_content(self, folder: str) -> dict[str, str]:
         """content hash -> the key of the shard of a content-keyed cache (`content_sha256` column)
         that holds it; retention ages rows no run references by their shard."""
-        import pyarrow.parquet as pq
 
         where: dict[str, str] = {}
         for shard in self.keys_matching(f"{folder}/shard-*.parquet"):
-            with self.fs.open(self.path(shard), "rb") as handle:  # the key column only: the rest can be wide
-                where.update(dict.fromkeys(pq.read_table(handle, columns=["content_sha256"]).column("content_sha256").to_pylist(), shard))
+            keys = self._read_parquet(self.path(shard), ["content_sha256"]).column(
+                "content_sha256"
+            )  # the key column only: the rest can be wide
+            where.update(dict.fromkeys(keys.to_pylist(), shard))
         return where
 
     def keep_contents(self, folder: str, contents: set[str], columns: tuple[str, ...] = ("content_sha256",)) -> int:
@@ -253,13 +248,14 @@ class Warehouse:
 
     def read_shards(self, folder: str, columns: list[str] | None = None) -> list[pyarrow.Table]:
         """Every shard of a cache folder (only `columns`, where given), in a stable order; [] if there is none."""
+        return [self._read_parquet(path, columns) for path in self._shard_paths(folder)]
+
+    def _read_parquet(self, path: str, columns: list[str] | None = None) -> pyarrow.Table:
+        """One Parquet file at a filesystem path of this warehouse (only `columns`, where given)."""
         import pyarrow.parquet as pq
 
-        tables = []
-        for path in self._shard_paths(folder):
-            with self.fs.open(path, "rb") as handle:
-                tables.append(pq.read_table(handle, columns=columns))
-        return tables
+        with self.fs.open(path, "rb") as handle:
+            return pq.read_table(handle, columns=columns)
 
     def _shard_paths(self, folder: str) -> list[str]:
         return sorted(self.fs.glob(self.path(folder, "shard-*.parquet"))) if self.exists(folder) else []
