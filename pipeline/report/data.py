@@ -50,11 +50,12 @@ class RunData:
         """This run as these companies' audit pages read it, to send to a worker: the centred vectors
         of their pictures only (the whole run's are ~60 MB at 20,000 photos, sent once per worker),
         none of the raw ones (the map is drawn from them, once), and of the run's tables only what
-        their pages show, as this process works it out once for every part: their own
-        rows, and the rows of their photos' partners in other companies (reuse pairs, duplicate
-        groups). Every worker got the whole run's tables before, and worked the whole run's caches
-        out of them again: ~60 MB a worker at 20,000 photos. The population's figures (`centre`, `population_similarities`, the rated pages,
-        the band of the index over time) are the whole run's, as every page shows them.
+        their pages show, as this process works it out once for every part: their own rows, and the
+        rows of their photos' partners in other companies (reuse pairs, duplicate groups). Every
+        worker got the whole run's tables before, and worked the whole run's caches out of them
+        again: ~60 MB a worker at 20,000 photos. The population's figures (`centre`,
+        `population_similarities`, the rated pages, the band of the index over time) are the whole
+        run's, as every page shows them.
 
         An audit page reads the run through these caches only: a page that read a table of the
         part directly would find it empty (the byte-equal pages with one and several workers are
