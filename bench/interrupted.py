@@ -26,6 +26,7 @@ from pathlib import Path
 
 from bench.common import write_result
 from bench.scale import generate, mirror, run
+from pipeline.parallel import remove_abandoned_pools
 
 RUN_DATE = "2026-01-01"
 
@@ -43,16 +44,9 @@ def killed_run(folder: Path, warehouse: Path, after_s: float) -> float:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        # A killed process cannot remove its worker pool's shared memory (joblib's memmapping folders,
-        # loky's semaphores, named by its pid), as a killed nightly would not: the bench leaves none.
-        for left in [
-            *Path("/dev/shm").glob(f"joblib_memmapping_folder_{process.pid}_*"),
-            *Path("/dev/shm").glob(f"sem.loky-{process.pid}-*"),
-        ]:
-            if left.is_dir():
-                shutil.rmtree(left, ignore_errors=True)
-            else:
-                left.unlink(missing_ok=True)
+        # A killed process cannot remove its worker pool's shared memory: the next run's first pool
+        # would (pipeline.parallel), but the bench leaves none even where the retry starts no pool.
+        remove_abandoned_pools()
         return time.perf_counter() - started
     raise SystemExit(f"the run ended before {after_s:.0f} s: choose an earlier --kill-at")
 

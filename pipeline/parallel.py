@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 Item = TypeVar("Item")
@@ -24,6 +24,14 @@ logger = logging.getLogger(__name__)
 
 # Below this many seconds of work in all, worker processes cost more than they save.
 MIN_PARALLEL_SECONDS = 2.0
+# What a worker pool leaves in shared memory when the process that started it is killed before the
+# pool shuts down (a nightly killed for memory, or by a task's timeout): joblib's memmapping folders
+# (the large arrays handed to workers) and loky's named semaphores, each named after that process's
+# pid. Nothing else removes them, and what they hold is memory that no process's RSS shows.
+POOL_LEFTOVER_PREFIXES = ("joblib_memmapping_folder_", "sem.loky-")
+# Where joblib puts its memmapping folders: the shared-memory tmpfs where it has room, else
+# $JOBLIB_TEMP_FOLDER or the temporary folder.
+POOL_FOLDERS: tuple[str, ...] = ("/dev/shm",)
 
 
 def usable_cpus() -> int:
@@ -48,6 +56,56 @@ def chunked(items: Sequence[Item], size: int) -> list[list[Item]]:
     """`items` in consecutive runs of `size` (the last one shorter)."""
     size = max(1, size)
     return [list(items[start : start + size]) for start in range(0, len(items), size)]
+
+
+def remove_abandoned(parents: Iterable[str], prefixes: Iterable[str]) -> int:
+    """Delete the files and folders in `parents` named `<prefix><pid>-...` or `<prefix><pid>_...` whose
+    process `pid` has ended: their maker was killed before its own clean-up ran. An entry of a live
+    process, or of another user's, is left alone. Returns how many were deleted.
+
+    This trusts a pid to name the same process for everyone who sees these folders: true on one
+    machine or in one container, not where containers with pid namespaces of their own share
+    /dev/shm (Docker's `--ipc=host`). There, a live run's entry could be taken for a dead one's."""
+    import glob
+    import re
+    import shutil
+
+    owner = re.compile(r"(\d+)[-_]")
+    deleted = 0
+    for parent in dict.fromkeys(parents):  # each folder once, in order
+        for prefix in prefixes:
+            for path in glob.glob(os.path.join(glob.escape(parent), f"{glob.escape(prefix)}*")):
+                pid = owner.match(os.path.basename(path).removeprefix(prefix))
+                if pid is None or _alive(int(pid.group(1))):
+                    continue
+                try:
+                    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.unlink(path)
+                    deleted += 1
+                except OSError:  # another user's, or gone meanwhile
+                    continue
+    return deleted
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive, and not ours to clean
+        return True
+    return True
+
+
+def remove_abandoned_pools() -> int:
+    """Delete what the worker pools of killed processes left (`POOL_LEFTOVER_PREFIXES`); run before a
+    pool starts, so that a run after a killed one gets that memory back."""
+    import tempfile
+
+    parents = [*POOL_FOLDERS, os.environ.get("JOBLIB_TEMP_FOLDER") or tempfile.gettempdir()]
+    deleted = remove_abandoned(parents, POOL_LEFTOVER_PREFIXES)
+    if deleted:
+        logger.info("deleted %d worker-pool leftover(s) of killed processes from shared memory", deleted)
+    return deleted
 
 
 def _in_worker(function: Callable[[Item], Result], item: Item) -> Result:
@@ -95,6 +153,7 @@ def process_imap(
     if workers < 2 or estimated_seconds < MIN_PARALLEL_SECONDS:
         yield from (function(item) for item in items)
         return
+    remove_abandoned_pools()
     done = 0
     results = joblib.Parallel(n_jobs=workers, backend="loky", return_as="generator")(
         joblib.delayed(_in_worker)(function, item) for item in items

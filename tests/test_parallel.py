@@ -73,6 +73,50 @@ def test_what_workers_gave_back_before_one_died_is_kept(always_parallel: None) -
     assert results[0][1] != os.getpid() and all(pid == os.getpid() for _, pid in results[6:])
 
 
+def _ended_pid() -> int:
+    """The pid of a process that has ended."""
+    import subprocess
+    import sys
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(ended.stdout)
+
+
+def test_a_pool_start_deletes_what_killed_processes_pools_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_parallel: None
+) -> None:
+    """A process killed with its pool up leaves joblib's memmapping folder and loky's semaphores in
+    shared memory: the next pool's start deletes them. A live process's entries, names without a pid,
+    and other files stay."""
+    shared, temporary = tmp_path / "shm", tmp_path / "tmp"
+    shared.mkdir(), temporary.mkdir()
+    monkeypatch.setattr(parallel, "POOL_FOLDERS", (str(shared),))
+    monkeypatch.setenv("JOBLIB_TEMP_FOLDER", str(temporary))
+    ended, live = _ended_pid(), os.getpid()
+    left = [
+        shared / f"joblib_memmapping_folder_{ended}_0f3a_1",
+        shared / f"sem.loky-{ended}-7",
+        temporary / f"joblib_memmapping_folder_{ended}_9c_2",
+    ]
+    kept = [
+        shared / f"joblib_memmapping_folder_{live}_11_1",
+        shared / f"sem.loky-{live}-3",
+        shared / "sem.loky-x-1",
+        shared / f"{ended}-notes",
+    ]
+    for entry in (*left, *kept):
+        if "folder" in entry.name:
+            entry.mkdir()
+            (entry / "array.pkl").write_bytes(b"vectors")
+        else:
+            entry.write_bytes(b"semaphore")
+    results = parallel.process_map(doubled_with_worker, list(range(4)), workers=2, estimated_seconds=1.0)
+    assert [value for value, _ in results] == [0, 2, 4, 6]
+    assert not any(entry.exists() for entry in left)
+    assert all(entry.exists() for entry in kept)
+    assert parallel.remove_abandoned_pools() == 0
+
+
 def test_small_work_and_a_single_worker_stay_in_this_process() -> None:
     for workers, seconds in ((2, 0.1), (1, 100.0)):
         results = parallel.process_map(doubled_with_worker, [1, 2, 3], workers=workers, estimated_seconds=seconds)
@@ -223,8 +267,6 @@ def test_face_descriptors_in_worker_processes_equal_one_process(tmp_path: Path, 
 def test_scratch_of_a_killed_run_is_deleted_by_the_next(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A verification killed before its clean-up leaves grey copies of photos behind: the next
     verification deletes them, and leaves a live process's folder alone."""
-    import subprocess
-    import sys
     import tempfile
 
     from pipeline.features.verify import VerifyParams
@@ -232,8 +274,7 @@ def test_scratch_of_a_killed_run_is_deleted_by_the_next(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "scratch"))
     monkeypatch.setattr(near_duplicates, "MEMORY_FOLDERS", (str(tmp_path / "memory"),))
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    abandoned = [tmp_path / parent / f"homog-verify-{gone.stdout.strip()}-abc" for parent in ("scratch", "memory")]
+    abandoned = [tmp_path / parent / f"homog-verify-{_ended_pid()}-abc" for parent in ("scratch", "memory")]
     live = tmp_path / "scratch" / f"homog-verify-{os.getpid()}-def"
     for folder in (*abandoned, live):
         folder.mkdir(parents=True)

@@ -286,25 +286,11 @@ def _available_memory() -> int:
 def _sweep_abandoned_scratch() -> None:
     """Delete verification scratch folders whose process is gone (killed before its `finally` ran):
     they hold grey copies of photos, which must not outlive the run that made them."""
-    import glob
-    import shutil
     import tempfile
 
-    parents = (*MEMORY_FOLDERS, tempfile.gettempdir())
-    for folder in [folder for parent in parents for folder in glob.glob(os.path.join(parent, f"{_SCRATCH_PREFIX}*"))]:
-        owner = os.path.basename(folder).removeprefix(_SCRATCH_PREFIX).split("-", 1)[0]
-        if owner.isdigit() and not _alive(int(owner)):
-            shutil.rmtree(folder, ignore_errors=True)
+    from pipeline.parallel import remove_abandoned
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive, and not ours to clean
-        return True
-    return True
+    remove_abandoned((*MEMORY_FOLDERS, tempfile.gettempdir()), (_SCRATCH_PREFIX,))
 
 
 # Pairs verified per block: the scratch folder holds the features of one block's photos (and those a
