@@ -2,9 +2,11 @@
 ### Profile homogenization: retention
 
 Daily: delete stored originals and thumbnails that no run has referenced for longer than
-`retention.raw_images_days` / `retention.thumbnails_days`. Tables, metrics, embeddings and verdicts
-stay. Every decision is logged in the warehouse's `retention` table; `dry_run` decides and logs
-without deleting. The work is `pipeline.apps.retention.purge_expired`.
+`retention.raw_images_days` / `retention.thumbnails_days`. What the caches derive from a photo goes
+with its original: embedding vectors, face signals, kept face descriptors, region views, keypoints
+and the verdicts of its pairs. Tables and metrics stay. A cache that loses rows, or holds more than
+16 shards, is rewritten as one. Every decision is logged in the warehouse's `retention` table;
+`dry_run` decides and logs without deleting. The work is `pipeline.apps.retention.purge_expired`.
 """
 
 from __future__ import annotations

@@ -43,9 +43,10 @@ The caches are written as the work goes (`Warehouse.checkpoints`): embeddings, f
 views and kept face descriptors every 500 photos, verdicts as each verification job's come back. A
 run killed half-way (a lost worker, an out-of-memory kill, an Airflow task timeout) keeps what it
 finished, and its retry computes only the rest. A stage that ends merges the shards it wrote into
-one, the shard a single write at the end would have left; a killed run's shards stay as they are
-until retention rewrites the cache. Every reader takes a row that an interrupted merge left twice
-once.
+one, the shard a single write at the end would have left; a killed run's shards stay as they are.
+Every reader takes a row that an interrupted merge left twice once. A cache so gains a shard a
+night, and a killed run's chunks: `homog retention` rewrites one that holds more than 16
+(`COMPACT_ABOVE_SHARDS`), or that loses a row, as one shard, each row once.
 """
 
 from __future__ import annotations

@@ -34,6 +34,10 @@ logger = logging.getLogger(__name__)
 # half-way loses at most that, while the pause at the end of each chunk (its slowest photo, ~0.1 s)
 # and its shard write stay under 1% of the chunk. The run's chunks are merged when it ends.
 CHECKPOINT_PHOTOS = 500
+# A cache folder gains a shard per run that computed something, and a killed run's chunks: past this
+# many, retention rewrites it as one, so that a night reads each cache in one request (on an object
+# store, ~50 ms each) instead of one per night it has run.
+COMPACT_ABOVE_SHARDS = 16
 
 
 class Warehouse:
@@ -219,24 +223,31 @@ class Warehouse:
             where.update(dict.fromkeys(keys.to_pylist(), shard))
         return where
 
-    def keep_contents(self, folder: str, contents: set[str], columns: tuple[str, ...] = ("content_sha256",)) -> int:
-        """Rewrite a content-keyed cache without the rows whose content hash (in any of `columns`:
-        both of a pair) is not in `contents` (retention); returns how many rows were deleted. The
-        kept rows go to a new shard before the old shards are removed, so an interruption leaves at
-        worst a row twice, never one lost."""
+    def drop_contents(self, folder: str, contents: set[str], columns: tuple[str, ...] = ("content_sha256",)) -> int:
+        """Rewrite a content-keyed cache as one shard without the rows whose content hash (in any of
+        `columns`: either of a pair) is in `contents` (retention), and without a row held twice (an
+        interrupted merge leaves one: `checkpoints`); rewritten also where nothing goes but the folder
+        holds more than `COMPACT_ABOVE_SHARDS` shards. Returns how many rows were deleted. The kept rows
+        go to a new shard before the old shards are removed, so an interruption leaves at worst a row
+        twice, never one lost; a shard a run adds meanwhile is not among those removed."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
         old_shards = self.keys_matching(f"{folder}/shard-*.parquet")
-        tables = self.read_shards(folder)
-        if not tables:
+        if not old_shards:
             return 0
-        every = pa.concat_tables(tables, promote_options="default")
-        allowed = pa.array(sorted(contents), pa.string())
-        keep = functools.reduce(pc.and_, [pc.is_in(every.column(column), value_set=allowed) for column in columns])
-        kept = every.filter(keep)
-        if kept.num_rows == every.num_rows:
+        # Which rows stay is decided on the key columns alone: the rest (vectors) is read only to rewrite.
+        keys = pa.concat_tables([self._read_parquet(self.path(shard), list(columns)) for shard in old_shards])
+        dropped = pa.array(sorted(contents), pa.string())
+        gone = functools.reduce(pc.or_, [pc.is_in(keys.column(column), value_set=dropped) for column in columns])
+        rows = pa.table({**{column: keys.column(column) for column in columns}, "row": np.arange(keys.num_rows)}).filter(pc.invert(gone))
+        # The first row of each key: a row held twice is the same computation's result twice.
+        kept_rows = np.sort(rows.group_by(list(columns), use_threads=False).aggregate([("row", "min")]).column("row_min").to_numpy())
+        if len(kept_rows) == keys.num_rows and len(old_shards) <= COMPACT_ABOVE_SHARDS:
             return 0
+        every = pa.concat_tables([self._read_parquet(self.path(shard)) for shard in old_shards], promote_options="default")
+        kept = every.take(kept_rows)
         names = [
             ":".join(row) for row in zip(*(kept.column(column).to_pylist() for column in columns))
         ]  # the shard's name follows its rows

@@ -139,7 +139,7 @@ def test_no_expired_picture_is_left_anywhere_not_even_in_a_brand_audit(tmp_path:
             assert purged.isdisjoint(stored["contents"].tolist()), key
 
 
-def test_a_content_keyed_cache_keeps_only_the_contents_asked_for(tmp_path: Path) -> None:
+def test_a_content_keyed_cache_drops_only_the_contents_asked_for(tmp_path: Path) -> None:
     import pyarrow as pa
 
     store = Warehouse(str(tmp_path / "wh"))
@@ -147,14 +147,56 @@ def test_a_content_keyed_cache_keeps_only_the_contents_asked_for(tmp_path: Path)
     for contents in (["a", "b"], ["c"]):
         store.write_shard(folder, contents, pa.table({"content_sha256": contents, "value": [float(len(c)) for c in contents]}))
     assert store.shards_by_content(folder).keys() == {"a", "b", "c"}
-    assert store.keep_contents(folder, {"a", "b", "c", "z"}) == 0  # nothing to delete: nothing rewritten
+    assert store.drop_contents(folder, {"z"}) == 0  # nothing to delete: nothing rewritten
     assert len(store.keys_matching(f"{folder}/shard-*.parquet")) == 2
-    assert store.keep_contents(folder, {"a", "c"}) == 1
+    assert store.drop_contents(folder, {"b"}) == 1
     assert sorted(store.shards_by_content(folder)) == ["a", "c"] and len(store.keys_matching(f"{folder}/shard-*.parquet")) == 1
     assert store.read_shards(folder)[0].column("value").to_pylist() == [1.0, 1.0]  # rows kept whole
-    assert store.keep_contents(folder, set()) == 2 and store.shards_by_content(folder) == {}
-    assert store.keep_contents("nothing/here", {"a"}) == 0  # a cache never written: nothing to do
-    pairs = "verifications/v9"  # keyed by two contents: a row stays only where both do
+    assert store.drop_contents(folder, {"a", "c"}) == 2 and store.shards_by_content(folder) == {}
+    assert store.drop_contents("nothing/here", {"a"}) == 0  # a cache never written: nothing to do
+    pairs = "verifications/v9"  # keyed by two contents: a row goes where either photo does
     store.write_shard(pairs, ["a:b", "a:c"], pa.table({"content_a": ["a", "a"], "content_b": ["b", "c"], "same_photo": [True, False]}))
-    assert store.keep_contents(pairs, {"a", "c"}, ("content_a", "content_b")) == 1
+    assert store.drop_contents(pairs, {"b"}, ("content_a", "content_b")) == 1
     assert store.read_shards(pairs)[0].to_pydict() == {"content_a": ["a"], "content_b": ["c"], "same_photo": [False]}
+
+
+def test_a_cache_of_many_shards_is_compacted_into_one_and_a_row_held_twice_kept_once(tmp_path: Path) -> None:
+    """A shard per night (and a killed run's chunks) would make every night read a cache in one request
+    per night it has run: past COMPACT_ABOVE_SHARDS, retention rewrites it as one shard, with every row
+    that was there, a row that an interrupted merge left twice once, and nothing else changed."""
+    import pyarrow as pa
+
+    from pipeline.warehouse import COMPACT_ABOVE_SHARDS
+
+    store = Warehouse(str(tmp_path / "wh"))
+    folder = "embeddings/classic-v1"
+    nights = [[f"photo-{night}"] for night in range(COMPACT_ABOVE_SHARDS)]
+    for contents in nights:
+        store.write_shard(folder, contents, pa.table({"content_sha256": contents, "vector": [[float(c[-1]), 1.0] for c in contents]}))
+    assert store.drop_contents(folder, set()) == 0  # as many shards as allowed: left as they are
+    assert len(store.keys_matching(f"{folder}/shard-*.parquet")) == COMPACT_ABOVE_SHARDS
+    merged_twice = ["photo-0", "photo-1"]  # an interrupted merge: the merged shard and its chunks both there
+    store.write_shard(folder, merged_twice, pa.table({"content_sha256": merged_twice, "vector": [[0.0, 1.0], [1.0, 1.0]]}))
+    assert store.drop_contents(folder, set()) == 2  # the two rows held twice
+    (shard,) = store.keys_matching(f"{folder}/shard-*.parquet")
+    table = store.read_shards(folder)[0]
+    vectors = dict(zip(table.column("content_sha256").to_pylist(), table.column("vector").to_pylist()))
+    assert len(vectors) == table.num_rows == COMPACT_ABOVE_SHARDS
+    assert vectors == {f"photo-{night}": [float(str(night)[-1]), 1.0] for night in range(COMPACT_ABOVE_SHARDS)}
+    assert store.drop_contents(folder, set()) == 0 and store.keys_matching(f"{folder}/shard-*.parquet") == [shard]
+
+
+def test_retention_compacts_the_verdict_cache_on_a_night_when_nothing_expired(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from pipeline.apps.retention import purge_expired
+    from pipeline.warehouse import COMPACT_ABOVE_SHARDS
+
+    store = Warehouse(str(tmp_path / "wh"))
+    folder = "verifications/v9"
+    for night in range(COMPACT_ABOVE_SHARDS + 1):
+        pair = (f"a{night}", f"b{night}")
+        store.write_shard(folder, [":".join(pair)], pa.table({"content_a": [pair[0]], "content_b": [pair[1]], "same_photo": [True]}))
+    purge_expired(store, RetentionConfig(), "2026-01-01")
+    assert len(store.keys_matching(f"{folder}/shard-*.parquet")) == 1
+    assert store.read_shards(folder)[0].num_rows == COMPACT_ABOVE_SHARDS + 1

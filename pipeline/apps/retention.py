@@ -12,7 +12,8 @@ time), and so are verification's ORB keypoints of the photo (`objects/keypoints/
 again is measured again. A photo whose face signals or vectors go also leaves the near-duplicate
 search's kept neighbour lists (`pipeline.features.neighbours`), and verification's verdicts of its
 pairs go. Without this the caches would keep every photo ever seen, and every night would read them
-whole. Tables and metrics stay: they are not pictures. Brand audits keep their own
+whole. A cache that loses rows, or holds more than `COMPACT_ABOVE_SHARDS` shards (one a night), is
+rewritten as one shard, so that a night reads it in one request. Tables and metrics stay: they are not pictures. Brand audits keep their own
 copies of the population's photos (each audit is a warehouse of its own under `audits/`): they are
 purged by the same rule, against the audit's own tables. Every decision is logged in a `retention`
 table, and a dry run decides and logs without deleting.
@@ -146,7 +147,7 @@ def _purge_photo_caches(warehouse: Warehouse, retention: RetentionConfig, today_
     for kind, folder in _photo_caches(warehouse):
         shard_of = warehouse.shards_by_content(folder)
         modified: dict[str, dt.date | None] = {}
-        remaining = set()
+        expired_here = set()
         for content, shard in sorted(shard_of.items()):
             reference = seen.get(content)
             if reference is None and shard not in modified:
@@ -154,19 +155,19 @@ def _purge_photo_caches(warehouse: Warehouse, retention: RetentionConfig, today_
             when = dt.date.fromisoformat(reference) if reference else modified[shard]
             age = (today_date - when).days if when else None
             expired = age is not None and age > retention.raw_images_days
-            if not expired:
-                remaining.add(content)
+            if expired:
+                expired_here.add(content)
             records.append({"object": f"{folder}/{content}", "kind": kind, "last_seen": reference or f"unreferenced, modified {when}",
                             "age_days": age, "limit_days": retention.raw_images_days,
                             "action": ("would delete" if dry_run else "deleted") if expired else "keep"})  # fmt: skip
         if not dry_run and shard_of:
-            warehouse.keep_contents(folder, remaining)
+            warehouse.drop_contents(folder, expired_here)  # and compacts the folder (COMPACT_ABOVE_SHARDS)
             if kind in _SEARCHED:
-                gone |= set(shard_of) - remaining
+                gone |= expired_here
     if gone:  # one pass over the lists, whichever caches the photos left
         neighbours.forget(warehouse, gone)
     expired = {content for content, date in seen.items() if (today_date - dt.date.fromisoformat(date)).days > retention.raw_images_days}
-    if not dry_run and expired:
+    if not dry_run:
         _forget_verdicts(warehouse, expired)
     return records
 
@@ -174,14 +175,8 @@ def _purge_photo_caches(warehouse: Warehouse, retention: RetentionConfig, today_
 def _forget_verdicts(warehouse: Warehouse, expired: set[str]) -> None:
     """Verification's verdicts of pairs with a photo whose vectors and keypoints went: no run can ask
     for them again (a photo seen again is verified again), and every night reads the cache whole.
-    Measures of a pair, not of a person: not listed row by row in the retention table."""
-    pair = ("content_a", "content_b")
+    Measures of a pair, not of a person: not listed row by row in the retention table. The folder is
+    compacted as the photo caches are, also on a night when nothing expired."""
     for folder in warehouse.cache_folders(layout.VERIFICATIONS_ROOT):
-        named = {
-            content
-            for table in warehouse.read_shards(folder, columns=list(pair))
-            for column in pair
-            for content in table.column(column).to_pylist()
-        }
-        deleted = warehouse.keep_contents(folder, named - expired, pair)
-        logger.info("retention: %d verdict(s) of pairs with an expired photo deleted from %s", deleted, folder)
+        deleted = warehouse.drop_contents(folder, expired, ("content_a", "content_b"))
+        logger.info("retention: %d verdict row(s) deleted from %s (pairs with an expired photo, or rows held twice)", deleted, folder)
