@@ -117,6 +117,21 @@ def test_a_pool_start_deletes_what_killed_processes_pools_left(
     assert parallel.remove_abandoned_pools() == 0
 
 
+def test_stopped_workers_are_gone_and_the_next_call_starts_fresh_ones(always_parallel: None) -> None:
+    """A run stops its workers after each stage, so that idle ones hold no memory through the next;
+    stopping where there are none starts none."""
+    import psutil
+
+    first = {pid for _, pid in parallel.process_map(doubled_with_worker, list(range(8)), workers=2, estimated_seconds=1.0)}
+    parallel.stop_workers()
+    assert not any(psutil.pid_exists(pid) for pid in first)
+    children = {child.pid for child in psutil.Process().children(recursive=True)}
+    parallel.stop_workers()
+    assert {child.pid for child in psutil.Process().children(recursive=True)} <= children
+    again = parallel.process_map(doubled_with_worker, list(range(8)), workers=2, estimated_seconds=1.0)
+    assert [value for value, _ in again] == [2 * i for i in range(8)] and first.isdisjoint(pid for _, pid in again)
+
+
 def test_small_work_and_a_single_worker_stay_in_this_process() -> None:
     for workers, seconds in ((2, 0.1), (1, 100.0)):
         results = parallel.process_map(doubled_with_worker, [1, 2, 3], workers=workers, estimated_seconds=seconds)
