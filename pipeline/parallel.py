@@ -112,8 +112,8 @@ def stop_workers() -> None:
     """Stop the worker processes that `process_imap` keeps up between calls, where there are any. A
     run does so after each stage: idle, they keep what their last jobs left in their heaps and
     modules (verification's, face identity's), and that counted in every later stage's peak, ~600 MB
-    of the report's 1,336 MB at 2,000 photos. A stage that needs workers again starts fresh ones
-    (~0.5 s)."""
+    of the report's 1,336 MB at 2,000 photos. A stage that needs workers again starts fresh ones:
+    ~1-2 s a stage (interpreters and their imports), 2-3 s a night in all."""
     from joblib.externals.loky import reusable_executor
 
     # The executor loky keeps between calls. Its public getter would start one to stop it.

@@ -165,9 +165,10 @@ def run_stages(ctx: RunContext) -> dict[str, StageResult]:
 
 
 def release_stage_memory() -> None:
-    """What a stage held is not the next one's: its idle worker processes and the memory it freed
-    (at 2,000 photos, the report's peak 1,336 -> 1,018 MB, identity's 1,069 -> 857, pages' 1,092 ->
-    447). An Airflow task is a process of its own, which gives all of it back when it ends."""
+    """What a stage held is not the next one's: its idle worker processes and the memory it freed.
+    At 2,000 photos, the report's peak 1,336 -> 1,018 MB cold, pages' 1,092 -> 447; on a night,
+    2-3 s more, as the later stages' workers start anew (docs/limits.md). An Airflow task is a
+    process of its own, which gives all of it back when it ends."""
     from pipeline import memory
     from pipeline.parallel import stop_workers
 
