@@ -116,8 +116,9 @@ def stop_workers() -> None:
     ~1-2 s a stage (interpreters and their imports), 2-3 s a night in all."""
     from joblib.externals.loky import reusable_executor
 
-    # The executor loky keeps between calls. Its public getter would start one to stop it.
-    executor = reusable_executor._executor
+    # The executor loky keeps between calls (a private name: its public getter would start one to
+    # stop it). Where a joblib release renames it, workers stay up until their idle timeout.
+    executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
         executor.shutdown(wait=True)
 
