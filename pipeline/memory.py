@@ -66,15 +66,14 @@ def release_freed() -> None:
     pages (`malloc_trim`, where the C library is glibc). Freed memory that stays with the process
     counts in its resident set, and in the peak of every later stage of a run."""
     import ctypes
-    import ctypes.util
     import gc
     import sys
 
     gc.collect()
     if "pyarrow" in sys.modules:
         sys.modules["pyarrow"].default_memory_pool().release_unused()
-    libc = ctypes.util.find_library("c")
     try:
-        ctypes.CDLL(libc).malloc_trim(0)
-    except (OSError, AttributeError, TypeError):  # not glibc (musl, macOS): nothing to trim this way
+        # The symbols already loaded in this process, the C library's among them: no search for it.
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim this way
         pass
