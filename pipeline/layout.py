@@ -16,7 +16,7 @@ A warehouse is one root URI (a local path or any fsspec URL). Under it:
     embeddings/<embedder>/shard-<digest>.parquet      embedding cache, keyed by (content hash, embedder), purged with the photo
     indexes/<embedder>/run_date=D/{index.faiss,ids.parquet,meta.json}   the run's FAISS index
     indexes/calibration/<machine>-d<dim>.json         exact vs IVF search speed measured on one machine
-    indexes/neighbours/<source>.npz                   the last run's nearest-neighbour lists per candidate source (no vector)
+    indexes/neighbours/<source>.npz                   the last run's nearest-neighbour lists per candidate source and of faces (no vector)
     verifications/<params>/shard-<digest>.parquet     near-duplicate verdicts per content pair, purged with either photo
     regions/v<N>/shard-<digest>.parquet               region views (whole picture and nine windows) per content, purged with it
     face_signals/v<N>/shard-<digest>.parquet          face detection and template signals per content, purged with it

@@ -14,6 +14,8 @@ import pytest
 from PIL import Image
 
 from pipeline.features.identity import (
+    FACE_LISTS,
+    NEIGHBOURS,
     SAME_FACE_DISTANCE,
     VERSION,
     content_pairs,
@@ -25,7 +27,7 @@ from pipeline.features.identity import (
     seal,
     unseal,
 )
-from pipeline.layout import face_descriptors_folder
+from pipeline.layout import face_descriptors_folder, neighbour_lists_file
 
 
 def test_same_face_pairs_finds_close_descriptors_only() -> None:
@@ -36,6 +38,57 @@ def test_same_face_pairs_finds_close_descriptors_only() -> None:
     pairs = same_face_pairs(descriptors)
     assert [(i, j) for i, j, _ in pairs] == [(0, 4)] and pairs[0][2] < SAME_FACE_DISTANCE
     assert same_face_pairs(descriptors[:1]) == []
+
+
+def _faces(rng: np.random.Generator, n: int, people: np.ndarray) -> np.ndarray:
+    """Descriptors of `n` photos of random `people` (dlib-like scale: one person's photos ~0.2 apart)."""
+    return (people[rng.integers(len(people), size=n)] + rng.normal(0, 0.015, (n, 128))).astype(np.float32)
+
+
+def test_same_face_pairs_are_the_nearest_faces_closer_than_the_threshold() -> None:
+    """The search ranks by inner product (`neighbours`); what it returns is what an exact L2
+    computation over every pair says: each face's k nearest, those closer than the threshold."""
+    rng = np.random.default_rng(3)
+    people = rng.normal(0, 0.06, (40, 128))
+    descriptors = _faces(rng, 300, people)  # ~7 photos a person, some with more than k others: the cap bites
+    distances = np.linalg.norm(descriptors[:, None].astype(np.float64) - descriptors[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    expected = set()
+    for i, row in enumerate(distances):
+        for j in np.argsort(row, kind="stable")[:NEIGHBOURS]:
+            if row[j] < SAME_FACE_DISTANCE:
+                expected.add((min(i, int(j)), max(i, int(j))))
+    pairs = same_face_pairs(descriptors)
+    assert {(i, j) for i, j, _ in pairs} == expected and len(expected) > 300
+    assert np.allclose([d for *_, d in pairs], [distances[i, j] for i, j, _ in pairs], atol=1e-4)
+    assert max(np.bincount(np.array([ij for i, j, _ in pairs for ij in (i, j)])).tolist()) > NEIGHBOURS  # a person with many photos
+
+
+def test_same_faces_kept_over_nights_equal_a_fresh_search_and_search_only_the_new_faces(tmp_path: Path) -> None:
+    from pipeline.features.identity import FACE_LISTS, kept_content_pairs
+    from pipeline.layout import neighbour_lists_file
+    from pipeline.warehouse import Warehouse
+
+    warehouse = Warehouse(str(tmp_path / "w"))
+    rng = np.random.default_rng(4)
+    people = rng.normal(0, 0.06, (60, 128))
+    population = {f"face-{i:04d}": face for i, face in enumerate(_faces(rng, 500, people))}
+    made = len(population)
+    for night in range(5):
+        contents = sorted(population)
+        descriptors = np.stack([population[c] for c in contents])
+        kept, searched = kept_content_pairs(warehouse, contents, descriptors)
+        fresh = content_pairs(contents, descriptors)
+        assert {pair[:2] for pair in kept} == {pair[:2] for pair in fresh} and len(fresh) > 500
+        assert np.allclose(sorted(d for *_, d in kept), sorted(d for *_, d in fresh), atol=1e-4)
+        assert searched == 500 if night == 0 else searched < 60  # the new faces and a few lists run short, not 500
+        for gone in rng.choice(contents, size=8, replace=False):  # 1.6% of the faces replaced
+            del population[gone]
+        for face in _faces(rng, 8, people):
+            population[f"face-{made:04d}"] = face
+            made += 1
+    lists = np.load(tmp_path / "w" / neighbour_lists_file(FACE_LISTS))
+    assert set(lists.files) == {"basis", "contents", "rows", "sims"}  # row numbers and scores, no descriptor
 
 
 def test_identity_table_leaves_out_copies_of_one_photo_and_counts_pages() -> None:
@@ -262,8 +315,12 @@ def test_descriptors_that_must_not_stay_are_deleted_at_the_next_run(face_folder:
     pd.DataFrame({"content_sha256": ["x"], "descriptor": [[0.0] * 128]}).to_parquet(clear)
     _run(face_folder / "pages", warehouse, "2026-01-02")
     assert not clear.parent.exists() and (warehouse / face_descriptors_folder(VERSION)).is_dir()
+    lists = warehouse / neighbour_lists_file(FACE_LISTS)
+    assert lists.is_file()  # each face's nearest faces, kept with the descriptors they come from
     _run(face_folder / "pages", warehouse, "2026-01-03", keep_face_descriptors=False)  # unchanged faces: pairs reused, still deleted
-    assert not (warehouse / face_descriptors_folder(VERSION)).exists()
+    assert not (warehouse / face_descriptors_folder(VERSION)).exists() and not lists.exists()
+    _run(_pages_with_one_more_face(face_folder, tmp_path), warehouse, "2026-01-04", keep_face_descriptors=False)
+    assert not lists.exists()  # a change of faces searched every face again, keeping nothing
 
 
 def test_retention_deletes_a_kept_descriptor_with_its_photo(face_folder: Path, tmp_path: Path) -> None:
@@ -290,6 +347,9 @@ def test_retention_deletes_a_kept_descriptor_with_its_photo(face_folder: Path, t
     assert dry.loc[dry["kind"] == "face_descriptor", "action"].tolist().count("would delete") == 1
     assert rows.loc[rows["action"] == "deleted", "last_seen"].tolist() == ["2026-01-01"]
     assert len(kept_descriptors(store)) == 5 and len(list((warehouse / face_descriptors_folder(VERSION)).glob("*.parquet"))) == 1
+    purged = rows.loc[rows["action"] == "deleted", "object"].str.rsplit("/", n=1).str[-1].tolist()
+    nearest = np.load(warehouse / neighbour_lists_file(FACE_LISTS))["contents"].tolist()
+    assert len(nearest) == 5 and not set(purged) & set(nearest)  # the nearest-faces lists no longer name it
     assert (log.loc[log["kind"] == "raw", "action"] == "deleted").sum() == 1  # and the photo went with it
     signals = log[log["kind"] == "face_signals"]  # and its face signals (face_window is a coarse face descriptor)
     assert signals["action"].tolist().count("deleted") == 1 and signals.loc[signals["action"] == "deleted", "last_seen"].tolist() == [

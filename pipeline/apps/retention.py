@@ -134,7 +134,8 @@ def _photo_caches(warehouse: Warehouse) -> tuple[tuple[str, str], ...]:
     )
 
 
-_SEARCHED = ("face_signals", "embedding", "region_views")  # the near-duplicate search's kept lists name these photos
+# The kept nearest-neighbour lists (near-duplicate candidates, same faces) name these photos.
+_SEARCHED = ("face_signals", "embedding", "region_views", "face_descriptor")
 
 
 def _purge_photo_caches(warehouse: Warehouse, retention: RetentionConfig, today_date: dt.date, dry_run: bool) -> list[dict]:

@@ -144,6 +144,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
         face_descriptors,
         faces_key,
         identity_table,
+        kept_content_pairs,
         remember_pairs,
         reused_pairs,
     )
@@ -152,7 +153,7 @@ def identity(ctx: RunContext) -> dict[str, Any]:
 
     warehouse, settings = ctx.warehouse, ctx.settings
     images, faces_table = _images(ctx), warehouse.read_table("faces", ctx.run_date)
-    n_computed = n_unsealed = 0
+    n_computed = n_unsealed = n_searched = 0
     drop_kept_descriptors(warehouse, settings.privacy.face_identity and settings.privacy.keep_face_descriptors)
     if not settings.privacy.face_identity or faces_table.empty or not (faces_table["n_faces"] > 0).any():
         identities = pd.DataFrame(columns=PAIR_COLUMNS)
@@ -168,7 +169,11 @@ def identity(ctx: RunContext) -> dict[str, Any]:
                                                        worker_count(settings.compute.workers), face_boxes(warehouse, floor))  # fmt: skip
             n_unsealed = len(contents) - n_computed  # kept ones, read back with their photo
             found = ~np.isnan(descriptors).any(axis=1)
-            same_faces = content_pairs([c for c, f in zip(contents, found) if f], descriptors[found])
+            faces = [c for c, f in zip(contents, found) if f]
+            if settings.privacy.keep_face_descriptors:
+                same_faces, n_searched = kept_content_pairs(warehouse, faces, descriptors[found])
+            else:  # nothing derived from the descriptors outlives the run: every face against every face
+                same_faces, n_searched = content_pairs(faces, descriptors[found]), len(faces)
             remember_pairs(warehouse, key, same_faces)
         pairs = warehouse.read_table("pairs", ctx.run_date)
         content_of = content_by_row(ok)
@@ -176,7 +181,12 @@ def identity(ctx: RunContext) -> dict[str, Any]:
         identities = identity_table(images, same_faces, same_photo)
     return {
         "outputs": {"identities": warehouse.write_table("identities", ctx.run_date, identities)},
-        "counts": {"same_face_pairs": len(identities), "face_descriptors_computed": n_computed, "face_descriptors_unsealed": n_unsealed},
+        "counts": {
+            "same_face_pairs": len(identities),
+            "face_descriptors_computed": n_computed,
+            "face_descriptors_unsealed": n_unsealed,
+            "face_search_photos": n_searched,
+        },
     }
 
 
