@@ -86,6 +86,7 @@ def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
     assert second["counts"]["embedding_cache_hits"] == first["counts"]["embedded"] > 0
     assert second["counts"]["faces_measured"] == 0  # face signals too
     assert second["counts"]["face_descriptors_computed"] == 0 < first["counts"]["face_descriptors_computed"]  # same faces: pairs reused
+    assert second["counts"]["face_search_photos"] == 0 < first["counts"]["face_search_photos"]  # nothing searched for them either
     assert second["counts"]["verifications_computed"] == 0 < first["counts"]["verifications_computed"]  # verdicts from the cache
     assert second["counts"]["region_views_computed"] == 0 < first["counts"]["region_views_computed"]  # region views too
     assert second["counts"]["keypoints_computed"] == 0 < first["counts"]["keypoints_computed"]  # and verification's keypoints
@@ -96,6 +97,7 @@ def test_rerun_of_a_run_date_replaces_it(demo: Path, tmp_path: Path) -> None:
     assert searched and all(second["counts"][key] == 0 < first["counts"][key] for key in searched)
     for counts in (first["counts"], second["counts"]):
         del counts["embedded"], counts["embedding_cache_hits"], counts["faces_measured"], counts["face_descriptors_computed"]
+        del counts["face_search_photos"]
         del counts["verifications_computed"], counts["region_views_computed"], counts["keypoints_computed"]
         del counts["page_metrics_computed"], counts["page_metrics_kept"]  # the page rows
         for key in searched:
