@@ -65,8 +65,7 @@ def test_same_face_pairs_are_the_nearest_faces_closer_than_the_threshold() -> No
 
 
 def test_same_faces_kept_over_nights_equal_a_fresh_search_and_search_only_the_new_faces(tmp_path: Path) -> None:
-    from pipeline.features.identity import FACE_LISTS, kept_content_pairs
-    from pipeline.layout import neighbour_lists_file
+    from pipeline.features.identity import kept_content_pairs
     from pipeline.warehouse import Warehouse
 
     warehouse = Warehouse(str(tmp_path / "w"))

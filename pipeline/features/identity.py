@@ -156,7 +156,8 @@ def kept_content_pairs(warehouse: Warehouse, contents: list[str], descriptors: n
     """`content_pairs` from each face's nearest faces kept from the last run and brought up to date
     (pipeline/features/neighbours.py): a night searches its new faces against every face, and every
     face against its new ones, instead of every face against every face (100,000 faces, 1% new:
-    6.8 s against 195 s on 2 cores, `bench.identity_search`; the latter grows with the square). Returns the pairs and how many faces met the whole population."""
+    6.8 s against 195 s on 2 cores, `bench.identity_search`; the latter grows with the square).
+    Returns the pairs and how many faces met the whole population."""
     from pipeline.features.index import build_index
     from pipeline.features.neighbours import kept_lists
 
