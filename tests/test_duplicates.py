@@ -149,6 +149,25 @@ def test_block_correlations_are_each_blocks_centred_correlation(block: int) -> N
     assert np.std(tile(a, 0, 0)) == 4.0 and len(found) == rows * cols - 3 and np.allclose(found, expected, atol=1e-12)
 
 
+def test_a_pictures_shrunk_plane_is_made_once_per_size_and_never_travels(tmp_path) -> None:
+    """`Features.shrunk` is the area-averaged resize, made once per size and read-only (pairs share
+    it); a copy of the features (`dataclasses.replace`) and the scratch file start without it."""
+    import cv2
+
+    from pipeline.features.verify import load_features, save_features
+
+    views = features(photo_like(seed=3), face=None)
+    plane = views[0].shrunk((150, 200))
+    assert np.array_equal(plane, cv2.resize(views[0].grey, (150, 200), interpolation=cv2.INTER_AREA))
+    assert views[0].shrunk((150, 200)) is plane and not plane.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        plane[0, 0] = 0
+    assert dataclasses.replace(views[0])._shrunk == {}
+    save_features(str(tmp_path / "views.pickle"), views)
+    direct, mirrored = load_features(str(tmp_path / "views.pickle"))
+    assert direct._shrunk == {} and mirrored._shrunk == {} and np.array_equal(direct.grey, views[0].grey)
+
+
 @pytest.mark.parametrize(
     ("measures", "same"),
     [
