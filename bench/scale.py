@@ -370,7 +370,11 @@ def earlier_sizes(seed: int) -> dict:
     earlier = json.loads(path.read_text())
     if earlier.get("figures", {}).get("seed") != seed:
         return {}
-    stamp = {"measured_at_commit": earlier.get("commit", "")[:12], "measured_on": earlier.get("date", "")}
+    stamp = {
+        "measured_at_commit": earlier.get("commit", "")[:12],
+        "measured_on": earlier.get("date", ""),
+        "measured_on_cpu": earlier.get("machine", {}).get("cpu", ""),
+    }  # the file's machine is the last run's: seconds move 2-5x between CPUs
     return {size: {**stamp, **figures} for size, figures in earlier["figures"].get("sizes", {}).items()}
 
 

@@ -355,9 +355,9 @@ def _block_correlations(a: np.ndarray, b_warped: np.ndarray, valid: np.ndarray, 
 
     def sums(plane: np.ndarray) -> np.ndarray:
         # The block's rows first, along memory and in int32 (a column of a block holds at most
-        # `block` products of 255 x 255: exact below 33,000 rows), then its columns in int64: a third
-        # of the time of one reduction over both axes, which strides across rows (verification's
-        # largest cost after ORB matching, measured on the 2,000-photo population).
+        # `block` products of 255 x 255: exact below 33,000 rows), then its columns in int64. One
+        # reduction over both axes strides across rows: the whole function took three times as long
+        # (0.65 against 0.22 ms at 400 x 300 px), the largest cost of a pair after the ORB matching.
         by_column = plane.reshape(rows, block, width).sum(axis=1, dtype=np.int32)
         return by_column.reshape(rows, cols, block).sum(axis=2, dtype=np.int64).ravel()
 
