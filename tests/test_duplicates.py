@@ -162,6 +162,8 @@ def test_a_pictures_shrunk_plane_is_made_once_per_size_and_never_travels(tmp_pat
     assert views[0].shrunk((150, 200)) is plane and not plane.flags.writeable
     with pytest.raises(ValueError, match="read-only"):
         plane[0, 0] = 0
+    whole = views[0].shrunk(views[0].grey.shape[::-1])  # at its own size: the plane, not a copy
+    assert np.shares_memory(whole, views[0].grey) and not whole.flags.writeable and views[0].grey.flags.writeable
     assert dataclasses.replace(views[0])._shrunk == {}
     save_features(str(tmp_path / "views.pickle"), views)
     direct, mirrored = load_features(str(tmp_path / "views.pickle"))

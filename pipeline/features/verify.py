@@ -169,6 +169,10 @@ class Features:
         costs about as much as the block correlations of the pair."""
         import cv2
 
+        if size == (self.grey.shape[1], self.grey.shape[0]):  # the plane itself (a resize would copy it)
+            plane = self.grey.view()
+            plane.flags.writeable = False
+            return plane
         if size not in self._shrunk:
             if len(self._shrunk) >= _SHRUNK_SIZES:
                 self._shrunk.clear()
